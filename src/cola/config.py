@@ -1,0 +1,63 @@
+"""Frozen, keyword-only, validated settings; each is saved into the manifest of what it made."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from cola.errors import ColaError, unknown_choice
+
+DEPLOYMENT_TYPES = ("general", "targeted")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionConfig:
+    """Stage 3: which layers, how far to project, how to batch, which seed."""
+
+    layers: tuple[int, ...] | None = None   # None: every decoder layer
+    projection_dim: int = 64
+    batch_size: int = 16                    # sequences per forward pass at most
+    batch_tokens: int = 4096                # padded token slots per forward pass at most
+    kmeans_init: int = 3                    # k-means restarts (best inertia kept)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("projection_dim", "batch_size", "batch_tokens", "kmeans_init"):
+            if getattr(self, name) < 1:
+                raise ColaError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateConfig:
+    """One curation run: the pool, the target, how many samples of what length, and Stage 3's settings."""
+
+    datasets: tuple[str, ...] = ("embedded",)
+    target_capabilities: tuple[str, ...] | None = None  # None: the capabilities the datasets carry
+    num_samples: int = 128
+    sequence_length: int = 2048
+    candidates_per_source: int = 1000
+    deployment_type: str = "general"
+    targeted_capability: str | None = None
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ColaError(f"num_samples must be at least 1, got {self.num_samples}")
+        if self.sequence_length < 1:
+            raise ColaError(f"sequence_length must be at least 1, got {self.sequence_length}")
+        if self.candidates_per_source < 1:
+            raise ColaError(f"candidates_per_source must be at least 1, got {self.candidates_per_source}")
+        if not self.datasets:
+            raise ColaError("no datasets given: name at least one (see `cola datasets`)")
+        if self.deployment_type not in DEPLOYMENT_TYPES:
+            raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
+        if self.deployment_type == "targeted" and not self.targeted_capability:
+            raise ColaError("--deployment_type targeted needs --targeted_capability")
+        if (self.targeted_capability and self.target_capabilities is not None
+                and self.targeted_capability not in self.target_capabilities):
+            raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready settings for the manifest."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,1 @@
+"""Candidate pools and the catalog of known data sets."""

@@ -1,0 +1,280 @@
+"""Candidate pools: local files, Hugging Face hub datasets and the embedded offline pool.
+
+A source spec is `SOURCE[@CAPABILITY][#FIELD+FIELD...]`, where SOURCE is a catalog name (`gsm8k`), a
+path (`data/train.jsonl`), a hub id (`user/dataset`) or an embedded pool (`embedded`, `embedded-math`).
+`@math` overrides the capability, `#question+answer` names the fields whose values make up the text.
+
+Every source is read as a stream and reduced to at most `max_candidates` texts by seeded reservoir
+sampling (local files, embedded) or a seeded shuffle buffer (hub streams), so no source is ever held or
+tokenized whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import random
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cola.data.catalog import CATALOG, EMBEDDED_SOURCES, catalog_entry, entry_for_columns
+from cola.errors import ColaError
+
+log = logging.getLogger(__name__)
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+_CAPABILITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+HUB_SHUFFLE_BUFFER = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSpec:
+    """A parsed source spec: what to read, under which name and capability, from which fields."""
+
+    spec: str                       # as the user wrote it
+    name: str                       # the `dataset_name` written into calibration samples
+    kind: str                       # "file", "hub" or "embedded"
+    location: str                   # path, hub id or embedded capability ("all" for the whole pool)
+    capability: str | None          # None: decided when the columns are known
+    fields: tuple[str, ...] | None  # None: decided when the columns are known
+    config: str | None = None
+    split: str = "train"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """A loaded source: its sampled texts in a deterministic order, and how they were made."""
+
+    spec: SourceSpec
+    capability: str
+    fields: tuple[str, ...]
+    texts: tuple[str, ...]
+    records_seen: int
+    empty_skipped: int
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash of the sampled texts, so a manifest pins exactly which pool was used."""
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(hashlib.sha256(text.encode()).digest())
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest entry for this source."""
+        return {"spec": self.spec.spec, "name": self.spec.name, "kind": self.spec.kind,
+                "location": self.spec.location, "config": self.spec.config, "split": self.spec.split,
+                "capability": self.capability, "fields": list(self.fields), "records_seen": self.records_seen,
+                "empty_skipped": self.empty_skipped, "candidates": len(self.texts),
+                "content_sha256": self.content_sha256}
+
+
+def _file_builder(path: Path) -> str:
+    suffixes = path.suffixes[-2:] if path.suffix in (".gz", ".bz2", ".xz", ".zst") else path.suffixes[-1:]
+    builder = FILE_BUILDERS.get(suffixes[0] if suffixes else "")
+    if builder is None:
+        raise ColaError(f"unsupported file type for {path}: use one of "
+                        f"{', '.join(sorted(FILE_BUILDERS))} (optionally .gz)")
+    return builder
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """Parse `SOURCE[@CAPABILITY][#FIELD+FIELD]` into a SourceSpec; unknown names raise with suggestions."""
+    body, _, field_part = spec.partition("#")
+    body, _, capability = body.rpartition("@") if "@" in body else (body, "", "")
+    fields = tuple(f for f in field_part.split("+") if f) if field_part else None
+    if field_part and not fields:
+        raise ColaError(f"empty field list in source spec {spec!r}: write PATH#field or PATH#field+field")
+    if capability and not _CAPABILITY_RE.match(capability):
+        raise ColaError(f"invalid capability {capability!r} in source spec {spec!r}: use letters, digits, - or _")
+    cap = capability or None
+    if body in EMBEDDED_SOURCES:
+        if body == "embedded":
+            raise ColaError("'embedded' is several sources: expand it with parse_sources()")
+        part = body.removeprefix("embedded-")
+        return SourceSpec(spec=spec, name=body, kind="embedded", location=part, capability=cap or part,
+                          fields=fields or ("text",))
+    path = Path(body).expanduser()
+    if path.exists() or Path(body).suffix in FILE_BUILDERS or body.endswith(".gz"):
+        if not path.is_file():
+            raise ColaError(f"dataset file not found: {body}")
+        _file_builder(path)
+        return SourceSpec(spec=spec, name=path.stem.split(".")[0] if path.suffix == ".gz" else path.stem,
+                          kind="file", location=str(path), capability=cap, fields=fields)
+    if body in CATALOG:
+        entry = CATALOG[body]
+        return SourceSpec(spec=spec, name=body, kind="hub", location=entry.hub_id, config=entry.config,
+                          split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields)
+    if "/" in body and not body.startswith((".", "/", "~")) and body.count("/") == 1:
+        return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields)
+    catalog_entry(body)  # raises the unknown-name error with suggestions
+    raise AssertionError("catalog_entry returned for a name not in the catalog")
+
+
+def parse_sources(specs: Iterable[str]) -> list[SourceSpec]:
+    """Parse several source specs; `embedded` expands into its general, math and code parts."""
+    parsed: list[SourceSpec] = []
+    for spec in specs:
+        body, sep, rest = spec.partition("#")
+        if body.split("@")[0] == "embedded":
+            suffix = body[len("embedded"):] + sep + rest
+            parsed.extend(parse_source(f"{name}{suffix}") for name in EMBEDDED_SOURCES[1:])
+        else:
+            parsed.append(parse_source(spec))
+    names = [p.name for p in parsed]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ColaError(f"the same dataset is named twice: {', '.join(dup)}")
+    return parsed
+
+
+def render_value(value: Any) -> str:
+    """Render one field's value as text: lists line by line, multiple-choice dicts as `A. option` lines."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, Mapping):
+        texts, labels = value.get("text"), value.get("label")
+        if isinstance(texts, list) and isinstance(labels, list) and len(texts) == len(labels):
+            return "\n".join(f"{label}. {text}" for label, text in zip(labels, texts))
+        return "\n".join(f"{k}: {render_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "\n".join(render_value(v) for v in value)
+    return str(value)
+
+
+def record_text(record: Mapping[str, Any], fields: tuple[str, ...]) -> str:
+    """A candidate's text: the non-empty rendered values of `fields`, separated by blank lines."""
+    return "\n\n".join(part for part in (render_value(record[f]) for f in fields) if part)
+
+
+def _choose_fields(spec: SourceSpec, columns: list[str]) -> tuple[tuple[str, ...], str]:
+    """Decide (fields, capability) for a source once its columns are known."""
+    listed = ", ".join(columns)
+    if spec.fields is not None:
+        missing = [f for f in spec.fields if f not in columns]
+        if missing:
+            raise ColaError(f"{spec.spec}: no field {', '.join(map(repr, missing))}; its fields are: {listed}")
+        entry = entry_for_columns(set(spec.fields))
+        return spec.fields, spec.capability or (entry.capability if entry else "general")
+    entry = entry_for_columns(set(columns))
+    if entry is not None:
+        return entry.text_fields, spec.capability or entry.capability
+    if "text" in columns:
+        return ("text",), spec.capability or "general"
+    raise ColaError(f"{spec.spec}: cannot tell which field holds the text; its fields are: {listed}. "
+                    f"Name them as {spec.spec}#field or #field+field")
+
+
+def _diagnose_json(path: Path) -> None:
+    """Find the first malformed line of a json/jsonl file and raise an error naming it."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        head = fh.read(1).lstrip()
+        fh.seek(0)
+        if head == "[":
+            try:
+                json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ColaError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+            return
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ColaError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
+                if not isinstance(obj, dict):
+                    raise ColaError(f"{path}: line {lineno} is not a JSON object")
+
+
+def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    path = Path(spec.location)
+    builder = _file_builder(path)
+    kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
+    if builder == "json":
+        _diagnose_json(path)  # datasets' own errors do not say which line is broken
+    try:
+        stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+        yield from stream
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+        raise ColaError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _stream_hub(spec: SourceSpec, seed: int) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
+    except Exception as exc:  # noqa: BLE001 - offline, missing or gated datasets raise many types
+        raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): {str(exc).splitlines()[0]}. "
+                        "Without network access, give a local file path instead") from exc
+    yield from stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+
+
+def _stream_embedded(spec: SourceSpec, seed: int) -> Iterator[dict[str, Any]]:
+    from cola.data.embedded import embedded_records
+
+    yield from embedded_records(spec.location, seed=seed)
+
+
+def reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple[list[str], int]:
+    """Uniform sample of k items from a stream in one pass (Algorithm R), keeping stream order; also the count."""
+    reservoir: list[tuple[int, str]] = []
+    seen = 0
+    for seen, item in enumerate(items, start=1):
+        if len(reservoir) < k:
+            reservoir.append((seen, item))
+        else:
+            slot = rng.randrange(seen)
+            if slot < k:
+                reservoir[slot] = (seen, item)
+    return [item for _, item in sorted(reservoir)], seen
+
+
+def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
+    """Read one source as a stream and keep at most `max_candidates` non-empty texts, sampled with `seed`."""
+    if spec.kind == "file":
+        records = _stream_file(spec)
+    elif spec.kind == "hub":
+        records = _stream_hub(spec, seed)
+    else:
+        records = _stream_embedded(spec, seed)
+    first = next(records, None)
+    if first is None:
+        raise ColaError(f"{spec.spec}: the source is empty")
+    records = itertools.chain([first], records)
+    fields, capability = _choose_fields(spec, list(first))
+    empty = 0
+
+    def texts() -> Iterator[str]:
+        nonlocal empty
+        for record in records:
+            text = record_text(record, fields)
+            if text:
+                yield text
+            else:
+                empty += 1
+
+    if spec.kind == "hub":  # an endless stream: the shuffle buffer already randomised it
+        sampled = list(itertools.islice(texts(), max_candidates))
+        seen = len(sampled) + empty
+    else:
+        sampled, seen = reservoir_sample(texts(), max_candidates, random.Random(seed))
+        seen += empty
+    if not sampled:
+        raise ColaError(f"{spec.spec}: all {seen} texts are empty in fields {', '.join(fields)}")
+    log.info("source %s: %d candidates from %d records (%s, fields %s)", spec.name, len(sampled), seen,
+             capability, "+".join(fields))
+    return Source(spec=spec, capability=capability, fields=fields, texts=tuple(sampled), records_seen=seen,
+                  empty_skipped=empty)

@@ -1,0 +1,18 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ColaError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> ColaError:
+    """Build the error for an unknown name: suggests close matches and lists the valid choices."""
+    valid = sorted(choices)
+    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ColaError(f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(valid)}")

