@@ -39,7 +39,7 @@ class SourceSpec:
     spec: str                       # as the user wrote it
     name: str                       # the `dataset_name` written into calibration samples
     kind: str                       # "file", "hub" or "embedded"
-    location: str                   # path, hub id or embedded capability ("all" for the whole pool)
+    location: str                   # path, hub id or embedded part (general, math, code)
     capability: str | None          # None: decided when the columns are known
     fields: tuple[str, ...] | None  # None: decided when the columns are known
     config: str | None = None
@@ -83,6 +83,15 @@ def _file_builder(path: Path) -> str:
     return builder
 
 
+_GENERIC_STEMS = {"train", "test", "validation", "valid", "val", "dev", "data", "dataset", "all"}
+
+
+def _file_source_name(path: Path) -> str:
+    """A readable dataset name for a file: its stem, prefixed by its folder when the stem is generic."""
+    stem = path.name.split(".")[0]
+    return f"{path.parent.name}/{stem}" if stem.lower() in _GENERIC_STEMS and path.parent.name else stem
+
+
 def parse_source(spec: str) -> SourceSpec:
     """Parse `SOURCE[@CAPABILITY][#FIELD+FIELD]` into a SourceSpec; unknown names raise with suggestions."""
     body, _, field_part = spec.partition("#")
@@ -104,8 +113,8 @@ def parse_source(spec: str) -> SourceSpec:
         if not path.is_file():
             raise ColaError(f"dataset file not found: {body}")
         _file_builder(path)
-        return SourceSpec(spec=spec, name=path.stem.split(".")[0] if path.suffix == ".gz" else path.stem,
-                          kind="file", location=str(path), capability=cap, fields=fields)
+        return SourceSpec(spec=spec, name=_file_source_name(path), kind="file", location=str(path),
+                          capability=cap, fields=fields)
     if body in CATALOG:
         entry = CATALOG[body]
         return SourceSpec(spec=spec, name=body, kind="hub", location=entry.hub_id, config=entry.config,

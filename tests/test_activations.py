@@ -1,0 +1,113 @@
+"""The extraction engine on tiny random models: pooling, padding, early stop, projection, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
+                          Qwen2Config)
+
+from cola.activations import extract_projected_features, length_bucketed_batches, masked_mean, resolve_layers
+from cola.cluster import gaussian_projection
+from cola.errors import ColaError
+from cola.models import find_decoder_layers
+
+SEQS = [[5, 9, 13, 2, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [40, 41, 42], [8] * 20]
+
+
+def _features(model, seqs, **kw):
+    defaults = dict(layers=None, projection_dim=16, seed=0, quiet=True)
+    return extract_projected_features(model, seqs, **{**defaults, **kw})
+
+
+def test_masked_mean_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (1, 3, 2), last slot is padding
+    assert masked_mean(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+
+
+def test_features_equal_with_and_without_padding(tiny_model) -> None:
+    alone = torch.tensor(_features(tiny_model, SEQS, batch_size=1)[0])  # every sequence in its own batch
+    padded = torch.tensor(_features(tiny_model, SEQS, batch_size=8, batch_tokens=10_000)[0])  # one padded batch
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_is_really_computed_in_one_batch(tiny_model) -> None:
+    _, stats = _features(tiny_model, SEQS, batch_size=8, batch_tokens=10_000)
+    assert stats.batches == 1
+    assert stats.real_tokens == sum(map(len, SEQS))
+    assert stats.computed_tokens == 4 * 20
+
+
+def test_features_match_a_reference_computation(tiny_model) -> None:
+    seq = SEQS[1]
+    feats, _ = _features(tiny_model, [seq], layers=[0])
+    with torch.no_grad():
+        hidden = tiny_model(torch.tensor([seq]), output_hidden_states=True).hidden_states[1][0]  # layer 0 out
+    expected = torch.nn.functional.normalize(hidden.mean(0), dim=0) @ gaussian_projection(32, 16, seed=0)
+    torch.testing.assert_close(torch.tensor(feats[0]), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_forward_stops_at_the_deepest_chosen_layer(tiny_model) -> None:
+    calls: list[str] = []
+    _, blocks = find_decoder_layers(tiny_model)
+    blocks[1].register_forward_hook(lambda *a: calls.append("layer1"))
+    tiny_model.lm_head.register_forward_hook(lambda *a: calls.append("lm_head"))
+    _features(tiny_model, SEQS, layers=[0])
+    assert calls == []
+    _features(tiny_model, SEQS, layers=[-1])
+    assert "layer1" in calls and "lm_head" not in calls
+
+
+def test_projection_seed_changes_features_and_is_deterministic(tiny_model) -> None:
+    a, _ = _features(tiny_model, SEQS, seed=1)
+    b, _ = _features(tiny_model, SEQS, seed=1)
+    c, _ = _features(tiny_model, SEQS, seed=2)
+    assert (a == b).all()
+    assert not (a == c).all()
+    assert a.shape == (4, 16)
+
+
+def test_empty_sequence_is_rejected(tiny_model) -> None:
+    with pytest.raises(ColaError, match="no tokens"):
+        _features(tiny_model, [[1, 2], []])
+
+
+def test_resolve_layers() -> None:
+    assert resolve_layers(None, 4) == (0, 1, 2, 3)
+    assert resolve_layers([3, -1, 0], 4) == (0, 3)
+    with pytest.raises(ColaError, match=r"unknown layer index 4: the model has 4 decoder layers \(valid: 0\.\.3"):
+        resolve_layers([4], 4)
+    with pytest.raises(ColaError, match="unknown layer index -5"):
+        resolve_layers([-5], 4)
+
+
+def test_length_buckets_cover_everything_within_budget() -> None:
+    lengths = [5, 300, 7, 120, 6, 128, 90, 1000, 3, 64] * 3
+    batches = length_bucketed_batches(lengths, max_batch_size=4, max_batch_tokens=512)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 512
+    assert [lengths[i] for i in flat] == sorted(lengths)  # similar lengths share a batch
+
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("config, path", [
+    (LlamaConfig(num_hidden_layers=3, **TINY), "model.layers"),
+    (Qwen2Config(num_hidden_layers=3, **TINY), "model.layers"),
+    (MistralConfig(num_hidden_layers=3, **TINY), "model.layers"),
+    (GemmaConfig(num_hidden_layers=3, head_dim=8, **TINY), "model.layers"),
+    (GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=64, n_positions=64), "transformer.h"),
+    (OPTConfig(num_hidden_layers=3, hidden_size=32, ffn_dim=64, num_attention_heads=4, vocab_size=64,
+               max_position_embeddings=64, word_embed_proj_dim=32), "model.decoder.layers"),
+])
+def test_decoder_layers_found_generically_and_features_extracted(config, path: str) -> None:
+    model = AutoModelForCausalLM.from_config(config).eval()
+    name, blocks = find_decoder_layers(model)
+    assert (name, len(blocks)) == (path, 3)
+    feats, stats = _features(model, [[1, 2, 3, 4], [5, 6]], layers=[1])
+    assert feats.shape == (2, 16) and stats.real_tokens == 6

@@ -1,0 +1,140 @@
+"""End to end on the tiny model: outputs in the seed's format, reproducibility, atomic writes, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cola.api import COLA
+from cola.cli import main
+from cola.export import DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
+
+from .conftest import byte_tokenizer, tiny_llama, write_jsonl
+
+SEED_KEYS = {"text", "dataset_name", "capability_scores", "format_enhanced", "selection_index", "selection_method"}
+
+
+def curate(tiny_model_dir: Path, pool_files: dict[str, Path], out: Path, *extra: str) -> int:
+    args = ["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
+            "--dtype", "float32", "--device", "cpu", "--num_samples", "6", "--sequence_length", "64",
+            "--datasets", *map(str, pool_files.values()), "--candidates_per_source", "12"]
+    return main([*args, *extra])
+
+
+def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert curate(tiny_model_dir, pool_files, out) == 0
+    samples = json.loads((out / SAMPLES_FILE).read_text())
+    assert len(samples) == 6
+    assert all(set(s) == SEED_KEYS for s in samples)
+    assert {s["dataset_name"] for s in samples} <= {"mathqa", "prose", "code"}
+    for s in samples:  # one-hot of the source's declared capability until Stage 1 scores it
+        assert set(s["capability_scores"]) == {"math", "general", "code"}
+        assert sum(s["capability_scores"].values()) == 1.0
+    assert len({s["selection_index"] for s in samples}) == 6
+
+    from datasets import load_from_disk
+
+    tokenizer = byte_tokenizer()
+    dataset = load_from_disk(str(out / DATASET_DIR))
+    assert dataset.column_names == ["input_ids", "attention_mask"] and len(dataset) == 6
+    for row, sample in zip(dataset, samples):
+        assert 0 < len(row["input_ids"]) <= 64 and set(row["attention_mask"]) == {1}
+        assert row["input_ids"] == tokenizer(sample["text"])["input_ids"]  # text and ids agree
+    assert pq.read_table(out / DATASET_PARQUET).num_rows == 6
+    pool = pq.read_table(out / POOL_PARQUET).to_pydict()
+    assert len(pool["pool_index"]) == 36 and sum(pool["selected"]) == 6
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert [s["candidates"] for s in manifest["sources"]] == [12, 12, 12]
+    assert {s["capability"] for s in manifest["sources"]} == {"math", "general", "code"}
+    assert all(len(s["content_sha256"]) == 64 for s in manifest["sources"])
+    assert manifest["settings"]["num_samples"] == 6 and manifest["seed"] == 42
+    assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 6
+    assert sorted(manifest["diagnostics"]["cluster_sizes"]) and sum(manifest["diagnostics"]["cluster_sizes"]) == 36
+    assert set(manifest["outputs"]) >= {SAMPLES_FILE, DATASET_PARQUET, POOL_PARQUET}
+    assert not list(out.glob(".cola-*"))
+
+
+def _tree_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_FILE}
+
+
+def test_same_seed_gives_byte_identical_outputs(tiny_model_dir, pool_files, tmp_path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out in (a, b):
+        assert curate(tiny_model_dir, pool_files, out) == 0
+    assert _tree_bytes(a) == _tree_bytes(b)
+    ma, mb = (json.loads((d / MANIFEST_FILE).read_text()) for d in (a, b))
+    ma.pop("timings"), mb.pop("timings")
+    assert ma == mb  # only wall-clock timings differ
+    assert curate(tiny_model_dir, pool_files, c, "--seed", "7") == 0
+    assert (c / SAMPLES_FILE).read_bytes() != (a / SAMPLES_FILE).read_bytes()
+
+
+def test_a_crash_while_writing_keeps_previous_outputs(tiny_model_dir, pool_files, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    assert curate(tiny_model_dir, pool_files, out) == 0
+    before = _tree_bytes(out)
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("cola.export.file_sha256", boom)  # fails after every artefact is staged
+    with pytest.raises(OSError, match="disk full"):
+        curate(tiny_model_dir, pool_files, out, "--seed", "9")
+    assert _tree_bytes(out) == before
+    assert not list(out.glob(".cola-*"))
+
+
+def test_python_api_matches_the_seed(tmp_path, pool_files) -> None:
+    cola = COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[str(p) for p in pool_files.values()],
+                target_capabilities=["math", "code", "general"], output_dir=tmp_path / "api", quiet=True)
+    samples = cola.run(num_samples=5, sequence_length=32)
+    assert len(samples) == 5 and all(set(s) == SEED_KEYS for s in samples)
+    assert (tmp_path / "api" / SAMPLES_FILE).is_file()
+
+
+def _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra: str, datasets=None) -> str:
+    out = tmp_path / "bad-out"
+    files = pool_files if datasets is None else datasets
+    code = curate(tiny_model_dir, files, out, *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cola: error: ")  # one line, no traceback
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    bad = lambda *extra, **kw: _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra, **kw)  # noqa: E731
+    assert "did you mean 'gsm8k'" in bad(datasets={"x": Path("gsm8")}).lower()
+    assert "dataset file not found: " in bad(datasets={"x": tmp_path / "missing.jsonl"})
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
+    assert f"{broken}: malformed JSON on line 3" in bad(datasets={"x": broken})
+    assert "no field 'body'; its fields are: question, answer" in bad(
+        datasets={"x": Path(f"{pool_files['math']}#body")})
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
+    assert "all 2 texts are empty" in bad(datasets={"x": empty})
+    assert "num_samples 500 is larger than the pool of 36 candidates" in bad("--num_samples", "500")
+    assert "num_samples must be at least 1" in bad("--num_samples", "0")
+    assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
+    assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
+    assert "unknown layer index 7" in bad("--layers", "0,7")
+    assert "unknown target capability (no dataset serves it) 'poetry'" in bad("--target_capabilities", "poetry")
+
+
+def test_unwritable_output_and_non_model(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = curate(tiny_model_dir, pool_files, blocker / "out")
+    assert code == 2 and "is not writable" in capsys.readouterr().err
+    not_model = tmp_path / "not-a-model"
+    not_model.mkdir()
+    code = main(["curate", "--model_name_or_path", str(not_model), "--output_dir", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a model: no config.json" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,51 @@
+"""Integration on the embedded SmolLM2-135M (converted once into the cache) and real data from ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cola.export import MANIFEST_FILE, SAMPLES_FILE
+from cola.models import find_decoder_layers, load_model
+
+from .conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.integration
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} not found")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_model("embedded", dtype="bfloat16", quiet=True)
+
+
+def test_embedded_model_is_a_plain_llama(smollm2) -> None:
+    model, tokenizer = smollm2
+    name, blocks = find_decoder_layers(model)
+    assert (type(model).__name__, name, len(blocks)) == ("LlamaForCausalLM", "model.layers", 30)
+    assert model.config.hidden_size == 576 and len(tokenizer) == 49152
+    assert getattr(model.config, "quantization_config", None) is None  # saveable, unlike the GGUF load
+
+
+@needs_data
+def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None:
+    """The seed's command line, end to end on SmolLM2 with gsm8k + c4 + mbpp."""
+    out = tmp_path / "out"
+    data = SHARED_DATA
+    cmd = [sys.executable, str(REPO / "run_cola.py"), "--model_name_or_path", "embedded", "--output_dir", str(out),
+           "--num_samples", "16", "--sequence_length", "128", "--candidates_per_source", "24", "--quiet",
+           "--datasets", str(data / "gsm8k/train.jsonl"), str(data / "c4/c4_en_train_first1000.jsonl"),
+           str(data / "mbpp/mbpp_train_valid_prompt.jsonl"), "--target_capabilities", "math", "general", "code"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    samples = json.loads((out / SAMPLES_FILE).read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert len(samples) == 16 and len({s["text"] for s in samples}) == 16
+    assert [(s["name"], s["capability"], s["candidates"]) for s in manifest["sources"]] == [
+        ("gsm8k/train", "math", 24), ("c4_en_train_first1000", "general", 24), ("mbpp_train_valid_prompt", "code", 24)]
+    assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 16
+    assert manifest["model_class"] == "LlamaForCausalLM"
