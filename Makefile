@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(VENV)/bin/cola curate --output_dir $(DEMO_DIR) --num_samples 32 --sequence_length 256 --overwrite
+	$(VENV)/bin/cola curate --output_dir $(DEMO_DIR) --num_samples 32 --sequence_length 256 --candidates_per_source 128
 
 test: install-test
 	$(PY) -m pytest -q

@@ -8,11 +8,13 @@ need a plain checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +61,23 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _gguf_bar_disabled(quiet: bool) -> Iterator[None]:
+    """transformers' GGUF converter draws its own tqdm bar, which no switch of theirs turns off: wrap it."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if quiet and original is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+
+
 def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     """De-quantize a GGUF file once into a plain safetensors checkpoint in the cache; return its directory.
 
@@ -76,8 +95,9 @@ def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     silence_library_progress(quiet)
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        with _gguf_bar_disabled(quiet):  # transformers' GGUF converter draws its own bar
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # noqa: BLE001 - any loader failure means "not a usable GGUF model"
         raise ColaError(f"cannot load GGUF model {gguf_path}: {exc}") from exc
     # Rebuild the same architecture without the GGUF quantization marker, then copy the dequantized weights.
