@@ -138,3 +138,24 @@ def test_unwritable_output_and_non_model(tiny_model_dir, pool_files, tmp_path, c
     code = main(["curate", "--model_name_or_path", str(not_model), "--output_dir", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "is not a model: no config.json" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, expected", [("all", None), ("0,5,-1", (0, 5, -1)), ("10-12", (10, 11, 12)),
+                                            ("-2", (-2,)), ("0-1,4", (0, 1, 4))])
+def test_layers_option_parses(text: str, expected) -> None:
+    from cola.cli import _layers
+
+    assert _layers(text) == expected
+
+
+def test_layers_option_rejects_garbage(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["curate", "--output_dir", "x", "--layers", "five"])
+    assert exc.value.code == 2 and "invalid --layers 'five'" in capsys.readouterr().err
+
+
+def test_unknown_dtype_is_a_one_line_error(tiny_model_dir, tmp_path, capsys) -> None:
+    code = main(["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
+                 "--dtype", "float8", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown dtype 'float8'" in err and "float32" in err

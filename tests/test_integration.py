@@ -31,6 +31,17 @@ def test_embedded_model_is_a_plain_llama(smollm2) -> None:
     assert getattr(model.config, "quantization_config", None) is None  # saveable, unlike the GGUF load
 
 
+def test_embedded_conversion_is_cached_as_plain_safetensors(smollm2) -> None:
+    from cola.models import resolve_model_path
+
+    first = Path(resolve_model_path("embedded", quiet=True))
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert Path(resolve_model_path("embedded", quiet=True)) == first  # no second conversion
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    config = json.loads((first / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+
+
 @needs_data
 def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None:
     """The seed's command line, end to end on SmolLM2 with gsm8k + c4 + mbpp."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +30,14 @@ class Medoids:
     centroids: np.ndarray  # (k, D)
 
 
-def select_medoids(features: np.ndarray, k: int, seed: int, n_init: int = 3) -> Medoids:
+def select_medoids(features: np.ndarray, k: int, seed: int, n_init: int = 3,
+                   on_restart: Callable[[], None] | None = None) -> Medoids:
     """k-means with k clusters, then one distinct candidate per centroid, as close to it as possible.
 
-    The candidate-to-centroid matching is an optimal assignment (Hungarian), so exactly k different
-    candidates come back even when centroids coincide (duplicate candidates) or a cluster is empty.
+    k-means runs `n_init` times from k-means++ seeds `seed, seed+1, …` and keeps the lowest inertia
+    (`on_restart` is called after each run, for progress). The candidate-to-centroid matching is an optimal
+    assignment (Hungarian), so exactly k different candidates come back even when centroids coincide
+    (duplicate candidates) or a cluster is empty.
     """
     from sklearn.cluster import KMeans
 
@@ -41,14 +45,20 @@ def select_medoids(features: np.ndarray, k: int, seed: int, n_init: int = 3) -> 
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of candidates ({n}), got {k}")
     x = np.asarray(features, dtype=np.float64)  # (N, D)
-    with warnings.catch_warnings():  # fewer distinct points than k: handled by the assignment below
-        warnings.filterwarnings("ignore", message="Number of distinct clusters")
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
-    distances = cdist(km.cluster_centers_, x)  # (k, N)
+    best = None
+    for restart in range(n_init):
+        with warnings.catch_warnings():  # fewer distinct points than k: handled by the assignment below
+            warnings.filterwarnings("ignore", message="Number of distinct clusters")
+            km = KMeans(n_clusters=k, n_init=1, random_state=seed + restart).fit(x)
+        if best is None or km.inertia_ < best.inertia_:
+            best = km
+        if on_restart is not None:
+            on_restart()
+    distances = cdist(best.cluster_centers_, x)  # (k, N)
     rows, cols = linear_sum_assignment(distances)
     picks = np.empty(k, dtype=np.int64)
     picks[rows] = cols
-    return Medoids(indices=picks, labels=km.labels_.astype(np.int64), centroids=km.cluster_centers_)
+    return Medoids(indices=picks, labels=best.labels_.astype(np.int64), centroids=best.cluster_centers_)
 
 
 def nearest_selected_distance(features: np.ndarray, selected: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 from cola.activations import extract_projected_features
 from cola.cluster import mean_pairwise_distance, nearest_selected_distance, select_medoids
 from cola.config import SelectionConfig
+from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,10 @@ def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[i
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id, quiet=quiet)
     start = time.perf_counter()
-    medoids = select_medoids(features, num_samples, seed=config.seed, n_init=config.kmeans_init)
+    with progress_bar(total=config.kmeans_init, quiet=quiet, desc=f"k-means (k={num_samples})",
+                      unit="restart") as bar:
+        medoids = select_medoids(features, num_samples, seed=config.seed, n_init=config.kmeans_init,
+                                 on_restart=lambda: bar.update(1))
     cluster_seconds = time.perf_counter() - start
     order = np.argsort(medoids.indices, kind="stable")
     indices = medoids.indices[order]
