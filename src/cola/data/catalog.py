@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cola.errors import unknown_choice
 
 CAPABILITIES = ("general", "commonsense", "math", "code")
+MULTIPLE_CHOICE_FIELDS = frozenset({"choices", "endings"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +79,10 @@ def catalog_entry(name: str) -> CatalogEntry:
 def entry_for_columns(columns: set[str]) -> CatalogEntry | None:
     """The catalog entry whose text fields a local file's columns contain (the most specific one)."""
     matches = [e for e in CATALOG.values() if set(e.text_fields) <= columns and e.text_fields != ("text",)]
-    return max(matches, key=lambda e: len(e.text_fields)) if matches else None
+    # More matched fields is more specific; on a tie, a multiple-choice schema beats a plain Q&A one
+    # (ARC-style files often carry an `answer` column beside `question` and `choices`).
+    return max(matches, key=lambda e: (len(e.text_fields), bool(MULTIPLE_CHOICE_FIELDS & set(e.text_fields))),
+               default=None)
 
 
 # The embedded offline pool: `embedded` is all of it, `embedded-<capability>` one part.

@@ -94,12 +94,12 @@ def _file_source_name(path: Path) -> str:
 
 def parse_source(spec: str) -> SourceSpec:
     """Parse `SOURCE[@CAPABILITY][#FIELD+FIELD]` into a SourceSpec; unknown names raise with suggestions."""
-    body, _, field_part = spec.partition("#")
-    body, _, capability = body.rpartition("@") if "@" in body else (body, "", "")
-    fields = tuple(f for f in field_part.split("+") if f) if field_part else None
-    if field_part and not fields:
+    body, has_fields, field_part = spec.partition("#")
+    body, has_capability, capability = body.rpartition("@") if "@" in body else (body, "", "")
+    fields = tuple(f for f in field_part.split("+") if f) if has_fields else None
+    if has_fields and not fields:
         raise ColaError(f"empty field list in source spec {spec!r}: write PATH#field or PATH#field+field")
-    if capability and not _CAPABILITY_RE.match(capability):
+    if has_capability and not _CAPABILITY_RE.match(capability):
         raise ColaError(f"invalid capability {capability!r} in source spec {spec!r}: use letters, digits, - or _")
     cap = capability or None
     if body in EMBEDDED_SOURCES:
@@ -154,7 +154,7 @@ def render_value(value: Any) -> str:
             return "\n".join(f"{label}. {text}" for label, text in zip(labels, texts))
         return "\n".join(f"{k}: {render_value(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return "\n".join(render_value(v) for v in value)
+        return "\n".join(part for part in map(render_value, value) if part)
     return str(value)
 
 
@@ -187,7 +187,7 @@ def _diagnose_json(path: Path) -> None:
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        head = fh.read(1).lstrip()
+        head = fh.read(4096).lstrip()[:1]
         fh.seek(0)
         if head == "[":
             try:
@@ -210,6 +210,10 @@ def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
 
     path = Path(spec.location)
     builder = _file_builder(path)
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty source; load_source says so
+    # Reading a local file is no download: stop datasets from reporting one to the hub (an HTTP call each).
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
     if builder == "json":
         _diagnose_json(path)  # datasets' own errors do not say which line is broken
