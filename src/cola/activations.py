@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cola.errors import ColaError
-from cola.models import find_decoder_layers
+from cola.models import config_int, find_decoder_layers
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def extract_projected_features(
         raise ColaError("a candidate has no tokens; drop empty texts before extraction")
     _, blocks = find_decoder_layers(model)
     chosen = resolve_layers(layers, len(blocks))
-    hidden_size = _hidden_size(model, blocks)
+    hidden_size = _hidden_size(model)
     device = next(model.parameters()).device
     # One projection of the concatenation (L*H, P), used per layer as (L, H, P) slices.
     projection = gaussian_projection(len(chosen) * hidden_size, projection_dim, seed)
@@ -170,11 +170,8 @@ def extract_projected_features(
     return features, stats
 
 
-def _hidden_size(model: torch.nn.Module, blocks: torch.nn.ModuleList) -> int:
-    config = getattr(model, "config", None)
-    if config is not None:
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        for key in ("hidden_size", "n_embd", "d_model"):
-            if isinstance(getattr(text, key, None), int):
-                return getattr(text, key)
-    raise ColaError(f"cannot tell the hidden size of {type(model).__name__} from its config")
+def _hidden_size(model: torch.nn.Module) -> int:
+    size = config_int(model, "hidden_size", "n_embd", "d_model")
+    if size is None:
+        raise ColaError(f"cannot tell the hidden size of {type(model).__name__} from its config")
+    return size

@@ -9,7 +9,6 @@ need a plain checkpoint.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -55,14 +54,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def _gguf_bar_disabled(quiet: bool) -> Iterator[None]:
     """transformers' GGUF converter draws its own tqdm bar, which no switch of theirs turns off: wrap it."""
@@ -88,9 +79,10 @@ def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from cola.export import file_sha256
     from cola.progress import silence_library_progress
 
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)[:16]}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:16]}"
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to a plain checkpoint in %s (once)", gguf_path.name, target)
@@ -183,7 +175,8 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ColaError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+        hint = "" if Path(path).exists() else " (offline? set HF_HUB_OFFLINE=1 to fail without network retries)"
+        raise ColaError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}{hint}") from exc
     except ValueError as exc:
         raise ColaError(f"{spec!r} is not a causal language model transformers can load: "
                         f"{str(exc).splitlines()[0]}") from exc
@@ -191,11 +184,15 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_
     return model, tokenizer
 
 
-def _num_layers(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+def config_int(model: torch.nn.Module, *keys: str) -> int | None:
+    """The first positive integer among `keys` in the model's (text) config; config names differ by family."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in keys:
         value = getattr(config, key, None)
-        if isinstance(value, int):
+        if isinstance(value, int) and value > 0:
             return value
     return None
 
@@ -219,16 +216,11 @@ def find_decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleLis
     declared = [(n, m) for n, m in lists if type(m[0]).__name__ in block_names]
     if declared:
         return max(declared, key=lambda item: len(item[1]))
-    expected = _num_layers(model) if hasattr(model, "config") else None
+    expected = config_int(model, "num_hidden_layers", "n_layer", "num_layers")
     counted = [(n, m) for n, m in lists if len(m) == expected]
     return max(counted or lists, key=lambda item: len(item[1]))
 
 
 def context_length(model: PreTrainedModel) -> int | None:
     """The longest sequence the model's position embeddings allow, when the config says."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_int(model, "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
