@@ -7,11 +7,12 @@ Measured in one run on one machine:
   3. Stage 3 (select_by_activations) on a mixed-length pool (gsm8k + c4 + mbpp from ../shared/data, each
      text cut by truncate_to_length) in bf16 and fp32: useful tokens/s, padding, extraction and
      clustering seconds, achieved GFLOP/s and its fraction of the measured matmul peak;
-  4. agreement of the bf16 and fp32 runs: shared selected pool indices, mean feature cosine similarity;
+  4. agreement of the bf16 and fp32 runs: shared selected pool indices, mean feature cosine similarity,
+     and how well each pick covers the pool in fp32 feature space (against a random pick);
   5. whether the bf16 run meets the target of 1000 useful tokens/s.
 
 Run from the repository root:
-  COLA_CACHE_DIR=/tmp/colacache PYTHONPATH=src python benchmarks/stage3_throughput.py [--skip_fp32]
+  make bench          (or: .venv/bin/python benchmarks/stage3_throughput.py [--skip_fp32])
 """
 
 from __future__ import annotations
