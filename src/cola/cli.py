@@ -83,11 +83,18 @@ def _configure_logging(quiet: bool) -> None:
 
 def run_curate(args: argparse.Namespace) -> int:
     from cola.api import COLA
-    from cola.config import SelectionConfig
+    from cola.config import CurateConfig, SelectionConfig
+    from cola.data.sources import parse_sources
     from cola.models import load_model
 
     selection = SelectionConfig(layers=args.layers, projection_dim=args.projection_dim, batch_size=args.batch_size,
                                 batch_tokens=args.batch_tokens, seed=args.seed)
+    # Check what can be checked before the model loads, so a typo fails in a second, not after the load.
+    CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
+                 num_samples=args.num_samples, sequence_length=args.sequence_length,
+                 candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
+                 targeted_capability=args.targeted_capability, selection=selection)
+    parse_sources(args.datasets)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code, quiet=args.quiet)
