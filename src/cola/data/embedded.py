@@ -304,7 +304,7 @@ def _conversion(rng: random.Random, name: str) -> Problem:
 def _ages(rng: random.Random, name: str) -> Problem:
     """The sum of two ages some years from now."""
     other = rng.choice([n for n in _NAMES if n != name])
-    young, gap, later = rng.randint(2, 40), rng.randint(2, 30), rng.randint(1, 20)
+    young, gap, later = rng.randint(2, 40), rng.randint(2, 30), rng.randint(2, 20)
     old_then, young_then = young + gap + later, young + later
     q = (f"{name} is {gap} years older than {other}, who is {young}. "
          f"What is the sum of their ages in {later} years?")
