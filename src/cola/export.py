@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -72,10 +73,22 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _token_table(input_ids: Sequence[Sequence[int]]) -> pa.Table:
-    ids = pa.array([list(x) for x in input_ids], type=pa.list_(pa.int32()))
-    mask = pa.array([[1] * len(x) for x in input_ids], type=pa.list_(pa.int8()))
+def _token_table(input_ids: Sequence[np.ndarray]) -> pa.Table:
+    """input_ids and an all-ones attention_mask (no padding) as list columns, built from flat arrays."""
+    lengths = np.array([len(x) for x in input_ids], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = np.concatenate([np.asarray(x, dtype=np.int32) for x in input_ids])  # (sum T,)
+    ids = pa.ListArray.from_arrays(offsets, pa.array(flat))
+    mask = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(flat), dtype=np.int8)))
     return pa.table({"input_ids": ids, "attention_mask": mask})
+
+
+def _tokens_digest(input_ids: Sequence[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for ids in input_ids:
+        digest.update(np.int64(len(ids)).tobytes())
+        digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -99,7 +112,7 @@ def staged_outputs(output_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_outputs(output_dir: Path, *, samples: list[dict[str, Any]], input_ids: Sequence[Sequence[int]],
+def write_outputs(output_dir: Path, *, samples: list[dict[str, Any]], input_ids: Sequence[np.ndarray],
                   pool: dict[str, list[Any]], manifest: dict[str, Any]) -> dict[str, str]:
     """Write all artefacts atomically and return {file name: sha256}; the manifest records the same hashes."""
     from datasets import Dataset
@@ -109,8 +122,7 @@ def write_outputs(output_dir: Path, *, samples: list[dict[str, Any]], input_ids:
         table = _token_table(input_ids)
         pq.write_table(table, staging / DATASET_PARQUET)
         # An explicit fingerprint keeps save_to_disk byte-identical between identical runs.
-        fingerprint = hashlib.sha256(json.dumps([list(x) for x in input_ids]).encode()).hexdigest()[:16]
-        Dataset(table, fingerprint=fingerprint).save_to_disk(str(staging / DATASET_DIR))
+        Dataset(table, fingerprint=_tokens_digest(input_ids)[:16]).save_to_disk(str(staging / DATASET_DIR))
         pq.write_table(pa.table(pool), staging / POOL_PARQUET)
         hashes = {p.relative_to(staging).as_posix(): file_sha256(p)
                   for p in sorted(staging.rglob("*")) if p.is_file()}

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenizedText:
     """A candidate after processing: the text that was kept and exactly its token ids."""
 
     text: str
-    input_ids: tuple[int, ...]
+    input_ids: np.ndarray  # (T,) int32: a tenth of the memory of a tuple of Python ints, for large pools
 
 
 def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], sequence_length: int,
@@ -34,10 +35,10 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
             enc = tokenizer(chunk, truncation=True, max_length=sequence_length, return_offsets_mapping=True)
             for text, ids, offsets in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
                 end = max((e for _, e in offsets), default=0)
-                out.append(TokenizedText(text=text[:end], input_ids=tuple(ids)))
+                out.append(TokenizedText(text=text[:end], input_ids=np.asarray(ids, dtype=np.int32)))
         else:  # slow tokenizers have no offsets: decode the kept ids instead
             enc = tokenizer(chunk, truncation=True, max_length=sequence_length)
             for ids in enc["input_ids"]:
                 out.append(TokenizedText(text=tokenizer.decode(ids, skip_special_tokens=True),
-                                         input_ids=tuple(ids)))
+                                         input_ids=np.asarray(ids, dtype=np.int32)))
     return out
