@@ -181,20 +181,22 @@ def _choose_fields(spec: SourceSpec, columns: list[str]) -> tuple[tuple[str, ...
                     f"Name them as {spec.spec}#field or #field+field")
 
 
-def _diagnose_json(path: Path) -> None:
-    """Find the first malformed line of a json/jsonl file and raise an error naming it."""
+def _diagnose_json(path: Path) -> bool:
+    """Raise an error naming the first malformed line of a json/jsonl file; return whether it has any content."""
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         head = fh.read(4096).lstrip()[:1]
         fh.seek(0)
+        if not head:
+            return False
         if head == "[":
             try:
                 json.load(fh)
             except json.JSONDecodeError as exc:
                 raise ColaError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
-            return
+            return True
         for lineno, line in enumerate(fh, start=1):
             if line.strip():
                 try:
@@ -203,6 +205,7 @@ def _diagnose_json(path: Path) -> None:
                     raise ColaError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
                 if not isinstance(obj, dict):
                     raise ColaError(f"{path}: line {lineno} is not a JSON object")
+    return True
 
 
 def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
@@ -215,8 +218,9 @@ def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
     # Reading a local file is no download: stop datasets from reporting one to the hub (an HTTP call each).
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
-    if builder == "json":
-        _diagnose_json(path)  # datasets' own errors do not say which line is broken
+    # datasets' own json errors do not say which line is broken, and it fails oddly on empty (compressed) files.
+    if builder == "json" and not _diagnose_json(path):
+        return
     try:
         stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
         yield from stream
