@@ -819,30 +819,14 @@ def test_local_file_load_makes_no_network_call(tmp_path: Path, monkeypatch, http
 
 
 @needs_shared_data
-def test_real_gsm8k_train():
-    path = SHARED_DATA / "gsm8k" / "train.jsonl"
-    source = load(path, max_candidates=20, seed=0)
-    assert source.spec.name == "gsm8k/train"
-    assert (source.capability, source.fields) == ("math", ("question", "answer"))
-    assert source.records_seen == 7473
-    assert len(source.texts) == 20
-    assert all("####" in text for text in source.texts)
-
-
-@needs_shared_data
-def test_real_humaneval():
-    path = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
-    source = load(path, max_candidates=10, seed=0)
-    assert (source.capability, source.fields) == ("code", ("prompt", "canonical_solution"))
-    assert source.records_seen == 164
+@pytest.mark.parametrize("relative, capability, fields, records, marker", [
+    ("gsm8k/train.jsonl", "math", ("question", "answer"), 7473, "####"),
+    ("humaneval/HumanEval.jsonl.gz", "code", ("prompt", "canonical_solution"), 164, "def "),
+    ("commonsense_llm_adapters/arc_easy_train.parsed.jsonl", "commonsense", ("question", "choices"), 2251, "\n\n"),
+])
+def test_real_shared_data(relative, capability, fields, records, marker):
+    source = load(SHARED_DATA / relative, max_candidates=10, seed=0)
+    assert (source.capability, source.fields, source.records_seen) == (capability, fields, records)
     assert len(source.texts) == 10
-    assert all("def " in text for text in source.texts)
+    assert all(marker in text for text in source.texts)
 
-
-@needs_shared_data
-def test_real_arc_easy_llm_adapters():
-    path = SHARED_DATA / "commonsense_llm_adapters" / "arc_easy_train.parsed.jsonl"
-    source = load(path, max_candidates=10, seed=0)
-    assert (source.capability, source.fields) == ("commonsense", ("question", "choices"))
-    assert len(source.texts) == 10
-    assert all("\n\n" in text for text in source.texts)
