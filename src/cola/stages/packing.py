@@ -1,0 +1,109 @@
+"""Stage 2 length step: cut documents into samples of exactly `sequence_length` tokens, with no padding.
+
+COLA (arXiv 2510.10618, Sec. 4.1) calibrates on samples of one standard length. Padding wastes compute and,
+worse, enters the activation statistics that compression methods estimate, so every sample here is real
+text. With packing (the default), the documents of ONE source are joined into one token stream, each
+followed by a separator (EOS), and cut into consecutive windows. A window's start snaps forward to the next
+paragraph or sentence start when one lies within a small slack, so long documents are split at natural
+boundaries where possible. Without packing, each document is windowed alone and documents shorter than
+`sequence_length` are dropped (they cannot make a full sample without padding).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Where a new unit of text starts: after a blank line (paragraph), a line break, or sentence punctuation.
+_BOUNDARY = re.compile(r"\n\s*\n\s*|\n\s*|(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizedDocument:
+    """One document's token ids and the token indices where a paragraph or sentence starts."""
+
+    input_ids: np.ndarray   # (T,) int32
+    boundaries: np.ndarray  # (B,) int32, ascending, always includes 0
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One sample: exactly `sequence_length` token ids, and which documents it draws from."""
+
+    input_ids: np.ndarray           # (L,) int32
+    documents: tuple[int, ...]      # indices into the document list, in order
+
+
+def boundary_token_indices(text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Token indices whose token starts a paragraph, line or sentence of `text` (always includes 0)."""
+    if not offsets:
+        return np.zeros(1, dtype=np.int32)
+    starts = np.array([start for start, _ in offsets], dtype=np.int64)  # (T,) char offset of each token
+    chars = [m.end() for m in _BOUNDARY.finditer(text) if 0 < m.end() < len(text)]
+    tokens = np.searchsorted(starts, np.array(chars, dtype=np.int64), side="left")  # first token at/after
+    tokens = tokens[tokens < len(starts)]
+    return np.unique(np.concatenate([[0], tokens])).astype(np.int32)
+
+
+def tokenize_documents(tokenizer, texts: Sequence[str], batch_size: int = 256) -> list[TokenizedDocument]:
+    """Tokenize whole documents (no special tokens, no truncation) and find their boundary tokens."""
+    docs: list[TokenizedDocument] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        if tokenizer.is_fast:
+            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            for text, ids, offsets in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
+                docs.append(TokenizedDocument(np.asarray(ids, dtype=np.int32), boundary_token_indices(text, offsets)))
+        else:  # no offsets: only the document start is a known boundary
+            enc = tokenizer(chunk, add_special_tokens=False, verbose=False)
+            docs.extend(TokenizedDocument(np.asarray(ids, dtype=np.int32), np.zeros(1, dtype=np.int32))
+                        for ids in enc["input_ids"])
+    return docs
+
+
+def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, length: int, slack: int) -> list[Window]:
+    """Consecutive windows of `length` over one stream; each start snaps to a boundary within `slack`."""
+    windows: list[Window] = []
+    start = 0
+    while start + length <= len(ids):
+        window_owner = owner[start:start + length]
+        windows.append(Window(ids[start:start + length].copy(), tuple(dict.fromkeys(window_owner.tolist()))))
+        end = start + length
+        nxt = np.searchsorted(boundaries, end, side="left")  # first boundary at or after the end
+        start = int(boundaries[nxt]) if nxt < len(boundaries) and boundaries[nxt] - end <= slack else end
+    return windows
+
+
+def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, separator_id: int | None,
+                   bos_id: int | None = None, pack: bool = True, slack_fraction: float = 0.125) -> list[Window]:
+    """Cut one source's documents into windows of exactly `sequence_length` tokens.
+
+    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each window.
+    Tokens past the last full window are dropped; so are, without packing, documents shorter than a window.
+    """
+    if sequence_length < 2 and bos_id is not None:
+        raise ValueError("sequence_length must leave room for tokens after BOS")
+    body = sequence_length - (bos_id is not None)
+    slack = int(body * slack_fraction)
+    groups = [list(range(len(docs)))] if pack else [[i] for i in range(len(docs))]
+    windows: list[Window] = []
+    for group in groups:
+        parts, bounds, owners, offset = [], [], [], 0
+        for i in group:
+            doc = docs[i]
+            ids = doc.input_ids if separator_id is None or not pack else np.append(doc.input_ids, separator_id)
+            parts.append(ids.astype(np.int32))
+            bounds.append(doc.boundaries.astype(np.int64) + offset)
+            owners.append(np.full(len(ids), i, dtype=np.int64))
+            offset += len(ids)
+        if offset < body:
+            continue
+        stream = np.concatenate(parts)                 # (S,)
+        boundaries = np.concatenate(bounds)            # (B,) ascending: documents are in order
+        for window in _windows(stream, boundaries, np.concatenate(owners), body, slack):
+            ids = window.input_ids if bos_id is None else np.concatenate([[bos_id], window.input_ids])
+            windows.append(Window(ids.astype(np.int32), window.documents))
+    return windows

@@ -1,0 +1,74 @@
+"""Stage 2 length step: exact-length windows, no padding, packing within a source, boundary-aware splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cola.stages.packing import TokenizedDocument, boundary_token_indices, pack_to_length, tokenize_documents
+
+from .conftest import byte_tokenizer
+
+SEP = 256
+
+
+def _doc(n: int, start: int = 0, boundaries=(0,)) -> TokenizedDocument:
+    return TokenizedDocument(np.arange(start, start + n, dtype=np.int32) % 200, np.array(boundaries, np.int32))
+
+
+def test_boundaries_are_sentence_and_paragraph_starts() -> None:
+    tok = byte_tokenizer()
+    text = "Hello there. New one!\n\nPara two.\nLine"
+    (doc,) = tokenize_documents(tok, [text])
+    assert len(doc.input_ids) == len(text)  # byte tokenizer: one token per character
+    assert [text[i] for i in doc.boundaries] == ["H", "N", "P", "L"]
+
+
+def test_boundary_indices_without_offsets() -> None:
+    assert boundary_token_indices("", []).tolist() == [0]
+
+
+def test_short_documents_are_packed_into_exact_windows() -> None:
+    docs = [_doc(30, start=10 * i) for i in range(10)]  # 10 x (30 + separator) = 310 tokens
+    windows = pack_to_length(docs, 64, separator_id=SEP, slack_fraction=0.0)
+    assert len(windows) == 310 // 64
+    assert all(len(w.input_ids) == 64 for w in windows)
+    stream = np.concatenate([np.append(d.input_ids, SEP) for d in docs])
+    assert np.array_equal(np.concatenate([w.input_ids for w in windows]), stream[: 64 * len(windows)])
+    assert windows[0].documents == (0, 1, 2)  # 31 + 31 + 2 tokens
+    assert (windows[0].input_ids == SEP).sum() == 2
+
+
+def test_window_starts_snap_to_the_next_sentence_within_slack() -> None:
+    doc = _doc(300, boundaries=(0, 70, 150, 290))
+    windows = pack_to_length([doc], 64, separator_id=SEP, slack_fraction=0.125)  # slack 8 tokens
+    # window 1 ends at 64; the boundary at 70 is within 8 -> window 2 starts there; ends at 134, next
+    # boundary 150 is 16 away -> hard continue at 134; ends at 198 -> no boundary near -> 198; ends 262 ...
+    starts = [int(w.input_ids[0]) for w in windows]
+    assert starts == [0, 70, 134, 198 % 200]
+    assert all(len(w.input_ids) == 64 for w in windows)
+
+
+def test_without_packing_short_documents_are_dropped_and_long_ones_windowed_alone() -> None:
+    docs = [_doc(50), _doc(130, start=1), _doc(63)]
+    windows = pack_to_length(docs, 64, separator_id=SEP, pack=False, slack_fraction=0.0)
+    assert [w.documents for w in windows] == [(1,), (1,)]
+    assert all(SEP not in w.input_ids for w in windows)
+
+
+def test_bos_takes_the_first_slot() -> None:
+    windows = pack_to_length([_doc(200)], 32, separator_id=SEP, bos_id=255)
+    assert all(len(w.input_ids) == 32 and w.input_ids[0] == 255 for w in windows)
+    assert len(windows) == 201 // 31
+
+
+def test_too_little_text_gives_no_window() -> None:
+    assert pack_to_length([_doc(10), _doc(10)], 64, separator_id=SEP) == []
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_every_window_has_exactly_the_length(length: int) -> None:
+    rng = np.random.default_rng(0)
+    docs = [_doc(int(n), boundaries=(0,)) for n in rng.integers(1, 150, size=40)]
+    windows = pack_to_length(docs, length, separator_id=SEP)
+    assert windows and all(len(w.input_ids) == length for w in windows)
