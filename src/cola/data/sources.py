@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cola.data.catalog import CATALOG, EMBEDDED_SOURCES, catalog_entry, entry_for_columns
 from cola.errors import ColaError
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _CAPABILITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 HUB_SHUFFLE_BUFFER = 10_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +54,10 @@ class Source:
     spec: SourceSpec
     capability: str
     fields: tuple[str, ...]
-    texts: tuple[str, ...]
+    texts: tuple[str, ...]          # each record rendered from `fields` (the text Stage 2 starts from)
     records_seen: int
     empty_skipped: int
+    records: tuple[dict[str, Any], ...] = ()  # the sampled raw records, aligned with texts, for formatters
 
     @property
     def content_sha256(self) -> str:
@@ -245,9 +247,9 @@ def _stream_embedded(spec: SourceSpec, seed: int) -> Iterator[dict[str, Any]]:
     yield from embedded_records(spec.location, seed=seed)
 
 
-def reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple[list[str], int]:
+def reservoir_sample(items: Iterable[T], k: int, rng: random.Random) -> tuple[list[T], int]:
     """Uniform sample of k items from a stream in one pass (Algorithm R), keeping stream order; also the count."""
-    reservoir: list[tuple[int, str]] = []
+    reservoir: list[tuple[int, T]] = []
     seen = 0
     for seen, item in enumerate(items, start=1):
         if len(reservoir) < k:
@@ -256,7 +258,7 @@ def reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple[
             slot = rng.randrange(seen)
             if slot < k:
                 reservoir[slot] = (seen, item)
-    return [item for _, item in sorted(reservoir)], seen
+    return [item for _, item in sorted(reservoir, key=lambda pair: pair[0])], seen
 
 
 def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
@@ -274,12 +276,12 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
     fields, capability = _choose_fields(spec, list(first))
     empty = 0
 
-    def texts() -> Iterator[str]:
+    def texts() -> Iterator[tuple[str, dict[str, Any]]]:
         nonlocal empty
         for record in records:
             text = record_text(record, fields)
             if text:
-                yield text
+                yield text, dict(record)
             else:
                 empty += 1
 
@@ -293,5 +295,5 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
         raise ColaError(f"{spec.spec}: all {seen} texts are empty in fields {', '.join(fields)}")
     log.info("source %s: %d candidates from %d records (%s, fields %s)", spec.name, len(sampled), seen,
              capability, "+".join(fields))
-    return Source(spec=spec, capability=capability, fields=fields, texts=tuple(sampled), records_seen=seen,
-                  empty_skipped=empty)
+    return Source(spec=spec, capability=capability, fields=fields, texts=tuple(t for t, _ in sampled),
+                  records_seen=seen, empty_skipped=empty, records=tuple(r for _, r in sampled))
