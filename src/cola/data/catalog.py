@@ -25,6 +25,7 @@ class CatalogEntry:
     text_fields: tuple[str, ...]
     capability: str
     description: str
+    formatter: str = "text"  # the cola.data.formatters format its records are written in
 
 
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
@@ -38,34 +39,34 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
                  text_fields=("text",), capability="general", description="The Pile without copyrighted parts"),
     CatalogEntry(name="gsm8k", hub_id="openai/gsm8k", config="main", split="train",
                  text_fields=("question", "answer"), capability="math",
-                 description="grade-school math word problems with worked solutions"),
+                 description="grade-school math word problems with worked solutions", formatter="gsm8k"),
     CatalogEntry(name="math", hub_id="DigitalLearningGmbH/MATH-lighteval", config="default", split="train",
                  text_fields=("problem", "solution"), capability="math",
-                 description="competition mathematics (Hendrycks MATH) with solutions"),
+                 description="competition mathematics (Hendrycks MATH) with solutions", formatter="math"),
     CatalogEntry(name="mbpp", hub_id="google-research-datasets/mbpp", config="full", split="train",
                  text_fields=("text", "code"), capability="code",
-                 description="basic Python programming problems with solutions"),
+                 description="basic Python programming problems with solutions", formatter="mbpp"),
     CatalogEntry(name="humaneval", hub_id="openai/openai_humaneval", config=None, split="test",
                  text_fields=("prompt", "canonical_solution"), capability="code",
-                 description="hand-written Python functions with docstrings"),
+                 description="hand-written Python functions with docstrings", formatter="humaneval"),
     CatalogEntry(name="hellaswag", hub_id="Rowan/hellaswag", config=None, split="train",
                  text_fields=("ctx", "endings"), capability="commonsense",
-                 description="commonsense sentence completion"),
+                 description="commonsense sentence completion", formatter="multiple_choice"),
     CatalogEntry(name="arc", hub_id="allenai/ai2_arc", config="ARC-Challenge", split="train",
                  text_fields=("question", "choices"), capability="commonsense",
-                 description="grade-school science questions (ARC-Challenge)"),
+                 description="grade-school science questions (ARC-Challenge)", formatter="multiple_choice"),
     CatalogEntry(name="arc_easy", hub_id="allenai/ai2_arc", config="ARC-Easy", split="train",
                  text_fields=("question", "choices"), capability="commonsense",
-                 description="grade-school science questions (ARC-Easy)"),
+                 description="grade-school science questions (ARC-Easy)", formatter="multiple_choice"),
     CatalogEntry(name="piqa", hub_id="ybisk/piqa", config=None, split="train",
                  text_fields=("goal", "sol1", "sol2"), capability="commonsense",
-                 description="physical commonsense reasoning"),
+                 description="physical commonsense reasoning", formatter="multiple_choice"),
     CatalogEntry(name="commonsense_qa", hub_id="tau/commonsense_qa", config=None, split="train",
                  text_fields=("question", "choices"), capability="commonsense",
-                 description="multiple-choice commonsense questions"),
+                 description="multiple-choice commonsense questions", formatter="multiple_choice"),
     CatalogEntry(name="alpaca", hub_id="tatsu-lab/alpaca", config=None, split="train",
                  text_fields=("instruction", "input", "output"), capability="general",
-                 description="instruction-following demonstrations"),
+                 description="instruction-following demonstrations", formatter="instruction"),
 )}
 
 
