@@ -42,18 +42,22 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
     dataset = load_from_disk(str(out / DATASET_DIR))
     assert dataset.column_names == ["input_ids", "attention_mask"] and len(dataset) == 6
     for row, sample in zip(dataset, samples):
-        assert 0 < len(row["input_ids"]) <= 64 and set(row["attention_mask"]) == {1}
+        assert len(row["input_ids"]) == 64 and set(row["attention_mask"]) == {1}  # exact length, no padding
         assert row["input_ids"] == tokenizer(sample["text"])["input_ids"]  # text and ids agree
     assert pq.read_table(out / DATASET_PARQUET).num_rows == 6
     pool = pq.read_table(out / POOL_PARQUET).to_pydict()
-    assert len(pool["pool_index"]) == 36 and sum(pool["selected"]) == 6
     manifest = json.loads((out / MANIFEST_FILE).read_text())
+    stage2 = manifest["stage2"]
+    assert [e["formatter"] for e in stage2["sources"]] == ["gsm8k", "text", "mbpp"]
+    assert stage2["filters"]["before"] == 36
+    assert len(pool["pool_index"]) == sum(e["samples"] for e in stage2["sources"]) and sum(pool["selected"]) == 6
+    assert set(pool["num_tokens"]) == {64}
     assert [s["candidates"] for s in manifest["sources"]] == [12, 12, 12]
     assert {s["capability"] for s in manifest["sources"]} == {"math", "general", "code"}
     assert all(len(s["content_sha256"]) == 64 for s in manifest["sources"])
     assert manifest["settings"]["num_samples"] == 6 and manifest["seed"] == 42
     assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 6
-    assert sorted(manifest["diagnostics"]["cluster_sizes"]) and sum(manifest["diagnostics"]["cluster_sizes"]) == 36
+    assert sum(manifest["diagnostics"]["cluster_sizes"]) == len(pool["pool_index"])
     assert set(manifest["outputs"]) >= {SAMPLES_FILE, DATASET_PARQUET, POOL_PARQUET}
     assert not list(out.glob(".cola-*"))
 
@@ -120,7 +124,7 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
         datasets={"x": Path(f"{pool_files['math']}#body")})
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
     assert "all 2 texts are empty" in bad(datasets={"x": empty})
-    assert "num_samples 500 is larger than the pool of 36 candidates" in bad("--num_samples", "500")
+    assert "num_samples 500 is larger than the pool of 50 candidates after Stage 2 (36 documents" in bad("--num_samples", "500")
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
@@ -159,3 +163,41 @@ def test_unknown_dtype_is_a_one_line_error(tiny_model_dir, tmp_path, capsys) -> 
                  "--dtype", "float8", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown dtype 'float8'" in err and "float32" in err
+
+
+def test_ablation_switches(tiny_model_dir, pool_files, tmp_path) -> None:
+    no2, no3 = tmp_path / "no2", tmp_path / "no3"
+    assert curate(tiny_model_dir, pool_files, no2, "--no_stage2") == 0
+    manifest = json.loads((no2 / MANIFEST_FILE).read_text())
+    assert manifest["stage2"]["enabled"] is False and manifest["stages"]["stage2_processing"].startswith("off")
+    lengths = pq.read_table(no2 / POOL_PARQUET).to_pydict()["num_tokens"]
+    assert len(lengths) == 36 and max(lengths) <= 64 and min(lengths) < 64  # cut, not packed
+
+    assert curate(tiny_model_dir, pool_files, no3, "--no_stage3") == 0
+    samples = json.loads((no3 / SAMPLES_FILE).read_text())
+    assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"random"}
+    assert set(pq.read_table(no3 / POOL_PARQUET).to_pydict()["cluster"]) == {-1}
+
+
+def test_no_pack_and_field_mapping(tiny_model_dir, tmp_path) -> None:
+    qa = write_jsonl(tmp_path / "qa.jsonl", [
+        {"q": f"Question number {i}: how many legs do {i} spiders have in total together?",
+         "a": f"{8 * i}", "why": f"Each spider has 8 legs, so {i} spiders have {i} times 8 legs, that is {8 * i}."}
+        for i in range(30)])
+    out = tmp_path / "out"
+    args = ["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
+            "--dtype", "float32", "--device", "cpu", "--num_samples", "4", "--sequence_length", "48",
+            "--datasets", f"{qa}@math", "--fields", "question=q,reasoning=why,answer=a", "--no_pack", "--no_dedup"]
+    assert main(args) == 0
+    stage2 = json.loads((out / MANIFEST_FILE).read_text())["stage2"]
+    assert stage2["sources"][0]["formatter"] == "fields" and stage2["sources"][0]["samples"] >= 30
+    pool_texts = [t for t in pq.read_table(out / POOL_PARQUET).to_pydict()["dataset_name"]]
+    assert len(pool_texts) == stage2["sources"][0]["samples"]
+    for sample in json.loads((out / SAMPLES_FILE).read_text()):  # never two documents in one window
+        assert sample["text"].count("Question:") <= 1 and "</s>" not in sample["text"]
+
+
+def test_bad_field_mapping_is_a_one_line_error(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    code = curate(tiny_model_dir, {"m": pool_files["math"]}, tmp_path / "o", "--fields", "question=q,answer=nope")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'q'" in err[0] and "question, answer" in err[0]

@@ -60,3 +60,25 @@ def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None
         ("gsm8k/train", "math", 24), ("c4_en_train_first1000", "general", 24), ("mbpp_train_valid_prompt", "code", 24)]
     assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 16
     assert manifest["model_class"] == "LlamaForCausalLM"
+
+
+@needs_data
+def test_stage2_on_real_pools_formats_and_packs_exactly(smollm2) -> None:
+    """gsm8k + c4 + mbpp through Stage 2 with SmolLM2's tokenizer: Q&A form, exact length, no padding."""
+    from cola.config import ProcessConfig
+    from cola.data.sources import load_source, parse_source
+    from cola.stages.process import process_sources
+
+    _, tokenizer = smollm2
+    specs = ["gsm8k/train.jsonl", "c4/c4_en_train_first1000.jsonl", "mbpp/mbpp_train_valid_prompt.jsonl"]
+    sources = [load_source(parse_source(str(SHARED_DATA / s)), max_candidates=40, seed=0) for s in specs]
+    samples, report = process_sources(sources, tokenizer, 256, ProcessConfig(chat_template="off"))
+    assert samples and all(len(s.input_ids) == 256 for s in samples)
+    assert all(tokenizer.pad_token_id is None or tokenizer.pad_token_id not in s.input_ids.tolist()
+               for s in samples)
+    assert [e["formatter"] for e in report["sources"]] == ["gsm8k", "text", "mbpp"]
+    gsm8k_text = next(s.text for s in samples if s.source == 0)
+    assert "Question: " in gsm8k_text and "\n\nReasoning:\n" in gsm8k_text and "\n\nAnswer: " in gsm8k_text
+    assert "####" not in gsm8k_text and "<<" not in gsm8k_text  # answer split out, calculator notes removed
+    assert {s.source for s in samples} == {0, 1, 2}
+    assert sum(e["samples"] for e in report["sources"]) == len(samples)

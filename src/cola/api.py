@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cola.config import CurateConfig, SelectionConfig
+import numpy as np
+
+from cola.config import CurateConfig, ProcessConfig, SelectionConfig
 from cola.data.sources import Source, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
 
-SELECTION_METHOD = "activation_kmeans_medoid"
 # What exists today; the manifest says so, so nobody mistakes a cut-to-length pool for a curated one.
-STAGES_IMPLEMENTED = {"stage1_dataset_selection": False, "stage2_processing": "truncate_to_length_only",
-                      "stage3_activation_selection": True}
+def stages_run(config: CurateConfig) -> dict[str, Any]:
+    """What each stage did in this run, so nobody mistakes a partly curated set for a fully curated one."""
+    return {"stage1_dataset_selection": "not implemented yet",
+            "stage2_processing": ("format, quality filters, exact-length packing (no reasoning generation yet)"
+                                  if config.process.enabled else "off: texts cut to sequence_length"),
+            "stage3_activation_selection": "on" if config.stage3 else "off: seeded random pick"}
 
 
 class COLA:
@@ -32,7 +38,8 @@ class COLA:
     def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Sequence[str] = ("embedded",),
                  target_capabilities: Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  deployment_type: str = "general", targeted_capability: str | None = None,
-                 candidates_per_source: int = 1000, selection: SelectionConfig | None = None,
+                 candidates_per_source: int = 1000, process: ProcessConfig | None = None,
+                 selection: SelectionConfig | None = None, stage3: bool = True,
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None) -> None:
         self.model = model
@@ -43,10 +50,22 @@ class COLA:
         self.deployment_type = deployment_type
         self.targeted_capability = targeted_capability
         self.candidates_per_source = candidates_per_source
+        self.process = process or ProcessConfig()
         self.selection = selection or SelectionConfig()
+        self.stage3 = stage3
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
+
+    @classmethod
+    def from_config(cls, config: CurateConfig, *, model: Any, tokenizer: Any, output_dir: str | Path,
+                    **kwargs: Any) -> COLA:
+        """A COLA whose settings are those of `config` (num_samples and sequence_length go to run())."""
+        return cls(model=model, tokenizer=tokenizer, available_datasets=config.datasets,
+                   target_capabilities=config.target_capabilities, output_dir=output_dir,
+                   deployment_type=config.deployment_type, targeted_capability=config.targeted_capability,
+                   candidates_per_source=config.candidates_per_source, process=config.process,
+                   selection=config.selection, stage3=config.stage3, **kwargs)
 
     def config(self, num_samples: int, sequence_length: int) -> CurateConfig:
         """The validated settings of a run (raises ColaError on bad values)."""
@@ -54,19 +73,21 @@ class COLA:
                             num_samples=num_samples, sequence_length=sequence_length,
                             candidates_per_source=self.candidates_per_source,
                             deployment_type=self.deployment_type, targeted_capability=self.targeted_capability,
-                            selection=self.selection)
+                            process=self.process, selection=self.selection, stage3=self.stage3)
 
     def run(self, num_samples: int = 128, sequence_length: int = 2048) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them."""
         from cola.models import context_length
-        from cola.stages.process import truncate_to_length
-        from cola.stages.select import select_by_activations
 
         config = self.config(num_samples, sequence_length)
         limit = context_length(self.model)
         if limit is not None and sequence_length > limit:
             raise ColaError(f"sequence_length {sequence_length} is beyond the model's context of {limit} tokens")
         specs = parse_sources(config.datasets)
+        mapping = config.process.field_mapping
+        if mapping:  # the mapped fields are the text fields of every file or hub source that names none
+            specs = [dataclasses.replace(s, fields=tuple(f for _, f in mapping))
+                     if s.kind != "embedded" and s.fields is None else s for s in specs]
         ensure_writable(self.output_dir)
         timings = dict(self.timings)
 
@@ -81,37 +102,33 @@ class COLA:
                         config.targeted_capability)
 
         start = time.perf_counter()
-        texts = [text for source in sources for text in source.texts]
-        owner = [source for source in sources for _ in source.texts]
-        processed = truncate_to_length(self.tokenizer, texts, sequence_length)
-        timings["process"] = time.perf_counter() - start
+        processed, stage2 = self._process(sources, config)
+        timings["stage2_process"] = time.perf_counter() - start
         if len(processed) < num_samples:
             raise ColaError(f"num_samples {num_samples} is larger than the pool of {len(processed)} candidates "
-                            f"({', '.join(f'{s.spec.name}: {len(s.texts)}' for s in sources)}); "
-                            "add datasets or raise --candidates_per_source")
-
-        selection = select_by_activations(
-            self.model, [p.input_ids for p in processed], [s.spec.name for s in owner], num_samples,
-            config.selection, pad_token_id=self.tokenizer.pad_token_id or 0, quiet=self.quiet)
+                            f"after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
+                            "--candidates_per_source, or shorten --sequence_length")
+        owner = [sources[p.source] for p in processed]
+        selection = self._select(processed, owner, config)
         timings.update(selection.timings)
 
         samples = [{"text": processed[i].text, "dataset_name": owner[i].spec.name,
                     "capability_scores": {cap: float(cap == owner[i].capability) for cap in targets},
-                    "format_enhanced": False, "selection_index": int(i), "selection_method": SELECTION_METHOD}
+                    "format_enhanced": processed[i].format_enhanced, "selection_index": int(i),
+                    "selection_method": selection.method}
                    for i in selection.indices]
         pool = {"pool_index": list(range(len(processed))), "dataset_name": [s.spec.name for s in owner],
                 "capability": [s.capability for s in owner], "num_tokens": [len(p.input_ids) for p in processed],
-                "selected": [False] * len(processed), "cluster": selection.labels.tolist(),
+                "selected": np.isin(np.arange(len(processed)), selection.indices).tolist(),
+                "cluster": selection.labels.tolist(),
                 "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
                 "feature": selection.features.tolist()}
-        for i in selection.indices:
-            pool["selected"][i] = True
         manifest = {
             "tool": "cola", "command": "curate", "model": self.model_name_or_path,
             "model_class": type(self.model).__name__, "model_dtype": str(next(self.model.parameters()).dtype),
             "tokenizer": tokenizer_fingerprint(self.tokenizer), "seed": config.selection.seed,
-            "settings": config.as_dict(), "target_capabilities": list(targets), "stages": STAGES_IMPLEMENTED,
-            "sources": [s.describe() for s in sources], "num_samples": len(samples),
+            "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
+            "sources": [s.describe() for s in sources], "stage2": stage2, "num_samples": len(samples),
             "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
             "diagnostics": selection.diagnostics, "libraries": library_versions(),
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -120,6 +137,30 @@ class COLA:
                       pool=pool, manifest=manifest)
         log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
         return samples
+
+    def _process(self, sources: list[Source], config: CurateConfig) -> tuple[list[Any], dict[str, Any]]:
+        """Stage 2, or (ablation) only each text cut to the sequence length."""
+        from cola.stages.process import TokenizedText, process_sources, truncate_to_length
+
+        if config.process.enabled:
+            return process_sources(sources, self.tokenizer, config.sequence_length, config.process,
+                                   model=self.model, quiet=self.quiet)
+        processed: list[TokenizedText] = []
+        for index, source in enumerate(sources):
+            processed.extend(dataclasses.replace(p, source=index)
+                             for p in truncate_to_length(self.tokenizer, source.texts, config.sequence_length))
+        return processed, {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
+
+    def _select(self, processed: list[Any], owner: list[Source], config: CurateConfig) -> Any:
+        """Stage 3, or (ablation) a seeded random pick from the processed pool."""
+        from cola.stages.select import select_at_random, select_by_activations
+
+        names = [s.spec.name for s in owner]
+        if not config.stage3:
+            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed)
+        return select_by_activations(self.model, [p.input_ids for p in processed], names, config.num_samples,
+                                     config.selection, pad_token_id=self.tokenizer.pad_token_id or 0,
+                                     quiet=self.quiet)
 
     @staticmethod
     def _target_capabilities(config: CurateConfig, sources: list[Source]) -> tuple[str, ...]:
@@ -131,3 +172,13 @@ class COLA:
             if cap not in present:
                 raise unknown_choice("target capability (no dataset serves it)", cap, present)
         return config.target_capabilities
+
+
+def _describe_losses(sources: list[Source], stage2: dict[str, Any]) -> str:
+    """Where candidates went: records per source, what each filter removed, samples per source."""
+    if not stage2.get("filters"):
+        return ", ".join(f"{s.spec.name}: {len(s.texts)}" for s in sources)
+    removed = ", ".join(f"{name} removed {n}" for name, n in stage2["filters"]["removed"].items())
+    per_source = ", ".join(f"{e['name']}: {e['records']} records -> {e['documents_after_filters']} documents -> "
+                           f"{e['samples']} samples" for e in stage2["sources"])
+    return f"{stage2['filters']['before']} documents, {removed}; {per_source}"

@@ -8,7 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 from cola.errors import ColaError
+
+if TYPE_CHECKING:
+    from cola.config import CurateConfig
 
 log = logging.getLogger("cola")
 
@@ -28,10 +33,20 @@ def _layers(value: str) -> tuple[int, ...] | None:
     return tuple(layers)
 
 
-def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
-    from cola.config import CurateConfig, SelectionConfig
+def _field_mapping(value: str) -> tuple[tuple[str, str], ...]:
+    from cola.data.formatters import parse_field_mapping
 
-    c, s = CurateConfig(), SelectionConfig()
+    try:
+        return tuple(parse_field_mapping(value).items())
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
+    from cola.config import CHAT_TEMPLATE_MODES, CurateConfig, ProcessConfig, SelectionConfig
+
+    c, s, p = CurateConfig(), SelectionConfig(), ProcessConfig()
+    f = p.filters
     parser.add_argument("--model_name_or_path", default="embedded",
                         help="hub id, local model directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct, "
                              "default)")
@@ -59,6 +74,23 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_layers, default=None,
                         help="decoder layers whose activations are used: all (default), '0,5,-1', '10-20'")
     parser.add_argument("--projection_dim", type=int, default=s.projection_dim)
+    stage2 = parser.add_argument_group("Stage 2 (processing)")
+    stage2.add_argument("--no_pack", action="store_true",
+                        help="window each document alone (documents shorter than sequence_length are dropped)")
+    stage2.add_argument("--min_length", type=int, default=f.min_tokens, help="drop documents with fewer tokens")
+    stage2.add_argument("--max_length", type=int, default=f.max_tokens, help="drop documents with more tokens")
+    stage2.add_argument("--chat_template", default=p.chat_template, choices=list(CHAT_TEMPLATE_MODES),
+                        help="wrap Q&A records in the model's chat template (auto: when the tokenizer has one)")
+    stage2.add_argument("--fields", type=_field_mapping, default=None, metavar="ROLE=FIELD,...",
+                        help="map your files' fields: question=...,reasoning=...,answer=... (or text=...)")
+    stage2.add_argument("--no_dedup", action="store_true", help="keep exact and near duplicates")
+    stage2.add_argument("--near_duplicate_threshold", type=float, default=f.near_duplicate_threshold,
+                        help="MinHash Jaccard above which two documents are near duplicates")
+    stage2.add_argument("--perplexity_filter", type=float, default=f.perplexity_drop_fraction, metavar="FRACTION",
+                        help="drop this highest-perplexity fraction of documents (Ji et al., ICLR 2025); 0 = off")
+    ablation = parser.add_argument_group("ablations")
+    ablation.add_argument("--no_stage2", action="store_true", help="skip Stage 2: texts are only cut to length")
+    ablation.add_argument("--no_stage3", action="store_true", help="skip Stage 3: a seeded random pick")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the hub")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
@@ -81,30 +113,40 @@ def _configure_logging(quiet: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
+def curate_config(args: argparse.Namespace) -> CurateConfig:
+    """The validated settings of `cola curate`, built before the model loads so typos fail at once."""
+    from cola.config import CurateConfig, ProcessConfig, SelectionConfig
+    from cola.stages.filters import FilterConfig
+
+    filters = FilterConfig(dedup_exact=not args.no_dedup, dedup_near=not args.no_dedup,
+                           near_duplicate_threshold=args.near_duplicate_threshold, min_tokens=args.min_length,
+                           max_tokens=args.max_length, perplexity_drop_fraction=args.perplexity_filter,
+                           seed=args.seed)
+    process = ProcessConfig(enabled=not args.no_stage2, pack=not args.no_pack, chat_template=args.chat_template,
+                            field_mapping=args.fields, filters=filters)
+    selection = SelectionConfig(layers=args.layers, projection_dim=args.projection_dim, batch_size=args.batch_size,
+                                batch_tokens=args.batch_tokens, seed=args.seed)
+    return CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
+                        num_samples=args.num_samples, sequence_length=args.sequence_length,
+                        candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
+                        targeted_capability=args.targeted_capability, process=process, selection=selection,
+                        stage3=not args.no_stage3)
+
+
 def run_curate(args: argparse.Namespace) -> int:
     from cola.api import COLA
-    from cola.config import CurateConfig, SelectionConfig
     from cola.data.sources import parse_sources
     from cola.models import load_model
 
-    selection = SelectionConfig(layers=args.layers, projection_dim=args.projection_dim, batch_size=args.batch_size,
-                                batch_tokens=args.batch_tokens, seed=args.seed)
-    # Check what can be checked before the model loads, so a typo fails in a second, not after the load.
-    CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
-                 num_samples=args.num_samples, sequence_length=args.sequence_length,
-                 candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
-                 targeted_capability=args.targeted_capability, selection=selection)
-    parse_sources(args.datasets)
+    config = curate_config(args)
+    parse_sources(config.datasets)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code, quiet=args.quiet)
-    cola = COLA(model=model, tokenizer=tokenizer, available_datasets=args.datasets,
-                target_capabilities=args.target_capabilities, output_dir=args.output_dir,
-                deployment_type=args.deployment_type, targeted_capability=args.targeted_capability,
-                candidates_per_source=args.candidates_per_source, selection=selection,
-                model_name_or_path=args.model_name_or_path, quiet=args.quiet,
-                timings={"load_model": time.perf_counter() - start})
-    samples = cola.run(num_samples=args.num_samples, sequence_length=args.sequence_length)
+    cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=args.output_dir,
+                            model_name_or_path=args.model_name_or_path, quiet=args.quiet,
+                            timings={"load_model": time.perf_counter() - start})
+    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length)
     print(f"wrote {len(samples)} calibration samples to {args.output_dir} "
           "(calibration_samples.json, calibration_dataset/, manifest.json)")
     return 0

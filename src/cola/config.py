@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cola.errors import ColaError, unknown_choice
+from cola.stages.filters import FilterConfig
 
 DEPLOYMENT_TYPES = ("general", "targeted")
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +31,21 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    """Stage 2 settings; `enabled=False` is the no-Stage-2 ablation (texts only cut to length)."""
+
+    enabled: bool = True
+    pack: bool = True                       # join a source's documents to fill every window
+    chat_template: str = "auto"             # auto: wrap Q&A records in the model's chat template if it has one
+    field_mapping: tuple[tuple[str, str], ...] | None = None  # (role, field) pairs from --fields
+    filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+
+    def __post_init__(self) -> None:
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise unknown_choice("chat template mode", self.chat_template, CHAT_TEMPLATE_MODES)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CurateConfig:
     """One curation run: the pool, the target, how many samples of what length, and Stage 3's settings."""
 
@@ -39,7 +56,9 @@ class CurateConfig:
     candidates_per_source: int = 1000
     deployment_type: str = "general"
     targeted_capability: str | None = None
+    process: ProcessConfig = dataclasses.field(default_factory=ProcessConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
+    stage3: bool = True                     # False: a seeded random pick from the processed pool (ablation)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

@@ -1,24 +1,42 @@
-"""Stage 2 (processing). For now only the length step: each text is cut to at most `sequence_length` tokens.
+"""Stage 2 (processing, COLA arXiv 2510.10618 Sec. 4.1): format, filter, and cut to one standard length.
 
-Packing short documents to exactly `sequence_length`, the Q&A/reasoning format and quality filters are
-not implemented yet; the README says so.
+1. format: structured records become `Question / Reasoning / Answer` text (catalog formatter, a user's
+   `--fields` mapping, or free text), optionally wrapped in the model's chat template;
+2. filter: exact and near duplicates, length bounds, character heuristics, optional perplexity filter;
+3. length: each source's surviving documents are packed into windows of exactly `sequence_length` tokens.
+
+`truncate_to_length` is the no-Stage-2 path (ablation): each text cut to at most `sequence_length`.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from cola.data.catalog import CATALOG
+from cola.data.formatters import Formatted, Formatter, formatter_for_columns, get_formatter, mapped_formatter
+from cola.data.sources import Source
+from cola.config import ProcessConfig
+from cola.errors import ColaError
+from cola.stages.filters import apply_quality_filters
+from cola.stages.packing import pack_to_length, tokenize_documents
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class TokenizedText:
-    """A candidate after processing: the text that was kept and exactly its token ids."""
+    """A calibration candidate: its text, exactly its token ids, where it came from, how it was made."""
 
     text: str
-    input_ids: np.ndarray  # (T,) int32: a tenth of the memory of a tuple of Python ints, for large pools
+    input_ids: np.ndarray            # (T,) int32
+    source: int = 0                  # index into the list of sources
+    format_enhanced: bool = False    # True when a reasoning chain was added to any of its documents
 
 
 def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], sequence_length: int,
@@ -42,3 +60,79 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                 out.append(TokenizedText(text=tokenizer.decode(ids, skip_special_tokens=True),
                                          input_ids=np.asarray(ids, dtype=np.int32)))
     return out
+
+
+def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] | None) -> tuple[str, Formatter]:
+    """(name, formatter) for a source: a user's mapping, the catalog's choice, or one read off the columns.
+
+    Explicit text fields (`PATH#a+b`) and the embedded pool (already formatted) stay free text.
+    """
+    if field_mapping is not None and source.spec.kind != "embedded":
+        return "fields", mapped_formatter(dict(field_mapping), list(source.records[0]) if source.records else [])
+    if source.spec.kind == "embedded" or source.spec.fields is not None and source.spec.name not in CATALOG:
+        return "text", lambda record, _fields=source.fields: Formatted(
+            text="\n\n".join(str(record[f]).strip() for f in _fields if record.get(f)))
+    if source.spec.name in CATALOG:
+        name = CATALOG[source.spec.name].formatter
+    else:
+        name = formatter_for_columns(set(source.records[0]) if source.records else {"text"})
+    return name, get_formatter(name)
+
+
+def _chat_text(tokenizer: PreTrainedTokenizerBase, formatted: Formatted) -> str:
+    """A Q&A record as one chat exchange in the model's own template."""
+    reply = (f"{formatted.reasoning}\n\nAnswer: {formatted.answer}" if formatted.reasoning
+             else str(formatted.answer))
+    messages = [{"role": "user", "content": formatted.question}, {"role": "assistant", "content": reply}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def use_chat_template(mode: str, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """`on` needs a template; `auto` uses one when the tokenizer has it (instruct models)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise ColaError("--chat_template on, but the tokenizer has no chat template (use auto or off)")
+    return has_template and mode in ("on", "auto")
+
+
+def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBase, sequence_length: int,
+                    config: ProcessConfig, *, model: Any = None, quiet: bool = False,
+                    ) -> tuple[list[TokenizedText], dict[str, Any]]:
+    """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report)."""
+    chat = use_chat_template(config.chat_template, tokenizer)
+    texts: list[str] = []
+    owner: list[int] = []
+    report: dict[str, Any] = {"chat_template": chat, "sources": []}
+    for index, source in enumerate(sources):
+        name, formatter = source_formatter(source, config.field_mapping)
+        records = source.records or tuple({"text": t} for t in source.texts)
+        formatted = [formatter(record) for record in records]
+        kept = [f for f in formatted if f.text]
+        texts.extend(_chat_text(tokenizer, f) if chat and f.question and f.answer else f.text for f in kept)
+        owner.extend([index] * len(kept))
+        report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(records),
+                                  "empty_after_format": len(formatted) - len(kept),
+                                  "needs_reasoning": sum(f.needs_reasoning for f in kept)})
+    docs = tokenize_documents(tokenizer, texts)
+    filtered = apply_quality_filters(texts, [d.input_ids for d in docs], config.filters, model=model, quiet=quiet)
+    report["filters"] = {"before": filtered.before, "removed": dict(filtered.removed), "after": filtered.after}
+    survivors = Counter(owner[i] for i in filtered.kept)
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    samples: list[TokenizedText] = []
+    for index, entry in enumerate(report["sources"]):
+        members = [i for i in filtered.kept if owner[i] == index]
+        windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
+                                 pack=config.pack)
+        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids), input_ids=w.input_ids, source=index)
+                       for w in windows)
+        entry.update(documents_after_filters=survivors.get(index, 0), samples=len(windows))
+    log.info("stage 2: %d documents -> %d after filters -> %d samples of %d tokens", filtered.before,
+             filtered.after, len(samples), sequence_length)
+    return samples, report
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer starts every input with BOS (Llama-2/3 do; SmolLM2, GPT-2, Qwen2 do not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]

@@ -35,6 +35,7 @@ class Selection:
     nearest_distance: np.ndarray        # (N,) distance of each candidate to its nearest selected one
     diagnostics: dict[str, Any]         # deterministic for a given seed
     timings: dict[str, float]           # wall-clock figures, kept apart so diagnostics stay reproducible
+    method: str = "activation_kmeans_medoid"
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -80,3 +81,14 @@ def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[i
                      diagnostics=diagnostics,
                      timings={"stage3_extract": stats.seconds, "stage3_cluster": cluster_seconds,
                               "stage3_useful_tokens_per_second": stats.tokens_per_second})
+
+
+def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int) -> Selection:
+    """The no-Stage-3 ablation: a seeded uniform pick from the processed pool, no model forward at all."""
+    indices = np.sort(np.random.default_rng(seed).choice(pool_size, num_samples, replace=False))
+    diagnostics = {"candidates_per_source": dict(Counter(sources)),
+                   "selected_per_source": dict(Counter(sources[i] for i in indices))}
+    return Selection(indices=indices, features=np.zeros((pool_size, 0), dtype=np.float32),
+                     labels=np.full(pool_size, -1, dtype=np.int64),
+                     nearest_distance=np.full(pool_size, np.nan), diagnostics=diagnostics, timings={},
+                     method="random")
