@@ -53,7 +53,7 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", required=True, help="where the calibration set and manifest go")
     parser.add_argument("--num_samples", type=int, default=c.num_samples)
     parser.add_argument("--sequence_length", type=int, default=c.sequence_length,
-                        help="tokens per sample at most (texts are cut; packing comes with Stage 2)")
+                        help="tokens per sample, exactly (documents are packed or split to it)")
     parser.add_argument("--datasets", nargs="+", default=list(c.datasets), metavar="SOURCE",
                         help="catalog names, file paths, hub ids or embedded[-general|-math|-code]; "
                              "SOURCE@CAPABILITY sets the capability, SOURCE#f1+f2 the text fields "
@@ -61,7 +61,7 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target_capabilities", nargs="+", default=None, metavar="CAPABILITY",
                         help="capabilities to serve (default: those the datasets carry)")
     parser.add_argument("--deployment_type", default=c.deployment_type, choices=["general", "targeted"],
-                        help="Stage 1 is not implemented yet: accepted, validated, and reported as no-op")
+                        help="Stage 1 is not implemented yet: validated, and a warning says it changes nothing")
     parser.add_argument("--targeted_capability", default=None)
     parser.add_argument("--candidates_per_source", type=int, default=c.candidates_per_source,
                         help="texts sampled from each source into the candidate pool")

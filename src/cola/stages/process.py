@@ -108,11 +108,13 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
         records = source.records or tuple({"text": t} for t in source.texts)
         formatted = [formatter(record) for record in records]
         kept = [f for f in formatted if f.text]
-        texts.extend(_chat_text(tokenizer, f) if chat and f.question and f.answer else f.text for f in kept)
+        templated = [chat and bool(f.question and f.answer) for f in kept]
+        texts.extend(_chat_text(tokenizer, f) if wrap else f.text for f, wrap in zip(kept, templated))
         owner.extend([index] * len(kept))
         report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(records),
                                   "empty_after_format": len(formatted) - len(kept),
-                                  "needs_reasoning": sum(f.needs_reasoning for f in kept)})
+                                  "needs_reasoning": sum(f.needs_reasoning for f in kept),
+                                  "chat_templated": sum(templated)})
     docs = tokenize_documents(tokenizer, texts)
     filtered = apply_quality_filters(texts, [d.input_ids for d in docs], config.filters, model=model, quiet=quiet)
     report["filters"] = {"before": filtered.before, "removed": dict(filtered.removed), "after": filtered.after}
@@ -124,7 +126,7 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
         members = [i for i in filtered.kept if owner[i] == index]
         windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
                                  pack=config.pack)
-        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids), input_ids=w.input_ids, source=index)
+        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False), input_ids=w.input_ids, source=index)
                        for w in windows)
         entry.update(documents_after_filters=survivors.get(index, 0), samples=len(windows))
     log.info("stage 2: %d documents -> %d after filters -> %d samples of %d tokens", filtered.before,
