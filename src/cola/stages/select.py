@@ -7,17 +7,18 @@ selection covers the pool's activation space (representative) without piling up 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cola.activations import extract_projected_features
+from cola.activations import ExtractionStats, extract_projected_features
 from cola.cluster import mean_pairwise_distance, nearest_selected_distance, select_medoids
 from cola.config import SelectionConfig
 from cola.progress import progress_bar
@@ -43,29 +44,53 @@ def _summary(values: np.ndarray) -> dict[str, float]:
             "max": round(float(values.max()), 6)}
 
 
-def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], sources: Sequence[str],
-                          num_samples: int, config: SelectionConfig, *, pad_token_id: int = 0,
-                          quiet: bool = False) -> Selection:
-    """Pick `num_samples` distinct candidates: k-means medoids in the model's projected activation space."""
-    features, stats = extract_projected_features(
+def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], config: SelectionConfig, *,
+               pad_token_id: int = 0, quiet: bool = False) -> tuple[np.ndarray, ExtractionStats]:
+    """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters."""
+    return extract_projected_features(
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id, quiet=quiet)
+
+
+def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], quotas: Mapping[str, int],
+                           config: SelectionConfig, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
+    """k-means medoids run separately inside each source with k = its quota; (picks, cluster labels).
+
+    Cluster labels are numbered across sources (source order), -1 for sources with no quota.
+    """
+    names = np.asarray(sources)
+    picks, labels, offset = [], np.full(len(features), -1, dtype=np.int64), 0
+    total = sum(quotas.values())
+    with progress_bar(total=config.kmeans_init * sum(1 for q in quotas.values() if q), quiet=quiet,
+                      desc=f"k-means (k={total})", unit="restart") as bar:
+        for name, quota in quotas.items():
+            if quota <= 0:
+                continue
+            rows = np.flatnonzero(names == name)
+            medoids = select_medoids(features[rows], quota, seed=config.seed, n_init=config.kmeans_init,
+                                     on_restart=lambda: bar.update(1))
+            picks.append(rows[medoids.indices])
+            labels[rows] = medoids.labels + offset
+            offset += quota
+    return np.concatenate(picks), labels
+
+
+def select_from_features(features: np.ndarray, sources: Sequence[str], num_samples: int, config: SelectionConfig,
+                         *, quotas: Mapping[str, int] | None = None, quiet: bool = False) -> Selection:
+    """Pick `num_samples` distinct candidates: k-means medoids in activation space, over the whole pool or,
+    given Stage 1's `quotas` (source -> count), within each source."""
     start = time.perf_counter()
-    with progress_bar(total=config.kmeans_init, quiet=quiet, desc=f"k-means (k={num_samples})",
-                      unit="restart") as bar:
-        medoids = select_medoids(features, num_samples, seed=config.seed, n_init=config.kmeans_init,
-                                 on_restart=lambda: bar.update(1))
+    groups = sources if quotas else [""] * len(features)  # without quotas: one group, the whole pool
+    picks, labels = _medoids_within_quotas(features, groups, quotas or {"": num_samples}, config, quiet)
     cluster_seconds = time.perf_counter() - start
-    order = np.argsort(medoids.indices, kind="stable")
-    indices = medoids.indices[order]
+    indices = np.sort(picks)
     nearest = nearest_selected_distance(features, indices)
     # Reference point: the same measures for a seeded random pick of the same size.
     random_pick = np.sort(np.random.default_rng(config.seed).choice(len(features), num_samples, replace=False))
+    sizes = np.bincount(labels[labels >= 0], minlength=num_samples)
     diagnostics = {
-        "extraction": {k: v for k, v in stats.as_dict().items()
-                       if k not in ("seconds", "useful_tokens_per_second")},
-        "cluster_sizes": [int(n) for n in np.bincount(medoids.labels, minlength=num_samples)[order]],
-        "empty_clusters": int((np.bincount(medoids.labels, minlength=num_samples) == 0).sum()),
+        "cluster_sizes": [int(sizes[labels[i]]) for i in indices],
+        "empty_clusters": int((sizes == 0).sum()),
         "representativeness": {"distance_to_nearest_selected": _summary(nearest),
                                "random_selection_same_size": _summary(
                                    nearest_selected_distance(features, random_pick))},
@@ -77,10 +102,26 @@ def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[i
     log.info("stage 3: %d of %d candidates selected; mean distance to nearest selected %.4f (random %.4f)",
              num_samples, len(features), nearest.mean(),
              diagnostics["representativeness"]["random_selection_same_size"]["mean"])
-    return Selection(indices=indices, features=features, labels=medoids.labels, nearest_distance=nearest,
-                     diagnostics=diagnostics,
-                     timings={"stage3_extract": stats.seconds, "stage3_cluster": cluster_seconds,
-                              "stage3_useful_tokens_per_second": stats.tokens_per_second})
+    return Selection(indices=indices, features=features, labels=labels, nearest_distance=nearest,
+                     diagnostics=diagnostics, timings={"stage3_cluster": cluster_seconds})
+
+
+def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], sources: Sequence[str],
+                          num_samples: int, config: SelectionConfig, *, pad_token_id: int = 0,
+                          quiet: bool = False) -> Selection:
+    """Embed the pool and pick `num_samples` k-means medoids over all of it (Stage 3 without quotas)."""
+    features, stats = embed_pool(model, token_ids, config, pad_token_id=pad_token_id, quiet=quiet)
+    selection = select_from_features(features, sources, num_samples, config, quiet=quiet)
+    return with_extraction(selection, stats)
+
+
+def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:
+    """The selection with the extraction's token counts (diagnostics) and wall time (timings) added."""
+    tokens = {k: v for k, v in stats.as_dict().items() if k not in ("seconds", "useful_tokens_per_second")}
+    return dataclasses.replace(
+        selection, diagnostics={"extraction": tokens, **selection.diagnostics},
+        timings={"stage3_extract": stats.seconds, "stage3_useful_tokens_per_second": stats.tokens_per_second,
+                 **selection.timings})
 
 
 def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int) -> Selection:
