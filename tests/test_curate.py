@@ -31,9 +31,9 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
     assert len(samples) == 6
     assert all(set(s) == SEED_KEYS for s in samples)
     assert {s["dataset_name"] for s in samples} <= {"mathqa", "prose", "code"}
-    for s in samples:  # one-hot of the source's declared capability until Stage 1 scores it
+    for s in samples:  # Stage 1's coverage score of the sample's dataset for each target capability
         assert set(s["capability_scores"]) == {"math", "general", "code"}
-        assert sum(s["capability_scores"].values()) == 1.0
+        assert all(0.0 <= v <= 1.0 for v in s["capability_scores"].values())
     assert len({s["selection_index"] for s in samples}) == 6
 
     from datasets import load_from_disk
@@ -57,6 +57,9 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
     assert all(len(s["content_sha256"]) == 64 for s in manifest["sources"])
     assert manifest["settings"]["num_samples"] == 6 and manifest["seed"] == 42
     assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 6
+    assert manifest["stage1"]["quotas"] == {
+        name: manifest["diagnostics"]["selected_per_source"].get(name, 0) for name in ("mathqa", "prose", "code")}
+    assert set(manifest["stage1"]["coverage"]) == {"mathqa", "prose", "code"}
     assert sum(manifest["diagnostics"]["cluster_sizes"]) == len(pool["pool_index"])
     assert set(manifest["outputs"]) >= {SAMPLES_FILE, DATASET_PARQUET, POOL_PARQUET}
     assert not list(out.glob(".cola-*"))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cola.config import CurateConfig, ProcessConfig, SelectionConfig
+from cola.stages.domain import DomainConfig
 from cola.data.sources import Source, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 # What exists today; the manifest says so, so nobody mistakes a cut-to-length pool for a curated one.
 def stages_run(config: CurateConfig) -> dict[str, Any]:
     """What each stage did in this run, so nobody mistakes a partly curated set for a fully curated one."""
-    return {"stage1_dataset_selection": "not implemented yet",
+    return {"stage1_dataset_selection": ("coverage scores and per-dataset quotas" if config.stage1
+                                         else "off: the named datasets selected as one pool"),
             "stage2_processing": ("format, quality filters, exact-length packing (no reasoning generation yet)"
                                   if config.process.enabled else "off: texts cut to sequence_length"),
             "stage3_activation_selection": "on" if config.stage3 else "off: seeded random pick"}
@@ -39,7 +41,9 @@ class COLA:
                  target_capabilities: Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  deployment_type: str = "general", targeted_capability: str | None = None,
                  candidates_per_source: int = 1000, process: ProcessConfig | None = None,
-                 selection: SelectionConfig | None = None, stage3: bool = True,
+                 selection: SelectionConfig | None = None, stage3: bool = True, stage1: bool = True,
+                 references: Sequence[tuple[str, str]] = (), reference_size: int = 64,
+                 capability_weights: Sequence[tuple[str, float]] = (), domain: DomainConfig | None = None,
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None) -> None:
         self.model = model
@@ -53,6 +57,11 @@ class COLA:
         self.process = process or ProcessConfig()
         self.selection = selection or SelectionConfig()
         self.stage3 = stage3
+        self.stage1 = stage1
+        self.references = tuple(references)
+        self.reference_size = reference_size
+        self.capability_weights = tuple(capability_weights)
+        self.domain = domain or DomainConfig()
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
@@ -65,7 +74,9 @@ class COLA:
                    target_capabilities=config.target_capabilities, output_dir=output_dir,
                    deployment_type=config.deployment_type, targeted_capability=config.targeted_capability,
                    candidates_per_source=config.candidates_per_source, process=config.process,
-                   selection=config.selection, stage3=config.stage3, **kwargs)
+                   selection=config.selection, stage3=config.stage3, stage1=config.stage1,
+                   references=config.references, reference_size=config.reference_size,
+                   capability_weights=config.capability_weights, domain=config.domain, **kwargs)
 
     def config(self, num_samples: int, sequence_length: int) -> CurateConfig:
         """The validated settings of a run (raises ColaError on bad values)."""
@@ -73,7 +84,9 @@ class COLA:
                             num_samples=num_samples, sequence_length=sequence_length,
                             candidates_per_source=self.candidates_per_source,
                             deployment_type=self.deployment_type, targeted_capability=self.targeted_capability,
-                            process=self.process, selection=self.selection, stage3=self.stage3)
+                            process=self.process, selection=self.selection, stage3=self.stage3,
+                            stage1=self.stage1, references=self.references, reference_size=self.reference_size,
+                            capability_weights=self.capability_weights, domain=self.domain)
 
     def run(self, num_samples: int = 128, sequence_length: int = 2048) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them."""
@@ -96,11 +109,6 @@ class COLA:
                    for spec in specs]
         timings["load_sources"] = time.perf_counter() - start
         targets = self._target_capabilities(config, sources)
-        if config.deployment_type == "targeted" or config.targeted_capability:
-            log.warning("Stage 1 (dataset selection) is not implemented yet: --deployment_type %s and "
-                        "--targeted_capability %s do not change the pool", config.deployment_type,
-                        config.targeted_capability)
-
         start = time.perf_counter()
         processed, stage2 = self._process(sources, config)
         timings["stage2_process"] = time.perf_counter() - start
@@ -109,11 +117,17 @@ class COLA:
                             f"after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
                             "--candidates_per_source, or shorten --sequence_length")
         owner = [sources[p.source] for p in processed]
-        selection = self._select(processed, owner, config)
+        selection, stage1 = self._select(processed, owner, targets, config)
         timings.update(selection.timings)
+        coverage = stage1.get("coverage", {})
+
+        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the declared capability
+            if source.spec.name in coverage:
+                return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in targets}
+            return {cap: float(cap == source.capability) for cap in targets}
 
         samples = [{"text": processed[i].text, "dataset_name": owner[i].spec.name,
-                    "capability_scores": {cap: float(cap == owner[i].capability) for cap in targets},
+                    "capability_scores": scores(owner[i]),
                     "format_enhanced": processed[i].format_enhanced, "selection_index": int(i),
                     "selection_method": selection.method}
                    for i in selection.indices]
@@ -128,7 +142,7 @@ class COLA:
             "model_class": type(self.model).__name__, "model_dtype": str(next(self.model.parameters()).dtype),
             "tokenizer": tokenizer_fingerprint(self.tokenizer), "seed": config.selection.seed,
             "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
-            "sources": [s.describe() for s in sources], "stage2": stage2, "num_samples": len(samples),
+            "sources": [s.describe() for s in sources], "stage1": stage1, "stage2": stage2, "num_samples": len(samples),
             "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
             "diagnostics": selection.diagnostics, "libraries": library_versions(),
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -151,16 +165,31 @@ class COLA:
                              for p in truncate_to_length(self.tokenizer, source.texts, config.sequence_length))
         return processed, {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
 
-    def _select(self, processed: list[Any], owner: list[Source], config: CurateConfig) -> Any:
-        """Stage 3, or (ablation) a seeded random pick from the processed pool."""
-        from cola.stages.select import select_at_random, select_by_activations
+    def _select(self, processed: list[Any], owner: list[Source], targets: tuple[str, ...],
+                config: CurateConfig) -> tuple[Any, dict[str, Any]]:
+        """Stage 1 quotas (or none) and Stage 3 medoids (or a seeded random pick); (selection, stage1 report)."""
+        from cola.stages.mixture import plan_mixture
+        from cola.stages.select import embed_pool, select_at_random, select_from_features, with_extraction
 
         names = [s.spec.name for s in owner]
+        if not config.stage1 and not config.stage3:
+            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed), {}
+        pad = self.tokenizer.pad_token_id or 0
+
+        def embed(ids: list[Any]) -> Any:
+            return embed_pool(self.model, ids, config.selection, pad_token_id=pad, quiet=self.quiet)
+
+        features, stats = embed([p.input_ids for p in processed])
+        quotas, stage1 = None, {}
+        if config.stage1:
+            quotas, stage1 = plan_mixture(features, [p.input_ids for p in processed], names, targets, config,
+                                          embed=lambda ids: embed(ids)[0], tokenizer=self.tokenizer)
         if not config.stage3:
-            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed)
-        return select_by_activations(self.model, [p.input_ids for p in processed], names, config.num_samples,
-                                     config.selection, pad_token_id=self.tokenizer.pad_token_id or 0,
-                                     quiet=self.quiet)
+            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed,
+                                    quotas=quotas), stage1
+        selection = select_from_features(features, names, config.num_samples, config.selection, quotas=quotas,
+                                         quiet=self.quiet)
+        return with_extraction(selection, stats), stage1
 
     @staticmethod
     def _target_capabilities(config: CurateConfig, sources: list[Source]) -> tuple[str, ...]:

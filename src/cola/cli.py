@@ -42,6 +42,22 @@ def _field_mapping(value: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _reference(value: str) -> tuple[str, str]:
+    capability, sep, spec = value.partition("=")
+    if not sep or not capability.strip() or not spec.strip():
+        raise argparse.ArgumentTypeError(f"invalid --reference {value!r}: write CAPABILITY=PATH_OR_DATASET")
+    return capability.strip(), spec.strip()
+
+
+def _capability_weights(value: str) -> tuple[tuple[str, float], ...]:
+    from cola.stages.domain import parse_capability_weights
+
+    try:
+        return tuple(parse_capability_weights(value).items())
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     from cola.config import CHAT_TEMPLATE_MODES, CurateConfig, ProcessConfig, SelectionConfig
 
@@ -61,7 +77,8 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target_capabilities", nargs="+", default=None, metavar="CAPABILITY",
                         help="capabilities to serve (default: those the datasets carry)")
     parser.add_argument("--deployment_type", default=c.deployment_type, choices=["general", "targeted"],
-                        help="Stage 1 is not implemented yet: validated, and a warning says it changes nothing")
+                        help="general: a balanced mix of the target capabilities; targeted: the targeted "
+                             "capability first (weight 1.0, others 0.2)")
     parser.add_argument("--targeted_capability", default=None)
     parser.add_argument("--candidates_per_source", type=int, default=c.candidates_per_source,
                         help="texts sampled from each source into the candidate pool")
@@ -88,7 +105,16 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MinHash Jaccard above which two documents are near duplicates")
     stage2.add_argument("--perplexity_filter", type=float, default=f.perplexity_drop_fraction, metavar="FRACTION",
                         help="drop this highest-perplexity fraction of documents (Ji et al., ICLR 2025); 0 = off")
+    stage1 = parser.add_argument_group("Stage 1 (dataset selection)")
+    stage1.add_argument("--reference", action="append", type=_reference, default=[], metavar="CAPABILITY=SOURCE",
+                        help="probe texts for a capability (repeatable); defaults: embedded pool for general, "
+                             "math, code; commonsense_qa for commonsense")
+    stage1.add_argument("--reference_size", type=int, default=c.reference_size, help="probe texts per capability")
+    stage1.add_argument("--capability_weights", type=_capability_weights, default=(), metavar="CAP=W,...",
+                        help="override the deployment's capability weights, e.g. math=1,code=0.5")
     ablation = parser.add_argument_group("ablations")
+    ablation.add_argument("--no_stage1", action="store_true",
+                          help="skip Stage 1: the named datasets are selected from as one pool")
     ablation.add_argument("--no_stage2", action="store_true", help="skip Stage 2: texts are only cut to length")
     ablation.add_argument("--no_stage3", action="store_true", help="skip Stage 3: a seeded random pick")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the hub")
@@ -116,6 +142,7 @@ def _configure_logging(quiet: bool) -> None:
 def curate_config(args: argparse.Namespace) -> CurateConfig:
     """The validated settings of `cola curate`, built before the model loads so typos fail at once."""
     from cola.config import CurateConfig, ProcessConfig, SelectionConfig
+    from cola.stages.domain import DomainConfig
     from cola.stages.filters import FilterConfig
 
     filters = FilterConfig(dedup_exact=not args.no_dedup, dedup_near=not args.no_dedup,
@@ -129,8 +156,10 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
     return CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
                         num_samples=args.num_samples, sequence_length=args.sequence_length,
                         candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
-                        targeted_capability=args.targeted_capability, process=process, selection=selection,
-                        stage3=not args.no_stage3)
+                        targeted_capability=args.targeted_capability, stage1=not args.no_stage1,
+                        references=tuple(args.reference), reference_size=args.reference_size,
+                        capability_weights=args.capability_weights, domain=DomainConfig(seed=args.seed),
+                        process=process, selection=selection, stage3=not args.no_stage3)
 
 
 def run_curate(args: argparse.Namespace) -> int:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist, pdist
+
+if TYPE_CHECKING:
+    import torch
 
 
 def gaussian_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
@@ -17,6 +21,8 @@ def gaussian_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
 
     Drawn on the CPU from an explicit generator, so the same seed gives the same matrix on any device.
     """
+    import torch  # imported here so that array-only users of this module (Stage 1 scoring) stay light
+
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(in_dim, out_dim, generator=generator, dtype=torch.float32) / out_dim ** 0.5
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cola.errors import ColaError, unknown_choice
+from cola.stages.domain import DomainConfig
 from cola.stages.filters import FilterConfig
 
 DEPLOYMENT_TYPES = ("general", "targeted")
@@ -56,6 +57,11 @@ class CurateConfig:
     candidates_per_source: int = 1000
     deployment_type: str = "general"
     targeted_capability: str | None = None
+    stage1: bool = True                     # False: the pool is every named dataset, selected as one (ablation)
+    references: tuple[tuple[str, str], ...] = ()  # (capability, source spec) overriding the default probes
+    reference_size: int = 64               # probe texts per capability
+    capability_weights: tuple[tuple[str, float], ...] = ()  # overrides of the deployment's weights
+    domain: DomainConfig = dataclasses.field(default_factory=DomainConfig)
     process: ProcessConfig = dataclasses.field(default_factory=ProcessConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     stage3: bool = True                     # False: a seeded random pick from the processed pool (ablation)
@@ -65,6 +71,8 @@ class CurateConfig:
             raise ColaError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.sequence_length < 1:
             raise ColaError(f"sequence_length must be at least 1, got {self.sequence_length}")
+        if self.reference_size < 1:
+            raise ColaError(f"reference_size must be at least 1, got {self.reference_size}")
         if self.candidates_per_source < 1:
             raise ColaError(f"candidates_per_source must be at least 1, got {self.candidates_per_source}")
         if not self.datasets:

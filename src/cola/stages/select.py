@@ -124,9 +124,17 @@ def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:
                  **selection.timings})
 
 
-def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int) -> Selection:
-    """The no-Stage-3 ablation: a seeded uniform pick from the processed pool, no model forward at all."""
-    indices = np.sort(np.random.default_rng(seed).choice(pool_size, num_samples, replace=False))
+def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int,
+                     quotas: Mapping[str, int] | None = None) -> Selection:
+    """The no-Stage-3 ablation: a seeded uniform pick from the processed pool (within Stage 1's quotas if any)."""
+    rng = np.random.default_rng(seed)
+    names = np.asarray(sources)
+    if quotas:
+        picks = [rng.choice(np.flatnonzero(names == name), quota, replace=False)
+                 for name, quota in quotas.items() if quota > 0]
+        indices = np.sort(np.concatenate(picks))
+    else:
+        indices = np.sort(rng.choice(pool_size, num_samples, replace=False))
     diagnostics = {"candidates_per_source": dict(Counter(sources)),
                    "selected_per_source": dict(Counter(sources[i] for i in indices))}
     return Selection(indices=indices, features=np.zeros((pool_size, 0), dtype=np.float32),
