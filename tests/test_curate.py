@@ -204,3 +204,24 @@ def test_bad_field_mapping_is_a_one_line_error(tiny_model_dir, pool_files, tmp_p
     code = curate(tiny_model_dir, {"m": pool_files["math"]}, tmp_path / "o", "--fields", "question=q,answer=nope")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "'q'" in err[0] and "question, answer" in err[0]
+
+
+def test_generate_reasoning_marks_samples_and_reuses_its_cache(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COLA_CACHE_DIR", str(tmp_path / "cache"))
+    qa = write_jsonl(tmp_path / "qa.jsonl", [
+        {"q": f"Item {i}: what is {i} times {i + 2}, and why does the product grow?", "a": f"{i * (i + 2)}"}
+        for i in range(12)])
+    args = ["curate", "--model_name_or_path", str(tiny_model_dir), "--quiet", "--dtype", "float32",
+            "--device", "cpu", "--num_samples", "3", "--sequence_length", "64", "--datasets", f"{qa}@math",
+            "--fields", "question=q,answer=a", "--generate_reasoning", "--reasoning_max_new_tokens", "8",
+            "--no_stage1"]
+    assert main([*args, "--output_dir", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / MANIFEST_FILE).read_text())["stage2"]
+    assert first["reasoning"]["needed"] == 12 and first["reasoning"]["generated"] + first["reasoning"]["empty"] >= 1
+    samples = json.loads((tmp_path / "a" / SAMPLES_FILE).read_text())
+    assert any(s["format_enhanced"] for s in samples) and "Reasoning:" in "".join(s["text"] for s in samples)
+    assert (tmp_path / "cache" / "reasoning.jsonl").is_file()
+    assert main([*args, "--output_dir", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / MANIFEST_FILE).read_text())["stage2"]
+    assert second["reasoning"]["cached"] == 12 and second["reasoning"]["generated"] == 0
+    assert (tmp_path / "a" / SAMPLES_FILE).read_bytes() == (tmp_path / "b" / SAMPLES_FILE).read_bytes()

@@ -112,6 +112,11 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     stage1.add_argument("--reference_size", type=int, default=c.reference_size, help="probe texts per capability")
     stage1.add_argument("--capability_weights", type=_capability_weights, default=(), metavar="CAP=W,...",
                         help="override the deployment's capability weights, e.g. math=1,code=0.5")
+    stage2.add_argument("--generate_reasoning", action="store_true",
+                        help="write missing reasoning chains of Q&A records with a model (cached by content hash)")
+    stage2.add_argument("--reasoning_model", default=None,
+                        help="model that writes them (default: the uncompressed model itself)")
+    stage2.add_argument("--reasoning_max_new_tokens", type=int, default=p.reasoning.max_new_tokens)
     ablation = parser.add_argument_group("ablations")
     ablation.add_argument("--no_stage1", action="store_true",
                           help="skip Stage 1: the named datasets are selected from as one pool")
@@ -144,13 +149,17 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
     from cola.config import CurateConfig, ProcessConfig, SelectionConfig
     from cola.stages.domain import DomainConfig
     from cola.stages.filters import FilterConfig
+    from cola.stages.reasoning import ReasoningConfig
 
     filters = FilterConfig(dedup_exact=not args.no_dedup, dedup_near=not args.no_dedup,
                            near_duplicate_threshold=args.near_duplicate_threshold, min_tokens=args.min_length,
                            max_tokens=args.max_length, perplexity_drop_fraction=args.perplexity_filter,
                            seed=args.seed)
     process = ProcessConfig(enabled=not args.no_stage2, pack=not args.no_pack, chat_template=args.chat_template,
-                            field_mapping=args.fields, filters=filters)
+                            field_mapping=args.fields, filters=filters, generate_reasoning=args.generate_reasoning,
+                            reasoning_model=args.reasoning_model,
+                            reasoning=ReasoningConfig(max_new_tokens=args.reasoning_max_new_tokens,
+                                                      batch_size=args.batch_size, seed=args.seed))
     selection = SelectionConfig(layers=args.layers, projection_dim=args.projection_dim, batch_size=args.batch_size,
                                 batch_tokens=args.batch_tokens, seed=args.seed)
     return CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,

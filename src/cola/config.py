@@ -9,6 +9,7 @@ from typing import Any
 from cola.errors import ColaError, unknown_choice
 from cola.stages.domain import DomainConfig
 from cola.stages.filters import FilterConfig
+from cola.stages.reasoning import ReasoningConfig
 
 DEPLOYMENT_TYPES = ("general", "targeted")
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
@@ -40,6 +41,9 @@ class ProcessConfig:
     chat_template: str = "auto"             # auto: wrap Q&A records in the model's chat template if it has one
     field_mapping: tuple[tuple[str, str], ...] | None = None  # (role, field) pairs from --fields
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    generate_reasoning: bool = False        # write missing reasoning chains with a model (cached)
+    reasoning_model: str | None = None      # None: the uncompressed model itself
+    reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:

@@ -100,21 +100,26 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
                     ) -> tuple[list[TokenizedText], dict[str, Any]]:
     """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report)."""
     chat = use_chat_template(config.chat_template, tokenizer)
-    texts: list[str] = []
+    formatted: list[Formatted] = []
     owner: list[int] = []
     report: dict[str, Any] = {"chat_template": chat, "sources": []}
     for index, source in enumerate(sources):
         name, formatter = source_formatter(source, config.field_mapping)
         records = source.records or tuple({"text": t} for t in source.texts)
-        formatted = [formatter(record) for record in records]
-        kept = [f for f in formatted if f.text]
-        templated = [chat and bool(f.question and f.answer) for f in kept]
-        texts.extend(_chat_text(tokenizer, f) if wrap else f.text for f, wrap in zip(kept, templated))
+        kept = [f for f in map(formatter, records) if f.text]
+        formatted.extend(kept)
         owner.extend([index] * len(kept))
         report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(records),
-                                  "empty_after_format": len(formatted) - len(kept),
-                                  "needs_reasoning": sum(f.needs_reasoning for f in kept),
-                                  "chat_templated": sum(templated)})
+                                  "empty_after_format": len(records) - len(kept),
+                                  "needs_reasoning": sum(f.needs_reasoning for f in kept)})
+    enhanced = [False] * len(formatted)
+    if config.generate_reasoning:
+        formatted, enhanced, report["reasoning"] = _add_reasoning(formatted, tokenizer, config, model, quiet)
+    templated = [chat and bool(f.question and f.answer) for f in formatted]
+    texts = [_chat_text(tokenizer, f) if wrap else f.text for f, wrap in zip(formatted, templated)]
+    for index, entry in enumerate(report["sources"]):
+        entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
+        entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
     docs = tokenize_documents(tokenizer, texts)
     filtered = apply_quality_filters(texts, [d.input_ids for d in docs], config.filters, model=model, quiet=quiet)
     report["filters"] = {"before": filtered.before, "removed": dict(filtered.removed), "after": filtered.after}
@@ -126,12 +131,30 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
         members = [i for i in filtered.kept if owner[i] == index]
         windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
                                  pack=config.pack)
-        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False), input_ids=w.input_ids, source=index)
+        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False),
+                                     input_ids=w.input_ids, source=index,
+                                     format_enhanced=any(enhanced[members[d]] for d in w.documents))
                        for w in windows)
+
         entry.update(documents_after_filters=survivors.get(index, 0), samples=len(windows))
     log.info("stage 2: %d documents -> %d after filters -> %d samples of %d tokens", filtered.before,
              filtered.after, len(samples), sequence_length)
     return samples, report
+
+
+def _add_reasoning(formatted: list[Formatted], tokenizer: PreTrainedTokenizerBase, config: ProcessConfig,
+                   model: Any, quiet: bool) -> tuple[list[Formatted], list[bool], dict[str, int]]:
+    """Write the missing reasoning chains of Q&A records with a model (the uncompressed one by default)."""
+    from cola.stages.reasoning import default_cache_path, generate_reasoning, load_reasoning_model
+
+    if model is None and config.reasoning_model is None:
+        raise ColaError("--generate_reasoning needs a model: the uncompressed one or --reasoning_model")
+    device = str(next(model.parameters()).device) if model is not None else "auto"
+    gen_model, gen_tokenizer = load_reasoning_model(config.reasoning_model, model, tokenizer, device=device,
+                                                    dtype="auto", quiet=quiet)
+    records, enhanced, counts = generate_reasoning(formatted, gen_model, gen_tokenizer, config.reasoning,
+                                                   cache_path=default_cache_path(), quiet=quiet)
+    return list(records), list(enhanced), counts
 
 
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
