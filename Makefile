@@ -35,6 +35,7 @@ test: install-test
 
 bench: install-test
 	$(PY) benchmarks/stage3_throughput.py
+	$(PY) benchmarks/stage_costs.py
 
 clean:
 	rm -rf $(VENV) outputs

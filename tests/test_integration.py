@@ -12,10 +12,10 @@ import pytest
 from cola.export import MANIFEST_FILE, SAMPLES_FILE
 from cola.models import find_decoder_layers, load_model
 
-from .conftest import REPO, SHARED_DATA
+from .conftest import REPO, SHARED_DATA, needs_shared_data
 
 pytestmark = pytest.mark.integration
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} not found")
+
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def test_embedded_conversion_is_cached_as_plain_safetensors(smollm2) -> None:
     assert config["model_type"] == "llama" and "quantization_config" not in config
 
 
-@needs_data
+@needs_shared_data
 def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None:
     """The seed's command line, end to end on SmolLM2 with gsm8k + c4 + mbpp."""
     out = tmp_path / "out"
@@ -62,7 +62,7 @@ def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None
     assert manifest["model_class"] == "LlamaForCausalLM"
 
 
-@needs_data
+@needs_shared_data
 def test_stage2_on_real_pools_formats_and_packs_exactly(smollm2) -> None:
     """gsm8k + c4 + mbpp through Stage 2 with SmolLM2's tokenizer: Q&A form, exact length, no padding."""
     from cola.config import ProcessConfig
@@ -84,7 +84,7 @@ def test_stage2_on_real_pools_formats_and_packs_exactly(smollm2) -> None:
     assert sum(e["samples"] for e in report["sources"]) == len(samples)
 
 
-@needs_data
+@needs_shared_data
 def test_targeted_math_deployment_prefers_math_sources(tmp_path: Path) -> None:
     """Stage 1 on SmolLM2: targeted math over c4, gsm8k, mbpp, arc ranks gsm8k first for math and draws >= 60 %."""
     from cola.cli import main

@@ -25,9 +25,7 @@ from cola.data.sources import (
 )
 from cola.errors import ColaError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
-                                       reason=f"shared data folder {SHARED_DATA} not found")
+from .conftest import SHARED_DATA, needs_shared_data
 
 
 @pytest.fixture()

@@ -119,6 +119,8 @@ class COLA:
         owner = [sources[p.source] for p in processed]
         selection, stage1 = self._select(processed, owner, targets, config)
         timings.update(selection.timings)
+        if "seconds" in stage1:
+            timings["stage1_mixture"] = stage1.pop("seconds")
         coverage = stage1.get("coverage", {})
 
         def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the declared capability
@@ -182,8 +184,10 @@ class COLA:
         features, stats = embed([p.input_ids for p in processed])
         quotas, stage1 = None, {}
         if config.stage1:
+            start = time.perf_counter()
             quotas, stage1 = plan_mixture(features, [p.input_ids for p in processed], names, targets, config,
                                           embed=lambda ids: embed(ids)[0], tokenizer=self.tokenizer)
+            stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
         if not config.stage3:
             return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed,
                                     quotas=quotas), stage1

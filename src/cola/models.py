@@ -159,9 +159,12 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                quiet: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) in eval mode on `device`; user errors become one-line ColaErrors."""
+    """Load (model, tokenizer) in eval mode; `auto` picks the device and dtype as the CLI does (bf16 on CPU).
+
+    User errors become one-line ColaErrors.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cola.progress import silence_library_progress
