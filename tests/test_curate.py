@@ -225,3 +225,37 @@ def test_generate_reasoning_marks_samples_and_reuses_its_cache(tiny_model_dir, t
     second = json.loads((tmp_path / "b" / MANIFEST_FILE).read_text())["stage2"]
     assert second["reasoning"]["cached"] == 12 and second["reasoning"]["generated"] == 0
     assert (tmp_path / "a" / SAMPLES_FILE).read_bytes() == (tmp_path / "b" / SAMPLES_FILE).read_bytes()
+
+
+def test_stage1_bad_inputs(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    bad = lambda *extra: _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra)  # noqa: E731
+    assert "capability 'poetry' has no reference set: known ones are code, commonsense, general, math" in bad(
+        "--datasets", f"{pool_files['prose']}@poetry")
+    assert "unknown targeted capability 'law'" in bad("--deployment_type", "targeted", "--targeted_capability",
+                                                       "law", "--target_capabilities", "math", "code")
+    assert "--deployment_type targeted needs --targeted_capability" in bad("--deployment_type", "targeted")
+
+
+def test_signal_and_capability_weight_options(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    from cola.cli import build_parser, curate_config
+
+    args = build_parser().parse_args(["curate", "--output_dir", "x", "--signal_weights", "token=0,coverage=2",
+                                      "--capability_weights", "math=1,code=0.5"])
+    config = curate_config(args)
+    assert (config.domain.semantic_weight, config.domain.token_weight, config.domain.coverage_weight) == (
+        0.4, 0.0, 2.0)
+    assert dict(config.capability_weights) == {"math": 1.0, "code": 0.5}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["curate", "--output_dir", "x", "--signal_weights", "vibes=1"])
+    assert "unknown signal 'vibes'" in capsys.readouterr().err
+
+
+def test_general_deployment_represents_every_capability(tiny_model_dir, pool_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert curate(tiny_model_dir, pool_files, out, "--num_samples", "3") == 0
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    selected, coverage = manifest["diagnostics"]["selected_per_source"], manifest["stage1"]["coverage"]
+    assert sum(selected.values()) == 3
+    for capability in ("math", "general", "code"):  # each capability's best dataset is drawn from
+        best = max(coverage, key=lambda name: coverage[name][capability]["score"])
+        assert selected.get(best, 0) >= 1

@@ -84,23 +84,38 @@ def test_stage2_on_real_pools_formats_and_packs_exactly(smollm2) -> None:
     assert sum(e["samples"] for e in report["sources"]) == len(samples)
 
 
+def _curate_four_pools(out: Path, *extra: str) -> dict:
+    """curate 20 samples from c4, gsm8k, mbpp and ARC-C with SmolLM2; return the manifest."""
+    from cola.cli import main
+
+    data = SHARED_DATA
+    code = main(["curate", "--model_name_or_path", "embedded", "--output_dir", str(out), "--quiet",
+                 "--num_samples", "20", "--sequence_length", "128", "--candidates_per_source", "40",
+                 "--reference_size", "32", "--reference", f"commonsense={data / 'commonsenseqa/validation.jsonl'}",
+                 "--datasets", str(data / "c4/c4_en_train_first1000.jsonl"), str(data / "gsm8k/train.jsonl"),
+                 str(data / "mbpp/mbpp_train_valid_prompt.jsonl"),
+                 str(data / "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl"), *extra])
+    assert code == 0
+    return json.loads((out / MANIFEST_FILE).read_text())
+
+
 @needs_shared_data
 def test_targeted_math_deployment_prefers_math_sources(tmp_path: Path) -> None:
     """Stage 1 on SmolLM2: targeted math over c4, gsm8k, mbpp, arc ranks gsm8k first for math and draws >= 60 %."""
-    from cola.cli import main
-
-    out, data = tmp_path / "out", SHARED_DATA
-    code = main(["curate", "--model_name_or_path", "embedded", "--output_dir", str(out), "--quiet",
-                 "--num_samples", "20", "--sequence_length", "128", "--candidates_per_source", "40",
-                 "--reference_size", "32", "--deployment_type", "targeted", "--targeted_capability", "math",
-                 "--reference", f"commonsense={data / 'commonsenseqa/validation.jsonl'}",
-                 "--datasets", str(data / "c4/c4_en_train_first1000.jsonl"), str(data / "gsm8k/train.jsonl"),
-                 str(data / "mbpp/mbpp_train_valid_prompt.jsonl"),
-                 str(data / "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl")])
-    assert code == 0
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest = _curate_four_pools(tmp_path / "out", "--deployment_type", "targeted", "--targeted_capability", "math")
     coverage = manifest["stage1"]["coverage"]
     assert max(coverage, key=lambda name: coverage[name]["math"]["score"]) == "gsm8k/train"
     selected = manifest["diagnostics"]["selected_per_source"]
     assert selected.get("gsm8k/train", 0) >= 0.6 * 20
     assert sum(selected.values()) == 20
+
+
+@needs_shared_data
+def test_general_deployment_draws_from_every_capability(tmp_path: Path) -> None:
+    manifest = _curate_four_pools(tmp_path / "out")
+    coverage, selected = manifest["stage1"]["coverage"], manifest["diagnostics"]["selected_per_source"]
+    assert set(manifest["stage1"]["capability_weights"]) == {"general", "math", "code", "commonsense"}
+    for capability in ("general", "math", "code", "commonsense"):
+        best = max(coverage, key=lambda name: coverage[name][capability]["score"])
+        assert selected.get(best, 0) >= 1
+    assert len(selected) == 4 and sum(selected.values()) == 20  # every source, hence every capability

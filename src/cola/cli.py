@@ -58,6 +58,28 @@ def _capability_weights(value: str) -> tuple[tuple[str, float], ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+SIGNALS = ("semantic", "token", "coverage")
+
+
+def _signal_weights(value: str) -> tuple[float, float, float]:
+    from cola.config import CurateConfig
+    from cola.errors import unknown_choice
+    from cola.stages.domain import parse_capability_weights
+
+    defaults = CurateConfig().domain
+    weights = {"semantic": defaults.semantic_weight, "token": defaults.token_weight,
+               "coverage": defaults.coverage_weight}
+    try:
+        given = parse_capability_weights(value)
+        for name in given:
+            if name not in SIGNALS:
+                raise unknown_choice("signal", name, SIGNALS)
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    weights.update(given)
+    return weights["semantic"], weights["token"], weights["coverage"]
+
+
 def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     from cola.config import CHAT_TEMPLATE_MODES, CurateConfig, ProcessConfig, SelectionConfig
 
@@ -112,6 +134,11 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     stage1.add_argument("--reference_size", type=int, default=c.reference_size, help="probe texts per capability")
     stage1.add_argument("--capability_weights", type=_capability_weights, default=(), metavar="CAP=W,...",
                         help="override the deployment's capability weights, e.g. math=1,code=0.5")
+    d = c.domain
+    stage1.add_argument("--signal_weights", type=_signal_weights, metavar="semantic=W,token=W,coverage=W",
+                        default=(d.semantic_weight, d.token_weight, d.coverage_weight),
+                        help=f"how the three coverage signals combine (default semantic={d.semantic_weight},"
+                             f"token={d.token_weight},coverage={d.coverage_weight})")
     stage2.add_argument("--generate_reasoning", action="store_true",
                         help="write missing reasoning chains of Q&A records with a model (cached by content hash)")
     stage2.add_argument("--reasoning_model", default=None,
@@ -167,7 +194,9 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                         candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
                         targeted_capability=args.targeted_capability, stage1=not args.no_stage1,
                         references=tuple(args.reference), reference_size=args.reference_size,
-                        capability_weights=args.capability_weights, domain=DomainConfig(seed=args.seed),
+                        capability_weights=args.capability_weights, domain=DomainConfig(
+                            semantic_weight=args.signal_weights[0], token_weight=args.signal_weights[1],
+                            coverage_weight=args.signal_weights[2], seed=args.seed),
                         process=process, selection=selection, stage3=not args.no_stage3)
 
 
