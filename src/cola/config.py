@@ -66,6 +66,7 @@ class CurateConfig:
     reference_size: int = 64               # probe texts per capability
     capability_weights: tuple[tuple[str, float], ...] = ()  # overrides of the deployment's weights
     domain: DomainConfig = dataclasses.field(default_factory=DomainConfig)
+    semantic_embedder: str | None = None   # sentence-transformers model for the semantic signal (None: activations)
     process: ProcessConfig = dataclasses.field(default_factory=ProcessConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     stage3: bool = True                     # False: a seeded random pick from the processed pool (ablation)

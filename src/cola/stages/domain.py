@@ -53,6 +53,7 @@ class DatasetStats:
 
     features: np.ndarray   # (N, P) projected activation features, one row per text
     unigram: np.ndarray    # (V,) token probabilities (`unigram_distribution`)
+    embeddings: np.ndarray | None = None  # (N, E) sentence embeddings; when given, semantic similarity uses them
 
 
 def unigram_distribution(token_ids: Sequence[Sequence[int]], vocab_size: int,
@@ -147,7 +148,10 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
     w = w / w.sum()
     names = list(datasets)
     feats = _features(*(datasets[n].features for n in names))
-    center = np.concatenate(feats).mean(axis=0)  # (P,) the pool's common component
+    embedded = all(datasets[n].embeddings is not None for n in names) and all(
+        r.embeddings is not None for r in references.values())
+    semantic = _features(*(datasets[n].embeddings for n in names)) if embedded else feats
+    center = np.concatenate(semantic).mean(axis=0)  # (P,) the pool's common component
     table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
     for cap, ref in references.items():
         (r,) = _features(ref.features)
@@ -157,7 +161,8 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
         token = np.array([token_similarity(datasets[n].unigram, ref.unigram) for n in names])  # (D,)
         token_relative = token / token.max() if token.max() > 0 else np.ones_like(token)
         for d, name in enumerate(names):
-            signals = {"semantic": semantic_similarity(feats[d] - center, r - center),
+            ref_semantic = _features(ref.embeddings)[0] if embedded else r
+            signals = {"semantic": semantic_similarity(semantic[d] - center, ref_semantic - center),
                        "token": float(token_relative[d]), "coverage": float(reached[d].mean())}
             table[name][cap] = signals | {"score": float(w @ list(signals.values()))}
     return table

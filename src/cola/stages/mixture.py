@@ -42,8 +42,8 @@ def reference_spec(capability: str, config: CurateConfig) -> str:
                     f"give one with --reference {capability}=PATH_OR_DATASET")
 
 
-def reference_token_ids(capability: str, tokenizer: Any, config: CurateConfig) -> list[np.ndarray]:
-    """Token ids of the reference probes for one capability, formatted as Stage 2 formats them, cut to length."""
+def reference_samples(capability: str, tokenizer: Any, config: CurateConfig) -> list[Any]:
+    """The reference probes for one capability (text + token ids), formatted as Stage 2 formats them, cut to length."""
     from cola.stages.process import source_formatter, truncate_to_length
 
     spec = parse_source(reference_spec(capability, config))
@@ -52,25 +52,33 @@ def reference_token_ids(capability: str, tokenizer: Any, config: CurateConfig) -
     source = load_source(spec, max_candidates=config.reference_size, seed=config.selection.seed)
     _, formatter = source_formatter(source, None)
     texts = [t for t in (formatter(r).text for r in source.records) if t] or list(source.texts)
-    return [p.input_ids for p in truncate_to_length(tokenizer, texts, config.sequence_length)]
+    return truncate_to_length(tokenizer, texts, config.sequence_length)
 
 
 def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], sources: Sequence[str],
                  targets: Sequence[str], config: CurateConfig, *, embed: Any, tokenizer: Any,
-                 ) -> tuple[dict[str, int], dict[str, Any]]:
+                 texts: Sequence[str] = (), quiet: bool = False) -> tuple[dict[str, int], dict[str, Any]]:
     """Score each pool dataset per capability and turn the deployment's weights into sample quotas.
 
     `embed(token_ids) -> (N, P) features` must be the same projection as `features` (same model, seed).
+    With `config.semantic_embedder`, semantic similarity uses sentence embeddings of `texts` instead.
     Returns (quotas by dataset name, report for the manifest).
     """
+    from cola.embedder import load_embedder
+
     vocab = len(tokenizer)
     names = np.asarray(sources)
-    datasets = {name: DatasetStats(features[names == name], unigram_distribution(
-        [token_ids[i] for i in np.flatnonzero(names == name)], vocab)) for name in dict.fromkeys(sources)}
+    sentence = load_embedder(config.semantic_embedder, quiet=quiet) if config.semantic_embedder else None
+    pool_embeddings = sentence(texts) if sentence is not None else None  # (N, E)
+    datasets = {name: DatasetStats(
+        features[names == name], unigram_distribution([token_ids[i] for i in np.flatnonzero(names == name)], vocab),
+        None if pool_embeddings is None else pool_embeddings[names == name]) for name in dict.fromkeys(sources)}
     references = {}
     for capability in targets:
-        ids = reference_token_ids(capability, tokenizer, config)
-        references[capability] = DatasetStats(embed(ids), unigram_distribution(ids, vocab))
+        probes = reference_samples(capability, tokenizer, config)
+        ids = [p.input_ids for p in probes]
+        references[capability] = DatasetStats(embed(ids), unigram_distribution(ids, vocab),
+                                              None if sentence is None else sentence([p.text for p in probes]))
     table = coverage_table(datasets, references, config.domain)
     weights = capability_weights(targets, config.deployment_type, config.targeted_capability,
                                  dict(config.capability_weights))
@@ -78,6 +86,7 @@ def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], sources:
     quotas = allocate_samples(table, weights, config.num_samples, available, config.deployment_type)
     log.info("stage 1 coverage (score per capability):\n%s", format_table(table, quotas))
     report = {"references": {c: reference_spec(c, config) for c in targets}, "capability_weights": weights,
+              "semantic_space": config.semantic_embedder or "model activations",
               "coverage": table, "quotas": quotas}
     return quotas, report
 
