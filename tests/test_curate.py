@@ -275,3 +275,12 @@ def test_semantic_embedder_option(tiny_model_dir, pool_files, tmp_path, capsys) 
     assert tokens(ma) == tokens(mb)  # only the semantic signal changes space
     assert _bad(tiny_model_dir, pool_files, tmp_path, capsys, "--semantic_embedder",
                 str(tmp_path / "no-such-embedder")).startswith("cola: error: cannot load sentence embedder")
+
+
+def test_reasoning_model_that_fails_to_load(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    not_model = tmp_path / "not-a-model"
+    not_model.mkdir()
+    err = _bad(tiny_model_dir, pool_files, tmp_path, capsys, "--generate_reasoning", "--reasoning_model",
+               str(not_model), "--fields", "question=question,answer=answer", "--no_stage1",
+               datasets={"m": pool_files["math"]})
+    assert f"reasoning-generation model '{not_model}' failed to load" in err
