@@ -12,8 +12,9 @@ boundaries where possible. Without packing, each document is windowed alone and 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,20 +49,26 @@ def boundary_token_indices(text: str, offsets: Sequence[tuple[int, int]]) -> np.
     return np.unique(np.concatenate([[0], tokens])).astype(np.int32)
 
 
-def tokenize_documents(tokenizer, texts: Sequence[str], batch_size: int = 256) -> list[TokenizedDocument]:
-    """Tokenize whole documents (no special tokens, no truncation) and find their boundary tokens."""
-    docs: list[TokenizedDocument] = []
+def tokenize_with_offsets(tokenizer, texts: Sequence[str], batch_size: int = 256, **kwargs: Any,
+                          ) -> Iterator[tuple[str, list[int], list[tuple[int, int]] | None]]:
+    """(text, token ids, character offsets) per text, tokenized in batches; offsets are None for slow tokenizers."""
+    fast = bool(tokenizer.is_fast)
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        if tokenizer.is_fast:
-            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-            for text, ids, offsets in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
-                docs.append(TokenizedDocument(np.asarray(ids, dtype=np.int32), boundary_token_indices(text, offsets)))
-        else:  # no offsets: only the document start is a known boundary
-            enc = tokenizer(chunk, add_special_tokens=False, verbose=False)
-            docs.extend(TokenizedDocument(np.asarray(ids, dtype=np.int32), np.zeros(1, dtype=np.int32))
-                        for ids in enc["input_ids"])
-    return docs
+        enc = tokenizer(chunk, return_offsets_mapping=fast, verbose=False, **kwargs)
+        offsets = enc["offset_mapping"] if fast else [None] * len(chunk)
+        yield from zip(chunk, enc["input_ids"], offsets)
+
+
+def tokenize_documents(tokenizer, texts: Sequence[str], batch_size: int = 256) -> list[TokenizedDocument]:
+    """Tokenize whole documents (no special tokens, no truncation) and find their boundary tokens.
+
+    Without offsets (slow tokenizers) only the document start is a known boundary.
+    """
+    return [TokenizedDocument(np.asarray(ids, dtype=np.int32),
+                              boundary_token_indices(text, offsets) if offsets is not None
+                              else np.zeros(1, dtype=np.int32))
+            for text, ids, offsets in tokenize_with_offsets(tokenizer, texts, batch_size, add_special_tokens=False)]
 
 
 def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, length: int, slack: int) -> list[Window]:

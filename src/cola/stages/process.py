@@ -25,7 +25,7 @@ from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.stages.filters import apply_quality_filters
-from cola.stages.packing import pack_to_length, tokenize_documents
+from cola.stages.packing import pack_to_length, tokenize_documents, tokenize_with_offsets
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,11 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
     same content (re-tokenizing the text gives the same ids up to tokenizer boundary effects).
     """
     out: list[TokenizedText] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        if tokenizer.is_fast:
-            enc = tokenizer(chunk, truncation=True, max_length=sequence_length, return_offsets_mapping=True)
-            for text, ids, offsets in zip(chunk, enc["input_ids"], enc["offset_mapping"]):
-                end = max((e for _, e in offsets), default=0)
-                out.append(TokenizedText(text=text[:end], input_ids=np.asarray(ids, dtype=np.int32)))
-        else:  # slow tokenizers have no offsets: decode the kept ids instead
-            enc = tokenizer(chunk, truncation=True, max_length=sequence_length)
-            for ids in enc["input_ids"]:
-                out.append(TokenizedText(text=tokenizer.decode(ids, skip_special_tokens=True),
-                                         input_ids=np.asarray(ids, dtype=np.int32)))
+    for text, ids, offsets in tokenize_with_offsets(tokenizer, texts, batch_size, truncation=True,
+                                                    max_length=sequence_length):
+        kept = text[:max((e for _, e in offsets), default=0)] if offsets is not None else tokenizer.decode(
+            ids, skip_special_tokens=True)  # slow tokenizers have no offsets: decode the kept ids instead
+        out.append(TokenizedText(text=kept, input_ids=np.asarray(ids, dtype=np.int32)))
     return out
 
 
