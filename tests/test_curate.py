@@ -10,6 +10,7 @@ import pytest
 
 from cola.api import COLA
 from cola.cli import main
+from cola.errors import ColaError
 from cola.export import DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
 
 from .conftest import byte_tokenizer, tiny_llama, write_jsonl
@@ -103,6 +104,8 @@ def test_python_api_matches_the_seed(tmp_path, pool_files) -> None:
     samples = cola.run(num_samples=5, sequence_length=32)
     assert len(samples) == 5 and all(set(s) == SEED_KEYS for s in samples)
     assert (tmp_path / "api" / SAMPLES_FILE).is_file()
+    with pytest.raises(ColaError, match="unknown COLA setting 'deployment'.*deployment_type"):
+        COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), deployment="targeted")
 
 
 def _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra: str, datasets=None) -> str:

@@ -11,20 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from cola.config import CurateConfig, ProcessConfig, SelectionConfig
-from cola.stages.domain import DomainConfig
+from cola.config import CurateConfig
 from cola.data.sources import Source, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
 
-# What exists today; the manifest says so, so nobody mistakes a cut-to-length pool for a curated one.
 def stages_run(config: CurateConfig) -> dict[str, Any]:
     """What each stage did in this run, so nobody mistakes a partly curated set for a fully curated one."""
     return {"stage1_dataset_selection": ("coverage scores and per-dataset quotas" if config.stage1
                                          else "off: the named datasets selected as one pool"),
-            "stage2_processing": ("format, quality filters, exact-length packing (no reasoning generation yet)"
+            "stage2_processing": (("format, reasoning generation, " if config.process.generate_reasoning
+                                   else "format, ") + "quality filters, exact-length packing"
                                   if config.process.enabled else "off: texts cut to sequence_length"),
             "stage3_activation_selection": "on" if config.stage3 else "off: seeded random pick"}
 
@@ -39,31 +38,20 @@ class COLA:
 
     def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Sequence[str] = ("embedded",),
                  target_capabilities: Sequence[str] | None = None, output_dir: str | Path = "cola_output",
-                 deployment_type: str = "general", targeted_capability: str | None = None,
-                 candidates_per_source: int = 1000, process: ProcessConfig | None = None,
-                 selection: SelectionConfig | None = None, stage3: bool = True, stage1: bool = True,
-                 references: Sequence[tuple[str, str]] = (), reference_size: int = 64,
-                 capability_weights: Sequence[tuple[str, float]] = (), domain: DomainConfig | None = None,
-                 semantic_embedder: str | None = None,
                  model_name_or_path: str | None = None, quiet: bool = False,
-                 timings: dict[str, float] | None = None) -> None:
+                 timings: dict[str, float] | None = None, **settings: Any) -> None:
+        """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …)."""
+        valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "target_capabilities"}
+        unknown = sorted(set(settings) - valid)
+        if unknown:
+            raise unknown_choice("COLA setting", unknown[0], valid)
         self.model = model
         self.tokenizer = tokenizer
-        self.available_datasets = tuple(available_datasets)
-        self.target_capabilities = tuple(target_capabilities) if target_capabilities else None
+        # One validated settings object; run() only fills in num_samples and sequence_length.
+        self.settings = CurateConfig(datasets=tuple(available_datasets),
+                                     target_capabilities=tuple(target_capabilities) if target_capabilities else None,
+                                     **settings)
         self.output_dir = Path(output_dir)
-        self.deployment_type = deployment_type
-        self.targeted_capability = targeted_capability
-        self.candidates_per_source = candidates_per_source
-        self.process = process or ProcessConfig()
-        self.selection = selection or SelectionConfig()
-        self.stage3 = stage3
-        self.stage1 = stage1
-        self.references = tuple(references)
-        self.reference_size = reference_size
-        self.capability_weights = tuple(capability_weights)
-        self.domain = domain or DomainConfig()
-        self.semantic_embedder = semantic_embedder
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
@@ -72,25 +60,14 @@ class COLA:
     def from_config(cls, config: CurateConfig, *, model: Any, tokenizer: Any, output_dir: str | Path,
                     **kwargs: Any) -> COLA:
         """A COLA whose settings are those of `config` (num_samples and sequence_length go to run())."""
-        return cls(model=model, tokenizer=tokenizer, available_datasets=config.datasets,
-                   target_capabilities=config.target_capabilities, output_dir=output_dir,
-                   deployment_type=config.deployment_type, targeted_capability=config.targeted_capability,
-                   candidates_per_source=config.candidates_per_source, process=config.process,
-                   selection=config.selection, stage3=config.stage3, stage1=config.stage1,
-                   references=config.references, reference_size=config.reference_size,
-                   capability_weights=config.capability_weights, domain=config.domain,
-                   semantic_embedder=config.semantic_embedder, **kwargs)
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(model=model, tokenizer=tokenizer, output_dir=output_dir,
+                   available_datasets=settings.pop("datasets"),
+                   target_capabilities=settings.pop("target_capabilities"), **settings, **kwargs)
 
     def config(self, num_samples: int, sequence_length: int) -> CurateConfig:
         """The validated settings of a run (raises ColaError on bad values)."""
-        return CurateConfig(datasets=self.available_datasets, target_capabilities=self.target_capabilities,
-                            num_samples=num_samples, sequence_length=sequence_length,
-                            candidates_per_source=self.candidates_per_source,
-                            deployment_type=self.deployment_type, targeted_capability=self.targeted_capability,
-                            process=self.process, selection=self.selection, stage3=self.stage3,
-                            stage1=self.stage1, references=self.references, reference_size=self.reference_size,
-                            capability_weights=self.capability_weights, domain=self.domain,
-                            semantic_embedder=self.semantic_embedder)
+        return dataclasses.replace(self.settings, num_samples=num_samples, sequence_length=sequence_length)
 
     def run(self, num_samples: int = 128, sequence_length: int = 2048) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them."""
