@@ -1,0 +1,1 @@
+"""Compression of a model with a curated calibration set."""

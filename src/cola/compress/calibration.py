@@ -1,0 +1,81 @@
+"""Read a `cola curate` output directory back as the exact token sequences to calibrate on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cola.errors import ColaError
+from cola.export import DATASET_DIR, MANIFEST_FILE, tokenizer_fingerprint
+
+
+@dataclass
+class CalibrationSet:
+    """The curated samples in their curated order, each a 1-D LongTensor of token ids (no padding)."""
+
+    input_ids: list[torch.Tensor]
+    path: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def sequence_length(self) -> int:
+        """The longest sample: llm-compressor's max_seq_length, so that nothing is truncated."""
+        return max(len(x) for x in self.input_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+    def dataset(self) -> Any:
+        """A `datasets.Dataset` with input_ids and attention_mask, one row per sample, in order."""
+        from datasets import Dataset
+
+        ids = [x.tolist() for x in self.input_ids]
+        return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path) if self.path else None, "num_samples": len(self),
+                "num_tokens": self.num_tokens, "sequence_length": self.sequence_length}
+
+    @classmethod
+    def from_texts(cls, tokenizer: Any, texts: list[str], max_length: int) -> CalibrationSet:
+        """Token sequences from raw texts (for tests and quick runs without `cola curate`)."""
+        ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"][:max_length], dtype=torch.long)
+               for t in texts]
+        ids = [x for x in ids if len(x)]
+        if not ids:
+            raise ColaError("no calibration text has any token")
+        return cls(input_ids=ids)
+
+
+def load_calibration(path: str | Path, tokenizer: Any | None = None) -> CalibrationSet:
+    """Load `calibration_dataset/` of a curate output directory; with `tokenizer`, refuse a vocabulary mismatch."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    manifest_path, dataset_path = path / MANIFEST_FILE, path / DATASET_DIR
+    if not path.is_dir():
+        raise ColaError(f"calibration directory {path} does not exist (make one with `cola curate`)")
+    if not manifest_path.is_file() or not dataset_path.is_dir():
+        raise ColaError(f"{path} is not a cola calibration directory: it lacks {MANIFEST_FILE} or {DATASET_DIR}/ "
+                        "(make one with `cola curate`)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if tokenizer is not None:
+        made_with, ours = manifest.get("tokenizer", {}), tokenizer_fingerprint(tokenizer)
+        if made_with.get("vocab_sha256") != ours["vocab_sha256"]:
+            raise ColaError(f"calibration set {path} was tokenized with a different vocabulary "
+                            f"({made_with.get('name_or_path') or '?'}, {made_with.get('vocab_size', '?')} tokens) "
+                            f"than this model's tokenizer ({ours['name_or_path'] or '?'}, {ours['vocab_size']} "
+                            "tokens); curate again with this model")
+    dataset = load_from_disk(str(dataset_path))
+    ids = [torch.tensor(row, dtype=torch.long) for row in dataset["input_ids"]]
+    if not ids or any(len(x) == 0 for x in ids):
+        raise ColaError(f"calibration set {path} is empty or holds an empty sample")
+    return CalibrationSet(input_ids=ids, path=path, manifest=manifest)

@@ -1,0 +1,108 @@
+"""The one sequential layer driver of the native methods (CALDERA, RIA).
+
+Decoder blocks are compressed one at a time, in order. Block i is calibrated on the outputs of blocks
+0..i-1 *after* their compression, so each block corrects for the error its predecessors introduced
+(the sequential scheme of GPTQ, SparseGPT and CALDERA). Per block: one pass collects the input
+statistics of every Linear, the method rewrites the Linears, a second pass produces the inputs of the
+next block. Only one block's inputs are held in memory at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cola.activations import length_bucketed_batches
+from cola.compress.calibration import CalibrationSet
+from cola.compress.stats import InputStats, collect_input_stats
+from cola.models import find_decoder_layers
+from cola.progress import progress_bar
+
+# (qualified name, the Linear, what it saw) -> a module to put in its place, or None when changed in place
+LayerFn = Callable[[str, torch.nn.Linear, InputStats], "torch.nn.Module | None"]
+
+
+class _Captured(Exception):
+    """Raised by the hook on the first block: the rest of the model need not run."""
+
+
+@dataclass
+class _Batch:
+    hidden: torch.Tensor
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, torch.nn.Linear)}
+
+
+@torch.no_grad()
+def _first_block_inputs(model: torch.nn.Module, block: torch.nn.Module, calibration: CalibrationSet,
+                        max_batch_size: int, max_batch_tokens: int) -> list[_Batch]:
+    """Run the model up to the first block for every batch and keep that block's arguments."""
+    device = next(model.parameters()).device
+    lengths = [len(x) for x in calibration.input_ids]
+    batches = length_bucketed_batches(lengths, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+    captured: list[_Batch] = []
+
+    def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
+        captured.append(_Batch(hidden.detach(), rest))
+        raise _Captured
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in batches:
+            # a bucket holds sequences of one length only when they are equal; pad nothing: split otherwise
+            for group in _equal_length_groups(batch, lengths):
+                ids = torch.stack([calibration.input_ids[i] for i in group]).to(device)
+                try:
+                    model(input_ids=ids, use_cache=False)
+                except _Captured:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _equal_length_groups(batch: list[int], lengths: list[int]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i in batch:
+        groups.setdefault(lengths[i], []).append(i)
+    return list(groups.values())
+
+
+def _block_output(block: torch.nn.Module, batch: _Batch) -> torch.Tensor:
+    out = block(batch.hidden, **batch.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, layer_fn: LayerFn, *,
+                          stats_kind: str, quiet: bool = False, max_batch_size: int = 8,
+                          max_batch_tokens: int = 4096) -> dict[str, int]:
+    """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}."""
+    prefix, blocks = find_decoder_layers(model)
+    batches = _first_block_inputs(model, blocks[0], calibration, max_batch_size, max_batch_tokens)
+    seen: dict[str, int] = {}
+    for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks", unit="block"):
+        block = blocks[index]
+        linears = block_linears(block)
+        with collect_input_stats(linears, stats_kind) as stats:
+            for batch in batches:
+                _block_output(block, batch)
+        for name, linear in linears.items():
+            full_name = f"{prefix}.{index}.{name}"
+            replacement = layer_fn(full_name, linear, stats[name])
+            if replacement is not None:
+                block.set_submodule(name, replacement)
+            seen[full_name] = stats[name].tokens
+        del stats
+        if index + 1 < len(blocks):
+            for batch in batches:
+                batch.hidden = _block_output(block, batch)
+    return seen
