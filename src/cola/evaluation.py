@@ -1,0 +1,50 @@
+"""Perplexity of a causal LM on a text, over non-overlapping windows (the usual wikitext-2 protocol)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cola.errors import ColaError
+from cola.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    perplexity: float
+    mean_nll: float
+    tokens: int      # tokens whose next-token loss was scored
+    windows: int
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int = 512,
+               max_windows: int | None = None, batch_size: int = 4, quiet: bool = True) -> Perplexity:
+    """exp(mean next-token NLL) over consecutive, non-overlapping `window`-token windows of `text`.
+
+    Each window is scored on its own (no context carried across windows), every token but the first of a
+    window is predicted, and a final partial window is dropped so every window has the same length.
+    """
+    if window < 2:
+        raise ColaError(f"perplexity window must be at least 2 tokens, got {window}")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    count = len(ids) // window
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise ColaError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
+    windows = ids[: count * window].reshape(count, window)
+    device = next(model.parameters()).device
+    total, scored = 0.0, 0
+    for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):
+        batch = windows[start:start + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                reduction="sum")
+        total += nll.item()
+        scored += batch[:, 1:].numel()
+    mean = total / scored
+    return Perplexity(perplexity=math.exp(mean), mean_nll=mean, tokens=scored, windows=count)
