@@ -1,4 +1,4 @@
-"""`cola curate | datasets`: the command line. User errors print one line and exit 2, without a traceback."""
+"""`cola curate | compress | datasets`: the command line. User errors print one line and exit 2, without a traceback."""
 
 from __future__ import annotations
 
@@ -161,8 +161,37 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(COLA, arXiv 2510.10618).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
+    _add_compress_arguments(sub.add_parser("compress", help="compress a model with a curated calibration set"))
     sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")
     return parser
+
+
+def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
+    from cola.compress.methods import METHODS, OPTIONS
+
+    parser.add_argument("--model", default="embedded",
+                        help="hub id, local model directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct)")
+    parser.add_argument("--calibration", metavar="CURATE_OUTPUT_DIR",
+                        help="output directory of `cola curate` (not needed by rtn)")
+    parser.add_argument("--method", required=True, metavar="METHOD",
+                        help=f"one of: {', '.join(METHODS)}")
+    parser.add_argument("--output_dir", required=True, help="where the compressed model goes")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output_dir")
+    group = parser.add_argument_group("method options (each belongs to some methods only)")
+    for option in OPTIONS.values():
+        users = ", ".join(m.name for m in METHODS.values() if option.name in m.options)
+        default = "" if option.default is None else f"; default {option.default}"
+        help_text = f"{option.help} [{users}{default}]"
+        if option.type is bool:
+            group.add_argument(f"--{option.name}", action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(f"--{option.name}", type=option.type, default=None, help=help_text)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="precision the model is loaded and compressed in (default float32)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--batch_tokens", type=int, default=4096,
+                        help="native methods: most tokens per forward batch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -223,6 +252,39 @@ def run_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compress(args: argparse.Namespace) -> int:
+    from cola.compress.api import compress
+    from cola.compress.methods import OPTIONS, method_spec, resolve_options
+
+    given = {name: getattr(args, name) for name in OPTIONS}
+    resolve_options(method_spec(args.method).name, given)  # option typos fail before the model loads
+    summary = compress(args.model, args.calibration, args.method, args.output_dir, overwrite=args.overwrite,
+                       quiet=args.quiet, dtype=args.dtype, device=args.device, max_batch_tokens=args.batch_tokens,
+                       **given)
+    print(format_compress_summary(summary))
+    return 0
+
+
+def format_compress_summary(summary: dict) -> str:
+    """A short table of what the saved weights show, per layer type."""
+    total = summary["weights"]["total"]
+    lines = [f"{summary['method']} ({summary['backend']}) on {summary['model'] or 'in-memory model'}: "
+             f"{summary['seconds']:.1f} s compressing, peak memory {summary['peak_rss_mb']:.0f} MB"]
+    for name, entry in summary["weights"]["by_type"].items():
+        lines.append(f"  {name:12} layers {entry['layers']:3}  " + _weight_figures(entry))
+    lines.append(f"  {'all':12} layers {total['layers']:3}  " + _weight_figures(total))
+    return "\n".join(lines)
+
+
+def _weight_figures(entry: dict) -> str:
+    parts = []
+    if entry.get("bits_per_parameter") is not None:
+        parts.append(f"bits/param {entry['bits_per_parameter']:.3f}")
+    if entry.get("sparsity") is not None:
+        parts.append(f"sparsity {100 * entry['sparsity']:.2f} %")
+    return "  ".join(parts)
+
+
 def run_datasets(_args: argparse.Namespace) -> int:
     from cola.data.catalog import CATALOG, EMBEDDED_SOURCES
 
@@ -241,7 +303,7 @@ def run_datasets(_args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "quiet", False))
-    commands = {"curate": run_curate, "datasets": run_datasets}
+    commands = {"curate": run_curate, "compress": run_compress, "datasets": run_datasets}
     try:
         return commands[args.command](args)
     except ColaError as exc:

@@ -115,8 +115,6 @@ def resolve_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
         if choices is not None and value is not None and value not in choices:
             raise ColaError(f"{_flag(name)} {value} is not supported by {spec.name}. "
                             f"Valid choices: {', '.join(str(c) for c in choices)}")
-    if spec.name == "awq" and options["bits"] not in (4, 8):
-        raise ColaError(f"--bits {options['bits']} is not supported by awq. Valid choices: 4, 8")
     if "sparsity" in options:
         if options["pattern"] == "2:4":
             if "sparsity" in given and abs(given["sparsity"] - 0.5) > 1e-9:

@@ -1,0 +1,219 @@
+"""`compress`: one entry point for every method, from the CLI and from Python.
+
+It validates everything before the model loads, runs the method (llm-compressor's `oneshot` or the
+native sequential driver), saves into a staging folder inside the output directory, measures the
+saved weights (and fails loudly when the method did not change them), and only then moves the files
+into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cola.compress.calibration import CalibrationSet, load_calibration
+from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
+from cola.errors import ColaError
+
+SUMMARY_FILE = "compression_summary.json"
+CALDERA_FILE = "caldera.safetensors"
+
+
+def holds_model(output_dir: Path) -> bool:
+    return output_dir.is_dir() and ((output_dir / "config.json").exists() or any(output_dir.glob("*.safetensors")))
+
+
+def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ColaError(f"output directory {output_dir} is a file")
+    if holds_model(output_dir) and not overwrite:
+        raise ColaError(f"output directory {output_dir} already holds a model; pass --overwrite to replace it")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".cola-write-test-"):
+            pass
+    except OSError as exc:
+        raise ColaError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from exc
+
+
+def _publish(staging: Path, output_dir: Path) -> None:
+    """Replace the old model files of `output_dir` (when overwriting) by the staged ones, summary last."""
+    for old in [*output_dir.glob("*.safetensors"), *output_dir.glob("*.safetensors.index.json")]:
+        old.unlink()  # stale weights of an earlier model must not mix with the new ones
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY_FILE):
+        os.replace(entry, output_dir / entry.name)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compress(model: Any, calibration: str | Path | CalibrationSet | None, method: str,
+             output_dir: str | Path, *, tokenizer: Any = None, overwrite: bool = False, quiet: bool = False,
+             dtype: str = "float32", device: str = "cpu", max_batch_tokens: int = 4096,
+             **options: Any) -> dict[str, Any]:
+    """Compress `model` with the curated `calibration` set by `method` and save it to `output_dir`.
+
+    `model` is a model name/path (loaded here) or an in-memory model (then pass `tokenizer`). Returns the
+    summary also written to `output_dir/compression_summary.json`.
+
+    >>> compress("embedded", "outputs/demo", "wanda", "outputs/wanda", sparsity=0.5)  # doctest: +SKIP
+    """
+    spec = method_spec(method)
+    options = resolve_options(spec.name, options)
+    output_dir = Path(output_dir)
+    if calibration is None and spec.name != "rtn":
+        raise ColaError(f"method {spec.name!r} needs a calibration set (--calibration CURATE_OUTPUT_DIR)")
+    if isinstance(calibration, (str, Path)) and not Path(calibration).is_dir():
+        load_calibration(calibration)  # fails on a missing directory before the model loads
+    created = not output_dir.exists()
+    _prepare_output(output_dir, overwrite)
+    try:
+        return _load_and_compress(model, tokenizer, calibration, spec, options, output_dir, quiet=quiet,
+                                  dtype=dtype, device=device, max_batch_tokens=max_batch_tokens)
+    except BaseException:
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a failed run leaves no trace, not even an empty directory
+        raise
+
+
+def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: MethodSpec, options: dict[str, Any],
+                       output_dir: Path, *, quiet: bool, dtype: str, device: str,
+                       max_batch_tokens: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    model_name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+    if isinstance(model, str):
+        from cola.models import load_model
+
+        model, tokenizer = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    elif tokenizer is None:
+        raise ColaError("pass the tokenizer along with an in-memory model")
+    if isinstance(calibration, (str, Path)):
+        calibration = load_calibration(calibration, tokenizer)
+    if "group_size" in options and (spec.name != "caldera" or options["group_size"] is not None):
+        # CALDERA without a group size keeps one scale per output row
+        options["group_size"] = pick_group_size(
+            [m.in_features for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")], options["group_size"])
+    load_seconds = time.perf_counter() - start
+
+    staging = Path(tempfile.mkdtemp(prefix=".cola-staging-", dir=output_dir))
+    try:
+        start = time.perf_counter()
+        if spec.native:
+            details = _run_native(model, tokenizer, calibration, spec.name, options, staging, quiet=quiet,
+                                  max_batch_tokens=max_batch_tokens)
+        else:
+            from cola.compress.llmc import run_llmcompressor, save_llmcompressor
+
+            details = run_llmcompressor(model, tokenizer, calibration, spec.name, options, quiet=quiet)
+            save_llmcompressor(model, tokenizer, staging)
+        seconds = time.perf_counter() - start
+        weights = _measure_saved(staging, spec.name, options)
+        summary = {"tool": "cola", "command": "compress", "model": model_name, "method": spec.name,
+                   "kind": spec.kind, "backend": spec.backend, "options": options,
+                   "calibration": calibration.describe() if calibration is not None else None,
+                   "weights": weights, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
+                   "peak_rss_mb": round(peak_rss_mb(), 1), "details": details}
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _publish(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _run_native(model: torch.nn.Module, tokenizer: Any, calibration: CalibrationSet, method: str,
+                options: dict[str, Any], staging: Path, *, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
+    from cola.compress.driver import compress_sequentially
+
+    if method == "ria":
+        from cola.compress.ria import ria_prune_layer
+
+        def prune(_name: str, linear: torch.nn.Linear, stats: Any) -> None:
+            ria_prune_layer(linear, stats, sparsity=options["sparsity"], pattern=options["pattern"],
+                            alpha=options["alpha"])
+
+        compress_sequentially(model, calibration, prune, stats_kind="norms", quiet=quiet,
+                              max_batch_tokens=max_batch_tokens)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        return {}
+
+    from cola.compress.caldera import CalderaConfig, CalderaLinear, save_caldera
+
+    config = CalderaConfig(q_bits=options["q_bits"], lr_bits=options["lr_bits"], rank=options["rank"],
+                           iters=options["iters"], group_size=options["group_size"],
+                           quantizer=options["quantizer"], hadamard=options["hadamard"])
+    for name, linear in model.named_modules():  # a rank too large for any layer fails before any work
+        if isinstance(linear, torch.nn.Linear) and not name.endswith("lm_head"):
+            config.validate(linear.out_features, linear.in_features)
+    modules: dict[str, CalderaLinear] = {}
+    errors: dict[str, dict[str, float]] = {}
+
+    def decompose(name: str, linear: torch.nn.Linear, stats: Any) -> None:
+        module, result = CalderaLinear.from_linear(linear, stats.hessian, config)
+        modules[name] = module
+        errors[name] = {"error": result.best_error, "rtn_error": result.rtn_error}
+        # the dense copy keeps the sequential pass fast; the saved CalderaLinear holds the codes
+        linear.weight.data.copy_(module.factors.dequantize().to(linear.weight.dtype))
+
+    compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
+                          max_batch_tokens=max_batch_tokens)
+    model.save_pretrained(staging)  # dense Q + L R weights: any transformers/vLLM loader reads them
+    tokenizer.save_pretrained(staging)
+    save_caldera(staging / CALDERA_FILE, modules, config)
+    mean = sum(e["error"] for e in errors.values()) / len(errors)
+    rtn = [e["rtn_error"] for e in errors.values() if e["rtn_error"] is not None]
+    return {"mean_activation_error": mean, "mean_rtn_error": sum(rtn) / len(rtn) if rtn else None,
+            "layer_errors": errors}
+
+
+def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    from cola.compress.verify import check_compressed, layer_type, saved_weight_summary
+
+    if method == "caldera":
+        from cola.compress.caldera import load_caldera
+
+        modules, _config = load_caldera(output_dir / CALDERA_FILE)
+        by_type: dict[str, dict[str, float]] = {}
+        for name, module in modules.items():
+            params = module.in_features * module.out_features
+            entry = by_type.setdefault(layer_type(name + ".weight"), {"layers": 0, "parameters": 0, "bits": 0.0})
+            entry["layers"] += 1
+            entry["parameters"] += params
+            entry["bits"] += module.factors.bits_per_parameter() * params
+        for entry in by_type.values():
+            entry["bits_per_parameter"] = entry.pop("bits") / entry["parameters"]
+        total = sum(e["parameters"] for e in by_type.values())
+        overall = sum(e["bits_per_parameter"] * e["parameters"] for e in by_type.values()) / total
+        return {"by_type": by_type, "total": {"layers": len(modules), "parameters": total,
+                                              "bits_per_parameter": overall}}
+    summary = saved_weight_summary(output_dir)
+    check_compressed(output_dir, method, options, summary)
+    return summary
+
+
+def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from a `cola compress` output; CALDERA layers come back as CalderaLinear modules."""
+    from cola.models import load_model
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ColaError(f"{path} is not a saved model directory (no config.json)")
+    model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=True)
+    if (path / CALDERA_FILE).is_file():
+        from cola.compress.caldera import load_caldera, replace_with_caldera
+
+        modules, _config = load_caldera(path / CALDERA_FILE)
+        replace_with_caldera(model, modules)
+        model.to(device)
+    return model, tokenizer

@@ -1,0 +1,344 @@
+"""llm-compressor methods on tiny random Llamas: the calibration set arrives whole and in order, the saved
+weights show each method's effect (measured on disk), and they reload through transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from cola.compress.calibration import CalibrationSet
+from cola.compress.llmc import build_recipe, resolve_group_size, run_llmcompressor, save_llmcompressor
+from cola.compress.methods import resolve_options
+from cola.compress.verify import (check_compressed, grid_violation, layer_type, load_saved, saved_weight_summary)
+from cola.errors import ColaError
+
+from .conftest import REPO, byte_tokenizer, tiny_llama
+
+# lengths deliberately unsorted, with a repeat (two different samples of length 9) and a 1-token sample
+LENGTHS = (9, 23, 4, 31, 9, 1, 16)
+DECODER_LINEARS = 7  # q k v o gate up down
+
+
+def calibration_set(seed: int = 0) -> CalibrationSet:
+    generator = torch.Generator().manual_seed(seed)
+    return CalibrationSet(input_ids=[torch.randint(0, 257, (n,), generator=generator) for n in LENGTHS])
+
+
+def small_llama(seed: int = 0, layers: int = 2, dtype: torch.dtype = torch.float32):
+    """hidden 64 / intermediate 128: with group size 32 every row holds 2 or 4 groups."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def compress(model: torch.nn.Module, method: str, given: dict[str, Any], out: Path,
+             calibration: CalibrationSet | None = None) -> tuple[dict, dict, dict]:
+    """What `cola compress` does for an llm-compressor method: resolve, run, save, measure, check."""
+    options = resolve_options(method, given)
+    if "group_size" in options:
+        options["group_size"] = resolve_group_size(model, options["group_size"])
+    info = run_llmcompressor(model, byte_tokenizer(), calibration or calibration_set(), method, options, quiet=True)
+    save_llmcompressor(model, byte_tokenizer(), out)
+    summary = saved_weight_summary(out)
+    json.dumps(summary)  # plain JSON
+    check_compressed(out, method, options, summary)
+    return info, summary, options
+
+
+def saved_tensor(out: Path, key: str) -> torch.Tensor:
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        return f.get_tensor(key)
+
+
+# ---------------------------------------------------------------------------------------- calibration data
+
+
+@pytest.mark.parametrize("method", ["gptq", "wanda"])
+def test_calibration_set_reaches_llmcompressor_whole_and_in_order(method, tmp_path, monkeypatch):
+    model, calibration = tiny_llama(), calibration_set()
+    ids, n = calibration.input_ids, len(calibration)
+    at_embedding: list[torch.Tensor] = []
+    at_first_linear: list[tuple[int, ...]] = []
+    model.model.embed_tokens.register_forward_pre_hook(lambda _m, args: at_embedding.append(args[0].clone()))
+    model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(
+        lambda _m, args: at_first_linear.append(tuple(args[0].shape)))
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+
+    compress(model, method, {}, tmp_path / "out", calibration)
+
+    # llm-compressor's sequential pipeline traces the model once with a data-less (meta) copy of the first
+    # batch, then runs every batch through each subgraph twice: a calibration pass (hooks on) and an
+    # error-propagation pass
+    assert len(at_embedding) == 1 + 2 * n
+    assert at_embedding[0].device.type == "meta" and at_embedding[0].shape == (1, len(ids[0]))
+    for one_pass in (at_embedding[1:1 + n], at_embedding[1 + n:]):
+        assert [tuple(x.shape) for x in one_pass] == [(1, len(x)) for x in ids]
+        assert all(torch.equal(seen, sample.unsqueeze(0)) for seen, sample in zip(one_pass, ids))
+    # the first decoder Linear (where GPTQ's Hessian / Wanda's norms are collected) sees every sample too
+    assert at_first_linear == [(1, len(x), 32) for x in ids] * 2
+    assert not any(workdir.iterdir()), "llm-compressor wrote into the working directory"
+
+
+def test_llmcompressor_own_dataset_path_would_reorder_the_set():
+    """Why cola hands oneshot a DataLoader: given the Dataset, llm-compressor sorts it by length."""
+    from llmcompressor.args import DatasetArguments
+    from llmcompressor.datasets.utils import format_calibration_data
+
+    calibration = calibration_set()
+    args = DatasetArguments(dataset="x", num_calibration_samples=len(calibration), shuffle_calibration_samples=False,
+                            max_seq_length=calibration.sequence_length, batch_size=1)
+    loader = format_calibration_data(args, calibration.dataset(), byte_tokenizer())
+    lengths = [batch["input_ids"].shape[1] for batch in loader]
+    assert sorted(lengths) == sorted(LENGTHS) and lengths == sorted(LENGTHS, reverse=True) != list(LENGTHS)
+
+
+# ---------------------------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.25])
+def test_pruning_reaches_the_asked_sparsity_in_every_layer(method, sparsity, tmp_path):
+    _info, summary, _options = compress(tiny_llama(), method, {"sparsity": sparsity}, tmp_path)
+    layers = summary["layers"]
+    assert len(layers) == 2 * DECODER_LINEARS and all(e["format"] == "dense" for e in layers.values())
+    for name, entry in layers.items():
+        assert abs(entry["sparsity"] - sparsity) <= 0.005, name
+    assert abs(summary["total"]["sparsity"] - sparsity) <= 0.005
+    assert summary["by_type"]["q_proj"]["layers"] == 2
+    # lm_head and the embeddings are never pruned
+    assert (saved_tensor(tmp_path, "lm_head.weight") == 0).sum() == 0
+    # the zeros are in place after reloading through transformers
+    reloaded = load_saved(tmp_path)
+    weight = reloaded.model.layers[1].mlp.down_proj.weight
+    assert torch.equal(weight == 0, saved_tensor(tmp_path, "model.layers.1.mlp.down_proj.weight") == 0)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_two_four_masks_are_exact(method, tmp_path):
+    _info, summary, options = compress(tiny_llama(), method, {"pattern": "2:4"}, tmp_path)
+    assert options["sparsity"] == 0.5
+    for name in summary["layers"]:
+        weight = saved_tensor(tmp_path, f"{name}.weight")
+        zeros_per_group = (weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1)
+        assert (zeros_per_group == 2).all(), name
+
+
+# ----------------------------------------------------------------------------------------- quantization
+
+
+def assert_on_grid(out: Path, summary: dict, bits: int) -> None:
+    model = load_saved(out)
+    modules = dict(model.named_modules())
+    for name, entry in summary["layers"].items():
+        module = modules[name]
+        zero_point = None if entry["symmetric"] else module.weight_zero_point
+        assert grid_violation(module.weight.detach(), module.weight_scale.detach(), zero_point, bits) is None, name
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.arange(10).unsqueeze(0)).logits).all()
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_weights_lie_on_the_grid_with_exact_bits(method, tmp_path):
+    info, summary, options = compress(small_llama(), method, {"bits": 4, "group_size": 32}, tmp_path)
+    assert info["group_size"] == 32 and options["group_size"] == 32
+    for entry in summary["layers"].values():
+        assert entry["format"] == "pack-quantized" and entry["num_bits"] == 4 and entry["group_size"] == 32
+        assert entry["groups_per_row"] == entry["shape"][1] // 32 and entry["symmetric"]
+    # 4-bit codes + one float32 scale per 32 weights; symmetric, so no zero points are stored
+    assert summary["total"]["bits_per_parameter"] == 4 + 32 / 32
+    assert summary["by_type"]["down_proj"]["bits_per_parameter"] == 4 + 32 / 32
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert not any(key.endswith("weight_zero_point") for key in f.keys())
+    assert_on_grid(tmp_path, summary, 4)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization_config"]["ignore"] == ["lm_head"]
+    assert (tmp_path / "recipe.yaml").is_file() and info["recipe"].count("group_size: 32") == 1
+
+
+def test_bits_per_parameter_count_scales_in_their_stored_dtype(tmp_path):
+    """A bfloat16 model stores bfloat16 scales: 3 + 16/64 bits per weight."""
+    _info, summary, _options = compress(small_llama(dtype=torch.bfloat16), "rtn", {"bits": 3, "group_size": 64},
+                                        tmp_path)
+    assert summary["total"]["bits_per_parameter"] == 3 + 16 / 64
+    assert summary["total"]["num_bits"] == 3 and summary["total"]["group_size"] == 64
+    assert_on_grid(tmp_path, summary, 3)
+
+
+@pytest.mark.parametrize("bits, layers", [(4, 2), (3, 1)])
+def test_awq_runs_and_reloads(bits, layers, tmp_path):
+    _info, summary, _options = compress(small_llama(layers=layers), "awq", {"bits": bits, "group_size": 32},
+                                        tmp_path)
+    # asymmetric: b-bit codes + float32 scale + b-bit zero point (packed) per group of 32
+    assert all(not e["symmetric"] for e in summary["layers"].values())
+    assert summary["total"]["bits_per_parameter"] == bits + 32 / 32 + bits / 32
+    assert_on_grid(tmp_path, summary, bits)
+
+
+def test_smoothquant_runs_and_reloads(tmp_path):
+    _info, summary, _options = compress(small_llama(), "smoothquant", {"smoothing_strength": 0.5}, tmp_path)
+    for name, entry in summary["layers"].items():
+        # int8 codes + one float32 scale per output channel
+        assert entry["format"] == "int-quantized" and entry["groups_per_row"] == 1, name
+        assert entry["bits_per_parameter"] == 8 + 32 / entry["shape"][1]
+    group = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert group["input_activations"]["dynamic"] is True and group["input_activations"]["strategy"] == "token"
+    assert_on_grid(tmp_path, summary, 8)
+
+
+# ------------------------------------------------------------------------------------- loud failures
+
+
+@pytest.mark.parametrize("method, message", [("wanda", "pruned nothing"), ("gptq", "quantized nothing")])
+def test_check_compressed_refuses_an_unchanged_model(method, message, tmp_path):
+    tiny_llama().save_pretrained(tmp_path)
+    summary = saved_weight_summary(tmp_path)
+    assert summary["total"]["sparsity"] == 0 and summary["total"]["quantized_layers"] == 0
+    options = resolve_options(method, {"group_size": 32} if method == "gptq" else {})
+    with pytest.raises(ColaError, match=message):
+        check_compressed(tmp_path, method, options, summary)
+
+
+def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
+    """The target spelling older recipes used matches no module in llm-compressor 0.14: the run 'succeeds'."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+    from cola.compress.llmc import _library_output, _local_name_or_path, calibration_loader
+
+    model = tiny_llama()
+    before = model.model.layers[0].mlp.down_proj.weight.clone()
+    with _library_output(True), _local_name_or_path(model):
+        oneshot(model=model, tokenizer=byte_tokenizer(), dataset=calibration_loader(calibration_set()),
+                recipe=[WandaPruningModifier(sparsity=0.5, targets="__ALL_PRUNABLE__")], log_dir=None)
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before)
+    save_llmcompressor(model, byte_tokenizer(), tmp_path, quiet=True)
+    with pytest.raises(ColaError, match="pruned nothing"):
+        check_compressed(tmp_path, "wanda", resolve_options("wanda", {}), saved_weight_summary(tmp_path))
+
+
+def save_half_zero(out: Path, odd_layer: str, odd: str) -> None:
+    """Every decoder Linear 2:4-pruned (every other column zero) except `odd_layer`."""
+    model = tiny_llama()
+    with torch.no_grad():
+        for name, linear in model.named_modules():
+            if isinstance(linear, torch.nn.Linear) and ".layers." in name:
+                weight = linear.weight
+                if name != odd_layer:
+                    weight[:, ::2] = 0
+                elif odd == "quarter":
+                    weight[:, : weight.shape[1] // 4] = 0
+                else:  # half the weights, but the first half of the columns: groups of 4 zeros and of none
+                    weight[:, : weight.shape[1] // 2] = 0
+    model.save_pretrained(out)
+
+
+def test_check_compressed_catches_missed_sparsity_and_broken_two_four(tmp_path):
+    save_half_zero(tmp_path / "quarter", "model.layers.0.mlp.up_proj", "quarter")
+    summary = saved_weight_summary(tmp_path / "quarter")
+    with pytest.raises(ColaError, match=r"1 of 14 decoder layers miss the asked sparsity 50.00 %.*up_proj at 25.00 %"):
+        check_compressed(tmp_path / "quarter", "wanda", resolve_options("wanda", {}), summary)
+    save_half_zero(tmp_path / "blocks", "model.layers.1.mlp.down_proj", "blocks")
+    summary = saved_weight_summary(tmp_path / "blocks")
+    check_compressed(tmp_path / "blocks", "sparsegpt", resolve_options("sparsegpt", {}), summary)  # unstructured: fine
+    with pytest.raises(ColaError, match=r"2:4: 256 groups of 4 input weights in model.layers.1.mlp.down_proj"):
+        check_compressed(tmp_path / "blocks", "sparsegpt", resolve_options("sparsegpt", {"pattern": "2:4"}), summary)
+
+
+def test_check_compressed_refuses_wrong_bits_or_group(tmp_path):
+    compress(small_llama(), "rtn", {"bits": 4, "group_size": 32}, tmp_path)
+    summary = saved_weight_summary(tmp_path)
+    with pytest.raises(ColaError, match="not the asked 8 bits"):
+        check_compressed(tmp_path, "rtn", {"bits": 8, "group_size": 32}, summary, reload=False)
+    with pytest.raises(ColaError, match="groups of 64"):
+        check_compressed(tmp_path, "rtn", {"bits": 4, "group_size": 64}, summary, reload=False)
+
+
+def test_grid_violation_sees_off_grid_weights():
+    scale = torch.full((4, 2), 0.1)
+    on_grid = torch.randint(-8, 8, (4, 64)).float() * 0.1
+    assert grid_violation(on_grid, scale, None, 4) is None
+    assert "away from an integer" in grid_violation(on_grid + 0.02, scale, None, 4)
+    assert "outside [-8, 7]" in grid_violation(on_grid * 2, scale, None, 4)
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+
+
+def test_build_recipe_refuses_a_group_size_that_does_not_divide():
+    with pytest.raises(ColaError, match="--group_size 48 does not divide the input size 32"):
+        build_recipe("gptq", resolve_options("gptq", {"group_size": 48}), tiny_llama())
+
+
+def test_build_recipe_arguments():
+    model = tiny_llama()
+    (gptq,) = build_recipe("gptq", resolve_options("gptq", {"actorder": True}), model)
+    weights = gptq.config_groups["group_0"].weights
+    assert (weights.num_bits, weights.group_size, weights.symmetric) == (4, 32, True)  # 32: picked for 32/64
+    assert gptq.actorder == "static" and gptq.ignore == ["lm_head"]
+    (plain,) = build_recipe("gptq", resolve_options("gptq", {}), model)
+    assert plain.actorder is None
+    (wanda,) = build_recipe("wanda", resolve_options("wanda", {"pattern": "2:4"}), model)
+    assert wanda.targets == ["LlamaDecoderLayer"] and wanda.mask_structure == "2:4" and wanda.sparsity == 0.5
+    smooth, w8a8 = build_recipe("smoothquant", resolve_options("smoothquant", {}), model)
+    assert smooth.smoothing_strength == 0.8 and w8a8.config_groups["group_0"].weights.strategy == "channel"
+    with pytest.raises(ColaError, match="not an llm-compressor method"):
+        build_recipe("ria", resolve_options("ria", {}), model)
+
+
+def test_layer_type():
+    assert layer_type("model.layers.3.self_attn.q_proj.weight") == "q_proj"
+    assert layer_type("model.layers.3.mlp.down_proj.weight_packed") == "down_proj"
+    assert layer_type("model.layers.3.mlp.down_proj") == "down_proj"
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def test_quiet_prints_nothing_and_loud_prints_to_stderr_only(tmp_path, capfd):
+    model = small_llama()
+    options = resolve_options("rtn", {"group_size": 32})
+    run_llmcompressor(model, byte_tokenizer(), None, "rtn", options, quiet=True)
+    save_llmcompressor(model, byte_tokenizer(), tmp_path / "quiet")
+    assert capfd.readouterr() == ("", "")
+    model = small_llama()
+    run_llmcompressor(model, byte_tokenizer(), None, "rtn", options, quiet=False)
+    save_llmcompressor(model, byte_tokenizer(), tmp_path / "loud")
+    out, err = capfd.readouterr()
+    assert out == "" and err  # progress bars (and warnings) on stderr, stdout left to cola
+
+
+QUIET_RUN = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from tests.test_llmc import calibration_set, small_llama
+from tests.conftest import byte_tokenizer
+from cola.compress.llmc import run_llmcompressor, save_llmcompressor
+from cola.compress.verify import check_compressed, saved_weight_summary
+model, options, out = small_llama(layers=1), {{"bits": 4, "group_size": 32}}, Path({out!r})
+run_llmcompressor(model, byte_tokenizer(), calibration_set(), "awq", options, quiet=True)
+save_llmcompressor(model, byte_tokenizer(), out)
+check_compressed(out, "awq", options, saved_weight_summary(out))
+"""
+
+
+def test_a_quiet_run_in_a_fresh_process_prints_nothing(tmp_path):
+    """From the first import of llm-compressor on (its import-time warnings, AWQ's bars) to the reload check."""
+    import subprocess
+    import sys
+
+    script = QUIET_RUN.format(repo=str(REPO), out=str(tmp_path / "out"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout, done.stderr) == ("", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
