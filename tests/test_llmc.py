@@ -20,7 +20,7 @@ from cola.errors import ColaError
 from .conftest import REPO, byte_tokenizer, tiny_llama
 
 # lengths deliberately unsorted, with a repeat (two different samples of length 9) and a 1-token sample
-LENGTHS = (9, 23, 4, 31, 9, 1, 16)
+LENGTHS = (9, 23, 4, 31, 9, 1, 16, 16, 16)  # the last three share a batch
 DECODER_LINEARS = 7  # q k v o gate up down
 
 
@@ -78,14 +78,17 @@ def test_calibration_set_reaches_llmcompressor_whole_and_in_order(method, tmp_pa
 
     # llm-compressor's sequential pipeline traces the model once with a data-less (meta) copy of the first
     # batch, then runs every batch through each subgraph twice: a calibration pass (hooks on) and an
-    # error-propagation pass
-    assert len(at_embedding) == 1 + 2 * n
+    # error-propagation pass. Consecutive samples of one length share a batch, unpadded.
+    batches = [[0], [1], [2], [3], [4], [5], [6, 7, 8]]
+    b = len(batches)
+    assert len(at_embedding) == 1 + 2 * b
     assert at_embedding[0].device.type == "meta" and at_embedding[0].shape == (1, len(ids[0]))
-    for one_pass in (at_embedding[1:1 + n], at_embedding[1 + n:]):
-        assert [tuple(x.shape) for x in one_pass] == [(1, len(x)) for x in ids]
-        assert all(torch.equal(seen, sample.unsqueeze(0)) for seen, sample in zip(one_pass, ids))
+    for one_pass in (at_embedding[1:1 + b], at_embedding[1 + b:]):
+        assert [tuple(x.shape) for x in one_pass] == [(len(g), len(ids[g[0]])) for g in batches]
+        seen = [row for batch in one_pass for row in batch]
+        assert len(seen) == n and all(torch.equal(a, sample) for a, sample in zip(seen, ids))
     # the first decoder Linear (where GPTQ's Hessian / Wanda's norms are collected) sees every sample too
-    assert at_first_linear == [(1, len(x), 32) for x in ids] * 2
+    assert at_first_linear == [(len(g), len(ids[g[0]]), 32) for g in batches] * 2
     assert not any(workdir.iterdir()), "llm-compressor wrote into the working directory"
 
 
@@ -342,3 +345,10 @@ def test_a_quiet_run_in_a_fresh_process_prints_nothing(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout, done.stderr) == ("", "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_ordered_batches_keep_order_and_never_mix_lengths():
+    from cola.compress.llmc import ordered_batches
+
+    assert ordered_batches([4, 4, 4, 2, 4, 4], max_batch_tokens=8) == [[0, 1], [2], [3], [4, 5]]
+    assert ordered_batches([10, 10], max_batch_tokens=4) == [[0], [1]]  # a long sample still gets a batch
