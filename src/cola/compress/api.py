@@ -22,6 +22,7 @@ import torch
 from cola.compress.calibration import CalibrationSet, load_calibration
 from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
 from cola.errors import ColaError
+from cola.export import ensure_writable
 
 SUMMARY_FILE = "compression_summary.json"
 CALDERA_FILE = "caldera.safetensors"
@@ -36,12 +37,7 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> None:
         raise ColaError(f"output directory {output_dir} is a file")
     if holds_model(output_dir) and not overwrite:
         raise ColaError(f"output directory {output_dir} already holds a model; pass --overwrite to replace it")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".cola-write-test-"):
-            pass
-    except OSError as exc:
-        raise ColaError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from exc
+    ensure_writable(output_dir)
 
 
 def _publish(staging: Path, output_dir: Path) -> None:
