@@ -116,6 +116,22 @@ def test_save_load_roundtrip_is_exact(tmp_path, wh, config: CalderaConfig) -> No
         assert loaded[name].factors.bits_per_parameter() == module.factors.bits_per_parameter()
         assert loaded[name].state_dict().keys() == module.state_dict().keys()
     assert loaded["blocks.1.proj"].bias is None
+    with safe_open(str(path), framework="pt") as f:  # the codes on disk take their bit width, no more
+        stored_code_bits = sum(f.get_tensor(k).numel() * 8 for k in f.keys() if k.endswith("_codes"))
+    module = modules["blocks.0.proj"]
+    counted = sum(module.factors.tensors()[k].numel() * (config.q_bits if k == "q_codes" else config.lr_bits)
+                  for k in ("q_codes", "l_codes", "r_codes") if k in module.factors.tensors())
+    assert counted * len(modules) <= stored_code_bits < (counted + 3 * 8) * len(modules)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_code_packing_roundtrips(bits) -> None:
+    from cola.compress.caldera import pack_codes, unpack_codes
+
+    codes = torch.randint(0, 2 ** bits, (13, 7), generator=torch.Generator().manual_seed(bits)).to(torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-13 * 7 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, (13, 7)), codes)
 
 
 def test_save_rejects_modules_of_another_config(tmp_path, wh) -> None:

@@ -339,6 +339,24 @@ def _rotation_seeds(seed: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------- factors
 
 
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes (< 2**bits, any shape) packed densely into a 1-D uint8 tensor, `bits` bits each."""
+    planes = (codes.reshape(-1, 1).to(torch.int32) >> torch.arange(bits, dtype=torch.int32)) & 1
+    flat = planes.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    weights = 2 ** torch.arange(8, dtype=torch.int32)
+    return (flat.reshape(-1, 8).to(torch.int32) * weights).sum(dim=1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of pack_codes: uint8 codes of `shape`."""
+    count = math.prod(shape)
+    flat = ((packed.to(torch.int32).reshape(-1, 1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1)
+    planes = flat[: count * bits].reshape(count, bits)
+    codes = (planes * 2 ** torch.arange(bits, dtype=torch.int32)).sum(dim=1)
+    return codes.to(torch.uint8).reshape(shape)
+
+
 @dataclass
 class CalderaFactors:
     """What is stored of one layer: uint8 codes, float16 scales, and the rotation seed.
@@ -415,20 +433,42 @@ class CalderaFactors:
         m, n = self.shape
         return bits / (m * n)
 
+    def _bits_of(self, key: str) -> int:
+        return self.config.q_bits if key == "q_codes" else self.config.lr_bits
+
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The stored tensors under `prefix` + key (contiguous, on the CPU), ready for safetensors."""
-        return {prefix + k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
+        """The stored tensors under `prefix` + key, ready for safetensors; codes bit-packed at their width
+        (a `<key>_shape` tensor says how to unpack them), so the file holds what bits_per_parameter counts."""
+        out = {}
+        for key, value in self.tensors().items():
+            value = value.detach().cpu().contiguous()
+            if key in _CODE_KEYS:
+                out[prefix + key] = pack_codes(value, self._bits_of(key))
+                out[prefix + key + "_shape"] = torch.tensor(value.shape, dtype=torch.int64)
+            else:
+                out[prefix + key] = value
+        return out
 
     @classmethod
     def from_state_dict(cls, tensors: dict[str, torch.Tensor], prefix: str, config: CalderaConfig) -> CalderaFactors:
-        """Rebuild the factors stored under `prefix` (the inverse of state_dict)."""
+        """Rebuild the factors stored under `prefix` (the inverse of state_dict: codes are unpacked)."""
         found = {k: tensors[prefix + k] for k in _CODE_KEYS + _FLOAT_KEYS + (_SEED_KEY,) if prefix + k in tensors}
+        for key in _CODE_KEYS:
+            if key in found:
+                bits = config.q_bits if key == "q_codes" else config.lr_bits
+                found[key] = unpack_codes(found[key], bits, tuple(tensors[prefix + key + "_shape"].tolist()))
+        return cls.from_tensors(found, config, where=repr(prefix))
+
+    @classmethod
+    def from_tensors(cls, found: dict[str, torch.Tensor], config: CalderaConfig, where: str = "") -> CalderaFactors:
+        """Factors from unpacked tensors keyed as in `tensors()`; a missing part is a one-line error."""
+        found = dict(found)
         if "q_codes" not in found or "q_scales" not in found:
-            raise ColaError(f"no CALDERA factors under {prefix!r}: q_codes or q_scales is missing")
+            raise ColaError(f"no CALDERA factors under {where}: q_codes or q_scales is missing")
         needed = ("l_weight", "r_weight") if config.lr_bits == 16 else ("l_codes", "l_scales", "r_codes", "r_scales")
         missing = [k for k in needed if k not in found]
         if missing:
-            raise ColaError(f"the CALDERA factors under {prefix!r} lack {', '.join(missing)} "
+            raise ColaError(f"the CALDERA factors under {where} lack {', '.join(missing)} "
                             f"(expected for lr_bits={config.lr_bits})")
         seed = found.pop(_SEED_KEY, None)
         return cls(config=config, hadamard_seed=int(seed.reshape(-1)[0]) if seed is not None else None, **found)
@@ -630,7 +670,7 @@ class CalderaLinear(torch.nn.Module):
     @property
     def factors(self) -> CalderaFactors:
         """The factors, built on the current buffers (no copy)."""
-        return CalderaFactors.from_state_dict({k: getattr(self, k) for k in self._keys}, "", self.config)
+        return CalderaFactors.from_tensors({k: getattr(self, k) for k in self._keys}, self.config, "a module")
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, H: torch.Tensor,
