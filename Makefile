@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test bench install install-test clean
+.PHONY: demo test bench bench-compress install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: install-test
 bench: install-test
 	$(PY) benchmarks/stage3_throughput.py
 	$(PY) benchmarks/stage_costs.py
+
+# every compression method on SmolLM2 with a curated 128 x 512 set, wikitext-2 perplexity (about an hour)
+bench-compress: install-test
+	$(PY) benchmarks/compress_methods.py
 
 clean:
 	rm -rf $(VENV) outputs

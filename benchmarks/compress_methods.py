@@ -1,0 +1,121 @@
+"""Every compression method on SmolLM2 with one curated calibration set: time, memory, bits, perplexity.
+
+Each method runs as its own `cola compress` process (so its peak memory is its own); every saved model
+is then reloaded as a user would (`cola.compress.api.load_compressed`) and scored on wikitext-2 test
+perplexity over non-overlapping windows, next to the dense model.
+
+    .venv/bin/python benchmarks/compress_methods.py --calibration CURATE_DIR [--methods caldera gptq-w2 ...]
+
+Without --calibration it first curates 128 x 512-token samples from ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+WIKITEXT = DATA / "wikitext2" / "wiki.test.raw.txt"
+
+# name -> `cola compress` arguments
+RUNS: dict[str, list[str]] = {
+    "rtn-w4": ["--method", "rtn", "--bits", "4"],
+    "gptq-w4": ["--method", "gptq", "--bits", "4"],
+    "gptq-w3": ["--method", "gptq", "--bits", "3"],
+    "gptq-w2": ["--method", "gptq", "--bits", "2"],
+    "awq-w4": ["--method", "awq", "--bits", "4"],
+    "smoothquant-w8a8": ["--method", "smoothquant"],
+    "sparsegpt-50": ["--method", "sparsegpt", "--sparsity", "0.5"],
+    "sparsegpt-2:4": ["--method", "sparsegpt", "--pattern", "2:4"],
+    "wanda-50": ["--method", "wanda", "--sparsity", "0.5"],
+    "ria-50": ["--method", "ria", "--sparsity", "0.5"],
+    "ria-2:4": ["--method", "ria", "--pattern", "2:4"],
+    "caldera": ["--method", "caldera", "--q_bits", "2", "--lr_bits", "4", "--rank", "16", "--iters", "10"],
+}
+
+
+def curate_default(out: Path) -> Path:
+    cmd = [str(REPO / ".venv" / "bin" / "cola"), "curate", "--output_dir", str(out), "--num_samples", "128",
+           "--sequence_length", "512", "--candidates_per_source", "300", "--quiet",
+           "--reference", f"commonsense={DATA / 'commonsenseqa' / 'validation.jsonl'}",
+           "--datasets", str(DATA / "c4" / "c4_en_train_first1000.jsonl"), str(DATA / "gsm8k" / "train.jsonl"),
+           str(DATA / "mbpp" / "mbpp_train_valid_prompt.jsonl"),
+           str(DATA / "commonsense_llm_adapters" / "arc_challenge_train.parsed.jsonl")]
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibration", type=Path, help="a `cola curate` output directory (default: curate one)")
+    parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "bench-compress")
+    parser.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
+    parser.add_argument("--max_windows", type=int, default=64, help="wikitext-2 windows scored (64 x 512 = 32k)")
+    parser.add_argument("--skip_existing", action="store_true", help="reuse models already compressed")
+    args = parser.parse_args()
+    if not WIKITEXT.is_file():
+        print(f"skipped: {WIKITEXT} not found (the shared data folder is needed)")
+        return 0
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    calibration = args.calibration or curate_default(args.work_dir / "calibration")
+
+    import torch
+
+    from cola.compress.api import load_compressed
+    from cola.evaluation import perplexity
+    from cola.models import load_model
+
+    torch.manual_seed(0)
+    text = WIKITEXT.read_text(encoding="utf-8")
+    rows = []
+    model, tokenizer = load_model("embedded", dtype="float32", quiet=True)
+    dense = perplexity(model, tokenizer, text, window=args.window, max_windows=args.max_windows)
+    rows.append({"run": "dense", "seconds": 0.0, "peak_rss_mb": None, "figure": "fp32",
+                 "ppl": dense.perplexity})
+    del model
+    for name in args.methods:
+        out = args.work_dir / name
+        summary_path = out / "compression_summary.json"
+        if not (args.skip_existing and summary_path.is_file()):
+            cmd = [str(REPO / ".venv" / "bin" / "cola"), "compress", "--model", "embedded",
+                   "--calibration", str(calibration), "--output_dir", str(out), "--overwrite", "--quiet",
+                   *RUNS[name]]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if done.returncode:
+                rows.append({"run": name, "error": done.stderr.strip().splitlines()[-1]})
+                print(f"{name}: failed: {rows[-1]['error']}", file=sys.stderr)
+                continue
+            print(f"{name}: {wall:.0f} s wall", file=sys.stderr)
+        summary = json.loads(summary_path.read_text())
+        total = summary["weights"]["total"]
+        figure = (f"{total['bits_per_parameter']:.3f} bits/param" if total.get("bits_per_parameter") is not None
+                  else f"{100 * total['sparsity']:.2f} % sparse")
+        compressed, tok = load_compressed(out, dtype="float32")
+        ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
+        rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
+                     "figure": figure, "ppl": ppl.perplexity})
+        del compressed
+    print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
+          f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
+    print(f"| {'run':18} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':24} | {'wikitext-2 ppl':>14} |")
+    print(f"|{'-' * 20}|{'-' * 12}|{'-' * 13}|{'-' * 26}|{'-' * 16}|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['run']:18} | failed: {row['error'][:80]}")
+            continue
+        rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
+        print(f"| {row['run']:18} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:24} | {row['ppl']:14.2f} |")
+    (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
