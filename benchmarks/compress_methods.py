@@ -28,6 +28,9 @@ RUNS: dict[str, list[str]] = {
     "gptq-w4": ["--method", "gptq", "--bits", "4"],
     "gptq-w3": ["--method", "gptq", "--bits", "3"],
     "gptq-w2": ["--method", "gptq", "--bits", "2"],
+    # bf16 models store bf16 scales: 2 + 16/64 = 2.25 bits, the budget CALDERA is compared at
+    "gptq-w2-bf16": ["--method", "gptq", "--bits", "2", "--dtype", "bfloat16"],
+    "gptq-w3-bf16": ["--method", "gptq", "--bits", "3", "--dtype", "bfloat16"],
     "awq-w4": ["--method", "awq", "--bits", "4"],
     "smoothquant-w8a8": ["--method", "smoothquant"],
     "sparsegpt-50": ["--method", "sparsegpt", "--sparsity", "0.5"],

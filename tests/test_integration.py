@@ -119,3 +119,37 @@ def test_general_deployment_draws_from_every_capability(tmp_path: Path) -> None:
         best = max(coverage, key=lambda name: coverage[name][capability]["score"])
         assert selected.get(best, 0) >= 1
     assert len(selected) == 4 and sum(selected.values()) == 20  # every source, hence every capability
+
+
+@pytest.fixture(scope="module")
+def smollm2_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short curated set (8 x 128 tokens, embedded pool) made by the CLI, as a user would."""
+    from cola.cli import main
+
+    out = tmp_path_factory.mktemp("smollm2-calib")
+    assert main(["curate", "--output_dir", str(out), "--num_samples", "8", "--sequence_length", "128",
+                 "--candidates_per_source", "16", "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("method, extra, expect", [
+    ("wanda", ["--sparsity", "0.5"], {"sparsity": 0.5}),
+    ("ria", ["--pattern", "2:4"], {"sparsity": 0.5}),
+])
+def test_compress_smollm2_from_the_cli_reloads_and_generates(smollm2_calibration: Path, tmp_path: Path, capsys,
+                                                            method, extra, expect) -> None:
+    from cola.cli import main
+    from cola.compress.api import SUMMARY_FILE, load_compressed
+
+    out = tmp_path / method
+    assert main(["compress", "--calibration", str(smollm2_calibration), "--method", method,
+                 "--output_dir", str(out), "--quiet", *extra]) == 0
+    assert "layers 210" in capsys.readouterr().out  # 30 blocks x 7 linears, measured on the saved weights
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["calibration"]["num_samples"] == 8 and summary["calibration"]["num_tokens"] == 8 * 128
+    for layer_type, entry in summary["weights"]["by_type"].items():
+        assert entry["sparsity"] == pytest.approx(expect["sparsity"], abs=0.005), layer_type
+    model, tokenizer = load_compressed(out)
+    prompt = tokenizer("The capital of France is", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 8
