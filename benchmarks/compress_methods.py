@@ -53,6 +53,13 @@ def curate_default(out: Path) -> Path:
     return out
 
 
+def generate(model, tokenizer, prompt: str = "The capital of France is") -> str:
+    """Greedy continuation: the reloaded model still generates (and how well)."""
+    inputs = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", type=Path, help="a `cola curate` output directory (default: curate one)")
@@ -80,7 +87,7 @@ def main() -> int:
     model, tokenizer = load_model("embedded", dtype="float32", quiet=True)
     dense = perplexity(model, tokenizer, text, window=args.window, max_windows=args.max_windows)
     rows.append({"run": "dense", "seconds": 0.0, "peak_rss_mb": None, "figure": "fp32",
-                 "ppl": dense.perplexity})
+                 "ppl": dense.perplexity, "generated": generate(model, tokenizer)})
     del model
     for name in args.methods:
         out = args.work_dir / name
@@ -104,7 +111,7 @@ def main() -> int:
         compressed, tok = load_compressed(out, dtype="float32")
         ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
         rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
-                     "figure": figure, "ppl": ppl.perplexity})
+                     "figure": figure, "ppl": ppl.perplexity, "generated": generate(compressed, tok)})
         del compressed
     print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
           f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
@@ -116,6 +123,10 @@ def main() -> int:
             continue
         rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
         print(f"| {row['run']:18} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:24} | {row['ppl']:14.2f} |")
+    print("\ngreedy continuations of 'The capital of France is' after reloading each saved model:")
+    for row in rows:
+        if "generated" in row:
+            print(f"  {row['run']:18} {row['generated']!r}")
     (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 

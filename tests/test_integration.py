@@ -135,6 +135,7 @@ def smollm2_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method, extra, expect", [
     ("wanda", ["--sparsity", "0.5"], {"sparsity": 0.5}),
     ("ria", ["--pattern", "2:4"], {"sparsity": 0.5}),
+    ("caldera", ["--rank", "8", "--iters", "2"], {"bits": (2.0, 2.4)}),
 ])
 def test_compress_smollm2_from_the_cli_reloads_and_generates(smollm2_calibration: Path, tmp_path: Path, capsys,
                                                             method, extra, expect) -> None:
@@ -148,7 +149,10 @@ def test_compress_smollm2_from_the_cli_reloads_and_generates(smollm2_calibration
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["calibration"]["num_samples"] == 8 and summary["calibration"]["num_tokens"] == 8 * 128
     for layer_type, entry in summary["weights"]["by_type"].items():
-        assert entry["sparsity"] == pytest.approx(expect["sparsity"], abs=0.005), layer_type
+        if "sparsity" in expect:
+            assert entry["sparsity"] == pytest.approx(expect["sparsity"], abs=0.005), layer_type
+        else:
+            assert expect["bits"][0] < entry["bits_per_parameter"] < expect["bits"][1], layer_type
     model, tokenizer = load_compressed(out)
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
