@@ -216,11 +216,11 @@ def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
 
-    from cola.compress.llmc import _library_output, _local_name_or_path, calibration_loader
+    from cola.compress.llmc import library_output, _local_name_or_path, calibration_loader
 
     model = tiny_llama()
     before = model.model.layers[0].mlp.down_proj.weight.clone()
-    with _library_output(True), _local_name_or_path(model):
+    with library_output(True), _local_name_or_path(model):
         oneshot(model=model, tokenizer=byte_tokenizer(), dataset=calibration_loader(calibration_set()),
                 recipe=[WandaPruningModifier(sparsity=0.5, targets="__ALL_PRUNABLE__")], log_dir=None)
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before)

@@ -198,14 +198,17 @@ def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> di
     return summary
 
 
-def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu",
+                    quiet: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) from a `cola compress` output; CALDERA layers come back as CalderaLinear modules."""
+    from cola.compress.llmc import library_output
     from cola.models import load_model
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
-    model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=True)
+    with library_output(quiet):  # compressed-tensors decompresses with bars of its own
+        model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet)
     if (path / CALDERA_FILE).is_file():
         from cola.compress.caldera import load_caldera, replace_with_caldera
 

@@ -58,7 +58,7 @@ def _import_llmcompressor() -> None:
     its own results) and warns twice "No accelerator available" on CPU machines. We import it with its
     logging switched off (its own LLM_COMPRESSOR_LOG_DISABLED switch), then install one handler on stderr at
     WARNING (its INFO level logs three lines per layer; LLM_COMPRESSOR_LOG_LEVEL overrides), which
-    `_library_output` mutes for quiet runs.
+    `library_output` mutes for quiet runs.
     """
     global _logging_ready
     if _logging_ready:
@@ -142,7 +142,7 @@ def _quiet_library_bars() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _library_output(quiet: bool) -> Iterator[None]:
+def library_output(quiet: bool) -> Iterator[None]:
     """While llm-compressor runs: nothing on screen when quiet; its warnings and bars (on stderr) otherwise.
 
     Everything switched off here is switched back on at the end, so a later non-quiet run shows it again.
@@ -346,7 +346,7 @@ def run_llmcompressor(model: torch.nn.Module, tokenizer: Any, calibration: Calib
     """
     name = method_spec(method).name
     _quiet_runs[model] = quiet
-    with _library_output(quiet):
+    with library_output(quiet):
         from llmcompressor import active_session, oneshot
 
         recipe = build_recipe(name, options, model)
@@ -397,7 +397,7 @@ def save_llmcompressor(model: torch.nn.Module, tokenizer: Any, output_dir: Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     if quiet is None:
         quiet = _quiet_runs.get(model, False)
-    with _library_output(quiet):
+    with library_output(quiet):
         from llmcompressor.transformers.compression.compressed_tensors_utils import modify_save_pretrained
 
         modify_save_pretrained(model)  # already done by oneshot; needed for a model that did not go through it

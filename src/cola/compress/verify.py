@@ -340,11 +340,11 @@ def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
     Quantized layers must lie on their grid (W / scale integral within 1e-3, codes within the signed range);
     dense layers must hold exactly the zeros the files hold.
     """
-    from cola.compress.llmc import _library_output
+    from cola.compress.llmc import library_output
 
     output_dir = Path(output_dir)
     layers = summary["layers"]
-    with _library_output(True):
+    with library_output(True):
         try:
             model = load_saved(output_dir)
         except Exception as exc:  # noqa: BLE001 - any loader failure means the checkpoint is unusable
