@@ -100,7 +100,8 @@ def main() -> int:
             done = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - start
             if done.returncode:
-                rows.append({"run": name, "error": done.stderr.strip().splitlines()[-1]})
+                lines = done.stderr.strip().splitlines()
+                rows.append({"run": name, "error": lines[-1] if lines else f"exit code {done.returncode}"})
                 print(f"{name}: failed: {rows[-1]['error']}", file=sys.stderr)
                 continue
             print(f"{name}: {wall:.0f} s wall", file=sys.stderr)
@@ -112,6 +113,8 @@ def main() -> int:
         ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
         rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
                      "figure": figure, "ppl": ppl.perplexity, "generated": generate(compressed, tok)})
+        print(f"{name}: {figure}, perplexity {ppl.perplexity:.2f}", file=sys.stderr)
+        (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive
         del compressed
     print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
           f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
