@@ -107,8 +107,8 @@ def main() -> int:
             print(f"{name}: {wall:.0f} s wall", file=sys.stderr)
         summary = json.loads(summary_path.read_text())
         total = summary["weights"]["total"]
-        figure = (f"{total['bits_per_parameter']:.3f} bits/param" if total.get("bits_per_parameter") is not None
-                  else f"{100 * total['sparsity']:.2f} % sparse")
+        figure = (f"{100 * total['sparsity']:.2f} % sparse" if summary["kind"] == "pruning"
+                  else f"{total['bits_per_parameter']:.3f} bits/param")
         compressed, tok = load_compressed(out, dtype="float32")
         ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
         rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
