@@ -174,25 +174,19 @@ def _run_native(model: torch.nn.Module, tokenizer: Any, calibration: Calibration
 
 
 def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    from cola.compress.verify import check_compressed, layer_type, saved_weight_summary
+    from cola.compress.verify import check_compressed, layer_type, saved_weight_summary, summarize_layers
 
     if method == "caldera":
         from cola.compress.caldera import load_caldera
 
-        modules, _config = load_caldera(output_dir / CALDERA_FILE)
-        by_type: dict[str, dict[str, float]] = {}
+        modules, config = load_caldera(output_dir / CALDERA_FILE)
+        layers = {}
         for name, module in modules.items():
             params = module.in_features * module.out_features
-            entry = by_type.setdefault(layer_type(name + ".weight"), {"layers": 0, "parameters": 0, "bits": 0.0})
-            entry["layers"] += 1
-            entry["parameters"] += params
-            entry["bits"] += module.factors.bits_per_parameter() * params
-        for entry in by_type.values():
-            entry["bits_per_parameter"] = entry.pop("bits") / entry["parameters"]
-        total = sum(e["parameters"] for e in by_type.values())
-        overall = sum(e["bits_per_parameter"] * e["parameters"] for e in by_type.values()) / total
-        return {"by_type": by_type, "total": {"layers": len(modules), "parameters": total,
-                                              "bits_per_parameter": overall}}
+            layers[name] = {"type": layer_type(name + ".weight"), "parameters": params, "sparsity": None,
+                            "stored_bits": module.factors.bits_per_parameter() * params, "quantized": True,
+                            "num_bits": config.q_bits, "group_size": config.group_size}
+        return summarize_layers(layers, "caldera")
     summary = saved_weight_summary(output_dir)
     check_compressed(output_dir, method, options, summary)
     return summary

@@ -40,11 +40,10 @@ from pathlib import Path
 
 import torch
 
+from cola.compress.methods import LR_BITS, QUANTIZERS
+from cola.compress.methods import QUANT_BITS as Q_BITS  # one source for the valid choices: the method table
 from cola.errors import ColaError, unknown_choice
 
-Q_BITS = (2, 3, 4, 8)
-LR_BITS = (2, 3, 4, 8, 16)
-QUANTIZERS = ("uniform", "nf")
 FORMAT = "cola-caldera/1"
 
 _BLOCK = 128          # LDLQ lazy-batch block, in columns

@@ -189,10 +189,16 @@ def saved_weight_summary(output_dir: Path) -> dict[str, Any]:
         raise ColaError(f"no decoder Linear weights found in {output_dir}")
     layers = {name: _layer_entry(name, params, tensors, _scheme_bits(quant_config))
               for name, params in modules.items()}
+    return summarize_layers(layers, quant_config.get("format", "dense") if quant_config else "dense")
+
+
+def summarize_layers(layers: dict[str, dict[str, Any]], storage_format: str) -> dict[str, Any]:
+    """Per layer type and in total, from per-layer entries (type, parameters, stored_bits, sparsity,
+    quantized, num_bits, group_size): what every method's summary reports."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for entry in layers.values():
         by_type.setdefault(entry["type"], []).append(entry)
-    return {"format": quant_config.get("format", "dense") if quant_config else "dense",
+    return {"format": storage_format,
             "by_type": {kind: _aggregate(entries) for kind, entries in by_type.items()},
             "total": _aggregate(list(layers.values())),
             "layers": layers}
