@@ -55,7 +55,7 @@ def test_driver_without_changes_sees_what_a_full_forward_sees():
         seen[name] = stats.hessian
 
     tokens = compress_sequentially(model, calibration, record, stats_kind="hessian", quiet=True,
-                                   max_batch_size=2)
+                                   max_batch_tokens=48)  # batches [0, 1], [2], [3], [4]
     assert set(seen) == set(expected) and len(seen) == 3 * 7
     assert set(tokens.values()) == {calibration.num_tokens}
     for name in expected:

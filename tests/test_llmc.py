@@ -348,7 +348,7 @@ def test_a_quiet_run_in_a_fresh_process_prints_nothing(tmp_path):
 
 
 def test_ordered_batches_keep_order_and_never_mix_lengths():
-    from cola.compress.llmc import ordered_batches
+    from cola.compress.calibration import ordered_batches
 
     assert ordered_batches([4, 4, 4, 2, 4, 4], max_batch_tokens=8) == [[0, 1], [2], [3], [4, 5]]
     assert ordered_batches([10, 10], max_batch_tokens=4) == [[0], [1]]  # a long sample still gets a batch

@@ -33,6 +33,12 @@ class CalibrationSet:
     def num_tokens(self) -> int:
         return sum(len(x) for x in self.input_ids)
 
+    def batches(self, max_batch_tokens: int) -> list[list[int]]:
+        """Sample indices in batches: consecutive samples of one length, each batch within
+        `max_batch_tokens` (a longer sample still gets one). Order is kept and nothing is padded; packed
+        curated sets are all one length, so they batch fully."""
+        return ordered_batches([len(x) for x in self.input_ids], max_batch_tokens)
+
     def dataset(self) -> Any:
         """A `datasets.Dataset` with input_ids and attention_mask, one row per sample, in order."""
         from datasets import Dataset
@@ -79,3 +85,16 @@ def load_calibration(path: str | Path, tokenizer: Any | None = None) -> Calibrat
     if not ids or any(len(x) == 0 for x in ids):
         raise ColaError(f"calibration set {path} is empty or holds an empty sample")
     return CalibrationSet(input_ids=ids, path=path, manifest=manifest)
+
+
+def ordered_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
+    """Consecutive runs of equal lengths, each batch within `max_batch_tokens`: see CalibrationSet.batches."""
+    batches: list[list[int]] = []
+    for index, length in enumerate(lengths):
+        current = batches[-1] if batches else None
+        if (current and lengths[current[0]] == length
+                and (len(current) + 1) * length <= max(max_batch_tokens, length)):
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches

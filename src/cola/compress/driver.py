@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from cola.activations import length_bucketed_batches
 from cola.compress.calibration import CalibrationSet
 from cola.compress.stats import InputStats, collect_input_stats
 from cola.models import find_decoder_layers
@@ -41,11 +40,9 @@ def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 @torch.no_grad()
 def _first_block_inputs(model: torch.nn.Module, block: torch.nn.Module, calibration: CalibrationSet,
-                        max_batch_size: int, max_batch_tokens: int) -> list[_Batch]:
+                        max_batch_tokens: int) -> list[_Batch]:
     """Run the model up to the first block for every batch and keep that block's arguments."""
     device = next(model.parameters()).device
-    lengths = [len(x) for x in calibration.input_ids]
-    batches = length_bucketed_batches(lengths, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
     captured: list[_Batch] = []
 
     def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -56,24 +53,15 @@ def _first_block_inputs(model: torch.nn.Module, block: torch.nn.Module, calibrat
 
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        for batch in batches:
-            # a bucket holds sequences of one length only when they are equal; pad nothing: split otherwise
-            for group in _equal_length_groups(batch, lengths):
-                ids = torch.stack([calibration.input_ids[i] for i in group]).to(device)
-                try:
-                    model(input_ids=ids, use_cache=False)
-                except _Captured:
-                    pass
+        for batch in calibration.batches(max_batch_tokens):  # equal lengths: nothing padded
+            ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _Captured:
+                pass
     finally:
         handle.remove()
     return captured
-
-
-def _equal_length_groups(batch: list[int], lengths: list[int]) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i in batch:
-        groups.setdefault(lengths[i], []).append(i)
-    return list(groups.values())
 
 
 def _block_output(block: torch.nn.Module, batch: _Batch) -> torch.Tensor:
@@ -83,11 +71,10 @@ def _block_output(block: torch.nn.Module, batch: _Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, layer_fn: LayerFn, *,
-                          stats_kind: str, quiet: bool = False, max_batch_size: int = 8,
-                          max_batch_tokens: int = 4096) -> dict[str, int]:
+                          stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096) -> dict[str, int]:
     """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}."""
     prefix, blocks = find_decoder_layers(model)
-    batches = _first_block_inputs(model, blocks[0], calibration, max_batch_size, max_batch_tokens)
+    batches = _first_block_inputs(model, blocks[0], calibration, max_batch_tokens)
     seen: dict[str, int] = {}
     for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks", unit="block"):
         block = blocks[index]

@@ -276,27 +276,12 @@ def _collate_stack(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def ordered_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
-    """Consecutive runs of equal-length samples, each batch within `max_batch_tokens`: order is kept and
-    nothing is padded (packed curated sets are all one length, so they batch fully)."""
-    batches: list[list[int]] = []
-    for index, length in enumerate(lengths):
-        current = batches[-1] if batches else None
-        if (current and lengths[current[0]] == length
-                and (len(current) + 1) * length <= max(max_batch_tokens, length)):
-            current.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
 def calibration_loader(calibration: CalibrationSet, max_batch_tokens: int = 4096) -> torch.utils.data.DataLoader:
     """Every curated sample, in order, whole; consecutive samples of one length share a batch."""
     from torch.utils.data import DataLoader
 
     dataset = calibration.dataset()
-    batches = ordered_batches([len(x) for x in calibration.input_ids], max_batch_tokens)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=_collate_stack)
+    return DataLoader(dataset, batch_sampler=calibration.batches(max_batch_tokens), collate_fn=_collate_stack)
 
 
 @contextlib.contextmanager
