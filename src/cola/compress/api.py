@@ -106,8 +106,11 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: Metho
     try:
         start = time.perf_counter()
         if spec.native:
-            details = _run_native(model, tokenizer, calibration, spec.name, options, staging, quiet=quiet,
+            details = _run_native(model, calibration, spec.name, options, staging, quiet=quiet,
                                   max_batch_tokens=max_batch_tokens)
+            # a plain checkpoint (for CALDERA the dense Q + L R): any transformers/vLLM loader reads it
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         else:
             from cola.compress.llmc import run_llmcompressor, save_llmcompressor
 
@@ -127,7 +130,7 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: Metho
     return summary
 
 
-def _run_native(model: torch.nn.Module, tokenizer: Any, calibration: CalibrationSet, method: str,
+def _run_native(model: torch.nn.Module, calibration: CalibrationSet, method: str,
                 options: dict[str, Any], staging: Path, *, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
     from cola.compress.driver import compress_sequentially
 
@@ -140,8 +143,6 @@ def _run_native(model: torch.nn.Module, tokenizer: Any, calibration: Calibration
 
         compress_sequentially(model, calibration, prune, stats_kind="norms", quiet=quiet,
                               max_batch_tokens=max_batch_tokens)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
         return {}
 
     from cola.compress.caldera import CalderaConfig, CalderaLinear, save_caldera
@@ -164,8 +165,6 @@ def _run_native(model: torch.nn.Module, tokenizer: Any, calibration: Calibration
 
     compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
                           max_batch_tokens=max_batch_tokens)
-    model.save_pretrained(staging)  # dense Q + L R weights: any transformers/vLLM loader reads them
-    tokenizer.save_pretrained(staging)
     save_caldera(staging / CALDERA_FILE, modules, config)
     mean = sum(e["error"] for e in errors.values()) / len(errors)
     rtn = [e["rtn_error"] for e in errors.values() if e["rtn_error"] is not None]

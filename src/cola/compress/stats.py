@@ -21,7 +21,6 @@ KINDS = ("hessian", "norms")
 class InputStats:
     """Σ x xᵀ (or its diagonal) over `tokens` calibration tokens, in float32 (float64 for the full matrix)."""
 
-    in_features: int
     full: bool
     tokens: int = 0
     moment: torch.Tensor | None = None
@@ -59,7 +58,7 @@ def collect_input_stats(linears: dict[str, torch.nn.Linear], kind: str) -> Itera
     """Within the block, every forward of a layer in `linears` adds its input to that layer's InputStats."""
     if kind not in KINDS:
         raise ValueError(f"unknown statistics kind {kind!r}; valid: {', '.join(KINDS)}")
-    stats = {name: InputStats(layer.in_features, full=kind == "hessian") for name, layer in linears.items()}
+    stats = {name: InputStats(full=kind == "hessian") for name in linears}
     last: dict[str, torch.Tensor] = {}  # the input seen last and its contribution, shared by its readers
 
     def hook(name: str):
