@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     from cola.compress.methods import METHODS, OPTIONS
+    from cola.models import DTYPES
 
     parser.add_argument("--model", default="embedded",
                         help="hub id, local model directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct)")
@@ -186,7 +187,7 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{option.name}", action="store_true", default=None, help=help_text)
         else:
             group.add_argument(f"--{option.name}", type=option.type, default=None, help=help_text)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="precision the model is loaded and compressed in (default float32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch_tokens", type=int, default=4096,
@@ -254,10 +255,9 @@ def run_curate(args: argparse.Namespace) -> int:
 
 def run_compress(args: argparse.Namespace) -> int:
     from cola.compress.api import compress
-    from cola.compress.methods import OPTIONS, method_spec, resolve_options
+    from cola.compress.methods import OPTIONS
 
-    given = {name: getattr(args, name) for name in OPTIONS}
-    resolve_options(method_spec(args.method).name, given)  # option typos fail before the model loads
+    given = {name: getattr(args, name) for name in OPTIONS}  # compress checks them before loading the model
     summary = compress(args.model, args.calibration, args.method, args.output_dir, overwrite=args.overwrite,
                        quiet=args.quiet, dtype=args.dtype, device=args.device, max_batch_tokens=args.batch_tokens,
                        **given)
