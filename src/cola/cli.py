@@ -1,4 +1,7 @@
-"""`cola curate | compress | datasets`: the command line. User errors print one line and exit 2, without a traceback."""
+"""`cola curate | compress | evaluate | datasets`: the command line.
+
+User errors print one line and exit 2, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
     _add_compress_arguments(sub.add_parser("compress", help="compress a model with a curated calibration set"))
+    _add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate a dense or compressed model"))
     sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")
     return parser
 
@@ -193,6 +197,68 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_tokens", type=int, default=4096,
                         help="native methods: most tokens per forward batch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _limit(value: str) -> int | dict[str, int]:
+    """`N` (every task) or `TASK=N,TASK=N` (per task)."""
+    try:
+        if "=" not in value:
+            return int(value)
+        return {task.strip(): int(n) for task, n in (part.split("=", 1) for part in value.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --limit {value!r}: write N or TASK=N,TASK=N") from None
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from cola.evaluate import BUILTINS, DATA_DIR_ENV, KINDS
+    from cola.models import DTYPES
+
+    parser.add_argument("model", metavar="MODEL_OR_DIR",
+                        help="a `cola compress` output directory, a model directory, .gguf file, hub id or "
+                             "'embedded'")
+    parser.add_argument("--task", nargs="+", required=True, metavar="TASK",
+                        help=f"built-in names ({', '.join(BUILTINS)}) or KIND[/CAPABILITY]:PATH with KIND one of "
+                             f"{', '.join(KINDS)}")
+    parser.add_argument("--limit", type=_limit, default=None, metavar="N|TASK=N,...",
+                        help="first N items of each task (windows for ppl), or per task")
+    parser.add_argument("--data_dir", default=None,
+                        help=f"folder of the built-in tasks' files (default: ${DATA_DIR_ENV})")
+    parser.add_argument("--window", type=int, default=512, help="ppl: tokens per window")
+    parser.add_argument("--dense", metavar="RESULTS.json",
+                        help="`cola evaluate --output` of the dense model: adds retention")
+    parser.add_argument("--output", metavar="FILE.json", help="write every figure to this JSON file")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="precision the model runs in")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--batch_tokens", type=int, default=2048,
+                        help="padded token slots per forward pass at most (ppl, mc, qa)")
+    parser.add_argument("--batch_size", type=int, default=8, help="generation tasks: prompts per batch")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="generation tasks: tokens per answer")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from cola.evaluate import evaluate_path, evaluation_report, format_table
+
+    dense = None
+    if args.dense:
+        try:
+            dense = json.loads(Path(args.dense).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ColaError(f"cannot read --dense {args.dense}: {exc}") from None
+    settings = {"window": args.window, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,
+                "max_new_tokens": args.max_new_tokens}
+    results = evaluate_path(args.model, args.task, dtype=args.dtype, device=args.device, data_dir=args.data_dir,
+                            quiet=args.quiet, limit=args.limit, **settings)
+    report = evaluation_report(args.model, results, dtype=args.dtype, device=args.device, limit=args.limit,
+                               dense=dense, **settings)
+    print(format_table(report))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -303,7 +369,8 @@ def run_datasets(_args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "quiet", False))
-    commands = {"curate": run_curate, "compress": run_compress, "datasets": run_datasets}
+    commands = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate,
+                "datasets": run_datasets}
     try:
         return commands[args.command](args)
     except ColaError as exc:

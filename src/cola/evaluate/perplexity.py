@@ -16,8 +16,21 @@ from cola.progress import progress_bar
 class Perplexity:
     perplexity: float
     mean_nll: float
-    tokens: int      # tokens whose next-token loss was scored
+    tokens: int                      # tokens whose next-token loss was scored
     windows: int
+    window_nlls: tuple[float, ...] = ()  # mean NLL of each window, for the standard error
+
+    @property
+    def stderr(self) -> float | None:
+        """Standard error of the perplexity by the delta method, ppl * se(mean NLL) over windows.
+
+        Windows all have the same length, so the token mean NLL is the mean of the window means.
+        """
+        n = len(self.window_nlls)
+        if n < 2:
+            return None
+        var = sum((x - self.mean_nll) ** 2 for x in self.window_nlls) / (n - 1)
+        return self.perplexity * math.sqrt(var / n)
 
 
 @torch.no_grad()
@@ -36,15 +49,14 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
         count = min(count, max_windows)
     if count == 0:
         raise ColaError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
-    windows = ids[: count * window].reshape(count, window)
+    windows = ids[: count * window].reshape(count, window)  # (W, T)
     device = next(model.parameters()).device
-    total, scored = 0.0, 0
+    window_nlls: list[float] = []
     for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):
-        batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                reduction="sum")
-        total += nll.item()
-        scored += batch[:, 1:].numel()
-    mean = total / scored
-    return Perplexity(perplexity=math.exp(mean), mean_nll=mean, tokens=scored, windows=count)
+        batch = windows[start:start + batch_size].to(device)  # (B, T)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T-1)
+        window_nlls.extend(nll.mean(dim=1).tolist())
+    mean = sum(window_nlls) / len(window_nlls)
+    return Perplexity(perplexity=math.exp(mean), mean_nll=mean, tokens=count * (window - 1), windows=count,
+                      window_nlls=tuple(window_nlls))

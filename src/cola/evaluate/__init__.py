@@ -1,0 +1,15 @@
+"""`cola evaluate`: perplexity, multiple choice, math/code NLL proxies and generation metrics, with retention.
+
+    from cola.evaluate import evaluate, load_for_evaluation, retention
+    model, tokenizer = load_for_evaluation("outputs/gptq")
+    results = evaluate(model, tokenizer, ["wikitext2", "hellaswag", "mc:my.jsonl"], limit=100, data_dir="data")
+"""
+
+from cola.evaluate.perplexity import Perplexity, perplexity
+from cola.evaluate.runner import (TaskResult, evaluate, evaluate_path, evaluation_report, format_table,
+                                  load_for_evaluation, parse_tasks, retention, task_retention)
+from cola.evaluate.tasks import BUILTINS, DATA_DIR_ENV, KINDS, TaskSpec, parse_task
+
+__all__ = ["BUILTINS", "DATA_DIR_ENV", "KINDS", "Perplexity", "TaskResult", "TaskSpec", "evaluate", "evaluate_path",
+           "evaluation_report", "format_table", "load_for_evaluation", "parse_task", "parse_tasks", "perplexity",
+           "retention", "task_retention"]

@@ -1,0 +1,289 @@
+"""Evaluation tasks: names and `KIND[/CAPABILITY]:PATH` specs → files → items (texts, choices, Q&A pairs).
+
+Nothing here touches a model. A built-in name is a file under the data directory (the layout of the
+upstream releases: `wikitext2/wiki.test.raw.txt`, `hellaswag/...`); a user's file is named with its kind.
+Each record schema knows its fields, its prompt format and, for Q&A, its capability (math or code).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from cola.errors import ColaError, unknown_choice
+
+DATA_DIR_ENV = "COLA_DATA_DIR"
+
+# kind → (primary metric, higher is better, default capability)
+KINDS: dict[str, tuple[str, bool, str | None]] = {
+    "ppl": ("perplexity", False, "general"),
+    "mc": ("acc_norm", True, "commonsense"),
+    "qa": ("nll", False, None),  # math or code, from the file's schema
+    "gsm8k_em": ("exact_match", True, "math"),
+    "humaneval_pass1": ("pass@1", True, "code"),
+}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    kind: str
+    relpath: str          # under the data directory
+    capability: str
+    note: str = ""
+
+
+BUILTINS: dict[str, Builtin] = {
+    "wikitext2": Builtin("ppl", "wikitext2/wiki.test.raw.txt", "general"),
+    "hellaswag": Builtin("mc", "hellaswag/hellaswag_val_full_preprocessed.jsonl", "commonsense"),
+    "arc_easy": Builtin("mc", "commonsense_llm_adapters/arc_easy_train.parsed.jsonl", "commonsense",
+                        "train split (no test split in the data directory)"),
+    "arc_challenge": Builtin("mc", "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl", "commonsense",
+                             "train split (no test split in the data directory)"),
+    "openbookqa": Builtin("mc", "commonsense_llm_adapters/openbookqa_train.parsed.jsonl", "commonsense",
+                          "train split (no test split in the data directory)"),
+    "commonsenseqa": Builtin("mc", "commonsenseqa/validation.jsonl", "commonsense"),
+    "gsm8k": Builtin("qa", "gsm8k/test.jsonl", "math"),
+    "math": Builtin("qa", "math/train.jsonl", "math", "MATH train split (the only split in the data directory)"),
+    "mbpp": Builtin("qa", "mbpp/mbpp_train_valid_prompt.jsonl", "code"),
+    "humaneval": Builtin("qa", "humaneval/HumanEval.jsonl.gz", "code"),
+    "gsm8k_em": Builtin("gsm8k_em", "gsm8k/test.jsonl", "math"),
+    "humaneval_pass1": Builtin("humaneval_pass1", "humaneval/HumanEval.jsonl.gz", "code"),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to run: what it is called, how it is scored, which file it reads."""
+
+    name: str
+    kind: str
+    path: Path
+    capability: str | None = None  # None: inferred from the file's schema (qa)
+    note: str = ""
+
+    @property
+    def metric(self) -> str:
+        return KINDS[self.kind][0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return KINDS[self.kind][1]
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The folder built-in tasks live in: `data_dir`, else $COLA_DATA_DIR."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not chosen:
+        raise ColaError(f"built-in tasks read their files from a data directory: pass --data_dir DIR "
+                        f"(data_dir= in Python) or set {DATA_DIR_ENV}")
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise ColaError(f"data directory not found: {path}")
+    return path
+
+
+def _file_stem(path: Path) -> str:
+    name = path.name.removesuffix(".gz")
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> TaskSpec:
+    """`wikitext2` (a built-in name) or `KIND[/CAPABILITY]:PATH`, e.g. `mc:arc.jsonl`, `qa/math:my.jsonl`.
+
+    The file must exist, so a typo fails before any model loads.
+    """
+    if isinstance(spec, TaskSpec):
+        return spec
+    head, sep, file = spec.partition(":")
+    if not sep:
+        if spec not in BUILTINS:
+            raise unknown_choice("task", spec, [*BUILTINS, *(f"{k}:PATH" for k in KINDS)])
+        builtin = BUILTINS[spec]
+        path = resolve_data_dir(data_dir) / builtin.relpath
+        if not path.is_file():
+            raise ColaError(f"task {spec!r} expects the file {builtin.relpath} under the data directory; "
+                            f"{path} not found")
+        return TaskSpec(spec, builtin.kind, path, builtin.capability, builtin.note)
+    kind, _, capability = head.partition("/")
+    if kind not in KINDS:
+        raise unknown_choice("task kind", kind, KINDS)
+    path = Path(file).expanduser()
+    if not file or not path.is_file():
+        raise ColaError(f"task file not found: {file!r} (in {spec!r})")
+    return TaskSpec(f"{kind}:{_file_stem(path)}", kind, path, capability or KINDS[kind][2])
+
+
+# --- reading files -------------------------------------------------------------------------------------------
+
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a .jsonl / .jsonl.gz file, or (position, record) of a .json array."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    if path.name.removesuffix(".gz").endswith(".json"):
+        with opener(path, "rt", encoding="utf-8") as handle:
+            records = json.load(handle)
+        if not isinstance(records, list):
+            raise ColaError(f"{path}: expected a JSON array of records")
+        yield from enumerate(records, start=1)
+        return
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ColaError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ColaError(f"{path}:{number}: expected a JSON object")
+            yield number, record
+
+
+def require(record: dict[str, Any], fields: tuple[str, ...], path: Path, line: int, what: str) -> None:
+    """Fail with file, line and field when a record lacks one of `fields`."""
+    for field in fields:
+        if field not in record:
+            raise ColaError(f"{path}:{line}: missing field {field!r} ({what} records need "
+                            f"{', '.join(fields)})")
+
+
+def read_text(path: Path) -> str:
+    """A .txt file as is, or the `text` fields of a .jsonl file joined by blank lines."""
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8")
+    texts = []
+    for line, record in read_records(path):
+        require(record, ("text",), path, line, "perplexity")
+        texts.append(str(record["text"]))
+    return "\n\n".join(texts)
+
+
+# --- multiple choice -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    context: str
+    choices: tuple[str, ...]   # scored as continuation " " + choice
+    label: int
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's hellaswag cleaning: WikiHow `[title]` markers become sentence ends, other brackets go."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _generic_choice(record: dict[str, Any]) -> ChoiceItem:
+    return ChoiceItem(str(record["question"]), tuple(map(str, record["choices"])), int(record["label"]))
+
+
+def _hellaswag_preprocessed(record: dict[str, Any]) -> ChoiceItem:
+    return ChoiceItem(str(record["query"]), tuple(map(str, record["endings"])), int(record["label"]))
+
+
+def _hellaswag_original(record: dict[str, Any]) -> ChoiceItem:
+    ctx = record["ctx_a"] + " " + record["ctx_b"].capitalize()
+    return ChoiceItem(hellaswag_preprocess(record["activity_label"] + ": " + ctx),
+                      tuple(hellaswag_preprocess(e) for e in record["endings"]), int(record["label"]))
+
+
+def _commonsenseqa(record: dict[str, Any]) -> ChoiceItem:
+    letters = list(record["choices"]["label"])
+    return ChoiceItem(str(record["question"]), tuple(record["choices"]["text"]), letters.index(record["answerKey"]))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A record layout: the fields it needs, how a record becomes an item, and (Q&A) its capability."""
+
+    name: str
+    fields: tuple[str, ...]
+    build: Any              # record → item
+    capability: str | None = None
+
+
+CHOICE_SCHEMAS = (
+    Schema("hellaswag (preprocessed)", ("query", "endings", "label"), _hellaswag_preprocessed),
+    Schema("hellaswag (original)", ("activity_label", "ctx_a", "ctx_b", "endings", "label"), _hellaswag_original),
+    Schema("commonsense_qa", ("question", "choices", "answerKey"), _commonsenseqa),
+    Schema("multiple choice", ("question", "choices", "label"), _generic_choice),
+)
+
+
+# --- question / answer ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnswerItem:
+    prompt: str
+    answer: str     # scored given the prompt
+    reference: str = ""  # gsm8k_em: the gold final answer; humaneval: unused
+    record: Any = None   # humaneval_pass1: the problem for the execution harness
+
+
+def gsm8k_final_answer(text: str) -> str:
+    """The number after the last `####` (gsm8k's marker), commas removed."""
+    return text.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def _gsm8k(record: dict[str, Any]) -> AnswerItem:
+    return AnswerItem(f"Question: {record['question']}\nAnswer:", " " + record["answer"],
+                      gsm8k_final_answer(record["answer"]))
+
+
+def _math(record: dict[str, Any]) -> AnswerItem:
+    return AnswerItem(f"Problem: {record['problem']}\nSolution:", " " + record["solution"])
+
+
+def _mbpp(record: dict[str, Any]) -> AnswerItem:
+    return AnswerItem(f'"""{record["text"]}"""\n', record["code"].replace("\r\n", "\n"))
+
+
+def _humaneval(record: dict[str, Any]) -> AnswerItem:
+    return AnswerItem(record["prompt"], record["canonical_solution"], record=record)
+
+
+ANSWER_SCHEMAS = (
+    Schema("MATH", ("problem", "solution"), _math, "math"),
+    Schema("mbpp", ("text", "code"), _mbpp, "code"),
+    Schema("humaneval", ("prompt", "canonical_solution"), _humaneval, "code"),
+    Schema("question/answer", ("question", "answer"), _gsm8k, "qa"),
+)
+GSM8K_MARKER = "####"
+
+
+def detect_schema(record: dict[str, Any], schemas: tuple[Schema, ...]) -> Schema:
+    """The first schema whose fields the record has all of, else the last (generic) one."""
+    return next((s for s in schemas if all(f in record for f in s.fields)), schemas[-1])
+
+
+def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Schema]:
+    """The first `limit` items of a mc/qa/generation task file and the schema the first record matched."""
+    schemas = CHOICE_SCHEMAS if task.kind == "mc" else ANSWER_SCHEMAS
+    items: list[Any] = []
+    schema: Schema | None = None
+    for line, record in islice(read_records(task.path), limit):
+        schema = schema or detect_schema(record, schemas)
+        require(record, schema.fields, task.path, line, schema.name)
+        try:
+            items.append(schema.build(record))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ColaError(f"{task.path}:{line}: malformed {schema.name} record ({exc})") from None
+    if schema is None:
+        raise ColaError(f"{task.path}: no records")
+    return items, schema
+
+
+def infer_capability(task: TaskSpec, schema: Schema, items: list[Any]) -> str:
+    """The task's own capability, else the schema's: question/answer with gsm8k's `####` is math."""
+    if task.capability:
+        return task.capability
+    if schema.name == "question/answer" and items and GSM8K_MARKER in items[0].answer:
+        return "math"
+    return schema.capability or "qa"
