@@ -206,6 +206,32 @@ def test_humaneval_harness_really_executes_code():
     assert not check_correctness(problem, "    return a - b\n", 5.0)["passed"]
 
 
+def test_generation_metrics_run_on_a_tiny_model(tmp_path: Path):
+    import gzip
+
+    gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}] * 3)
+    problem = {"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add", "canonical_solution": "",
+               "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+    he = tmp_path / "he.jsonl.gz"
+    with gzip.open(he, "wt") as handle:
+        handle.write(json.dumps(problem) + "\n")
+    results = evaluate(tiny_llama(), byte_tokenizer(), [f"gsm8k_em:{gsm}", f"humaneval_pass1:{he}"],
+                       max_new_tokens=6, batch_size=2)
+    assert [(r.metric, r.value, r.n, r.capability) for r in results] == [
+        ("exact_match", 0.0, 3, "math"), ("pass@1", 0.0, 1, "code")]  # random bytes are never right
+    assert all(0 < r.tokens <= 6 * r.n for r in results)
+    with pytest.raises(ColaError, match="needs humaneval records"):
+        evaluate(tiny_llama(), byte_tokenizer(), [f"humaneval_pass1:{gsm}"])
+
+
+def test_final_number_extraction():
+    from cola.evaluate.generation import extract_final_number
+
+    assert extract_final_number("so 3 + 4 = 7 apples.\n#### 1,234 done 5") == "1234"
+    assert extract_final_number("she pays 12.50 then -3 more") == "-3"
+    assert extract_final_number("no digits") is None
+
+
 @needs_shared_data
 def test_builtin_tasks_resolve_and_parse_on_the_shared_data():
     for name, builtin in BUILTINS.items():
@@ -221,3 +247,20 @@ def test_builtin_tasks_resolve_and_parse_on_the_shared_data():
             assert all(i.prompt and i.answer for i in items), name
     (gsm,), _ = load_items(parse_task("gsm8k", SHARED_DATA), 1)
     assert gsm.answer.rstrip().endswith("#### " + gsm.reference) and gsm.prompt.startswith("Question: ")
+
+
+@pytest.mark.integration
+@needs_shared_data
+def test_smollm2_scores_the_builtin_tasks_and_retains_itself():
+    from cola.evaluate import load_for_evaluation
+
+    model, tok = load_for_evaluation("embedded", dtype="bfloat16")
+    results = evaluate(model, tok, ["wikitext2", "hellaswag", "gsm8k", "humaneval"], data_dir=SHARED_DATA,
+                       limit={"wikitext2": 1, "hellaswag": 8, "gsm8k": 2, "humaneval": 2}, window=256)
+    by_task = {r.task: r for r in results}
+    assert 5 < by_task["wikitext2"].value < 100  # SmolLM2-135M: ~20-30 on wikitext-2
+    assert 0 <= by_task["hellaswag"].value <= 1 and by_task["hellaswag"].n == 8
+    assert 0.2 < by_task["gsm8k"].value < 3 and by_task["humaneval"].capability == "code"
+    kept = retention(results, results)
+    assert set(kept["capabilities"]) == {"general", "commonsense", "math", "code"}
+    assert all(v == pytest.approx(1.0) for v in kept["tasks"].values())
