@@ -1,0 +1,199 @@
+"""The experiment's outputs: results.csv (one row per cell and task), report.md and the plots.
+
+Retention is measured against the dense model (1.0 = nothing lost; see `cola.evaluate.retention`), a
+capability's retention is the mean over its tasks, and strategies are compared to the baseline by the
+paired difference of retention at the same seed, so seed-to-seed noise shared by both cancels.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cola.evaluate import retention
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cola.experiment.runner import Experiment
+
+COLUMNS = ("strategy", "method", "seed", "status", "task", "capability", "metric", "value", "stderr", "n",
+           "tokens", "higher_is_better", "retention", "bits_per_parameter", "sparsity", "curate_seconds",
+           "compress_seconds", "eval_seconds", "error")
+
+
+def result_rows(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Long rows: one per (cell, task) for finished cells, one per failed cell, plus the dense model's."""
+    rows: list[dict[str, Any]] = []
+    if dense:
+        for result in dense.get("results", []):
+            rows.append({"strategy": "dense", "method": "dense", "seed": "", "status": "ok",
+                         **_task_columns(result), "retention": 1.0})
+    for record in records:
+        cell = {key: record.get(key) for key in ("strategy", "method", "seed", "status", "bits_per_parameter",
+                                                 "sparsity", "curate_seconds", "compress_seconds",
+                                                 "eval_seconds", "error")}
+        if record.get("status") != "ok":
+            rows.append(cell)
+            continue
+        ratios = retention(record.get("results", []), dense.get("results", []))["tasks"] if dense else {}
+        for result in record.get("results", []):
+            rows.append({**cell, **_task_columns(result), "retention": ratios.get(result["task"])})
+    return rows
+
+
+def _task_columns(result: dict[str, Any]) -> dict[str, Any]:
+    return {"task": result["task"], "capability": result["capability"], "metric": result["metric"],
+            "value": result["value"], "stderr": result.get("stderr"), "n": result.get("n"),
+            "tokens": result.get("tokens"), "higher_is_better": result["higher_is_better"]}
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    return path
+
+
+def _mean_std(values: pd.Series, digits: int) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _digits(value: float) -> int:
+    """Enough decimals for 3-4 significant figures."""
+    if not math.isfinite(value) or value == 0:
+        return 3
+    return max(0, 3 - int(math.floor(math.log10(abs(value)))))
+
+
+def capability_retention(ok: pd.DataFrame) -> pd.DataFrame:
+    """(strategy, method, seed, capability) -> retention: the mean over the capability's tasks."""
+    return (ok.dropna(subset=["retention"]).groupby(["strategy", "method", "seed", "capability"], as_index=False)
+            ["retention"].mean())
+
+
+def paired_differences(caps: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Retention(strategy) - retention(baseline) at the same method, seed and capability."""
+    base = caps[caps.strategy == baseline][["method", "seed", "capability", "retention"]]
+    merged = caps.merge(base, on=["method", "seed", "capability"], suffixes=("", "_baseline"))
+    merged["difference"] = merged["retention"] - merged["retention_baseline"]
+    return merged
+
+
+def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str | None,
+                    plots: list[str]) -> str:
+    config = experiment.config
+    ok = frame[(frame.status == "ok") & (frame.strategy != "dense")].copy()
+    ok["seed"] = ok["seed"].astype(int)
+    cells = frame[frame.strategy != "dense"].drop_duplicates(["strategy", "method", "seed"])
+    total = len(config.seeds) * len(config.strategies) * len(config.methods)
+    failed = cells[cells.status != "ok"]
+    seconds = (cells.compress_seconds.sum() + cells.eval_seconds.sum()   # a curated set serves every method
+               + cells.drop_duplicates(["strategy", "seed"]).curate_seconds.sum())
+    lines = [f"# Experiment `{config.name}`", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    calib = config.calibration
+    lines += [f"Model `{config.model}` ({config.dtype}); {calib.num_samples} samples × {calib.sequence_length} "
+              f"tokens per calibration set; seeds {', '.join(map(str, config.seeds))}; "
+              f"cells: {len(cells) - len(failed)} finished, {len(failed)} failed, "
+              f"{total - len(cells)} not run of {total}; summed cell time {seconds / 3600:.2f} h.",
+              "", "Values are mean ± std over the seeds that finished (n seeds in brackets). Perplexity and NLL: "
+              "lower is better; accuracy: higher. Retention is dense/compressed for lower-is-better metrics and "
+              "compressed/dense otherwise (1.0 = nothing lost), averaged over a capability's tasks.", ""]
+    dense = frame[frame.strategy == "dense"]
+    if not dense.empty:
+        lines += ["## Dense model", "", "| task | capability | metric | value | ± stderr | n |", "|---|---|---|---|---|---|"]
+        for _, row in dense.iterrows():
+            d = _digits(float(row.value))
+            stderr = f"{float(row.stderr):.{d}f}" if row.stderr == row.stderr and row.stderr is not None else "—"
+            lines.append(f"| {row.task} | {row.capability} | {row.metric} | {float(row.value):.{d}f} | {stderr} | "
+                         f"{int(row.n) if row.n == row.n else '—'} |")
+        lines.append("")
+    caps = capability_retention(ok) if not ok.empty else None
+    for run in config.methods:
+        options = ", ".join(f"{k}={v}" for k, v in run.options.items())
+        lines += [f"## {run.label}: {run.method} ({options})", ""]
+        sub = ok[ok.method == run.label]
+        if sub.empty:
+            lines += ["No finished cell yet.", ""]
+            continue
+        tasks = list(dict.fromkeys(sub.task))
+        capabilities = list(dict.fromkeys(sub.capability))
+        head = ["strategy", "seeds", *[f"{t} {sub[sub.task == t].metric.iloc[0]}" for t in tasks],
+                *[f"retention {c}" for c in capabilities]]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for strategy in config.strategies:
+            rows = sub[sub.strategy == strategy]
+            if rows.empty:
+                continue
+            cells_ = [strategy, str(rows.seed.nunique())]
+            for task in tasks:
+                values = rows[rows.task == task].value.astype(float)
+                cells_.append(_mean_std(values, _digits(values.mean()) if len(values) else 3))
+            cap_rows = caps[(caps.method == run.label) & (caps.strategy == strategy)]
+            cells_ += [_mean_std(cap_rows[cap_rows.capability == c].retention, 3) for c in capabilities]
+            lines.append("| " + " | ".join(cells_) + " |")
+        lines.append("")
+        diffs = paired_differences(caps[caps.method == run.label], config.baseline)
+        diffs = diffs[diffs.strategy != config.baseline]
+        if not diffs.empty:
+            lines += [f"Paired difference in retention against `{config.baseline}` at the same seed "
+                      "(positive: the strategy kept more), mean ± std over seeds [n]:", "",
+                      "| strategy | " + " | ".join(capabilities) + " |", "|---|" + "---|" * len(capabilities)]
+            for strategy in config.strategies:
+                s = diffs[diffs.strategy == strategy]
+                if s.empty:
+                    continue
+                values = []
+                for c in capabilities:
+                    d = s[s.capability == c].difference
+                    values.append(f"{_signed(d)} [{len(d)}]" if len(d) else "—")
+                lines.append(f"| {strategy} | " + " | ".join(values) + " |")
+            lines.append("")
+    if not failed.empty:
+        lines += ["## Failed cells", ""]
+        lines += [f"- {r.strategy} × {r.method} × seed {int(r.seed)}: {r.error}" for _, r in failed.iterrows()]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _signed(values: pd.Series) -> str:
+    if len(values) == 1:
+        return f"{values.iloc[0]:+.3f}"
+    return f"{values.mean():+.3f} ± {values.std(ddof=1):.3f}"
+
+
+def write_report(experiment: Experiment, out_dir: str | Path, *, command: str | None = None,
+                 plots: bool = True) -> dict[str, Path]:
+    """results.csv, report.md and (with `plots`) the PNGs in `out_dir`; returns their paths."""
+    import pandas as pd
+
+    from cola.experiment.runner import DENSE_FILE, read_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dense = read_json(experiment.work_dir / DENSE_FILE)
+    rows = result_rows(experiment.records(), dense if dense and dense.get("status") == "ok" else None)
+    paths = {"results_csv": write_results_csv(rows, out_dir / "results.csv")}
+    frame = pd.read_csv(paths["results_csv"])
+    made: list[str] = []
+    if plots:
+        from cola.experiment.plots import make_plots
+
+        made = [p.relative_to(out_dir).as_posix() for p in make_plots(experiment, frame, out_dir / "plots")]
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(frame, experiment, command=command, plots=made), encoding="utf-8")
+    paths["report"] = report
+    return paths

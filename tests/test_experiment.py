@@ -1,0 +1,183 @@
+"""cola experiment: strict config, resumable grid, failure recording, isolation, report and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cola.errors import ColaError
+from cola.experiment import config as config_module
+from cola.experiment import runner
+from cola.experiment.config import config_from_dict
+from cola.experiment.report import render_markdown, write_report
+from cola.experiment.runner import Cell, Experiment, grid, read_json, write_json
+
+BASE = {"name": "t", "seeds": [0, 1], "strategies": ["random_c4", "cola"], "baseline": "random_c4",
+        "methods": {"ria50": {"method": "ria", "sparsity": 0.5}, "rtn4": {"method": "rtn", "bits": 4}},
+        "evaluation": {"tasks": ["ppl:x.txt"]}, "isolate_cells": False}
+
+
+def make_config(tmp_path: Path, **overrides):
+    return config_from_dict({**BASE, **overrides}, base_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_rejects_unknown_keys_and_lists_valid_ones(tmp_path):
+    with pytest.raises(ColaError, match=r"unknown key in experiment config `top level` 'sedes'.*seeds"):
+        make_config(tmp_path, sedes=[0])
+    with pytest.raises(ColaError, match=r"`calibration` 'num_sample'.*num_samples"):
+        make_config(tmp_path, calibration={"num_sample": 4})
+    with pytest.raises(ColaError, match=r"`evaluation` 'task'.*tasks"):
+        make_config(tmp_path, evaluation={"task": ["x"]})
+
+
+def test_config_rejects_unknown_strategy_method_option_and_missing_file(tmp_path):
+    with pytest.raises(ColaError, match=r"unknown strategy 'colla'.*Did you mean 'cola'"):
+        make_config(tmp_path, strategies=["random_c4", "colla"])
+    with pytest.raises(ColaError, match=r"unknown method \(in methods.x\) 'wandaa'"):
+        make_config(tmp_path, methods={"x": {"method": "wandaa"}})
+    with pytest.raises(ColaError, match="sparsity"):
+        make_config(tmp_path, methods={"x": {"method": "wanda", "sparsity": 1.5}})
+    with pytest.raises(ColaError, match="baseline 'random_mixed' is not among the strategies"):
+        make_config(tmp_path, baseline="random_mixed")
+    with pytest.raises(ColaError, match="data file 'missing.jsonl' not found"):
+        make_config(tmp_path, calibration={"datasets": ["missing.jsonl"]})
+
+
+def test_config_resolves_data_files_under_data_dir_and_keeps_names(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pool.jsonl").write_text('{"text": "a"}\n')
+    config = make_config(tmp_path, data_dir="data",
+                         calibration={"datasets": ["pool.jsonl@math", "embedded"]})
+    assert config.data_dir == (tmp_path / "data").resolve()
+    assert config.calibration.datasets == (f"{(tmp_path / 'data' / 'pool.jsonl').resolve()}@math", "embedded")
+
+
+def test_shipped_experiment_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "experiments" / "smollm2_cpu.yaml"
+    data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not data_dir.is_dir():
+        pytest.skip(f"shared data folder {data_dir} not found")
+    config = config_module.load_experiment_config(path)
+    assert len(grid(config)) == 3 * 9 * 4
+    assert [m.method for m in config.methods] == ["wanda", "sparsegpt", "gptq", "caldera"]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def _fake_result(task: str, value: float) -> dict:
+    capability = {"wiki": "general", "hs": "commonsense"}[task]
+    return {"task": task, "capability": capability, "metric": "perplexity" if task == "wiki" else "acc_norm",
+            "value": value, "stderr": 0.01, "n": 10, "tokens": 100, "higher_is_better": task == "hs"}
+
+
+def _fake_dense(config, work_dir, quiet):
+    write_json(work_dir / runner.DENSE_FILE, {"status": "ok", "results": [_fake_result("wiki", 10.0),
+                                                                       _fake_result("hs", 0.5)],
+                                              "spectrum": {"module": "m", "singular_values": [3.0, 2.0, 1.0]}})
+
+
+def _fake_cell(config, work_dir, quiet, cell):
+    if cell.strategy == "cola" and cell.method == "rtn4" and cell.seed == 1:
+        raise RuntimeError("planted failure")
+    bonus = 0.05 if cell.strategy == "cola" else 0.0
+    write_json(Experiment(config, work_dir).cell_file(cell), {
+        "strategy": cell.strategy, "method": cell.method, "seed": cell.seed, "status": "ok",
+        "bits_per_parameter": 4.5, "sparsity": None, "curate_seconds": 1.0, "compress_seconds": 2.0,
+        "eval_seconds": 3.0, "results": [_fake_result("wiki", 20.0 - 10 * bonus - cell.seed),
+                                         _fake_result("hs", 0.4 + bonus)],
+        "spectrum": {"module": "m", "singular_values": [2.0, 1.0, 0.5]}})
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch):
+    calls: list[str] = []
+
+    def cell_job(*args):
+        calls.append(args[-1].key)
+        _fake_cell(*args)
+
+    monkeypatch.setattr(runner, "_cell_job", cell_job)
+    monkeypatch.setattr(runner, "_dense_job", _fake_dense)
+    return calls
+
+
+def test_grid_runs_every_cell_records_failure_and_goes_on(tmp_path, fake_jobs):
+    config = make_config(tmp_path)
+    experiment = Experiment(config, tmp_path / "work")
+    counts = experiment.run()
+    assert counts == {"skipped": 0, "ok": 7, "failed": 1}
+    assert len(fake_jobs) == 8  # the failing cell did not stop the ones after it
+    assert fake_jobs[-1] == "cola__rtn4__seed1"
+    failed = read_json(experiment.cell_file(Cell("cola", "rtn4", 1)))
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: planted failure"
+
+
+def test_resume_skips_finished_cells_and_retries_failed(tmp_path, fake_jobs):
+    config = make_config(tmp_path)
+    Experiment(config, tmp_path / "work").run()
+    fake_jobs.clear()
+    counts = Experiment(config, tmp_path / "work").run()
+    assert fake_jobs == ["cola__rtn4__seed1"]
+    assert counts == {"skipped": 7, "ok": 0, "failed": 1}
+
+
+def _crash(config, work_dir, quiet):
+    os._exit(3)
+
+
+def _fail(config, work_dir, quiet):
+    raise ColaError("one-line reason")
+
+
+def test_isolated_cell_that_dies_is_recorded(tmp_path):
+    config = make_config(tmp_path, isolate_cells=True)
+    experiment = Experiment(config, tmp_path / "work")
+    record = experiment._execute(_crash, tmp_path / "work" / "x.json", {"status": "failed"})
+    assert record["status"] == "failed" and "exit code 3" in record["error"]
+    record = experiment._execute(_fail, tmp_path / "work" / "y.json", {"status": "failed"})
+    assert record["error"] == "one-line reason"
+    assert read_json(tmp_path / "work" / "y.json")["error"] == "one-line reason"
+
+
+# ------------------------------------------------------------------------------------------------ report
+def test_report_tables_paired_differences_and_plots(tmp_path, fake_jobs):
+    config = make_config(tmp_path)
+    experiment = Experiment(config, tmp_path / "work")
+    experiment.run()
+    paths = write_report(experiment, tmp_path / "report", command="cola experiment t.yaml")
+    frame = pd.read_csv(paths["results_csv"])
+    assert len(frame) == 2 + 7 * 2 + 1  # dense tasks, 7 finished cells x 2 tasks, one failed cell row
+    row = frame[(frame.strategy == "cola") & (frame.method == "ria50") & (frame.seed == 0) & (frame.task == "wiki")]
+    assert row.retention.iloc[0] == pytest.approx(10.0 / 19.5)  # lower is better: dense / compressed
+    text = paths["report"].read_text()
+    # ria50, seeds 0 and 1: general 10/19.5 - 10/20 and 10/18.5 - 10/19; commonsense 0.45/0.5 - 0.4/0.5 twice
+    assert "| cola | +0.014 ± 0.001 [2] | +0.100 ± 0.000 [2] |" in text
+    assert "| cola | +0.013 [1] | +0.100 [1] |" in text  # rtn4: only seed 0 finished for cola
+    assert "cola × rtn4 × seed 1: RuntimeError: planted failure" in text
+    assert "Command: `cola experiment t.yaml`" in text
+    assert (tmp_path / "report" / "plots" / "retention.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "plots" / "ffn_spectrum.png").stat().st_size > 1000
+
+
+def test_report_renders_from_a_small_results_csv(tmp_path):
+    csv = tmp_path / "results.csv"
+    csv.write_text(
+        "strategy,method,seed,status,task,capability,metric,value,stderr,n,tokens,higher_is_better,retention,"
+        "bits_per_parameter,sparsity,curate_seconds,compress_seconds,eval_seconds,error\n"
+        "dense,dense,,ok,wiki,general,perplexity,10,,,100,False,1.0,,,,,,\n"
+        "random_c4,ria50,0,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,10,100,50,\n"
+        "random_c4,ria50,1,ok,wiki,general,perplexity,25,,,100,False,0.4,,0.5,10,100,50,\n"
+        "cola,ria50,0,ok,wiki,general,perplexity,16,,,100,False,0.625,,0.5,20,100,50,\n"
+        "cola,ria50,1,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,20,100,50,\n"
+        "cola,rtn4,0,failed,,,,,,,,,,,,,,,boom\n")
+    experiment = Experiment(make_config(tmp_path, seeds=[0, 1]), tmp_path)
+    text = render_markdown(pd.read_csv(csv), experiment, command=None, plots=[])
+    assert "| random_c4 | 2 | 22.50 ± 3.54 | 0.450 ± 0.071 |" in text
+    assert "| cola | 2 | 18.00 ± 2.83 | 0.562 ± 0.088 |" in text
+    assert "| cola | +0.112 ± 0.018 [2] |" in text     # (0.125 + 0.1) / 2 (0.11249...), std of (0.125, 0.1)
+    assert "cola × rtn4 × seed 0: boom" in text
+    assert "4 finished, 1 failed, 3 not run of 8" in text
