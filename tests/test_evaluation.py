@@ -164,6 +164,16 @@ def test_a_directory_that_is_not_a_model_is_one_clear_error(tmp_path: Path):
         load_for_evaluation(tmp_path)
 
 
+def test_limits_are_checked_before_the_model_loads(tmp_path: Path):
+    from cola.evaluate import evaluate_path
+
+    task = f"mc:{_mc_file(tmp_path)}"
+    with pytest.raises(ColaError, match="limit given for task.*not evaluated: hellaswag; tasks: mc:mc"):
+        evaluate_path(tmp_path / "no-model-here", [task], limit={"hellaswag": 5})
+    with pytest.raises(ColaError, match="positive"):
+        evaluate_path(tmp_path / "no-model-here", [task], limit=0)
+
+
 def test_retention_per_task_and_capability():
     def row(task, capability, value, higher):
         return {"task": task, "capability": capability, "metric": "m", "value": value, "higher_is_better": higher}

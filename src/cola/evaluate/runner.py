@@ -134,6 +134,9 @@ def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, sett
 def task_limits(tasks: Sequence[TaskSpec], specs: Sequence[str | TaskSpec],
                 limit: int | Mapping[str, int] | None) -> list[int | None]:
     """One limit per task: the same int for all, or a dict keyed by task name (or the spec as written)."""
+    given = [] if limit is None else [limit] if isinstance(limit, int) else list(limit.values())
+    if any(n < 1 for n in given):
+        raise ColaError(f"limit must be a positive number of items, got {limit}")
     if limit is None or isinstance(limit, int):
         return [limit] * len(tasks)
     known = {t.name for t in tasks} | {s for s in specs if isinstance(s, str)}
@@ -162,8 +165,6 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
 
     `limit` is the first N items (windows for perplexity) of every task, or a dict task name → N.
     """
-    if isinstance(limit, int) and limit < 1 or isinstance(limit, Mapping) and any(v < 1 for v in limit.values()):
-        raise ColaError(f"limit must be a positive number of items, got {limit}")
     specs = parse_tasks(tasks, data_dir)
     limits = task_limits(specs, tasks, limit)
     settings = Settings(window=window, batch_tokens=batch_tokens, batch_size=batch_size,
@@ -189,7 +190,7 @@ def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, 
                   device: str = "cpu", data_dir: str | Path | None = None, quiet: bool = True,
                   **options: Any) -> list[TaskResult]:
     """Load a dense or compressed model and evaluate it; the tasks are checked before the model loads."""
-    parse_tasks(tasks, data_dir)
+    task_limits(parse_tasks(tasks, data_dir), tasks, options.get("limit"))
     model, tokenizer = load_for_evaluation(model_or_dir, dtype=dtype, device=device, quiet=quiet)
     return evaluate(model, tokenizer, tasks, data_dir=data_dir, quiet=quiet, **options)
 
