@@ -1,15 +1,20 @@
-"""Perplexity over non-overlapping windows equals a direct computation."""
+"""cola.evaluate: windowed perplexity, multiple choice, answer NLL, generation metrics, retention and the CLI."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cola.errors import ColaError
-from cola.evaluate import perplexity
-from tests.conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, tiny_llama
+from cola.evaluate import BUILTINS, evaluate, parse_task, perplexity, retention, task_retention
+from cola.evaluate.proxies import answer_nll, encode_pair, score_choices
+from cola.evaluate.tasks import ChoiceItem, hellaswag_preprocess, load_items
+from tests.conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, tiny_llama, write_jsonl
 
 
 def test_perplexity_over_windows_matches_direct_computation():
@@ -31,18 +36,6 @@ def test_perplexity_over_windows_matches_direct_computation():
 def test_perplexity_refuses_a_text_shorter_than_a_window():
     with pytest.raises(ColaError, match="fewer than one window"):
         perplexity(tiny_llama(), byte_tokenizer(), "short", window=64)
-
-
-# --- cola.evaluate: tasks, scoring, retention, CLI ---------------------------------------------------------
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-from cola.evaluate import BUILTINS, evaluate, parse_task, retention, task_retention  # noqa: E402
-from cola.evaluate.proxies import answer_nll, encode_pair, score_choices  # noqa: E402
-from cola.evaluate.tasks import ChoiceItem, hellaswag_preprocess, load_items  # noqa: E402
-from tests.conftest import write_jsonl  # noqa: E402
 
 
 class FavourTokens(torch.nn.Module):
