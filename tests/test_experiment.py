@@ -181,3 +181,43 @@ def test_report_renders_from_a_small_results_csv(tmp_path):
     assert "| cola | +0.112 ± 0.018 [2] |" in text     # (0.125 + 0.1) / 2 (0.11249...), std of (0.125, 0.1)
     assert "cola × rtn4 × seed 0: boom" in text
     assert "4 finished, 1 failed, 3 not run of 8" in text
+
+
+# ----------------------------------------------------------------------------------- end to end (tiny model)
+def test_end_to_end_on_a_tiny_model_then_resume(tmp_path, tiny_model_dir, pool_files, monkeypatch):
+    """curate -> compress (RIA) -> evaluate -> record -> report, in process; a second run does nothing."""
+    from .conftest import write_jsonl
+
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    write_jsonl(tmp_path / "mc.jsonl", [{"question": f"{i} plus 1 is", "choices": [str(i + 1), "blue"], "label": 0}
+                                        for i in range(6)])
+    config = config_from_dict({
+        "name": "tiny", "model": str(tiny_model_dir), "seeds": [0], "strategies": ["random_c4", "cola"],
+        "baseline": "random_c4", "isolate_cells": False,
+        "calibration": {"num_samples": 4, "sequence_length": 32, "candidates_per_source": 20,
+                        "random_source": "prose", "datasets": [str(p) for p in pool_files.values()]},
+        "methods": {"ria50": {"method": "ria", "sparsity": 0.5}},
+        "evaluation": {"tasks": [f"ppl:{tmp_path / 'text.txt'}", f"mc:{tmp_path / 'mc.jsonl'}",
+                                 f"qa/math:{pool_files['math']}"], "window": 16,
+                       "limits": {"mc:mc": 6}},
+    }, base_dir=tmp_path)
+    summary = runner.run_experiment(config, tmp_path / "work", command="cola experiment tiny.yaml")
+    assert (summary["ok"], summary["failed"]) == (2, 0), read_json(tmp_path / "work" / "cells" /
+                                                                 "cola__ria50__seed0.json")
+    record = read_json(tmp_path / "work" / "cells" / "cola__ria50__seed0.json")
+    assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert [r["capability"] for r in record["results"]] == ["general", "commonsense", "math"]
+    assert all(r["value"] == r["value"] for r in record["results"])  # finite, not NaN
+    assert len(record["spectrum"]["singular_values"]) == 32
+    assert not Experiment(config, tmp_path / "work").model_dir(Cell("cola", "ria50", 0)).exists()  # evaluated
+    frame = pd.read_csv(summary["results_csv"])
+    assert set(frame.strategy) == {"dense", "random_c4", "cola"} and len(frame) == 3 + 2 * 3
+    assert (tmp_path / "work" / "plots" / "activation_map.png").is_file()
+
+    def must_not_run(*_args):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr(runner, "_cell_job", must_not_run)
+    monkeypatch.setattr(runner, "_dense_job", must_not_run)
+    again = runner.run_experiment(config, tmp_path / "work")
+    assert (again["ok"], again["skipped"], again["failed"]) == (0, 2, 0)

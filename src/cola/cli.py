@@ -1,4 +1,4 @@
-"""`cola curate | compress | evaluate | datasets`: the command line.
+"""`cola curate | compress | evaluate | experiment | datasets`: the command line.
 
 User errors print one line and exit 2, without a traceback.
 """
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
     _add_compress_arguments(sub.add_parser("compress", help="compress a model with a curated calibration set"))
     _add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate a dense or compressed model"))
+    _add_experiment_arguments(sub.add_parser(
+        "experiment", help="run a grid of calibration strategies x compression methods x seeds (resumable)"))
     sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")
     return parser
 
@@ -351,6 +353,38 @@ def _weight_figures(entry: dict) -> str:
     return "  ".join(parts)
 
 
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG.yaml", help="the grid (see experiments/smollm2_cpu.yaml)")
+    parser.add_argument("--work_dir", help="where cells, models and records go (default outputs/experiments/NAME); "
+                        "running again resumes: finished cells are skipped")
+    parser.add_argument("--report_dir", help="where results.csv, report.md and plots/ go (default: --work_dir)")
+    parser.add_argument("--data_dir", help="overrides the config's data_dir")
+    parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished cells only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cola.experiment import Experiment, load_experiment_config, run_experiment
+    from cola.experiment.report import write_report
+
+    config = load_experiment_config(args.config, data_dir=args.data_dir)
+    work_dir = Path(args.work_dir or Path("outputs") / "experiments" / config.name)
+    flags = [f"--{name} {getattr(args, name)}" for name in ("work_dir", "report_dir", "data_dir")
+             if getattr(args, name)]
+    command = " ".join(["cola experiment", args.config, *flags])
+    if args.report_only:
+        paths = write_report(Experiment(config, work_dir, quiet=args.quiet), args.report_dir or work_dir,
+                             command=command)
+        print(f"report: {paths['report']}  results: {paths['results_csv']}")
+        return 0
+    summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command)
+    print(f"cells: {summary['ok']} run, {summary['skipped']} already finished, {summary['failed']} failed "
+          f"({summary['seconds']:.0f} s); report: {summary['report']}  results: {summary['results_csv']}")
+    return 1 if summary["failed"] else 0
+
+
 def run_datasets(_args: argparse.Namespace) -> int:
     from cola.data.catalog import CATALOG, EMBEDDED_SOURCES
 
@@ -370,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "quiet", False))
     commands = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate,
-                "datasets": run_datasets}
+                "experiment": run_experiment, "datasets": run_datasets}
     try:
         return commands[args.command](args)
     except ColaError as exc:
