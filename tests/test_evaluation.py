@@ -267,3 +267,22 @@ def test_smollm2_scores_the_builtin_tasks_and_retains_itself():
     kept = retention(results, results)
     assert set(kept["capabilities"]) == {"general", "commonsense", "math", "code"}
     assert all(v == pytest.approx(1.0) for v in kept["tasks"].values())
+
+
+def test_a_caldera_output_directory_is_evaluated_with_its_caldera_layers(tiny_model_dir: Path, tmp_path: Path):
+    from cola.compress.api import compress
+    from cola.compress.caldera import CalderaLinear
+    from cola.evaluate import load_for_evaluation
+    from tests.test_compress_api import write_calibration
+
+    out = tmp_path / "caldera"
+    compress(str(tiny_model_dir), write_calibration(tmp_path / "calib", byte_tokenizer()), "caldera", out, rank=4,
+             iters=2, quiet=True)
+    model, tok = load_for_evaluation(out)
+    assert any(isinstance(m, CalderaLinear) for m in model.modules())
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"problem": f"Add {i} and 1.", "solution": f"{i + 1}"} for i in range(4)])
+    dense = evaluate(*load_for_evaluation(tiny_model_dir), [f"qa:{qa}"])
+    compressed = evaluate(model, tok, [f"qa:{qa}"])
+    assert compressed[0].capability == "math" and compressed[0].value != dense[0].value  # the weights changed
+    kept = retention(compressed, dense)["capabilities"]["math"]
+    assert kept == pytest.approx(dense[0].value / compressed[0].value) and math.isfinite(kept)
