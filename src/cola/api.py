@@ -12,11 +12,17 @@ from typing import Any
 import numpy as np
 
 from cola.config import CurateConfig
-from cola.data.sources import Source, load_source, parse_sources
+from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
+
+STAGE3_METHODS = {"activations": "on: activation k-means medoids",
+                  "random": "off: seeded random pick",
+                  "text_clusters": "off: replaced by text_clusters (TF-IDF k-means, the text nearest each centroid)",
+                  "lexical_diversity": "off: replaced by lexical_diversity (greedy coverage of distinct tokens)"}
+
 
 def stages_run(config: CurateConfig) -> dict[str, Any]:
     """What each stage did in this run, so nobody mistakes a partly curated set for a fully curated one."""
@@ -25,7 +31,14 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
             "stage2_processing": (("format, reasoning generation, " if config.process.generate_reasoning
                                    else "format, ") + "quality filters, exact-length packing"
                                   if config.process.enabled else "off: texts cut to sequence_length"),
-            "stage3_activation_selection": "on" if config.stage3 else "off: seeded random pick"}
+            "stage3_activation_selection": STAGE3_METHODS[config.selection_method],
+            "selection_method": config.selection_method}
+
+
+def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
+    """The manifest's account of the model and tokenizer a calibration set was made with."""
+    return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
+            "tokenizer": tokenizer_fingerprint(tokenizer)}
 
 
 class COLA:
@@ -39,8 +52,10 @@ class COLA:
     def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Sequence[str] = ("embedded",),
                  target_capabilities: Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
-                 timings: dict[str, float] | None = None, **settings: Any) -> None:
-        """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …)."""
+                 timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
+                 **settings: Any) -> None:
+        """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …);
+        `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it)."""
         valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "target_capabilities"}
         unknown = sorted(set(settings) - valid)
         if unknown:
@@ -55,6 +70,7 @@ class COLA:
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
+        self.manifest_extra = dict(manifest_extra or {})
 
     @classmethod
     def from_config(cls, config: CurateConfig, *, model: Any, tokenizer: Any, output_dir: str | Path,
@@ -77,22 +93,12 @@ class COLA:
         limit = context_length(self.model)
         if limit is not None and sequence_length > limit:
             raise ColaError(f"sequence_length {sequence_length} is beyond the model's context of {limit} tokens")
-        specs = parse_sources(config.datasets)
-        mapping = config.process.field_mapping
-        if mapping:  # the mapped fields are the text fields of every file or hub source that names none
-            specs = [dataclasses.replace(s, fields=tuple(f for _, f in mapping))
-                     if s.kind != "embedded" and s.fields is None else s for s in specs]
+        specs = self.source_specs(config)  # bad names fail before the output directory is touched
         ensure_writable(self.output_dir)
         timings = dict(self.timings)
-
-        start = time.perf_counter()
-        sources = [load_source(spec, max_candidates=config.candidates_per_source, seed=config.selection.seed)
-                   for spec in specs]
-        timings["load_sources"] = time.perf_counter() - start
-        targets = self._target_capabilities(config, sources)
-        start = time.perf_counter()
-        processed, stage2 = self._process(sources, config)
-        timings["stage2_process"] = time.perf_counter() - start
+        sources = self.load_sources(config, timings, specs=specs)
+        targets = self._target_capabilities(config, sources)  # fails before Stage 2's work
+        processed, stage2 = self._process(sources, config, timings)
         if len(processed) < num_samples:
             raise ColaError(f"num_samples {num_samples} is larger than the pool of {len(processed)} candidates "
                             f"after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
@@ -121,61 +127,98 @@ class COLA:
                 "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
                 "feature": selection.features.tolist()}
         manifest = {
-            "tool": "cola", "command": "curate", "model": self.model_name_or_path,
-            "model_class": type(self.model).__name__, "model_dtype": str(next(self.model.parameters()).dtype),
-            "tokenizer": tokenizer_fingerprint(self.tokenizer), "seed": config.selection.seed,
+            "tool": "cola", "command": "curate", **model_record(self.model, self.tokenizer, self.model_name_or_path),
+            "seed": config.selection.seed,
             "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
             "sources": [s.describe() for s in sources], "stage1": stage1, "stage2": stage2, "num_samples": len(samples),
             "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
             "diagnostics": selection.diagnostics, "libraries": library_versions(),
-            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "timings": {k: round(v, 3) for k, v in timings.items()}, **self.manifest_extra,
         }
         write_outputs(self.output_dir, samples=samples, input_ids=[processed[i].input_ids for i in selection.indices],
                       pool=pool, manifest=manifest)
         log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
         return samples
 
-    def _process(self, sources: list[Source], config: CurateConfig) -> tuple[list[Any], dict[str, Any]]:
-        """Stage 2, or (ablation) only each text cut to the sequence length."""
-        from cola.stages.process import TokenizedText, process_sources, truncate_to_length
+    @staticmethod
+    def source_specs(config: CurateConfig) -> list[SourceSpec]:
+        """The parsed dataset specs; with a field mapping, its fields are the text fields of every file or hub
+        source that names none."""
+        specs = parse_sources(config.datasets)
+        mapping = config.process.field_mapping
+        if mapping:
+            specs = [dataclasses.replace(s, fields=tuple(f for _, f in mapping))
+                     if s.kind != "embedded" and s.fields is None else s for s in specs]
+        return specs
 
+    @staticmethod
+    def load_sources(config: CurateConfig, timings: dict[str, float], *,
+                     specs: list[SourceSpec] | None = None) -> list[Source]:
+        """Each dataset's seeded sample of at most candidates_per_source texts (seconds added to `timings`)."""
+        start = time.perf_counter()
+        sources = [load_source(spec, max_candidates=config.candidates_per_source, seed=config.selection.seed)
+                   for spec in (COLA.source_specs(config) if specs is None else specs)]
+        timings["load_sources"] = time.perf_counter() - start
+        return sources
+
+    def candidate_pool(self, config: CurateConfig, timings: dict[str, float] | None = None,
+                       ) -> tuple[list[Source], list[Any], dict[str, Any]]:
+        """The sources and the processed pool that Stage 3 picks from: (sources, candidates, Stage 2 report)."""
+        timings = {} if timings is None else timings
+        sources = self.load_sources(config, timings)
+        return (sources, *self._process(sources, config, timings))
+
+    def _process(self, sources: list[Source], config: CurateConfig,
+                 timings: dict[str, float]) -> tuple[list[Any], dict[str, Any]]:
+        """Stage 2, or (ablation) only each text cut to the sequence length (seconds added to `timings`)."""
+        from cola.stages.process import process_sources, truncate_to_length
+
+        start = time.perf_counter()
         if config.process.enabled:
-            return process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                   model=self.model, quiet=self.quiet)
-        processed: list[TokenizedText] = []
-        for index, source in enumerate(sources):
-            processed.extend(dataclasses.replace(p, source=index)
-                             for p in truncate_to_length(self.tokenizer, source.texts, config.sequence_length))
-        return processed, {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
+            processed, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
+                                                model=self.model, quiet=self.quiet)
+        else:
+            processed = []
+            for index, source in enumerate(sources):
+                processed.extend(dataclasses.replace(p, source=index) for p in truncate_to_length(
+                    self.tokenizer, source.texts, config.sequence_length))
+            report = {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
+        timings["stage2_process"] = time.perf_counter() - start
+        return processed, report
 
     def _select(self, processed: list[Any], owner: list[Source], targets: tuple[str, ...],
                 config: CurateConfig) -> tuple[Any, dict[str, Any]]:
-        """Stage 1 quotas (or none) and Stage 3 medoids (or a seeded random pick); (selection, stage1 report)."""
+        """Stage 1 quotas (or none) and the Stage-3 method (activation medoids, a seeded random pick or a peer
+        method, within the quotas); (selection, stage1 report). The pool is embedded only when Stage 1 or the
+        activation method needs it: it is the expensive part."""
         from cola.stages.mixture import plan_mixture
-        from cola.stages.select import embed_pool, select_at_random, select_from_features, with_extraction
+        from cola.stages.select import (embed_pool, select_at_random, select_from_features, select_from_pool,
+                                        with_extraction)
 
         names = [s.spec.name for s in owner]
-        if not config.stage1 and not config.stage3:
-            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed), {}
+        method, seed, ids = config.selection_method, config.selection.seed, [p.input_ids for p in processed]
         pad = self.tokenizer.pad_token_id or 0
 
-        def embed(ids: list[Any]) -> Any:
-            return embed_pool(self.model, ids, config.selection, pad_token_id=pad, quiet=self.quiet)
+        def embed(token_ids: list[Any]) -> Any:
+            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
 
-        features, stats = embed([p.input_ids for p in processed])
+        features, stats = embed(ids) if config.stage1 or method == "activations" else (None, None)
         quotas, stage1 = None, {}
         if config.stage1:
             start = time.perf_counter()
-            quotas, stage1 = plan_mixture(features, [p.input_ids for p in processed], names, targets, config,
-                                          embed=lambda ids: embed(ids)[0], tokenizer=self.tokenizer,
+            quotas, stage1 = plan_mixture(features, ids, names, targets, config,
+                                          embed=lambda token_ids: embed(token_ids)[0], tokenizer=self.tokenizer,
                                           texts=[p.text for p in processed], quiet=self.quiet)
             stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
-        if not config.stage3:
-            return select_at_random(len(processed), names, config.num_samples, seed=config.selection.seed,
-                                    quotas=quotas), stage1
-        selection = select_from_features(features, names, config.num_samples, config.selection, quotas=quotas,
-                                         quiet=self.quiet)
-        return with_extraction(selection, stats), stage1
+        methods = {
+            "activations": lambda: with_extraction(select_from_features(
+                features, names, config.num_samples, config.selection, quotas=quotas, quiet=self.quiet), stats),
+            "random": lambda: select_at_random(len(processed), names, config.num_samples, seed=seed, quotas=quotas),
+        }
+        if method in methods:
+            return methods[method](), stage1
+        return select_from_pool(method, [p.text for p in processed], ids, names, config.num_samples, seed=seed,
+                                quotas=quotas), stage1
 
     @staticmethod
     def _target_capabilities(config: CurateConfig, sources: list[Source]) -> tuple[str, ...]:

@@ -13,12 +13,15 @@ from cola.stages.reasoning import ReasoningConfig
 
 DEPLOYMENT_TYPES = ("general", "targeted")
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+# Stage 3: COLA's activation medoids, a seeded random pick, or a peer method on the processed pool (stages/peers.py)
+SELECTION_METHODS = ("activations", "random", "text_clusters", "lexical_diversity")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionConfig:
-    """Stage 3: which layers, how far to project, how to batch, which seed."""
+    """Stage 3: which method; for activations, which layers, how far to project, how to batch; which seed."""
 
+    method: str = "activations"             # one of SELECTION_METHODS; only "activations" runs the model
     layers: tuple[int, ...] | None = None   # None: every decoder layer
     projection_dim: int = 64
     batch_size: int = 16                    # sequences per forward pass at most
@@ -27,6 +30,8 @@ class SelectionConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        if self.method not in SELECTION_METHODS:
+            raise unknown_choice("selection method", self.method, SELECTION_METHODS)
         for name in ("projection_dim", "batch_size", "batch_tokens", "kmeans_init"):
             if getattr(self, name) < 1:
                 raise ColaError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -82,6 +87,9 @@ class CurateConfig:
             raise ColaError(f"candidates_per_source must be at least 1, got {self.candidates_per_source}")
         if not self.datasets:
             raise ColaError("no datasets given: name at least one (see `cola datasets`)")
+        if not self.stage3 and self.selection.method not in ("activations", "random"):
+            raise ColaError(f"stage3 off is the seeded random pick; selection method {self.selection.method!r} "
+                            "needs stage3 on")
         if self.deployment_type not in DEPLOYMENT_TYPES:
             raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
         if self.deployment_type == "targeted" and not self.targeted_capability:
@@ -89,6 +97,11 @@ class CurateConfig:
         if (self.targeted_capability and self.target_capabilities is not None
                 and self.targeted_capability not in self.target_capabilities):
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
+
+    @property
+    def selection_method(self) -> str:
+        """The Stage-3 method that runs: the configured one, or "random" for the no-Stage-3 ablation."""
+        return self.selection.method if self.stage3 else "random"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready settings for the manifest."""

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from cola.activations import ExtractionStats, extract_projected_features
 from cola.cluster import mean_pairwise_distance, nearest_selected_distance, select_medoids
 from cola.config import SelectionConfig
+from cola.errors import unknown_choice
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -124,20 +125,57 @@ def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:
                  **selection.timings})
 
 
+def pick_within_quotas(pick: Callable[[np.ndarray, int], np.ndarray], sources: Sequence[str], num_samples: int,
+                       quotas: Mapping[str, int] | None = None) -> np.ndarray:
+    """(k,) sorted pool indices: `pick(rows, count)` (positions into rows) over the whole pool, or, given
+    Stage 1's quotas (source -> count), inside each source with its quota, in the quotas' order."""
+    names = np.asarray(sources)
+    groups = ([(np.flatnonzero(names == name), quota) for name, quota in quotas.items() if quota > 0] if quotas
+              else [(np.arange(len(names)), num_samples)])
+    return np.sort(np.concatenate([rows[pick(rows, count)] for rows, count in groups]))
+
+
+def _unselected(pool_size: int, sources: Sequence[str], indices: np.ndarray, diagnostics: dict[str, Any],
+                method: str) -> Selection:
+    """A Selection made without activation features: no features, clusters or distances."""
+    diagnostics = {"candidates_per_source": dict(Counter(sources)),
+                   "selected_per_source": dict(Counter(sources[i] for i in indices)), **diagnostics}
+    return Selection(indices=indices, features=np.zeros((pool_size, 0), dtype=np.float32),
+                     labels=np.full(pool_size, -1, dtype=np.int64), nearest_distance=np.full(pool_size, np.nan),
+                     diagnostics=diagnostics, timings={}, method=method)
+
+
 def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int,
                      quotas: Mapping[str, int] | None = None) -> Selection:
     """The no-Stage-3 ablation: a seeded uniform pick from the processed pool (within Stage 1's quotas if any)."""
     rng = np.random.default_rng(seed)
-    names = np.asarray(sources)
-    if quotas:
-        picks = [rng.choice(np.flatnonzero(names == name), quota, replace=False)
-                 for name, quota in quotas.items() if quota > 0]
-        indices = np.sort(np.concatenate(picks))
-    else:
-        indices = np.sort(rng.choice(pool_size, num_samples, replace=False))
-    diagnostics = {"candidates_per_source": dict(Counter(sources)),
-                   "selected_per_source": dict(Counter(sources[i] for i in indices))}
-    return Selection(indices=indices, features=np.zeros((pool_size, 0), dtype=np.float32),
-                     labels=np.full(pool_size, -1, dtype=np.int64),
-                     nearest_distance=np.full(pool_size, np.nan), diagnostics=diagnostics, timings={},
-                     method="random")
+    indices = pick_within_quotas(lambda rows, count: rng.choice(len(rows), count, replace=False), sources,
+                                 num_samples, quotas)
+    return _unselected(pool_size, sources, indices, {}, "random")
+
+
+def distinct_tokens(token_ids: Sequence[Sequence[int]], indices: np.ndarray) -> int:
+    """How many token types the selected sequences hold between them (lexical coverage)."""
+    return len(np.unique(np.concatenate([np.asarray(token_ids[i]) for i in indices])))
+
+
+def select_from_pool(method: str, texts: Sequence[str], token_ids: Sequence[Sequence[int]], sources: Sequence[str],
+                     num_samples: int, *, seed: int, quotas: Mapping[str, int] | None = None) -> Selection:
+    """A peer Stage 3 (`peers.POOL_SELECTORS`: text clusters, lexical diversity) on the processed pool,
+    within Stage 1's quotas if any; no model runs."""
+    from cola.stages.peers import POOL_SELECTORS, SELECTION_METHOD_NAMES
+
+    if method not in POOL_SELECTORS:
+        raise unknown_choice("pool selection method", method, POOL_SELECTORS)
+    selector = POOL_SELECTORS[method]
+    start = time.perf_counter()
+    indices = pick_within_quotas(lambda rows, count: selector([texts[i] for i in rows],
+                                                              [token_ids[i] for i in rows], count, seed),
+                                 sources, num_samples, quotas)
+    seconds = time.perf_counter() - start
+    random_pick = np.random.default_rng(seed).choice(len(token_ids), len(indices), replace=False)
+    coverage = {"distinct_tokens": {"selected": distinct_tokens(token_ids, indices),
+                                    "random_selection_same_size": distinct_tokens(token_ids, random_pick)}}
+    log.info("stage 3 (%s): %d of %d candidates selected", method, len(indices), len(token_ids))
+    selection = _unselected(len(token_ids), sources, indices, coverage, SELECTION_METHOD_NAMES[method])
+    return dataclasses.replace(selection, timings={"stage3_select": seconds})
