@@ -1,0 +1,179 @@
+"""The named calibration-data strategies of the experiment: COLA, its ablations, random baselines and peers.
+
+Each strategy is a set of CurateConfig fields it fixes (on top of the caller's settings), except
+self-generation, which writes its own text. Every one writes a normal calibration directory (samples JSON,
+HF dataset, pool parquet, manifest with tokenizer fingerprint and the strategy's name) that
+`cola.compress.calibration.load_calibration` reads, and every one spends the same token budget:
+num_samples sequences of sequence_length tokens (packed windows; cut texts for no_stage2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cola.config import CurateConfig
+from cola.errors import ColaError, unknown_choice
+
+_RANDOM = {"stage1": False, "stage3": False, "process.enabled": True, "selection.method": "random"}
+_ALL_ON = {"stage1": True, "stage3": True, "process.enabled": True, "selection.method": "activations"}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What a strategy is (one line) and the config fields it fixes ("process.enabled" is a nested field)."""
+
+    description: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+_RECIPES = {
+    "random_c4": Strategy("seeded random packed windows from one source (c4 by default), no chat template",
+                          {**_RANDOM, "process.pack": True, "process.chat_template": "off"}),
+    "random_mixed": Strategy("seeded random packed windows from the whole mixed pool", _RANDOM),
+    "cola": Strategy("COLA: Stage 1 mixture, Stage 2 processing, Stage 3 activation medoids", _ALL_ON),
+    "no_stage1": Strategy("COLA without Stage 1: activation medoids over the mixed pool", {**_ALL_ON, "stage1": False}),
+    "no_stage2": Strategy("COLA without Stage 2: texts only cut to length", {**_ALL_ON, "process.enabled": False}),
+    "no_stage3": Strategy("COLA without Stage 3: a seeded random pick within Stage 1's quotas",
+                          {**_ALL_ON, "stage3": False, "selection.method": "random"}),
+    "text_clusters": Strategy("COLA-Zero style: TF-IDF k-means over the processed mixed pool, nearest to each "
+                              "centroid", {**_ALL_ON, "stage1": False, "selection.method": "text_clusters"}),
+    "lexical_diversity": Strategy("ZipCal style: greedy coverage of distinct tokens over the processed mixed pool",
+                                  {**_ALL_ON, "stage1": False, "selection.method": "lexical_diversity"}),
+    "self_generated": Strategy("Ji et al. (ICLR 2025): the model's own sampled text from short pool prompts, the "
+                               "highest-perplexity 20% dropped", _RANDOM),
+}
+STRATEGIES: dict[str, str] = {name: recipe.description for name, recipe in _RECIPES.items()}
+SELF_GENERATED = "self_generated"
+
+
+def with_fields(config: CurateConfig, fixed: Mapping[str, Any]) -> CurateConfig:
+    """`config` with the given fields replaced; "process.enabled" names a field of a nested config.
+
+    Nested configs are rebuilt first and the whole replaced at once, so validation sees the final combination.
+    """
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in fixed.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    top.update({head: dataclasses.replace(getattr(config, head), **values) for head, values in nested.items()})
+    return dataclasses.replace(config, **top)
+
+
+def matching_source(datasets: Sequence[str], wanted: str) -> str:
+    """The one dataset spec whose name, spec or path is `wanted` (else whose name contains it)."""
+    from cola.data.sources import parse_sources
+
+    specs = parse_sources(datasets)
+    matches = ([s for s in specs if wanted in (s.spec, s.name, s.location)]
+               or [s for s in specs if wanted in s.name])
+    if len(matches) != 1:
+        found = "several match" if matches else "none matches"
+        raise ColaError(f"random_c4 needs one dataset matching random_source {wanted!r} but {found}; datasets: "
+                        f"{', '.join(s.name for s in specs)}")
+    return matches[0].spec
+
+
+def strategy_config(name: str, *, datasets: Sequence[str], num_samples: int, sequence_length: int, seed: int,
+                    random_source: str = "c4", **settings: Any) -> CurateConfig:
+    """The validated CurateConfig of strategy `name`: the caller's settings with the strategy's fields fixed.
+
+    A top-level field the strategy fixes (stage1, stage3) given with another value is an error, not silently
+    overridden; nested configs (process, selection) are taken as the base the strategy's fields go into.
+    """
+    if name not in _RECIPES:
+        raise unknown_choice("strategy", name, STRATEGIES)
+    valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "num_samples", "sequence_length"}
+    for key in settings:
+        if key not in valid:
+            raise unknown_choice("curation setting", key, valid)
+    fixed = {**_RECIPES[name].fixed, "selection.seed": seed}
+    for key, value in settings.items():
+        if key in fixed and fixed[key] != value:
+            raise ColaError(f"strategy {name!r} fixes {key}={fixed[key]!r}; do not pass {key}={value!r}")
+    if name == "random_c4":
+        datasets = (matching_source(datasets, random_source),)
+    base = CurateConfig(datasets=tuple(datasets), num_samples=num_samples, sequence_length=sequence_length,
+                        **{k: v for k, v in settings.items() if k not in fixed})
+    return with_fields(base, fixed)
+
+
+def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence[str], num_samples: int,
+                    sequence_length: int, seed: int, output_dir: str | Path, random_source: str = "c4",
+                    candidates_per_source: int = 1000, references: Sequence[tuple[str, str]] = (),
+                    quiet: bool = True, generation: Mapping[str, Any] | None = None, **settings: Any) -> Path:
+    """Write the calibration set of strategy `name` (see STRATEGIES) to `output_dir` and return the directory.
+
+    `seed` seeds everything: which candidates are sampled from each source, the selection and, for
+    self_generated, the prompts and the sampling. `settings` are other CurateConfig fields (e.g.
+    target_capabilities, process); `generation` holds keyword arguments of
+    `peers.generate_self_calibration` (prompt_tokens, drop_fraction, temperature, batch_size, …) and is
+    only valid for self_generated.
+    """
+    from cola.api import COLA
+
+    if generation and name != SELF_GENERATED:
+        raise ColaError(f"generation settings only apply to {SELF_GENERATED}, not to {name!r}")
+    config = strategy_config(name, datasets=datasets, num_samples=num_samples, sequence_length=sequence_length,
+                             seed=seed, random_source=random_source, candidates_per_source=candidates_per_source,
+                             references=tuple(tuple(r) for r in references), **settings)
+    cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=output_dir, quiet=quiet,
+                            manifest_extra={"strategy": name, "strategy_description": STRATEGIES[name]})
+    if name == SELF_GENERATED:
+        write_self_generated(cola, config, dict(generation or {}))
+    else:
+        cola.run(num_samples=num_samples, sequence_length=sequence_length)
+    return Path(output_dir)
+
+
+def write_self_generated(cola: Any, config: CurateConfig, generation: dict[str, Any]) -> None:
+    """The self_generated strategy: prompts from a seeded shuffle of the processed pool, the model's sampled
+    continuations, the highest-perplexity ones dropped; written like any curation (pool = all generated)."""
+    from cola.api import model_record, stages_run
+    from cola.export import ensure_writable, library_versions, write_outputs
+    from cola.stages.peers import generate_self_calibration
+
+    seed = config.selection.seed
+    ensure_writable(cola.output_dir)
+    timings: dict[str, float] = {}
+    sources, processed, stage2 = cola.candidate_pool(config, timings)
+    if not processed:
+        raise ColaError("self_generated needs prompts but Stage 2 left no candidate in the pool")
+    order = np.random.default_rng(seed).permutation(len(processed))
+    ids, report = generate_self_calibration(
+        cola.model, cola.tokenizer, [processed[i].input_ids for i in order], config.num_samples,
+        config.sequence_length, seed=seed, quiet=cola.quiet, **generation)
+    for step, seconds in report.pop("seconds").items():
+        timings[f"self_generation_{step}"] = seconds
+    kept = set(report["kept_indices"])
+    samples = [{"text": cola.tokenizer.decode(seq, clean_up_tokenization_spaces=False),
+                "dataset_name": SELF_GENERATED, "capability_scores": {}, "format_enhanced": False,
+                "selection_index": index, "selection_method": "self_generated_low_perplexity"}
+               for index, seq in zip(report["kept_indices"], ids)]
+    generated = report["generated"]
+    pool = {"pool_index": list(range(generated)), "dataset_name": [SELF_GENERATED] * generated,
+            "capability": ["generated"] * generated, "num_tokens": [config.sequence_length] * generated,
+            "selected": [i in kept for i in range(generated)], "perplexity": report["perplexities"],
+            "prompt_pool_index": [int(order[i]) for i in report.pop("prompt_index")]}
+    stages = {**stages_run(config), "stage3_activation_selection": "off: replaced by self-generated text",
+              "selection_method": SELF_GENERATED}
+    manifest = {
+        "tool": "cola", "command": "curate_strategy", **model_record(cola.model, cola.tokenizer,
+                                                                      cola.model_name_or_path),
+        "seed": seed, "settings": config.as_dict(), "generation_settings": generation, "stages": stages,
+        "sources": [s.describe() for s in sources], "stage2": stage2, "generation": report,
+        "num_samples": len(samples), "sample_tokens": sum(len(x) for x in ids), "libraries": library_versions(),
+        "timings": {k: round(v, 3) for k, v in timings.items()}, **cola.manifest_extra,
+    }
+    write_outputs(cola.output_dir, samples=samples, input_ids=[np.asarray(x, dtype=np.int32) for x in ids],
+                  pool=pool, manifest=manifest)
+
