@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +41,7 @@ import torch
 from cola.compress.methods import LR_BITS, QUANTIZERS
 from cola.compress.methods import QUANT_BITS as Q_BITS  # one source for the valid choices: the method table
 from cola.errors import ColaError, unknown_choice
+from cola.models import single_threaded
 
 FORMAT = "cola-caldera/1"
 
@@ -574,25 +573,11 @@ def _lr_step(A: torch.Tensor, AH: torch.Tensor, ctx: _Context) -> tuple[_LowRank
     return _LowRank(left.values, right.values, left, right), _error_num(A, AH, left.values, right.values, ctx.H)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch single-threaded inside, restoring the caller's thread count after.
-
-    The decomposition is thousands of small ops (LDLQ's column updates, tall-skinny QRs): with two
-    OpenMP threads on two cores, any other busy process makes each of them wait for a preempted
-    thread (measured 30-500x slower), while on an idle machine two threads gained only about 25%.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def caldera_decompose(W: torch.Tensor, H: torch.Tensor, config: CalderaConfig) -> CalderaResult:
     """Decompose W (out×in) as Q + L R against the calibration Hessian H (in×in), on the CPU, single-threaded."""
-    with _one_thread():
+    with single_threaded():
         return _decompose(W, H, config)
 
 

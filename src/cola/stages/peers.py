@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cola.errors import ColaError
+from cola.models import single_threaded
 from cola.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def generate_self_calibration(model: torch.nn.Module, tokenizer: Any,
     start = time.perf_counter()
     chunks: list[torch.Tensor] = []
     with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(),
-          progress_bar(total=n, quiet=quiet, desc="self-generating", unit="seq") as bar):
+          single_threaded(), progress_bar(total=n, quiet=quiet, desc="self-generating", unit="seq") as bar):
         torch.manual_seed(seed)
         for begin in range(0, n, batch_size):
             batch = starts[begin : begin + batch_size].to(device)  # (B, P)
