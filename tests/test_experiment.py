@@ -221,3 +221,23 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path, tiny_model_dir, pool_f
     monkeypatch.setattr(runner, "_dense_job", must_not_run)
     again = runner.run_experiment(config, tmp_path / "work")
     assert (again["ok"], again["skipped"], again["failed"]) == (0, 2, 0)
+
+
+def test_a_subset_of_the_grid_runs_first_and_names_are_checked(tmp_path, fake_jobs):
+    config = make_config(tmp_path)
+    only = runner.subset(config, strategies=["cola"], seeds=[0])
+    counts = Experiment(config, tmp_path / "work").run(only=only)
+    assert fake_jobs == ["cola__ria50__seed0", "cola__rtn4__seed0"] and counts["ok"] == 2
+    with pytest.raises(ColaError, match=r"unknown method \(not in the config\) 'gptq'.*ria50, rtn4"):
+        runner.subset(config, methods=["gptq"])
+
+
+def test_cli_experiment_bad_config_is_one_line(tmp_path, capsys):
+    from cola.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseeds: [0]\nstratgies: [cola]\n")
+    assert main(["experiment", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key in experiment config `top level` 'stratgies'" in err
+    assert "strategies" in err

@@ -360,6 +360,9 @@ def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report_dir", help="where results.csv, report.md and plots/ go (default: --work_dir)")
     parser.add_argument("--data_dir", help="overrides the config's data_dir")
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished cells only")
+    parser.add_argument("--strategies", nargs="+", metavar="NAME", help="run only these strategies of the grid")
+    parser.add_argument("--methods", nargs="+", metavar="LABEL", help="run only these method labels of the grid")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run only these seeds of the grid")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
@@ -368,18 +371,22 @@ def run_experiment(args: argparse.Namespace) -> int:
 
     from cola.experiment import Experiment, load_experiment_config, run_experiment
     from cola.experiment.report import write_report
+    from cola.experiment.runner import subset
 
     config = load_experiment_config(args.config, data_dir=args.data_dir)
+    only = subset(config, strategies=args.strategies, methods=args.methods, seeds=args.seeds)
     work_dir = Path(args.work_dir or Path("outputs") / "experiments" / config.name)
-    flags = [f"--{name} {getattr(args, name)}" for name in ("work_dir", "report_dir", "data_dir")
-             if getattr(args, name)]
+    flags = [f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+             for name in ("work_dir", "report_dir", "data_dir", "strategies", "methods", "seeds")
+             if (value := getattr(args, name))]
     command = " ".join(["cola experiment", args.config, *flags])
     if args.report_only:
         paths = write_report(Experiment(config, work_dir, quiet=args.quiet), args.report_dir or work_dir,
                              command=command)
         print(f"report: {paths['report']}  results: {paths['results_csv']}")
         return 0
-    summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command)
+    summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command,
+                             only=only)
     print(f"cells: {summary['ok']} run, {summary['skipped']} already finished, {summary['failed']} failed "
           f"({summary['seconds']:.0f} s); report: {summary['report']}  results: {summary['results_csv']}")
     return 1 if summary["failed"] else 0

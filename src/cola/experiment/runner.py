@@ -99,8 +99,10 @@ class Experiment:
         return [record for record in found if record is not None]
 
     # --------------------------------------------------------------------------------------------- run
-    def run(self, *, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, int]:
-        """Run every unfinished cell; returns counts of cells done before, run now, and failed now."""
+    def run(self, *, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+            only: Callable[[Cell], bool] | None = None) -> dict[str, int]:
+        """Run every unfinished cell (of those `only` accepts); returns counts of cells done before, run now,
+        and failed now."""
         from cola.export import ensure_writable
 
         ensure_writable(self.work_dir)
@@ -111,6 +113,8 @@ class Experiment:
             if record.get("status") != "ok":
                 raise ColaError(f"evaluating the dense model failed: {record.get('error')}")
         for cell in grid(self.config):
+            if only is not None and not only(cell):
+                continue
             previous = read_json(self.cell_file(cell))
             if previous and previous.get("status") == "ok":
                 counts["skipped"] += 1
@@ -249,9 +253,26 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
         shutil.rmtree(out, ignore_errors=True)
 
 
+def subset(config: ExperimentConfig, *, strategies: list[str] | None = None, methods: list[str] | None = None,
+           seeds: list[int] | None = None) -> Callable[[Cell], bool]:
+    """A filter for part of the grid (e.g. the baseline and cola first); names must be in the config."""
+    from cola.errors import unknown_choice
+
+    chosen = {"strategy": strategies, "method": methods, "seed": seeds}
+    valid = {"strategy": list(config.strategies), "method": [m.label for m in config.methods],
+             "seed": list(config.seeds)}
+    for kind, values in chosen.items():
+        for value in values or ():
+            if value not in valid[kind]:
+                raise unknown_choice(f"{kind} (not in the config)", str(value), map(str, valid[kind]))
+    return lambda cell: all(values is None or getattr(cell, kind) in values for kind, values in chosen.items())
+
+
 def run_experiment(config: ExperimentConfig, work_dir: str | Path, *, report_dir: str | Path | None = None,
-                   quiet: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the grid, then write results.csv, report.md and the plots; returns a summary."""
+                   quiet: bool = True, command: str | None = None,
+                   only: Callable[[Cell], bool] | None = None) -> dict[str, Any]:
+    """Run (or resume) the grid (or the part `only` accepts), then write results.csv, report.md and the
+    plots; returns a summary."""
     from cola.experiment.report import write_report
 
     experiment = Experiment(config, work_dir, quiet=quiet)
@@ -260,6 +281,6 @@ def run_experiment(config: ExperimentConfig, work_dir: str | Path, *, report_dir
     def refresh(_cell: Cell, _record: dict[str, Any]) -> None:  # partial results are always on disk
         write_report(experiment, report_dir or work_dir, command=command, plots=False)
 
-    counts = experiment.run(on_cell=refresh)
+    counts = experiment.run(on_cell=refresh, only=only)
     paths = write_report(experiment, report_dir or work_dir, command=command)
     return {**counts, "seconds": round(time.perf_counter() - start, 1), **{k: str(v) for k, v in paths.items()}}
