@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cola.evaluate.proxies import mean_stderr
+from cola.models import single_threaded
 from cola.progress import progress_bar
 
 GSM8K_STOPS = ("\n\nQuestion:", "Question:", "\n\n\n")
@@ -49,8 +50,9 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, stops
         width = max(map(len, encoded))
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, T), left-padded
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, stop_strings=list(stops), tokenizer=tokenizer)[:, width:]
+        with single_threaded():  # token-by-token decoding is many small ops: see models.single_threaded
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, stop_strings=list(stops), tokenizer=tokenizer)[:, width:]
         for row in out:
             generated = row[row != pad] if pad != tokenizer.eos_token_id else _until_eos(row, pad)
             new += len(generated)
