@@ -287,3 +287,13 @@ def test_reasoning_model_that_fails_to_load(tiny_model_dir, pool_files, tmp_path
                str(not_model), "--fields", "question=question,answer=answer", "--no_stage1",
                datasets={"m": pool_files["math"]})
     assert f"reasoning-generation model '{not_model}' failed to load" in err
+
+
+def test_selection_method_flag_picks_a_peer_method(tiny_model_dir, pool_files, tmp_path) -> None:
+    out = tmp_path / "tc"
+    assert curate(tiny_model_dir, pool_files, out, "--selection_method", "text_clusters", "--no_stage1") == 0
+    samples = json.loads((out / SAMPLES_FILE).read_text())
+    assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"tfidf_kmeans_medoid"}
+    with pytest.raises(SystemExit) as exc:
+        main(["curate", "--output_dir", "x", "--selection_method", "kmeans"])
+    assert exc.value.code == 2
