@@ -183,31 +183,32 @@ def _choose_fields(spec: SourceSpec, columns: list[str]) -> tuple[tuple[str, ...
                     f"Name them as {spec.spec}#field or #field+field")
 
 
-def _diagnose_json(path: Path) -> bool:
-    """Raise an error naming the first malformed line of a json/jsonl file; return whether it has any content."""
+def read_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a .jsonl(.gz) file, or (position, record) of a .json array; a malformed line
+    or a non-object record is an error naming the file and the line (datasets' own errors name neither)."""
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         head = fh.read(4096).lstrip()[:1]
         fh.seek(0)
-        if not head:
-            return False
         if head == "[":
             try:
-                json.load(fh)
+                records = json.load(fh)
             except json.JSONDecodeError as exc:
                 raise ColaError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
-            return True
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
+            lines: Iterable[tuple[int, Any]] = enumerate(records, start=1)
+        else:
+            lines = ((n, line) for n, line in enumerate(fh, start=1) if line.strip())
+        for lineno, item in lines:
+            if isinstance(item, str):
                 try:
-                    obj = json.loads(line)
+                    item = json.loads(item)
                 except json.JSONDecodeError as exc:
                     raise ColaError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
-                if not isinstance(obj, dict):
-                    raise ColaError(f"{path}: line {lineno} is not a JSON object")
-    return True
+            if not isinstance(item, dict):
+                raise ColaError(f"{path}: line {lineno} is not a JSON object")
+            yield lineno, item
 
 
 def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
@@ -221,7 +222,7 @@ def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
     # datasets' own json errors do not say which line is broken, and it fails oddly on empty (compressed) files.
-    if builder == "json" and not _diagnose_json(path):
+    if builder == "json" and sum(1 for _ in read_json_records(path)) == 0:  # checks every line first
         return
     try:
         stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)

@@ -7,8 +7,6 @@ Each record schema knows its fields, its prompt format and, for Q&A, its capabil
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from cola.data.sources import read_json_records
 from cola.errors import ColaError, unknown_choice
 
 DATA_DIR_ENV = "COLA_DATA_DIR"
@@ -122,29 +121,6 @@ def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> Task
 
 # --- reading files -------------------------------------------------------------------------------------------
 
-def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a .jsonl / .jsonl.gz file, or (position, record) of a .json array."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    if path.name.removesuffix(".gz").endswith(".json"):
-        with opener(path, "rt", encoding="utf-8") as handle:
-            records = json.load(handle)
-        if not isinstance(records, list):
-            raise ColaError(f"{path}: expected a JSON array of records")
-        yield from enumerate(records, start=1)
-        return
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ColaError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ColaError(f"{path}:{number}: expected a JSON object")
-            yield number, record
-
-
 def require(record: dict[str, Any], fields: tuple[str, ...], path: Path, line: int, what: str) -> None:
     """Fail with file, line and field when a record lacks one of `fields`."""
     for field in fields:
@@ -158,7 +134,7 @@ def read_text(path: Path) -> str:
     if path.suffix == ".txt":
         return path.read_text(encoding="utf-8")
     texts = []
-    for line, record in read_records(path):
+    for line, record in read_json_records(path):
         require(record, ("text",), path, line, "perplexity")
         texts.append(str(record["text"]))
     return "\n\n".join(texts)
@@ -268,7 +244,7 @@ def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Schema]:
     schemas = CHOICE_SCHEMAS if task.kind == "mc" else ANSWER_SCHEMAS
     items: list[Any] = []
     schema: Schema | None = None
-    for line, record in islice(read_records(task.path), limit):
+    for line, record in islice(read_json_records(task.path), limit):
         schema = schema or detect_schema(record, schemas)
         require(record, schema.fields, task.path, line, schema.name)
         try:
