@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test bench bench-compress install install-test clean
+.PHONY: demo test bench bench-compress experiment install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: install-test
 # every compression method on SmolLM2 with a curated 128 x 512 set, wikitext-2 perplexity (about an hour)
 bench-compress: install-test
 	$(PY) benchmarks/compress_methods.py
+
+# the calibration-strategy grid on SmolLM2 (hours on 2 cores; resumable: run again to continue)
+experiment: install
+	$(VENV)/bin/cola experiment experiments/smollm2_cpu.yaml --report_dir docs/results/smollm2_cpu
 
 clean:
 	rm -rf $(VENV) outputs
