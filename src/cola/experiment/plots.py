@@ -23,32 +23,44 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str], path: Path) -> Path | None:
-    """One panel per method: grouped bars of retention per capability, one bar per strategy (± std over seeds)."""
+def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str], capabilities: list[str],
+                   baseline: str, path: Path) -> Path | None:
+    """One column per method: retention per capability, one bar per strategy (± std over seeds), and below it
+    each strategy's paired difference in retention against the baseline (same seed)."""
+    from cola.experiment.report import paired_differences
+
     if caps.empty:
         return None
     plt = _pyplot()
-    capabilities = list(dict.fromkeys(caps.capability))
     present = [s for s in strategies if s in set(caps.strategy)]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.8), squeeze=False, sharey=False)
+    diffs = paired_differences(caps, baseline)
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 7.0), squeeze=False)
     width = 0.8 / max(1, len(present))
-    for ax, method in zip(axes[0], methods):
-        sub = caps[caps.method == method]
+    x = np.arange(len(capabilities))
+    colors = plt.get_cmap("tab10")
+    for column, method in enumerate(methods):
+        top, bottom = axes[0][column], axes[1][column]
         for i, strategy in enumerate(present):
-            stats = [sub[(sub.strategy == strategy) & (sub.capability == c)].retention for c in capabilities]
-            means = [v.mean() if len(v) else np.nan for v in stats]
-            errs = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in stats]
-            ax.bar(np.arange(len(capabilities)) + (i - (len(present) - 1) / 2) * width, means, width, yerr=errs,
-                   label=strategy, capsize=2)
-        ax.set_xticks(np.arange(len(capabilities)), capabilities)
-        ax.set_title(method)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        finite = sub.retention.dropna()
+            offset = (i - (len(present) - 1) / 2) * width
+            for ax, frame, field in ((top, caps, "retention"), (bottom, diffs, "difference")):
+                rows = frame[(frame.method == method) & (frame.strategy == strategy)]
+                stats = [rows[rows.capability == c][field] for c in capabilities]
+                ax.bar(x + offset, [v.mean() if len(v) else np.nan for v in stats], width,
+                       yerr=[v.std(ddof=1) if len(v) > 1 else 0.0 for v in stats], capsize=2,
+                       color=colors(strategies.index(strategy) % 10), label=strategy)
+        finite = caps[caps.method == method].retention.dropna()
         if len(finite):
-            ax.set_ylim(max(0.0, finite.min() - 0.05), min(1.1, max(1.02, finite.max() + 0.03)))
+            top.set_ylim(max(0.0, finite.min() - 0.05), min(1.1, max(1.02, finite.max() + 0.03)))
+        top.axhline(1.0, color="black", linewidth=0.8)
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        top.set_title(method)
+        for ax in (top, bottom):
+            ax.set_xticks(x, capabilities)
     axes[0][0].set_ylabel("retention vs dense (1 = nothing lost)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    axes[1][0].set_ylabel(f"retention − {baseline} (same seed)")
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 5), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -105,28 +117,35 @@ def plot_activation_map(experiment: Experiment, path: Path) -> Path | None:
 
 
 def plot_spectrum(experiment: Experiment, dense: dict[str, Any] | None, path: Path) -> Path | None:
-    """Singular values of one FFN matrix: the dense model against each strategy's compressed model (first
-    finished seed), one panel per method."""
+    """Singular values of one FFN matrix, one column per method: the dense model and each strategy's compressed
+    model (first finished seed) on top, each one's ratio to the dense spectrum below (where strategies differ)."""
     config = experiment.config
     records = [r for r in experiment.records() if r.get("status") == "ok" and r.get("spectrum")]
     if not records or not dense:
         return None
     plt = _pyplot()
     methods = [m.label for m in config.methods]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.6), squeeze=False)
-    reference = dense["spectrum"]
-    for ax, method in zip(axes[0], methods):
-        ax.plot(reference["singular_values"], color="black", linewidth=1.6, label="dense")
-        for strategy in config.strategies:
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.5 * len(methods), 6.4), squeeze=False, sharex=True)
+    reference = np.asarray(dense["spectrum"]["singular_values"])
+    colors = plt.get_cmap("tab10")
+    for column, method in enumerate(methods):
+        top, bottom = axes[0][column], axes[1][column]
+        top.plot(reference, color="black", linewidth=1.6, label="dense")
+        for i, strategy in enumerate(config.strategies):
             found = [r for r in records if r["method"] == method and r["strategy"] == strategy]
             if found:
-                ax.plot(found[0]["spectrum"]["singular_values"], linewidth=0.9, label=strategy)
-        ax.set_yscale("log")
-        ax.set_title(method)
-        ax.set_xlabel("index")
-    axes[0][0].set_ylabel(f"singular value of {reference['module'].split('.', 1)[-1]}")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+                values = np.asarray(found[0]["spectrum"]["singular_values"])
+                top.plot(values, linewidth=0.9, color=colors(i % 10), label=strategy)
+                bottom.plot(values / reference, linewidth=0.9, color=colors(i % 10))
+        top.set_yscale("log")
+        top.set_title(method)
+        bottom.axhline(1.0, color="black", linewidth=0.8)
+        bottom.set_xlabel("singular value index")
+    axes[0][0].set_ylabel(f"singular value\n{dense['spectrum']['module'].split('.', 1)[-1]}")
+    axes[1][0].set_ylabel("compressed / dense")
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -140,7 +159,7 @@ def make_plots(experiment: Experiment, frame: pd.DataFrame, out_dir: Path) -> li
     ok = frame[(frame.status == "ok") & (frame.strategy != "dense")]
     config = experiment.config
     made = [plot_retention(capability_retention(ok), list(config.strategies), [m.label for m in config.methods],
-                           out_dir / "retention.png"),
+                           list(dict.fromkeys(ok.capability)), config.baseline, out_dir / "retention.png"),
             plot_activation_map(experiment, out_dir / "activation_map.png"),
             plot_spectrum(experiment, read_json(experiment.work_dir / DENSE_FILE), out_dir / "ffn_spectrum.png")]
     return [p for p in made if p is not None]
