@@ -123,4 +123,8 @@ def test_caldera_through_compress_saves_codes_and_reloads_identically(tiny_model
     ids = torch.arange(40)[None]
     with torch.no_grad():
         torch.testing.assert_close(compact(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
+    plain, _ = load_compressed(out, caldera_layers=False)  # the dense Q + LR checkpoint, as evaluation uses it
+    assert not any(isinstance(m, CalderaLinear) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, compact(ids).logits, rtol=1e-4, atol=1e-4)
     assert summary["details"]["mean_activation_error"] < summary["details"]["mean_rtn_error"]

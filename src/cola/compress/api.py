@@ -191,9 +191,14 @@ def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> di
     return summary
 
 
-def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu",
-                    quiet: bool = True) -> tuple[Any, Any]:
-    """(model, tokenizer) from a `cola compress` output; CALDERA layers come back as CalderaLinear modules."""
+def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu", quiet: bool = True,
+                    caldera_layers: bool = True) -> tuple[Any, Any]:
+    """(model, tokenizer) from a `cola compress` output; CALDERA layers come back as CalderaLinear modules.
+
+    `caldera_layers=False` keeps the checkpoint's dense Q + L R weights instead: the same function (a test
+    checks equal logits), at a dense model's speed in any dtype, where CalderaLinear dequantizes its codes in
+    every forward and computes in float32 (about 9x slower to evaluate SmolLM2 on a CPU).
+    """
     from cola.compress.llmc import library_output
     from cola.models import load_model
 
@@ -202,7 +207,7 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
     with library_output(quiet):  # compressed-tensors decompresses with bars of its own
         model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet)
-    if (path / CALDERA_FILE).is_file():
+    if caldera_layers and (path / CALDERA_FILE).is_file():
         from cola.compress.caldera import load_caldera, replace_with_caldera
 
         modules, _config = load_caldera(path / CALDERA_FILE)

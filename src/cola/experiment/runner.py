@@ -237,7 +237,9 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
     del model
     gc.collect()
     start = time.perf_counter()
-    model, tokenizer = load_compressed(out, dtype=config.dtype, device=config.device, quiet=quiet)
+    # CALDERA is evaluated from its dense Q + LR checkpoint: the same function as CalderaLinear, 9x faster
+    model, tokenizer = load_compressed(out, dtype=config.dtype, device=config.device, quiet=quiet,
+                                       caldera_layers=False)
     results = _evaluate(model, tokenizer, config, quiet)
     eval_seconds = time.perf_counter() - start
     name, values = ffn_spectrum(model, config.plots.spectrum_module)
