@@ -109,7 +109,7 @@ def plot_activation_map(experiment: Experiment, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, markerscale=2, loc="best")
-    fig.suptitle("candidate pool in activation space (PCA of the projected layer activations)", fontsize=10)
+    fig.suptitle("candidate pool in activation space\n(PCA of the projected layer activations)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -109,7 +109,9 @@ def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str
               f"{total - len(cells)} not run of {total}; summed cell time {seconds / 3600:.2f} h.",
               "", "Values are mean ± std over the seeds that finished (n seeds in brackets). Perplexity and NLL: "
               "lower is better; accuracy: higher. Retention is dense/compressed for lower-is-better metrics and "
-              "compressed/dense otherwise (1.0 = nothing lost), averaged over a capability's tasks.", ""]
+              "compressed/dense otherwise (1.0 = nothing lost), averaged over a capability's tasks. Each cell's "
+              "standard errors (sampling over items or windows) are in results.csv; the dense model's are below.",
+              ""]
     dense = frame[frame.strategy == "dense"]
     if not dense.empty:
         lines += ["## Dense model", "", "| task | capability | metric | value | ± stderr | n |", "|---|---|---|---|---|---|"]
