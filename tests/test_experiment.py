@@ -57,6 +57,57 @@ def test_config_resolves_data_files_under_data_dir_and_keeps_names(tmp_path):
     assert config.calibration.datasets == (f"{(tmp_path / 'data' / 'pool.jsonl').resolve()}@math", "embedded")
 
 
+def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
+    config = make_config(tmp_path, strategies=["random_c4", "cola", "cola_plain", "cola_general"], variants={
+        "cola_plain": {"strategy": "cola", "process": {"chat_template": "off"}},
+        "cola_general": {"strategy": "cola", "capability_weights": {"general": 3.0}, "selection.layers": [2, 4]}})
+    assert config.recipe("cola") == ("cola", {}, {})
+    assert config.recipe("cola_plain") == ("cola", {"process": {"chat_template": "off"}}, {})
+    assert [c.strategy for c in grid(config)][:4] == ["random_c4", "random_c4", "cola", "cola"]
+    assert {c.strategy for c in grid(config)} == {"random_c4", "cola", "cola_plain", "cola_general"}
+    errors = [
+        ({"cola": {"strategy": "cola"}}, "variants.cola: the label is a built-in strategy"),
+        ({"v": {"strategy": "colla"}}, r"unknown strategy \(in variants.v\) 'colla'.*Did you mean 'cola'"),
+        ({"v": {"process": {}}}, "variants.v needs a `strategy` key"),
+        ({"v": {"strategy": "cola", "process": {"chat_templat": "off"}}},
+         r"variants.v: unknown process setting 'chat_templat'.*chat_template"),
+        ({"v": {"strategy": "cola", "process": {"chat_template": "of"}}},
+         r"variants.v: unknown chat template mode 'of'"),
+        ({"v": {"strategy": "cola", "stage1": False}}, "variants.v: strategy 'cola' fixes stage1=True"),
+        ({"v": {"strategy": "cola", "num_samples": 8}}, "variants.v sets 'num_samples', which the `calibration`"),
+        ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}}, "`generation` only applies to self_gen"),
+    ]
+    for variants, message in errors:
+        with pytest.raises(ColaError, match=message):
+            make_config(tmp_path, variants=variants)
+    with pytest.raises(ColaError, match=r"unknown strategy 'cola_plan'.*'cola_plain'"):
+        make_config(tmp_path, strategies=["random_c4", "cola_plan"],
+                    variants={"cola_plain": {"strategy": "cola", "process": {"chat_template": "off"}}})
+
+
+def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeypatch):
+    import cola.strategies
+
+    calls = []
+
+    def fake_curate(name, *, output_dir, **kwargs):
+        calls.append((name, kwargs))
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(cola.strategies, "curate_strategy", fake_curate)
+    config = make_config(tmp_path, strategies=["random_c4", "self_low"], baseline="random_c4", variants={
+        "self_low": {"strategy": "self_generated", "generation": {"temperature": 0.3}, "reference_size": 8}})
+    experiment = Experiment(config, tmp_path / "work")
+    path, _ = runner._ensure_calibration(experiment, Cell("self_low", "ria50", 1), None, None)
+    assert path == tmp_path / "work" / "calibration" / "self_low" / "seed1"
+    name, kwargs = calls[0]
+    assert name == "self_generated" and kwargs["generation"] == {"temperature": 0.3}
+    assert kwargs["label"] == "self_low" and kwargs["reference_size"] == 8 and kwargs["seed"] == 1
+    runner._ensure_calibration(experiment, Cell("self_low", "rtn4", 1), None, None)
+    assert len(calls) == 1  # made once per strategy and seed
+
+
 def test_shipped_experiment_config_is_valid():
     path = Path(__file__).resolve().parents[1] / "experiments" / "smollm2_cpu.yaml"
     data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -86,6 +86,31 @@ def test_strategy_errors(pool_files, tmp_path, model_and_tokenizer) -> None:
         strategy_config("cola", datasets=datasets, num_samples=4, sequence_length=32, seed=0, stage_1=False)
     with pytest.raises(ColaError, match="generation settings only apply to self_generated"):
         curate("cola", pool_files, tmp_path / "x", model_and_tokenizer, generation={"prompt_tokens": 4})
+    with pytest.raises(ColaError, match=r"unknown selection setting 'layer'.*layers"):
+        strategy_config("cola", datasets=datasets, num_samples=4, sequence_length=32, seed=0,
+                        selection={"layer": [1]})
+    with pytest.raises(ColaError, match="strategy 'random_c4' fixes process.chat_template='off'"):
+        strategy_config("random_c4", datasets=datasets, num_samples=4, sequence_length=32, seed=0,
+                        random_source="prose", process={"chat_template": "auto"})
     config = strategy_config("random_c4", datasets=["embedded"], num_samples=4, sequence_length=32, seed=3,
                              random_source="embedded-general")
     assert config.datasets == ("embedded-general",) and config.selection.seed == 3 and not config.stage3
+
+
+def test_nested_settings_as_mappings_or_dotted_names(pool_files, tmp_path, model_and_tokenizer) -> None:
+    datasets = [str(p) for p in pool_files.values()]
+    nested = strategy_config("cola", datasets=datasets, num_samples=4, sequence_length=32, seed=5,
+                             process={"chat_template": "off"}, selection={"layers": [1], "projection_dim": 8},
+                             capability_weights={"math": 2.0})
+    dotted = strategy_config("cola", datasets=datasets, num_samples=4, sequence_length=32, seed=5,
+                             **{"process.chat_template": "off", "selection.layers": (1,),
+                                "selection.projection_dim": 8}, capability_weights=(("math", 2.0),))
+    assert nested == dotted
+    assert nested.process.chat_template == "off" and nested.process.enabled  # the strategy's fields still set
+    assert nested.selection.layers == (1,) and nested.selection.seed == 5 and nested.stage1
+    out = curate("cola", pool_files, tmp_path / "plain", model_and_tokenizer, label="cola_plain",
+                 process={"chat_template": "off"}, selection={"projection_dim": 8})
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["strategy"] == "cola" and manifest["strategy_label"] == "cola_plain"
+    assert manifest["settings"]["process"]["chat_template"] == "off"
+    assert manifest["settings"]["selection"]["projection_dim"] == 8

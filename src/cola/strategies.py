@@ -83,41 +83,85 @@ def matching_source(datasets: Sequence[str], wanted: str) -> str:
     return matches[0].spec
 
 
+_NOT_SETTINGS = frozenset({"datasets", "num_samples", "sequence_length"})  # a strategy's own arguments
+
+
+def _frozen(value: Any) -> Any:
+    """A YAML/JSON value in CurateConfig's shape: lists become tuples, a mapping a tuple of (key, value) pairs."""
+    if isinstance(value, Mapping):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def curation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """CurateConfig settings with nested ones flattened to dotted names, checked against the config's fields.
+
+    `{"process": {"chat_template": "off"}}` and `{"process.chat_template": "off"}` are the same setting; a
+    nested config given as an object (a ProcessConfig) is kept whole. An unknown name is an error listing the
+    valid ones.
+    """
+    fields = {f.name: f for f in dataclasses.fields(CurateConfig) if f.name not in _NOT_SETTINGS}
+    nested = {name: type(getattr(CurateConfig(), name)) for name in fields
+              if dataclasses.is_dataclass(getattr(CurateConfig(), name))}
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        head, _, rest = key.partition(".")
+        if head not in fields:
+            raise unknown_choice("curation setting", key, fields)
+        if head in nested and not rest and isinstance(value, Mapping):
+            items = {f"{head}.{k}": v for k, v in value.items()}
+        else:
+            items = {key: value}
+        for path, item in items.items():
+            head, _, rest = path.partition(".")
+            if rest:
+                if head not in nested:
+                    raise ColaError(f"curation setting {head!r} has no fields; {path!r} is not a setting")
+                valid = [f.name for f in dataclasses.fields(nested[head])]
+                if rest not in valid:
+                    raise unknown_choice(f"{head} setting", rest, valid)
+            flat[path] = item if dataclasses.is_dataclass(item) else _frozen(item)
+    return flat
+
+
 def strategy_config(name: str, *, datasets: Sequence[str], num_samples: int, sequence_length: int, seed: int,
                     random_source: str = "c4", **settings: Any) -> CurateConfig:
     """The validated CurateConfig of strategy `name`: the caller's settings with the strategy's fields fixed.
 
-    A top-level field the strategy fixes (stage1, stage3) given with another value is an error, not silently
-    overridden; nested configs (process, selection) are taken as the base the strategy's fields go into.
+    Settings are CurateConfig fields, nested ones as a mapping or a dotted name (see `curation_settings`). A
+    field the strategy fixes (stage1, process.enabled, ...) given with another value is an error, not
+    silently overridden; a nested config given whole is the base the strategy's fields go into.
     """
     if name not in _RECIPES:
         raise unknown_choice("strategy", name, STRATEGIES)
-    valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "num_samples", "sequence_length"}
-    for key in settings:
-        if key not in valid:
-            raise unknown_choice("curation setting", key, valid)
+    settings = curation_settings(settings)
     fixed = {**_RECIPES[name].fixed, "selection.seed": seed}
     for key, value in settings.items():
         if key in fixed and fixed[key] != value:
             raise ColaError(f"strategy {name!r} fixes {key}={fixed[key]!r}; do not pass {key}={value!r}")
     if name == "random_c4":
         datasets = (matching_source(datasets, random_source),)
-    base = CurateConfig(datasets=tuple(datasets), num_samples=num_samples, sequence_length=sequence_length,
-                        **{k: v for k, v in settings.items() if k not in fixed})
-    return with_fields(base, fixed)
+    top = {k: v for k, v in settings.items() if "." not in k and k not in fixed}
+    dotted = {k: v for k, v in settings.items() if "." in k}
+    base = CurateConfig(datasets=tuple(datasets), num_samples=num_samples, sequence_length=sequence_length, **top)
+    return with_fields(base, {**dotted, **fixed})
 
 
 def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence[str], num_samples: int,
                     sequence_length: int, seed: int, output_dir: str | Path, random_source: str = "c4",
                     candidates_per_source: int = 1000, references: Sequence[tuple[str, str]] = (),
-                    quiet: bool = True, generation: Mapping[str, Any] | None = None, **settings: Any) -> Path:
+                    quiet: bool = True, generation: Mapping[str, Any] | None = None, label: str | None = None,
+                    **settings: Any) -> Path:
     """Write the calibration set of strategy `name` (see STRATEGIES) to `output_dir` and return the directory.
 
     `seed` seeds everything: which candidates are sampled from each source, the selection and, for
     self_generated, the prompts and the sampling. `settings` are other CurateConfig fields (e.g.
     target_capabilities, process); `generation` holds keyword arguments of
     `peers.generate_self_calibration` (prompt_tokens, drop_fraction, temperature, batch_size, …) and is
-    only valid for self_generated.
+    only valid for self_generated. `label` names this configuration of the strategy in the manifest (an
+    experiment's variant); it defaults to `name`.
     """
     from cola.api import COLA
 
@@ -127,7 +171,8 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
                              seed=seed, random_source=random_source, candidates_per_source=candidates_per_source,
                              references=tuple(tuple(r) for r in references), **settings)
     cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=output_dir, quiet=quiet,
-                            manifest_extra={"strategy": name, "strategy_description": STRATEGIES[name]})
+                            manifest_extra={"strategy": name, "strategy_description": STRATEGIES[name],
+                                            "strategy_label": label or name})
     if name == SELF_GENERATED:
         write_self_generated(cola, config, dict(generation or {}))
     else:

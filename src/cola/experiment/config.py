@@ -7,6 +7,8 @@ data_dir: ../../shared/data          # relative paths are relative to this file
 seeds: [0, 1, 2]
 strategies: [random_c4, random_mixed, cola, text_clusters]
 baseline: random_c4                  # paired differences are taken against this strategy
+variants:                            # optional: a built-in strategy with other curation settings, by label
+  cola_plain: {strategy: cola, process: {chat_template: "off"}}
 calibration: {num_samples: 128, sequence_length: 512, candidates_per_source: 300,
               datasets: [c4/c4_en_train_first1000.jsonl, gsm8k/train.jsonl]}
 methods:
@@ -48,6 +50,16 @@ class MethodSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VariantSettings:
+    """A built-in strategy run with other curation settings (CurateConfig fields), named by its own label."""
+
+    label: str
+    strategy: str
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    generation: dict[str, Any] = dataclasses.field(default_factory=dict)  # self_generated's sampling
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvaluationSettings:
     tasks: tuple[str, ...] = ("wikitext2",)
     limits: dict[str, int] = dataclasses.field(default_factory=dict)   # task -> items (windows for ppl)
@@ -72,6 +84,7 @@ class ExperimentConfig:
     baseline: str = "random_c4"
     calibration: CalibrationSettings = dataclasses.field(default_factory=CalibrationSettings)
     methods: tuple[MethodSettings, ...] = ()
+    variants: tuple[VariantSettings, ...] = ()
     evaluation: EvaluationSettings = dataclasses.field(default_factory=EvaluationSettings)
     plots: PlotSettings = dataclasses.field(default_factory=PlotSettings)
     keep_models: bool = False               # keep each compressed model after it was evaluated
@@ -83,9 +96,12 @@ class ExperimentConfig:
 
         if not self.seeds:
             raise ColaError("experiment config: `seeds` is empty")
+        for variant in self.variants:
+            self._check_variant(variant)
+        names = [*STRATEGIES, *(v.label for v in self.variants)]
         for name in (*self.strategies, self.baseline):
-            if name not in STRATEGIES:
-                raise unknown_choice("strategy", name, STRATEGIES)
+            if name not in names:
+                raise unknown_choice("strategy", name, names)
         if self.baseline not in self.strategies:
             raise ColaError(f"experiment config: baseline {self.baseline!r} is not among the strategies "
                             f"({', '.join(self.strategies)})")
@@ -95,6 +111,30 @@ class ExperimentConfig:
             if run.method not in METHODS:
                 raise unknown_choice(f"method (in methods.{run.label})", run.method, METHODS)
             resolve_options(run.method, dict(run.options))  # unknown or invalid options fail now, not mid-grid
+
+    def _check_variant(self, variant: VariantSettings) -> None:
+        """Fail now, not mid-grid: the label is new, the strategy exists and its settings make a valid config."""
+        from cola.strategies import SELF_GENERATED, STRATEGIES, strategy_config
+
+        where = f"experiment config: variants.{variant.label}"
+        if variant.label in STRATEGIES:
+            raise ColaError(f"{where}: the label is a built-in strategy; name the variant differently")
+        if variant.strategy not in STRATEGIES:
+            raise unknown_choice(f"strategy (in variants.{variant.label})", variant.strategy, STRATEGIES)
+        if variant.generation and variant.strategy != SELF_GENERATED:
+            raise ColaError(f"{where}: `generation` only applies to {SELF_GENERATED}")
+        calibration = self.calibration
+        try:
+            strategy_config(variant.strategy, datasets=calibration.datasets or ("embedded",),
+                            num_samples=calibration.num_samples, sequence_length=calibration.sequence_length,
+                            seed=0, random_source=calibration.random_source, **variant.settings)
+        except ColaError as exc:
+            raise ColaError(f"{where}: {exc}") from exc
+
+    def recipe(self, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(built-in strategy, curation settings, generation settings) of a strategy or variant label."""
+        variant = next((v for v in self.variants if v.label == name), None)
+        return (variant.strategy, dict(variant.settings), dict(variant.generation)) if variant else (name, {}, {})
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -106,11 +146,26 @@ def _strict(section: str, data: Any, cls: type) -> dict[str, Any]:
     """`data` as keyword arguments of `cls`; unknown keys are an error naming the valid ones."""
     if not isinstance(data, dict):
         raise ColaError(f"experiment config: `{section}` must be a mapping, got {type(data).__name__}")
-    valid = [f.name for f in dataclasses.fields(cls) if f.name != "label"]
+    valid = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in valid:
             raise unknown_choice(f"key in experiment config `{section}`", str(key), valid)
     return dict(data)
+
+
+CALIBRATION_OWNED = frozenset(f.name for f in dataclasses.fields(CalibrationSettings))
+
+
+def _variant(label: str, spec: Any) -> VariantSettings:
+    if not isinstance(spec, dict) or "strategy" not in spec:
+        raise ColaError(f"experiment config: variants.{label} needs a `strategy` key (a built-in strategy)")
+    settings = {k: v for k, v in spec.items() if k not in ("strategy", "generation")}
+    for key in settings:
+        if key in CALIBRATION_OWNED:
+            raise ColaError(f"experiment config: variants.{label} sets {key!r}, which the `calibration` section "
+                            "sets for every strategy alike")
+    return VariantSettings(label=label, strategy=str(spec["strategy"]), settings=settings,
+                           generation=dict(spec.get("generation") or {}))
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
@@ -163,6 +218,11 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Pa
         options = {k: v for k, v in spec.items() if k != "method"}
         runs.append(MethodSettings(label=str(label), method=spec["method"], options=options))
     top["methods"] = tuple(runs)
+
+    variants = top.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise ColaError("experiment config: `variants` must map a label to {strategy: NAME, SETTING: VALUE, ...}")
+    top["variants"] = tuple(_variant(str(label), spec) for label, spec in variants.items())
 
     evaluation = _strict("evaluation", top.get("evaluation", {}), EvaluationSettings)
     if "tasks" in evaluation:

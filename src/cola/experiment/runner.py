@@ -212,11 +212,13 @@ def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenize
         return path, timing["seconds"]
     start = time.perf_counter()
     settings = config.calibration
-    curate_strategy(cell.strategy, model=model, tokenizer=tokenizer, datasets=list(settings.datasets),
+    strategy, variant_settings, generation = config.recipe(cell.strategy)
+    curate_strategy(strategy, model=model, tokenizer=tokenizer, datasets=list(settings.datasets),
                     num_samples=settings.num_samples, sequence_length=settings.sequence_length, seed=cell.seed,
                     output_dir=path, random_source=settings.random_source,
                     candidates_per_source=settings.candidates_per_source,
-                    references=tuple(settings.references.items()), quiet=experiment.quiet)
+                    references=tuple(settings.references.items()), quiet=experiment.quiet,
+                    generation=generation or None, label=cell.strategy, **variant_settings)
     seconds = round(time.perf_counter() - start, 1)
     write_json(path / CURATE_TIME_FILE, {"seconds": seconds})
     return path, seconds
