@@ -11,17 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from cola.config import CurateConfig
+from cola.config import SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
-
-STAGE3_METHODS = {"activations": "on: activation k-means medoids",
-                  "random": "off: seeded random pick",
-                  "text_clusters": "off: replaced by text_clusters (TF-IDF k-means, the text nearest each centroid)",
-                  "lexical_diversity": "off: replaced by lexical_diversity (greedy coverage of distinct tokens)"}
 
 
 def stages_run(config: CurateConfig) -> dict[str, Any]:
@@ -31,7 +26,7 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
             "stage2_processing": (("format, reasoning generation, " if config.process.generate_reasoning
                                    else "format, ") + "quality filters, exact-length packing"
                                   if config.process.enabled else "off: texts cut to sequence_length"),
-            "stage3_activation_selection": STAGE3_METHODS[config.selection_method],
+            "stage3_activation_selection": SELECTION_METHODS[config.selection_method],
             "selection_method": config.selection_method}
 
 

@@ -14,7 +14,12 @@ from cola.stages.reasoning import ReasoningConfig
 DEPLOYMENT_TYPES = ("general", "targeted")
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 # Stage 3: COLA's activation medoids, a seeded random pick, or a peer method on the processed pool (stages/peers.py)
-SELECTION_METHODS = ("activations", "random", "text_clusters", "lexical_diversity")
+# Stage 3's methods and what each does (the manifest's account of Stage 3).
+SELECTION_METHODS = {"activations": "on: activation k-means medoids",
+                     "random": "off: seeded random pick",
+                     "text_clusters": "off: replaced by text_clusters (TF-IDF k-means, the text nearest each "
+                                      "centroid)",
+                     "lexical_diversity": "off: replaced by lexical_diversity (greedy coverage of distinct tokens)"}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,27 +53,27 @@ def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], confi
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id, quiet=quiet)
 
 
-def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], quotas: Mapping[str, int],
-                           config: SelectionConfig, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
-    """k-means medoids run separately inside each source with k = its quota; (picks, cluster labels).
-
-    Cluster labels are numbered across sources (source order), -1 for sources with no quota.
+def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
+                           quotas: Mapping[str, int] | None, config: SelectionConfig,
+                           quiet: bool) -> tuple[np.ndarray, np.ndarray]:
+    """k-means medoids (k = the count) over the pool or inside each source with its quota; (sorted picks,
+    cluster labels). Cluster labels are numbered across sources (quota order), -1 for sources with no quota.
     """
-    names = np.asarray(sources)
-    picks, labels, offset = [], np.full(len(features), -1, dtype=np.int64), 0
-    total = sum(quotas.values())
-    with progress_bar(total=config.kmeans_init * sum(1 for q in quotas.values() if q), quiet=quiet,
-                      desc=f"k-means (k={total})", unit="restart") as bar:
-        for name, quota in quotas.items():
-            if quota <= 0:
-                continue
-            rows = np.flatnonzero(names == name)
-            medoids = select_medoids(features[rows], quota, seed=config.seed, n_init=config.kmeans_init,
-                                     on_restart=lambda: bar.update(1))
-            picks.append(rows[medoids.indices])
-            labels[rows] = medoids.labels + offset
-            offset += quota
-    return np.concatenate(picks), labels
+    labels = np.full(len(features), -1, dtype=np.int64)
+    offset = 0
+    groups = sum(1 for q in quotas.values() if q > 0) if quotas else 1
+    with progress_bar(total=config.kmeans_init * groups, quiet=quiet, desc=f"k-means (k={num_samples})",
+                      unit="restart") as bar:
+        def medoids(rows: np.ndarray, count: int) -> np.ndarray:
+            nonlocal offset
+            found = select_medoids(features[rows], count, seed=config.seed, n_init=config.kmeans_init,
+                                   on_restart=lambda: bar.update(1))
+            labels[rows] = found.labels + offset
+            offset += count
+            return found.indices
+
+        picks = pick_within_quotas(medoids, sources, num_samples, quotas)
+    return picks, labels
 
 
 def select_from_features(features: np.ndarray, sources: Sequence[str], num_samples: int, config: SelectionConfig,
@@ -81,10 +81,8 @@ def select_from_features(features: np.ndarray, sources: Sequence[str], num_sampl
     """Pick `num_samples` distinct candidates: k-means medoids in activation space, over the whole pool or,
     given Stage 1's `quotas` (source -> count), within each source."""
     start = time.perf_counter()
-    groups = sources if quotas else [""] * len(features)  # without quotas: one group, the whole pool
-    picks, labels = _medoids_within_quotas(features, groups, quotas or {"": num_samples}, config, quiet)
+    indices, labels = _medoids_within_quotas(features, sources, num_samples, quotas, config, quiet)
     cluster_seconds = time.perf_counter() - start
-    indices = np.sort(picks)
     nearest = nearest_selected_distance(features, indices)
     # Reference point: the same measures for a seeded random pick of the same size.
     random_pick = np.sort(np.random.default_rng(config.seed).choice(len(features), num_samples, replace=False))
