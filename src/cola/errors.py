@@ -13,6 +13,8 @@ class ColaError(Exception):
 def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> ColaError:
     """Build the error for an unknown name: suggests close matches and lists the valid choices."""
     valid = sorted(choices)
-    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    if isinstance(value, bool):
+        hint = " (YAML reads an unquoted off/on/yes/no as a boolean: quote it)"
     return ColaError(f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(valid)}")
