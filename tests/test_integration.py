@@ -42,6 +42,14 @@ def test_embedded_conversion_is_cached_as_plain_safetensors(smollm2) -> None:
     assert config["model_type"] == "llama" and "quantization_config" not in config
 
 
+def test_embedded_tokenizer_has_the_gguf_special_tokens(smollm2) -> None:
+    """The GGUF says BOS <|im_start|> (1), EOS and PAD <|im_end|> (2); transformers' loader alone gives EOS 1."""
+    _, tokenizer = smollm2
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|im_start|>", 1)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
+    assert tokenizer.pad_token_id == 2
+
+
 @needs_shared_data
 def test_run_cola_script_curates_from_three_real_sources(tmp_path: Path) -> None:
     """The seed's command line, end to end on SmolLM2 with gsm8k + c4 + mbpp."""
@@ -74,14 +82,33 @@ def test_stage2_on_real_pools_formats_and_packs_exactly(smollm2) -> None:
     sources = [load_source(parse_source(str(SHARED_DATA / s)), max_candidates=40, seed=0) for s in specs]
     samples, report = process_sources(sources, tokenizer, 256, ProcessConfig(chat_template="off"))
     assert samples and all(len(s.input_ids) == 256 for s in samples)
-    assert all(tokenizer.pad_token_id is None or tokenizer.pad_token_id not in s.input_ids.tolist()
-               for s in samples)
+    pad = tokenizer.pad_token_id  # SmolLM2 pads with EOS, the document separator: padding would be a run of it
+    assert all([pad, pad] != s.input_ids[i:i + 2].tolist() for s in samples for i in range(len(s.input_ids) - 1))
     assert [e["formatter"] for e in report["sources"]] == ["gsm8k", "text", "mbpp"]
     gsm8k_text = next(s.text for s in samples if s.source == 0)
     assert "Question: " in gsm8k_text and "\n\nReasoning:\n" in gsm8k_text and "\n\nAnswer: " in gsm8k_text
     assert "####" not in gsm8k_text and "<<" not in gsm8k_text  # answer split out, calculator notes removed
     assert {s.source for s in samples} == {0, 1, 2}
     assert sum(e["samples"] for e in report["sources"]) == len(samples)
+
+
+@needs_shared_data
+def test_stage2_separates_documents_once(smollm2) -> None:
+    """Plain documents are joined with EOS (<|im_end|>); chat-templated ones end their own turn and get none."""
+    from cola.config import ProcessConfig
+    from cola.data.sources import load_source, parse_source
+    from cola.stages.process import process_sources
+
+    _, tokenizer = smollm2
+    specs = ["gsm8k/train.jsonl", "c4/c4_en_train_first1000.jsonl"]
+    sources = [load_source(parse_source(str(SHARED_DATA / s)), max_candidates=20, seed=0) for s in specs]
+    samples, report = process_sources(sources, tokenizer, 512, ProcessConfig(chat_template="auto"))
+    assert [e["chat_templated"] for e in report["sources"]] == [20, 0]
+    chat = "".join(s.text for s in samples if s.source == 0)
+    plain = "".join(s.text for s in samples if s.source == 1)
+    assert chat.count("<|im_end|>\n<|im_start|>system\n") >= 2
+    assert "<|im_start|><|im_start|>" not in chat and "<|im_end|><|im_end|>" not in chat
+    assert "<|im_end|>" in plain and "<|im_start|>" not in plain
 
 
 def _curate_four_pools(out: Path, *extra: str) -> dict:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError
 
@@ -71,6 +71,24 @@ def _gguf_bar_disabled(quiet: bool) -> Iterator[None]:
             gguf_utils.tqdm = original
 
 
+CONVERSION_VERSION = 2  # part of the cache key: v2 takes the special tokens from the GGUF's token ids
+
+
+def _special_tokens_from_config(tokenizer: Any, generation_config: Any) -> None:
+    """Give the tokenizer the GGUF's own BOS/EOS/PAD token ids.
+
+    transformers' GGUF tokenizer loader can name the wrong tokens: for SmolLM2 it sets EOS to <|im_start|>
+    (id 1) although the file says <|im_end|> (id 2). Packing separates documents with EOS, and generation
+    stops on it, so the converted checkpoint must carry the file's ids.
+    """
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(generation_config, f"{role}_token_id", None)
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        if token_id is not None and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+
+
 def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     """De-quantize a GGUF file once into a plain safetensors checkpoint in the cache; return its directory.
 
@@ -82,7 +100,7 @@ def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     from cola.export import file_sha256
     from cola.progress import silence_library_progress
 
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:16]}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:16]}-v{CONVERSION_VERSION}"
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to a plain checkpoint in %s (once)", gguf_path.name, target)
@@ -101,6 +119,7 @@ def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict())
     plain.generation_config = gguf_model.generation_config
+    _special_tokens_from_config(tokenizer, gguf_model.generation_config)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
