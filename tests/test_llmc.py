@@ -352,3 +352,18 @@ def test_ordered_batches_keep_order_and_never_mix_lengths():
 
     assert ordered_batches([4, 4, 4, 2, 4, 4], max_batch_tokens=8) == [[0, 1], [2], [3], [4, 5]]
     assert ordered_batches([10, 10], max_batch_tokens=4) == [[0], [1]]  # a long sample still gets a batch
+
+
+def test_quiet_load_of_a_quantized_model_draws_no_bars(tmp_path, capfd):
+    """compressed-tensors decompresses on the first forward, with a bar of its own: load_compressed does that
+    forward inside its quiet block, so later forwards (evaluation) print nothing."""
+    from cola.compress.api import load_compressed
+
+    compress(small_llama(), "rtn", {"bits": 4, "group_size": 32}, tmp_path)
+    capfd.readouterr()
+    model, _ = load_compressed(tmp_path, quiet=True)
+    with torch.no_grad():
+        logits = model(torch.arange(10).unsqueeze(0)).logits
+    captured = capfd.readouterr()
+    assert torch.isfinite(logits).all()
+    assert "Decompressing" not in captured.err + captured.out and "Dispatching" not in captured.err
