@@ -39,6 +39,15 @@ def test_short_documents_are_packed_into_exact_windows() -> None:
     assert (windows[0].input_ids == SEP).sum() == 2
 
 
+def test_self_delimited_documents_get_no_separator() -> None:
+    docs = [_doc(30, start=10 * i) for i in range(4)]
+    windows = pack_to_length(docs, 61, separator_id=SEP, slack_fraction=0.0, self_delimited=[True, False, True])
+    stream = np.concatenate([docs[0].input_ids, docs[1].input_ids, [SEP], docs[2].input_ids,
+                             docs[3].input_ids, [SEP]])  # flags past the list's end mean "not self-delimited"
+    assert np.array_equal(np.concatenate([w.input_ids for w in windows]), stream[: 61 * len(windows)])
+    assert len(windows) == 2 and (np.concatenate([w.input_ids for w in windows]) == SEP).sum() == 2
+
+
 def test_window_starts_snap_to_the_next_sentence_within_slack() -> None:
     doc = _doc(300, boundaries=(0, 70, 150, 290))
     windows = pack_to_length([doc], 64, separator_id=SEP, slack_fraction=0.125)  # slack 8 tokens

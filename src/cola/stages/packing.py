@@ -85,10 +85,12 @@ def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, length:
 
 
 def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, separator_id: int | None,
-                   bos_id: int | None = None, pack: bool = True, slack_fraction: float = 0.125) -> list[Window]:
+                   bos_id: int | None = None, pack: bool = True, slack_fraction: float = 0.125,
+                   self_delimited: Sequence[bool] = ()) -> list[Window]:
     """Cut one source's documents into windows of exactly `sequence_length` tokens.
 
-    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each window.
+    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each window. A document
+    flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no separator after it.
     Tokens past the last full window are dropped; so are, without packing, documents shorter than a window.
     """
     if sequence_length < 2 and bos_id is not None:
@@ -101,7 +103,9 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
         parts, bounds, owners, offset = [], [], [], 0
         for i in group:
             doc = docs[i]
-            ids = doc.input_ids if separator_id is None or not pack else np.append(doc.input_ids, separator_id)
+            ends_itself = i < len(self_delimited) and self_delimited[i]
+            ids = (doc.input_ids if separator_id is None or not pack or ends_itself
+                   else np.append(doc.input_ids, separator_id))
             parts.append(ids.astype(np.int32))
             bounds.append(doc.boundaries.astype(np.int64) + offset)
             owners.append(np.full(len(ids), i, dtype=np.int64))

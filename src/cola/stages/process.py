@@ -122,10 +122,8 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     samples: list[TokenizedText] = []
     for index, entry in enumerate(report["sources"]):
         members = [i for i in filtered.kept if owner[i] == index]
-        # A chat-templated document ends its own turn (SmolLM2: "<|im_end|>\n"): no separator after it.
-        delimited = bool(members) and all(templated[i] for i in members)
-        windows = pack_to_length([docs[i] for i in members], sequence_length, bos_id=bos, pack=config.pack,
-                                 separator_id=None if delimited else separator)
+        windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
+                                 pack=config.pack, self_delimited=[templated[i] for i in members])
         samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False),
                                      input_ids=w.input_ids, source=index,
                                      format_enhanced=any(enhanced[members[d]] for d in w.documents))
