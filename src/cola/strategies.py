@@ -102,9 +102,10 @@ def curation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     nested config given as an object (a ProcessConfig) is kept whole. An unknown name is an error listing the
     valid ones.
     """
-    fields = {f.name: f for f in dataclasses.fields(CurateConfig) if f.name not in _NOT_SETTINGS}
-    nested = {name: type(getattr(CurateConfig(), name)) for name in fields
-              if dataclasses.is_dataclass(getattr(CurateConfig(), name))}
+    defaults = CurateConfig()
+    fields = [f.name for f in dataclasses.fields(CurateConfig) if f.name not in _NOT_SETTINGS]
+    nested = {name: type(getattr(defaults, name)) for name in fields
+              if dataclasses.is_dataclass(getattr(defaults, name))}
     flat: dict[str, Any] = {}
     for key, value in settings.items():
         head, _, rest = key.partition(".")
@@ -149,6 +150,12 @@ def strategy_config(name: str, *, datasets: Sequence[str], num_samples: int, seq
     return with_fields(base, {**dotted, **fixed})
 
 
+def check_generation(name: str, generation: Mapping[str, Any] | None) -> None:
+    """Generation settings (self-generation's sampling) are an error for any strategy but self_generated."""
+    if generation and name != SELF_GENERATED:
+        raise ColaError(f"generation settings only apply to {SELF_GENERATED}, not to {name!r}")
+
+
 def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence[str], num_samples: int,
                     sequence_length: int, seed: int, output_dir: str | Path, random_source: str = "c4",
                     candidates_per_source: int = 1000, references: Sequence[tuple[str, str]] = (),
@@ -165,8 +172,7 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
     """
     from cola.api import COLA
 
-    if generation and name != SELF_GENERATED:
-        raise ColaError(f"generation settings only apply to {SELF_GENERATED}, not to {name!r}")
+    check_generation(name, generation)
     config = strategy_config(name, datasets=datasets, num_samples=num_samples, sequence_length=sequence_length,
                              seed=seed, random_source=random_source, candidates_per_source=candidates_per_source,
                              references=tuple(tuple(r) for r in references), **settings)

@@ -114,17 +114,16 @@ class ExperimentConfig:
 
     def _check_variant(self, variant: VariantSettings) -> None:
         """Fail now, not mid-grid: the label is new, the strategy exists and its settings make a valid config."""
-        from cola.strategies import SELF_GENERATED, STRATEGIES, strategy_config
+        from cola.strategies import STRATEGIES, check_generation, strategy_config
 
         where = f"experiment config: variants.{variant.label}"
         if variant.label in STRATEGIES:
             raise ColaError(f"{where}: the label is a built-in strategy; name the variant differently")
         if variant.strategy not in STRATEGIES:
             raise unknown_choice(f"strategy (in variants.{variant.label})", variant.strategy, STRATEGIES)
-        if variant.generation and variant.strategy != SELF_GENERATED:
-            raise ColaError(f"{where}: `generation` only applies to {SELF_GENERATED}")
         calibration = self.calibration
         try:
+            check_generation(variant.strategy, variant.generation)
             strategy_config(variant.strategy, datasets=calibration.datasets or ("embedded",),
                             num_samples=calibration.num_samples, sequence_length=calibration.sequence_length,
                             seed=0, random_source=calibration.random_source, **variant.settings)
