@@ -109,6 +109,12 @@ def test_stage2_separates_documents_once(smollm2) -> None:
     assert chat.count("<|im_end|>\n<|im_start|>system\n") >= 2
     assert "<|im_start|><|im_start|>" not in chat and "<|im_end|><|im_end|>" not in chat
     assert "<|im_end|>" in plain and "<|im_start|>" not in plain
+    assert chat.count("You are a helpful AI assistant named SmolLM") == chat.count("<|im_start|>system\n")
+
+    samples, _ = process_sources(sources, tokenizer, 512, ProcessConfig(system_prompt="none"))
+    chat = "".join(s.text for s in samples if s.source == 0)
+    assert "<|im_start|>system" not in chat and "You are a helpful" not in chat
+    assert chat.count("<|im_end|>\n<|im_start|>user\n") >= 2  # records still end their own turn
 
 
 def _curate_four_pools(out: Path, *extra: str) -> dict:

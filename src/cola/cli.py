@@ -84,7 +84,8 @@ def _signal_weights(value: str) -> tuple[float, float, float]:
 
 
 def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
-    from cola.config import CHAT_TEMPLATE_MODES, SELECTION_METHODS, CurateConfig, ProcessConfig, SelectionConfig
+    from cola.config import (CHAT_TEMPLATE_MODES, SELECTION_METHODS, SYSTEM_PROMPT_MODES, CurateConfig,
+                             ProcessConfig, SelectionConfig)
 
     c, s, p = CurateConfig(), SelectionConfig(), ProcessConfig()
     f = p.filters
@@ -126,6 +127,9 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     stage2.add_argument("--max_length", type=int, default=f.max_tokens, help="drop documents with more tokens")
     stage2.add_argument("--chat_template", default=p.chat_template, choices=list(CHAT_TEMPLATE_MODES),
                         help="wrap Q&A records in the model's chat template (auto: when the tokenizer has one)")
+    stage2.add_argument("--system_prompt", default=p.system_prompt, choices=list(SYSTEM_PROMPT_MODES),
+                        help="templated records' system turn: template (the template's default, e.g. SmolLM2's "
+                        "'You are a helpful AI assistant named SmolLM...' in every record) or none")
     stage2.add_argument("--fields", type=_field_mapping, default=None, metavar="ROLE=FIELD,...",
                         help="map your files' fields: question=...,reasoning=...,answer=... (or text=...)")
     stage2.add_argument("--no_dedup", action="store_true", help="keep exact and near duplicates")
@@ -287,6 +291,7 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                            max_tokens=args.max_length, perplexity_drop_fraction=args.perplexity_filter,
                            seed=args.seed)
     process = ProcessConfig(enabled=not args.no_stage2, pack=not args.no_pack, chat_template=args.chat_template,
+                            system_prompt=args.system_prompt,
                             field_mapping=args.fields, filters=filters, generate_reasoning=args.generate_reasoning,
                             reasoning_model=args.reasoning_model,
                             reasoning=ReasoningConfig(max_new_tokens=args.reasoning_max_new_tokens,

@@ -13,6 +13,9 @@ from cola.stages.reasoning import ReasoningConfig
 
 DEPLOYMENT_TYPES = ("general", "targeted")
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+# template: whatever the chat template does without a system turn (SmolLM2 and Qwen2.5 insert a default system
+# prompt into every record); none: no system turn at all
+SYSTEM_PROMPT_MODES = ("template", "none")
 # Stage 3: COLA's activation medoids, a seeded random pick, or a peer method on the processed pool (stages/peers.py)
 # Stage 3's methods and what each does (the manifest's account of Stage 3).
 SELECTION_METHODS = {"activations": "on: activation k-means medoids",
@@ -49,6 +52,7 @@ class ProcessConfig:
     enabled: bool = True
     pack: bool = True                       # join a source's documents to fill every window
     chat_template: str = "auto"             # auto: wrap Q&A records in the model's chat template if it has one
+    system_prompt: str = "template"         # one of SYSTEM_PROMPT_MODES: the templated records' system turn
     field_mapping: tuple[tuple[str, str], ...] | None = None  # (role, field) pairs from --fields
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
     generate_reasoning: bool = False        # write missing reasoning chains with a model (cached)
@@ -58,6 +62,8 @@ class ProcessConfig:
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise unknown_choice("chat template mode", self.chat_template, CHAT_TEMPLATE_MODES)
+        if self.system_prompt not in SYSTEM_PROMPT_MODES:
+            raise unknown_choice("system prompt mode", self.system_prompt, SYSTEM_PROMPT_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from cola.data.catalog import CATALOG
@@ -72,11 +73,28 @@ def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] 
     return name, get_formatter(name)
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerBase, formatted: Formatted) -> str:
-    """A Q&A record as one chat exchange in the model's own template."""
+def _chat_text(tokenizer: PreTrainedTokenizerBase, formatted: Formatted, system_prompt: str = "template") -> str:
+    """A Q&A record as one chat exchange in the model's own template.
+
+    `system_prompt="none"` leaves out the system turn that some templates insert when none is given (SmolLM2's
+    "You are a helpful AI assistant named SmolLM, ..." is 21 tokens in front of every record, a tenth of a
+    packed Q&A calibration set): the exchange is rendered after an empty system turn, which stops the default,
+    and that empty turn's own rendering is cut off the front. A template that refuses a system turn, or renders
+    it elsewhere, keeps its plain rendering.
+    """
     reply = (f"{formatted.reasoning}\n\nAnswer: {formatted.answer}" if formatted.reasoning
              else str(formatted.answer))
     messages = [{"role": "user", "content": formatted.question}, {"role": "assistant", "content": reply}]
+    if system_prompt == "none":
+        empty = [{"role": "system", "content": ""}]
+        try:
+            head = tokenizer.apply_chat_template(empty, tokenize=False)
+            text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
+        except TemplateError:
+            log.debug("the chat template refuses a system turn; records keep its plain rendering")
+        else:
+            if head and text.startswith(head):
+                return text[len(head):]
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
@@ -109,7 +127,7 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     if config.generate_reasoning:
         formatted, enhanced, report["reasoning"] = _add_reasoning(formatted, tokenizer, config, model, quiet)
     templated = [chat and bool(f.question and f.answer) for f in formatted]
-    texts = [_chat_text(tokenizer, f) if wrap else f.text for f, wrap in zip(formatted, templated)]
+    texts = [_chat_text(tokenizer, f, config.system_prompt) if wrap else f.text for f, wrap in zip(formatted, templated)]
     for index, entry in enumerate(report["sources"]):
         entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
         entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
