@@ -59,6 +59,7 @@ def test_ria_through_compress_reaches_sparsity_and_reloads(tiny_model_dir: Path,
     zeros = sum((w == 0).sum().item() for w in linears.values())
     assert summary["weights"]["total"]["sparsity"] == pytest.approx(zeros / params)
     assert json.loads((out / SUMMARY_FILE).read_text())["method"] == "ria"
+    assert summary["torch_threads"] == torch.get_num_threads() and "torch" in summary["libraries"]
     model, tok = load_compressed(out)
     assert model.generate(**tok("ab", return_tensors="pt"), max_new_tokens=3, do_sample=False).shape[1] == 5
 

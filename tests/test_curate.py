@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from cola.api import COLA
 from cola.cli import main
@@ -57,6 +58,7 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
     assert {s["capability"] for s in manifest["sources"]} == {"math", "general", "code"}
     assert all(len(s["content_sha256"]) == 64 for s in manifest["sources"])
     assert manifest["settings"]["num_samples"] == 6 and manifest["seed"] == 42
+    assert manifest["torch_threads"] == torch.get_num_threads() and "transformers" in manifest["libraries"]
     assert sum(manifest["diagnostics"]["selected_per_source"].values()) == 6
     assert manifest["stage1"]["quotas"] == {
         name: manifest["diagnostics"]["selected_per_source"].get(name, 0) for name in ("mathqa", "prose", "code")}
@@ -297,3 +299,16 @@ def test_selection_method_flag_picks_a_peer_method(tiny_model_dir, pool_files, t
     with pytest.raises(SystemExit) as exc:
         main(["curate", "--output_dir", "x", "--selection_method", "kmeans"])
     assert exc.value.code == 2
+
+
+def test_run_environment_records_the_thread_count():
+    """Results depend on torch's thread count (bf16 sums in a thread-dependent order), so outputs record it."""
+    from cola.export import run_environment
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert run_environment()["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert run_environment()["torch_threads"] == threads and run_environment()["libraries"]["cola"]

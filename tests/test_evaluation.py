@@ -191,6 +191,7 @@ def test_cli_evaluate_writes_json_and_bad_task_exits_2(tiny_model_dir: Path, tmp
     assert code == 0 and report["limit"] == 2 and report["dtype"] == "float32"
     assert report["results"][0]["n"] == 2 and report["results"][0]["metric"] == "acc_norm"
     assert report["tokens_per_second"] > 0 and "tokens/s" in capsys.readouterr().out
+    assert report["torch_threads"] == torch.get_num_threads()
     code = main(["evaluate", str(tiny_model_dir), "--task", f"mc:{_mc_file(tmp_path)}", "--dense", str(out),
                  "--quiet"])
     assert code == 0 and "retention by capability: commonsense 1.000" in capsys.readouterr().out

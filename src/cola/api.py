@@ -14,7 +14,7 @@ import numpy as np
 from cola.config import SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
-from cola.export import ensure_writable, library_versions, tokenizer_fingerprint, write_outputs
+from cola.export import ensure_writable, run_environment, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class COLA:
             "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
             "sources": [s.describe() for s in sources], "stage1": stage1, "stage2": stage2, "num_samples": len(samples),
             "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
-            "diagnostics": selection.diagnostics, "libraries": library_versions(),
+            "diagnostics": selection.diagnostics, **run_environment(),
             "timings": {k: round(v, 3) for k, v in timings.items()}, **self.manifest_extra,
         }
         write_outputs(self.output_dir, samples=samples, input_ids=[processed[i].input_ids for i in selection.indices],

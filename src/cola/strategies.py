@@ -190,7 +190,7 @@ def write_self_generated(cola: Any, config: CurateConfig, generation: dict[str, 
     """The self_generated strategy: prompts from a seeded shuffle of the processed pool, the model's sampled
     continuations, the highest-perplexity ones dropped; written like any curation (pool = all generated)."""
     from cola.api import model_record, stages_run
-    from cola.export import ensure_writable, library_versions, write_outputs
+    from cola.export import ensure_writable, run_environment, write_outputs
     from cola.stages.peers import generate_self_calibration
 
     seed = config.selection.seed
@@ -222,7 +222,7 @@ def write_self_generated(cola: Any, config: CurateConfig, generation: dict[str, 
                                                                       cola.model_name_or_path),
         "seed": seed, "settings": config.as_dict(), "generation_settings": generation, "stages": stages,
         "sources": [s.describe() for s in sources], "stage2": stage2, "generation": report,
-        "num_samples": len(samples), "sample_tokens": sum(len(x) for x in ids), "libraries": library_versions(),
+        "num_samples": len(samples), "sample_tokens": sum(len(x) for x in ids), **run_environment(),
         "timings": {k: round(v, 3) for k, v in timings.items()}, **cola.manifest_extra,
     }
     write_outputs(cola.output_dir, samples=samples, input_ids=[np.asarray(x, dtype=np.int32) for x in ids],

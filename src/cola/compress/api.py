@@ -22,7 +22,7 @@ import torch
 from cola.compress.calibration import CalibrationSet, load_calibration
 from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
 from cola.errors import ColaError
-from cola.export import ensure_writable
+from cola.export import ensure_writable, run_environment
 
 SUMMARY_FILE = "compression_summary.json"
 CALDERA_FILE = "caldera.safetensors"
@@ -122,7 +122,7 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: Metho
                    "kind": spec.kind, "backend": spec.backend, "options": options,
                    "calibration": calibration.describe() if calibration is not None else None,
                    "weights": weights, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
-                   "peak_rss_mb": round(peak_rss_mb(), 1), "details": details}
+                   "peak_rss_mb": round(peak_rss_mb(), 1), **run_environment(), "details": details}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _publish(staging, output_dir)
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cola.errors import ColaError
 from cola.evaluate.tasks import TaskSpec, infer_capability, load_items, parse_task, read_text
+from cola.export import run_environment
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def evaluation_report(model: str, results: Sequence[TaskResult], *, dtype: str, 
     return {"tool": "cola", "command": "evaluate", "model": model, "dtype": dtype, "device": device,
             "limit": dict(limit) if isinstance(limit, Mapping) else limit, "settings": settings,
             "tasks": [r.task for r in results], "results": [r.as_dict() for r in results],
-            "seconds": round(seconds, 3), "forward_tokens": forward,
+            "seconds": round(seconds, 3), "forward_tokens": forward, **run_environment(),
             "tokens_per_second": round(forward / seconds, 1) if seconds > 0 else 0.0,
             "retention": retention(results, dense) if dense is not None else None}
 
