@@ -185,6 +185,8 @@ def test_ablation_switches(tiny_model_dir, pool_files, tmp_path) -> None:
     samples = json.loads((no3 / SAMPLES_FILE).read_text())
     assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"random"}
     assert set(pq.read_table(no3 / POOL_PARQUET).to_pydict()["cluster"]) == {-1}
+    timings = json.loads((no3 / MANIFEST_FILE).read_text())["timings"]  # Stage 1 still embedded the pool
+    assert timings["stage1_extract"] > 0 and "stage3_extract" not in timings
 
 
 def test_no_pack_and_field_mapping(tiny_model_dir, tmp_path) -> None:

@@ -210,10 +210,11 @@ class COLA:
                 features, names, config.num_samples, config.selection, quotas=quotas, quiet=self.quiet), stats),
             "random": lambda: select_at_random(len(processed), names, config.num_samples, seed=seed, quotas=quotas),
         }
-        if method in methods:
-            return methods[method](), stage1
-        return select_from_pool(method, [p.text for p in processed], ids, names, config.num_samples, seed=seed,
-                                quotas=quotas), stage1
+        selection = methods[method]() if method in methods else select_from_pool(
+            method, [p.text for p in processed], ids, names, config.num_samples, seed=seed, quotas=quotas)
+        if stats is not None and method != "activations":  # the pool's activations served Stage 1 alone
+            selection = dataclasses.replace(selection, timings={"stage1_extract": stats.seconds, **selection.timings})
+        return selection, stage1
 
     @staticmethod
     def _target_capabilities(config: CurateConfig, sources: list[Source]) -> tuple[str, ...]:
