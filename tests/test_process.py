@@ -7,7 +7,7 @@ import pytest
 from cola.config import ProcessConfig
 from cola.data.formatters import Formatted
 from cola.errors import ColaError
-from cola.stages.process import _chat_text
+from cola.stages.process import chat_renderer
 
 from .conftest import byte_tokenizer
 
@@ -30,18 +30,18 @@ def _tokenizer(template: str):
 
 def test_default_system_prompt_is_kept_or_left_out():
     tokenizer = _tokenizer(INSERTS_DEFAULT)
-    assert _chat_text(tokenizer, RECORD) == DEFAULT_SYSTEM + EXCHANGE
-    assert _chat_text(tokenizer, RECORD, "none") == EXCHANGE
+    assert chat_renderer(tokenizer)(RECORD) == DEFAULT_SYSTEM + EXCHANGE
+    assert chat_renderer(tokenizer, "none")(RECORD) == EXCHANGE
 
 
 def test_template_without_a_default_renders_the_same_either_way():
     tokenizer = _tokenizer("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</e>\n{% endfor %}")
-    assert _chat_text(tokenizer, RECORD, "none") == _chat_text(tokenizer, RECORD) == EXCHANGE
+    assert chat_renderer(tokenizer, "none")(RECORD) == chat_renderer(tokenizer)(RECORD) == EXCHANGE
 
 
 def test_template_that_refuses_a_system_turn_keeps_its_rendering():
     tokenizer = _tokenizer(REFUSES_SYSTEM)
-    assert _chat_text(tokenizer, RECORD, "none") == "<user>What is 2+3?<assistant>2+3=5.\n\nAnswer: 5"
+    assert chat_renderer(tokenizer, "none")(RECORD) == "<user>What is 2+3?<assistant>2+3=5.\n\nAnswer: 5"
 
 
 def test_unknown_system_prompt_mode_lists_the_choices():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,29 +73,35 @@ def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] 
     return name, get_formatter(name)
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerBase, formatted: Formatted, system_prompt: str = "template") -> str:
-    """A Q&A record as one chat exchange in the model's own template.
+def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "template",
+                  ) -> Callable[[Formatted], str]:
+    """A function rendering a Q&A record as one chat exchange in the model's own template.
 
     `system_prompt="none"` leaves out the system turn that some templates insert when none is given (SmolLM2's
     "You are a helpful AI assistant named SmolLM, ..." is 21 tokens in front of every record, a tenth of a
-    packed Q&A calibration set): the exchange is rendered after an empty system turn, which stops the default,
-    and that empty turn's own rendering is cut off the front. A template that refuses a system turn, or renders
-    it elsewhere, keeps its plain rendering.
+    packed Q&A calibration set): each exchange is rendered after an empty system turn, which stops the default,
+    and that empty turn's own rendering (made once, here) is cut off the front. A template that refuses a system
+    turn, or renders it elsewhere, keeps its plain rendering.
     """
-    reply = (f"{formatted.reasoning}\n\nAnswer: {formatted.answer}" if formatted.reasoning
-             else str(formatted.answer))
-    messages = [{"role": "user", "content": formatted.question}, {"role": "assistant", "content": reply}]
+    empty = [{"role": "system", "content": ""}]
+    head = ""  # the empty system turn's rendering; "" keeps the template's own behaviour
     if system_prompt == "none":
-        empty = [{"role": "system", "content": ""}]
         try:
             head = tokenizer.apply_chat_template(empty, tokenize=False)
-            text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
         except TemplateError:
             log.debug("the chat template refuses a system turn; records keep its plain rendering")
-        else:
-            if head and text.startswith(head):
+
+    def render(formatted: Formatted) -> str:
+        reply = (f"{formatted.reasoning}\n\nAnswer: {formatted.answer}" if formatted.reasoning
+                 else str(formatted.answer))
+        messages = [{"role": "user", "content": formatted.question}, {"role": "assistant", "content": reply}]
+        if head:
+            text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
+            if text.startswith(head):
                 return text[len(head):]
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    return render
 
 
 def use_chat_template(mode: str, tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -127,7 +133,8 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     if config.generate_reasoning:
         formatted, enhanced, report["reasoning"] = _add_reasoning(formatted, tokenizer, config, model, quiet)
     templated = [chat and bool(f.question and f.answer) for f in formatted]
-    texts = [_chat_text(tokenizer, f, config.system_prompt) if wrap else f.text for f, wrap in zip(formatted, templated)]
+    chat_text = chat_renderer(tokenizer, config.system_prompt)
+    texts = [chat_text(f) if wrap else f.text for f, wrap in zip(formatted, templated)]
     for index, entry in enumerate(report["sources"]):
         entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
         entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
