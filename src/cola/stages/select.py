@@ -61,7 +61,7 @@ def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_sam
     """
     labels = np.full(len(features), -1, dtype=np.int64)
     offset = 0
-    groups = sum(1 for q in quotas.values() if q > 0) if quotas else 1
+    groups = len(quota_groups(sources, num_samples, quotas))
     with progress_bar(total=config.kmeans_init * groups, quiet=quiet, desc=f"k-means (k={num_samples})",
                       unit="restart") as bar:
         def medoids(rows: np.ndarray, count: int) -> np.ndarray:
@@ -123,13 +123,20 @@ def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:
                  **selection.timings})
 
 
+def quota_groups(sources: Sequence[str], num_samples: int,
+                 quotas: Mapping[str, int] | None = None) -> list[tuple[np.ndarray, int]]:
+    """(pool rows, count) to pick from: the whole pool, or, given Stage 1's quotas (source -> count), each
+    source with a positive quota, in the quotas' order."""
+    names = np.asarray(sources)
+    if not quotas:
+        return [(np.arange(len(names)), num_samples)]
+    return [(np.flatnonzero(names == name), quota) for name, quota in quotas.items() if quota > 0]
+
+
 def pick_within_quotas(pick: Callable[[np.ndarray, int], np.ndarray], sources: Sequence[str], num_samples: int,
                        quotas: Mapping[str, int] | None = None) -> np.ndarray:
-    """(k,) sorted pool indices: `pick(rows, count)` (positions into rows) over the whole pool, or, given
-    Stage 1's quotas (source -> count), inside each source with its quota, in the quotas' order."""
-    names = np.asarray(sources)
-    groups = ([(np.flatnonzero(names == name), quota) for name, quota in quotas.items() if quota > 0] if quotas
-              else [(np.arange(len(names)), num_samples)])
+    """(k,) sorted pool indices: `pick(rows, count)` (positions into rows) in each of `quota_groups`."""
+    groups = quota_groups(sources, num_samples, quotas)
     return np.sort(np.concatenate([rows[pick(rows, count)] for rows, count in groups]))
 
 
