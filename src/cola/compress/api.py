@@ -207,11 +207,12 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
     with library_output(quiet):  # compressed-tensors decompresses with bars of its own
         model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet)
-        if model._forward_pre_hooks:  # noqa: SLF001 - compressed-tensors decompresses in the first forward
-            import torch
+        import torch
 
-            with torch.no_grad():
-                model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
+        # compressed-tensors decompresses packed weights in a hook of the first forward: run it here, one
+        # token, so that timings and weight checks after loading see the dense weights
+        with torch.no_grad():
+            model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
     if caldera_layers and (path / CALDERA_FILE).is_file():
         from cola.compress.caldera import load_caldera, replace_with_caldera
 
