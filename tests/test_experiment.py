@@ -201,8 +201,12 @@ def test_report_tables_paired_differences_and_plots(tmp_path, fake_jobs):
     config = make_config(tmp_path)
     experiment = Experiment(config, tmp_path / "work")
     experiment.run()
+    # cells that did not record their set's size get it from the set's manifest (fake cells curate nothing)
+    write_json(experiment.calibration_dir("cola", 0) / "manifest.json", {"sample_tokens": 777})
     paths = write_report(experiment, tmp_path / "report", command="cola experiment t.yaml")
     frame = pd.read_csv(paths["results_csv"])
+    assert set(frame[(frame.strategy == "cola") & (frame.seed == 0)].calibration_tokens) == {777}
+    assert frame[frame.strategy == "random_c4"].calibration_tokens.isna().all()
     assert len(frame) == 2 + 7 * 2 + 1  # dense tasks, 7 finished cells x 2 tasks, one failed cell row
     row = frame[(frame.strategy == "cola") & (frame.method == "ria50") & (frame.seed == 0) & (frame.task == "wiki")]
     assert row.retention.iloc[0] == pytest.approx(10.0 / 19.5)  # lower is better: dense / compressed
@@ -220,13 +224,13 @@ def test_report_renders_from_a_small_results_csv(tmp_path):
     csv = tmp_path / "results.csv"
     csv.write_text(
         "strategy,method,seed,status,task,capability,metric,value,stderr,n,tokens,higher_is_better,retention,"
-        "bits_per_parameter,sparsity,curate_seconds,compress_seconds,eval_seconds,error\n"
-        "dense,dense,,ok,wiki,general,perplexity,10,,,100,False,1.0,,,,,,\n"
-        "random_c4,ria50,0,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,10,100,50,\n"
-        "random_c4,ria50,1,ok,wiki,general,perplexity,25,,,100,False,0.4,,0.5,10,100,50,\n"
-        "cola,ria50,0,ok,wiki,general,perplexity,16,,,100,False,0.625,,0.5,20,100,50,\n"
-        "cola,ria50,1,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,20,100,50,\n"
-        "cola,rtn4,0,failed,,,,,,,,,,,,,,,boom\n")
+        "bits_per_parameter,sparsity,calibration_tokens,curate_seconds,compress_seconds,eval_seconds,error\n"
+        "dense,dense,,ok,wiki,general,perplexity,10,,,100,False,1.0,,,,,,,\n"
+        "random_c4,ria50,0,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,4096,10,100,50,\n"
+        "random_c4,ria50,1,ok,wiki,general,perplexity,25,,,100,False,0.4,,0.5,4096,10,100,50,\n"
+        "cola,ria50,0,ok,wiki,general,perplexity,16,,,100,False,0.625,,0.5,3000,20,100,50,\n"
+        "cola,ria50,1,ok,wiki,general,perplexity,20,,,100,False,0.5,,0.5,2000,30,100,50,\n"
+        "cola,rtn4,0,failed,,,,,,,,,,,,,,,,boom\n")
     experiment = Experiment(make_config(tmp_path, seeds=[0, 1]), tmp_path)
     text = render_markdown(pd.read_csv(csv), experiment, command=None, plots=[])
     assert "| random_c4 | 2 | 22.50 ± 3.54 | 0.450 ± 0.071 |" in text
@@ -234,6 +238,8 @@ def test_report_renders_from_a_small_results_csv(tmp_path):
     assert "| cola | +0.112 ± 0.018 [2] |" in text     # (0.125 + 0.1) / 2 (0.11249...), std of (0.125, 0.1)
     assert "cola × rtn4 × seed 0: boom" in text
     assert "4 finished, 1 failed, 3 not run of 8" in text
+    assert "| random_c4 | 2 | 4,096 | 10 |" in text      # one set per strategy and seed: tokens, curate seconds
+    assert "| cola | 2 | 2,500 (2,000–3,000) | 25 (20–30) |" in text
 
 
 # ----------------------------------------------------------------------------------- end to end (tiny model)
@@ -262,6 +268,7 @@ def test_end_to_end_on_a_tiny_model_then_resume(tmp_path, tiny_model_dir, pool_f
     assert [r["capability"] for r in record["results"]] == ["general", "commonsense", "math"]
     assert all(r["value"] == r["value"] for r in record["results"])  # finite, not NaN
     assert len(record["spectrum"]["singular_values"]) == 32
+    assert record["calibration_tokens"] == 4 * 32  # packed windows of the set's length
     assert not Experiment(config, tmp_path / "work").model_dir(Cell("cola", "ria50", 0)).exists()  # evaluated
     frame = pd.read_csv(summary["results_csv"])
     assert set(frame.strategy) == {"dense", "random_c4", "cola"} and len(frame) == 3 + 2 * 3

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from cola.experiment.runner import Experiment
 
 COLUMNS = ("strategy", "method", "seed", "status", "task", "capability", "metric", "value", "stderr", "n",
-           "tokens", "higher_is_better", "retention", "bits_per_parameter", "sparsity", "curate_seconds",
-           "compress_seconds", "eval_seconds", "error")
+           "tokens", "higher_is_better", "retention", "bits_per_parameter", "sparsity", "calibration_tokens",
+           "curate_seconds", "compress_seconds", "eval_seconds", "error")
 
 
 def result_rows(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -33,8 +33,8 @@ def result_rows(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> 
                          **_task_columns(result), "retention": 1.0})
     for record in records:
         cell = {key: record.get(key) for key in ("strategy", "method", "seed", "status", "bits_per_parameter",
-                                                 "sparsity", "curate_seconds", "compress_seconds",
-                                                 "eval_seconds", "error")}
+                                                 "sparsity", "calibration_tokens", "curate_seconds",
+                                                 "compress_seconds", "eval_seconds", "error")}
         if record.get("status") != "ok":
             rows.append(cell)
             continue
@@ -121,6 +121,7 @@ def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str
             lines.append(f"| {row.task} | {row.capability} | {row.metric} | {float(row.value):.{d}f} | {stderr} | "
                          f"{int(row.n) if row.n == row.n else '—'} |")
         lines.append("")
+    lines += _calibration_sets(ok, list(config.strategies))
     caps = capability_retention(ok) if not ok.empty else None
     for run in config.methods:
         options = ", ".join(f"{k}={v}" for k, v in run.options.items())
@@ -169,6 +170,32 @@ def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _calibration_sets(ok: pd.DataFrame, strategies: list[str]) -> list[str]:
+    """How many tokens each strategy's sets hold (they differ: cut texts, generated text) and what curating
+    cost; nothing for a results.csv from before the column existed."""
+    if "calibration_tokens" not in ok or ok.calibration_tokens.isna().all():
+        return []
+    sets = ok.drop_duplicates(["strategy", "seed"])
+    lines = ["## Calibration sets", "", "Tokens per set and curation time (one set per strategy and seed, shared by "
+             "every method), mean with the range over seeds:", "",
+             "| strategy | seeds | tokens per set | curate seconds |", "|---|---|---|---|"]
+    for strategy in strategies:
+        rows = sets[sets.strategy == strategy]
+        if rows.empty:
+            continue
+        cells = [_mean_range(rows[column].dropna().astype(float)) for column in ("calibration_tokens",
+                                                                                "curate_seconds")]
+        lines.append(f"| {strategy} | {len(rows)} | {cells[0]} | {cells[1]} |")
+    return [*lines, ""]
+
+
+def _mean_range(values: pd.Series) -> str:
+    if values.empty:
+        return "—"
+    low, high = f"{values.min():,.0f}", f"{values.max():,.0f}"
+    return f"{values.mean():,.0f}" if low == high else f"{values.mean():,.0f} ({low}–{high})"
 
 
 def _signed(values: pd.Series) -> str:

@@ -94,9 +94,17 @@ class Experiment:
         return next(run for run in self.config.methods if run.label == label)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every cell record on disk, in grid order (cells not run yet are absent)."""
-        found = (read_json(self.cell_file(cell)) for cell in grid(self.config))
-        return [record for record in found if record is not None]
+        """Every cell record on disk, in grid order (cells not run yet are absent). A record written before
+        cells recorded their set's size gets it from the calibration set's manifest, if that is still there."""
+        records = []
+        for cell in grid(self.config):
+            record = read_json(self.cell_file(cell))
+            if record is None:
+                continue
+            if record.get("status") == "ok" and "calibration_tokens" not in record:
+                record["calibration_tokens"] = calibration_tokens(self.calibration_dir(cell.strategy, cell.seed))
+            records.append(record)
+        return records
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, *, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
@@ -201,6 +209,14 @@ def _dense_job(config: ExperimentConfig, work_dir: Path, quiet: bool) -> None:
                                        "seconds": round(time.perf_counter() - start, 1)})
 
 
+def calibration_tokens(path: Path) -> int | None:
+    """Tokens in the curated set at `path`, as its manifest counts them (None without a manifest)."""
+    from cola.export import MANIFEST_FILE
+
+    manifest = read_json(path / MANIFEST_FILE)
+    return None if manifest is None else manifest.get("sample_tokens")
+
+
 def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenizer: Any) -> tuple[Path, float]:
     """The strategy's curated set for this seed: made once, reused by every method; (path, curate seconds)."""
     from cola.export import MANIFEST_FILE
@@ -250,6 +266,7 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
         "strategy": cell.strategy, "method": cell.method, "seed": cell.seed, "status": "ok",
         "compress_method": run.method, "options": run.options,
         "bits_per_parameter": total.get("bits_per_parameter"), "sparsity": total.get("sparsity"),
+        "calibration_tokens": calibration_tokens(calibration),
         "curate_seconds": curate_seconds, "compress_seconds": round(summary["seconds"], 1),
         "eval_seconds": round(eval_seconds, 1), "results": results,
         "spectrum": {"module": name, "singular_values": values}})
