@@ -210,7 +210,8 @@ def _dense_job(config: ExperimentConfig, work_dir: Path, quiet: bool) -> None:
 
 
 def calibration_tokens(path: Path) -> int | None:
-    """Tokens in the curated set at `path`, as its manifest counts them (None without a manifest)."""
+    """Tokens in the curated set at `path`, as its manifest counts them (None without a manifest); for cell
+    records written before cells took the count from their compression summary."""
     from cola.export import MANIFEST_FILE
 
     manifest = read_json(path / MANIFEST_FILE)
@@ -266,7 +267,7 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
         "strategy": cell.strategy, "method": cell.method, "seed": cell.seed, "status": "ok",
         "compress_method": run.method, "options": run.options,
         "bits_per_parameter": total.get("bits_per_parameter"), "sparsity": total.get("sparsity"),
-        "calibration_tokens": calibration_tokens(calibration),
+        "calibration_tokens": summary["calibration"]["num_tokens"],
         "curate_seconds": curate_seconds, "compress_seconds": round(summary["seconds"], 1),
         "eval_seconds": round(eval_seconds, 1), "results": results,
         "spectrum": {"module": name, "singular_values": values}})
