@@ -143,6 +143,20 @@ def test_builtin_names_need_a_data_dir(monkeypatch: pytest.MonkeyPatch):
         parse_task("wikitext2")
 
 
+def test_gsm8k_plain_scores_the_same_items_without_calculator_annotations(tmp_path: Path):
+    (tmp_path / "gsm8k").mkdir()
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl",
+                [{"question": "Half of 48?", "answer": "48/2 = <<48/2=24>>24 eggs.\n#### 24"},
+                 {"question": "3 + 4?", "answer": "3+4=<<3+4=7>>7\n#### 7"}])
+    raw, _ = load_items(parse_task("gsm8k", tmp_path), None)
+    plain_task = parse_task("gsm8k_plain", tmp_path)
+    plain, _ = load_items(plain_task, None)
+    assert plain_task.path == parse_task("gsm8k", tmp_path).path and plain_task.capability == "math"
+    assert [i.answer for i in raw] == [" 48/2 = <<48/2=24>>24 eggs.\n#### 24", " 3+4=<<3+4=7>>7\n#### 7"]
+    assert [i.answer for i in plain] == [" 48/2 = 24 eggs.\n#### 24", " 3+4=7\n#### 7"]
+    assert [(i.prompt, i.reference) for i in plain] == [(i.prompt, i.reference) for i in raw]
+
+
 def test_missing_field_names_file_line_and_field(tmp_path: Path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "label": 0},
                                                {"question": "q", "choices": ["a", "b"]}])

@@ -84,11 +84,16 @@ def _qa(question: Any, reasoning: Any, answer: Any, *, reasoning_optional: bool 
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
+def strip_calculator_annotations(text: str) -> str:
+    """GSM8K's solutions without their calculator annotations: `48/2 = <<48/2=24>>24` -> `48/2 = 24`."""
+    return _CALCULATOR_ANNOTATION.sub("", text)
+
+
 def format_gsm8k(record: Mapping[str, Any]) -> Formatted:
     """GSM8K (Cobbe et al., 2021): the worked solution before `####` is the reasoning, the number after it
     the answer; calculator annotations `<<48/2=24>>` are removed. Without `####` the whole answer field
     is the answer (and the record needs reasoning)."""
-    solution = _CALCULATOR_ANNOTATION.sub("", _text(record.get("answer")))
+    solution = strip_calculator_annotations(_text(record.get("answer")))
     reasoning, marker, final = solution.rpartition("####")
     if not marker:
         return _qa(record.get("question"), None, solution)

@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from cola.data.formatters import strip_calculator_annotations
 from cola.data.sources import read_json_records
 from cola.errors import ColaError, unknown_choice
 
@@ -35,6 +36,7 @@ class Builtin:
     relpath: str          # under the data directory
     capability: str
     note: str = ""
+    plain_answers: bool = False  # gsm8k: score the answers without their calculator annotations
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -48,6 +50,8 @@ BUILTINS: dict[str, Builtin] = {
                           "train split (no test split in the data directory)"),
     "commonsenseqa": Builtin("mc", "commonsenseqa/validation.jsonl", "commonsense"),
     "gsm8k": Builtin("qa", "gsm8k/test.jsonl", "math"),
+    "gsm8k_plain": Builtin("qa", "gsm8k/test.jsonl", "math", "answers without calculator annotations <<…>>",
+                           plain_answers=True),
     "math": Builtin("qa", "math/train.jsonl", "math", "MATH train split (the only split in the data directory)"),
     "mbpp": Builtin("qa", "mbpp/mbpp_train_valid_prompt.jsonl", "code"),
     "humaneval": Builtin("qa", "humaneval/HumanEval.jsonl.gz", "code"),
@@ -65,6 +69,7 @@ class TaskSpec:
     path: Path
     capability: str | None = None  # None: inferred from the file's schema (qa)
     note: str = ""
+    plain_answers: bool = False    # qa: calculator annotations <<48/2=24>> removed from the answers
 
     @property
     def metric(self) -> str:
@@ -108,7 +113,7 @@ def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> Task
         if not path.is_file():
             raise ColaError(f"task {spec!r} expects the file {builtin.relpath} under the data directory; "
                             f"{path} not found")
-        return TaskSpec(spec, builtin.kind, path, builtin.capability, builtin.note)
+        return TaskSpec(spec, builtin.kind, path, builtin.capability, builtin.note, builtin.plain_answers)
     kind, _, capability = head.partition("/")
     if kind not in KINDS:
         raise unknown_choice("task kind", kind, KINDS)
@@ -246,6 +251,8 @@ def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Schema]:
     for line, record in islice(read_json_records(task.path), limit):
         schema = schema or detect_schema(record, schemas)
         require(record, schema.fields, task.path, line, schema.name)
+        if task.plain_answers and isinstance(record.get("answer"), str):
+            record = {**record, "answer": strip_calculator_annotations(record["answer"])}
         try:
             items.append(schema.build(record))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
