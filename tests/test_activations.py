@@ -7,8 +7,9 @@ import torch
 from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
-from cola.activations import extract_projected_features, length_bucketed_batches, masked_mean, resolve_layers
+from cola.activations import extract_projected_features, length_bucketed_batches, masked_mean, pool, resolve_layers
 from cola.cluster import gaussian_projection
+from cola.config import SelectionConfig
 from cola.errors import ColaError
 from cola.models import find_decoder_layers
 
@@ -23,6 +24,39 @@ def _features(model, seqs, **kw):
 def test_masked_mean_ignores_padding() -> None:
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (1, 3, 2), last slot is padding
     assert masked_mean(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+
+
+def test_last_pooling_takes_each_rows_last_real_token() -> None:
+    hidden = torch.arange(24, dtype=torch.float32).view(2, 4, 3)  # (2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])           # row 0: 2 real tokens, right-padded
+    assert pool(hidden, mask, "last").tolist() == [hidden[0, 1].tolist(), hidden[1, 3].tolist()]
+    assert pool(hidden, mask, "mean").tolist() == masked_mean(hidden, mask).tolist()
+    with pytest.raises(ColaError, match="unknown pooling 'max'.*Valid choices: last, mean"):
+        pool(hidden, mask, "max")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_features_equal_with_and_without_padding_for_each_pooling(tiny_model, pooling: str) -> None:
+    alone = torch.tensor(_features(tiny_model, SEQS, batch_size=1, pooling=pooling)[0])
+    padded = torch.tensor(_features(tiny_model, SEQS, batch_size=8, batch_tokens=10_000, pooling=pooling)[0])
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_last_pooling_matches_a_reference_computation_and_differs_from_mean(tiny_model) -> None:
+    seq = SEQS[1]
+    feats, _ = _features(tiny_model, [seq], layers=[0], pooling="last")
+    with torch.no_grad():
+        hidden = tiny_model(torch.tensor([seq]), output_hidden_states=True).hidden_states[1][0]  # layer 0 out
+    expected = torch.nn.functional.normalize(hidden[-1], dim=0) @ gaussian_projection(32, 16, seed=0)
+    torch.testing.assert_close(torch.tensor(feats[0]), expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(torch.tensor(feats[0]), torch.tensor(_features(tiny_model, [seq], layers=[0])[0][0]))
+
+
+def test_unknown_pooling_is_rejected_before_any_forward(tiny_model) -> None:
+    with pytest.raises(ColaError, match="unknown pooling 'cls'"):
+        _features(tiny_model, SEQS, pooling="cls")
+    with pytest.raises(ColaError, match="unknown pooling 'cls'"):
+        SelectionConfig(pooling="cls")
 
 
 def test_features_equal_with_and_without_padding(tiny_model) -> None:

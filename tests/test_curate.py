@@ -164,6 +164,9 @@ def test_layers_option_rejects_garbage(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["curate", "--output_dir", "x", "--layers", "five"])
     assert exc.value.code == 2 and "invalid --layers 'five'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["curate", "--output_dir", "x", "--pooling", "max"])
+    assert exc.value.code == 2 and "argument --pooling: invalid choice: 'max'" in capsys.readouterr().err
 
 
 def test_unknown_dtype_is_a_one_line_error(tiny_model_dir, tmp_path, capsys) -> None:

@@ -109,8 +109,9 @@ def test_nested_settings_as_mappings_or_dotted_names(pool_files, tmp_path, model
     assert nested.process.chat_template == "off" and nested.process.enabled  # the strategy's fields still set
     assert nested.selection.layers == (1,) and nested.selection.seed == 5 and nested.stage1
     out = curate("cola", pool_files, tmp_path / "plain", model_and_tokenizer, label="cola_plain",
-                 process={"chat_template": "off"}, selection={"projection_dim": 8})
+                 process={"chat_template": "off"}, selection={"projection_dim": 8, "pooling": "last"})
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["strategy"] == "cola" and manifest["strategy_label"] == "cola_plain"
     assert manifest["settings"]["process"]["chat_template"] == "off"
     assert manifest["settings"]["selection"]["projection_dim"] == 8
+    assert manifest["settings"]["selection"]["pooling"] == "last"

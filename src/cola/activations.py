@@ -2,7 +2,8 @@
 
 For each candidate the uncompressed model runs up to the deepest chosen decoder layer only (a hook stops
 the forward there, so neither the layers above nor the LM head are computed). Each chosen layer's output
-is mean-pooled over real tokens (attention mask), L2-normalised, and multiplied by that layer's slice of
+is pooled over real tokens (attention mask): their mean by default, or the last real token's state, which
+in a causal model is the only one that has seen the whole sample. It is then L2-normalised, and multiplied by that layer's slice of
 one Gaussian projection, so only a (N, projection_dim) matrix is ever held. Candidates are batched by
 length (sorted, with a token budget per batch), so almost no padding is computed; right padding plus a
 causal mask leaves every real token's hidden state as it is without padding.
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cola.errors import ColaError
+from cola.config import POOLINGS
+from cola.errors import ColaError, unknown_choice
 from cola.models import config_int, find_decoder_layers
 from cola.progress import progress_bar
 
@@ -91,6 +93,16 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.to(torch.float32) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per sample, (B, T, H) -> (B, H) in float32, from real tokens only (right padding)."""
+    if pooling == "mean":
+        return masked_mean(hidden, mask)
+    if pooling == "last":
+        last = mask.sum(dim=1).clamp_min(1) - 1  # (B,) index of each row's last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].to(torch.float32)
+    raise unknown_choice("pooling", pooling, POOLINGS)
+
+
 def extract_projected_features(
     model: torch.nn.Module,
     token_ids: Sequence[Sequence[int]],
@@ -101,17 +113,21 @@ def extract_projected_features(
     batch_size: int = 32,
     batch_tokens: int = 16384,
     pad_token_id: int = 0,
+    pooling: str = "mean",
     quiet: bool = False,
 ) -> tuple[np.ndarray, ExtractionStats]:
     """Return (N, projection_dim) projected activation features of each token sequence, and what it cost.
 
-    Feature = sum over chosen layers l of normalize(masked_mean(h_l)) @ R_l / sqrt(#layers), where R is one
-    seeded Gaussian projection of the concatenated per-layer vectors, split per layer.
+    Feature = sum over chosen layers l of normalize(pool(h_l)) @ R_l / sqrt(#layers), where R is one
+    seeded Gaussian projection of the concatenated per-layer vectors, split per layer; `pooling` is one of
+    POOLINGS.
     """
     from cola.cluster import gaussian_projection
 
     if any(len(ids) == 0 for ids in token_ids):
         raise ColaError("a candidate has no tokens; drop empty texts before extraction")
+    if pooling not in POOLINGS:
+        raise unknown_choice("pooling", pooling, POOLINGS)
     _, blocks = find_decoder_layers(model)
     chosen = resolve_layers(layers, len(blocks))
     hidden_size = _hidden_size(model)
@@ -126,7 +142,7 @@ def extract_projected_features(
     def make_hook(slot: int, is_last: bool):
         def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor | tuple) -> None:
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
-            pooled = torch.nn.functional.normalize(masked_mean(hidden, state["mask"]), dim=-1)  # (B, H)
+            pooled = torch.nn.functional.normalize(pool(hidden, state["mask"], pooling), dim=-1)  # (B, H)
             state["acc"] += pooled @ projection[slot]  # (B, P)
             if is_last:
                 raise _StopForward

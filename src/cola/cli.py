@@ -84,7 +84,7 @@ def _signal_weights(value: str) -> tuple[float, float, float]:
 
 
 def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
-    from cola.config import (CHAT_TEMPLATE_MODES, SELECTION_METHODS, SYSTEM_PROMPT_MODES, CurateConfig,
+    from cola.config import (CHAT_TEMPLATE_MODES, POOLINGS, SELECTION_METHODS, SYSTEM_PROMPT_MODES, CurateConfig,
                              ProcessConfig, SelectionConfig)
 
     c, s, p = CurateConfig(), SelectionConfig(), ProcessConfig()
@@ -116,6 +116,9 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=s.seed)
     parser.add_argument("--layers", type=_layers, default=None,
                         help="decoder layers whose activations are used: all (default), '0,5,-1', '10-20'")
+    parser.add_argument("--pooling", default=s.pooling, choices=list(POOLINGS),
+                        help="how a layer's token states become one vector: mean over real tokens (default) "
+                             "or the last real token's state")
     parser.add_argument("--projection_dim", type=int, default=s.projection_dim)
     parser.add_argument("--selection_method", default=s.method, choices=list(SELECTION_METHODS),
                         help="Stage 3: activations (COLA, default), random, text_clusters (TF-IDF k-means, as "
@@ -296,8 +299,8 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                             reasoning_model=args.reasoning_model,
                             reasoning=ReasoningConfig(max_new_tokens=args.reasoning_max_new_tokens,
                                                       batch_size=args.batch_size, seed=args.seed))
-    selection = SelectionConfig(method=args.selection_method, layers=args.layers, projection_dim=args.projection_dim,
-                                batch_size=args.batch_size, batch_tokens=args.batch_tokens, seed=args.seed)
+    selection = SelectionConfig(method=args.selection_method, layers=args.layers, pooling=args.pooling,
+                                projection_dim=args.projection_dim, batch_size=args.batch_size, batch_tokens=args.batch_tokens, seed=args.seed)
     return CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
                         num_samples=args.num_samples, sequence_length=args.sequence_length,
                         candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,

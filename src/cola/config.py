@@ -16,6 +16,8 @@ CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 # template: whatever the chat template does without a system turn (SmolLM2 and Qwen2.5 insert a default system
 # prompt into every record); none: no system turn at all
 SYSTEM_PROMPT_MODES = ("template", "none")
+# How a decoder layer's hidden states (one per token) become one vector per sample (cola.activations.pool).
+POOLINGS = {"mean": "the mean over real tokens", "last": "the last real token's state"}
 # Stage 3: COLA's activation medoids, a seeded random pick, or a peer method on the processed pool (stages/peers.py)
 # Stage 3's methods and what each does (the manifest's account of Stage 3).
 SELECTION_METHODS = {"activations": "on: activation k-means medoids",
@@ -31,6 +33,7 @@ class SelectionConfig:
 
     method: str = "activations"             # one of SELECTION_METHODS; only "activations" runs the model
     layers: tuple[int, ...] | None = None   # None: every decoder layer
+    pooling: str = "mean"                   # one of activations.POOLINGS: a layer's tokens -> one vector
     projection_dim: int = 64
     batch_size: int = 16                    # sequences per forward pass at most
     batch_tokens: int = 4096                # padded token slots per forward pass at most
@@ -40,6 +43,8 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         if self.method not in SELECTION_METHODS:
             raise unknown_choice("selection method", self.method, SELECTION_METHODS)
+        if self.pooling not in POOLINGS:
+            raise unknown_choice("pooling", self.pooling, POOLINGS)
         for name in ("projection_dim", "batch_size", "batch_tokens", "kmeans_init"):
             if getattr(self, name) < 1:
                 raise ColaError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -50,7 +50,8 @@ def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], confi
     """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters."""
     return extract_projected_features(
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
-        batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id, quiet=quiet)
+        batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id,
+        pooling=config.pooling, quiet=quiet)
 
 
 def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
