@@ -110,14 +110,31 @@ def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeyp
     assert len(calls) == 1  # made once per strategy and seed
 
 
-def test_shipped_experiment_config_is_valid():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "smollm2_cpu.yaml"
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_experiment_configs_are_valid(path: Path):
+    from cola.strategies import strategy_config
+
     data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not data_dir.is_dir():
         pytest.skip(f"shared data folder {data_dir} not found")
     config = config_module.load_experiment_config(path)
-    assert len(grid(config)) == 3 * 9 * 4
-    assert [m.method for m in config.methods] == ["wanda", "sparsegpt", "gptq", "caldera"]
+    curation = {}  # every strategy and variant builds a valid curation config
+    for name in config.strategies:
+        base, settings, _ = config.recipe(name)
+        curation[name] = strategy_config(base, datasets=config.calibration.datasets, seed=0,
+                                         num_samples=config.calibration.num_samples,
+                                         sequence_length=config.calibration.sequence_length, **settings)
+    if path.stem == "smollm2_cpu":
+        assert len(grid(config)) == 3 * 9 * 4
+        assert [m.method for m in config.methods] == ["wanda", "sparsegpt", "gptq", "caldera"]
+    if path.stem == "smollm2_stage3":
+        assert len(grid(config)) == 3 * 5
+        assert curation["cola_lastpool"].selection.pooling == "last"
+        assert curation["cola_lastlayer"].selection.layers == (-1,)
+        assert curation["no_stage3"].selection_method == "random"
 
 
 # ------------------------------------------------------------------------------------------------ runner
