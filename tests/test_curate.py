@@ -192,7 +192,7 @@ def test_ablation_switches(tiny_model_dir, pool_files, tmp_path) -> None:
     assert timings["stage1_extract"] > 0 and "stage3_extract" not in timings
 
 
-def test_no_pack_and_field_mapping(tiny_model_dir, tmp_path) -> None:
+def test_windowing_alone_and_field_mapping(tiny_model_dir, tmp_path) -> None:
     qa = write_jsonl(tmp_path / "qa.jsonl", [
         {"q": f"Question number {i}: how many legs do {i} spiders have in total together?",
          "a": f"{8 * i}", "why": f"Each spider has 8 legs, so {i} spiders have {i} times 8 legs, that is {8 * i}."}
@@ -200,7 +200,7 @@ def test_no_pack_and_field_mapping(tiny_model_dir, tmp_path) -> None:
     out = tmp_path / "out"
     args = ["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
             "--dtype", "float32", "--device", "cpu", "--num_samples", "4", "--sequence_length", "48",
-            "--datasets", f"{qa}@math", "--fields", "question=q,reasoning=why,answer=a", "--no_pack", "--no_dedup"]
+            "--datasets", f"{qa}@math", "--fields", "question=q,reasoning=why,answer=a", "--length", "window", "--no_dedup"]
     assert main(args) == 0
     stage2 = json.loads((out / MANIFEST_FILE).read_text())["stage2"]
     assert stage2["sources"][0]["formatter"] == "fields" and stage2["sources"][0]["samples"] >= 30
@@ -208,6 +208,20 @@ def test_no_pack_and_field_mapping(tiny_model_dir, tmp_path) -> None:
     assert len(pool_texts) == stage2["sources"][0]["samples"]
     for sample in json.loads((out / SAMPLES_FILE).read_text()):  # never two documents in one window
         assert sample["text"].count("Question:") <= 1 and "</s>" not in sample["text"]
+
+
+def test_truncate_makes_one_sample_per_document_of_at_most_the_length(tiny_model_dir, tmp_path) -> None:
+    texts = [{"text": " ".join(["a"] * n)} for n in (5, 12, 20, 60, 90, 200)]  # short ones and long ones
+    data = write_jsonl(tmp_path / "t.jsonl", texts)
+    out = tmp_path / "out"
+    assert main(["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
+                 "--dtype", "float32", "--device", "cpu", "--num_samples", "6", "--sequence_length", "48",
+                 "--datasets", f"{data}@general", "--length", "truncate", "--no_dedup", "--min_length", "1"]) == 0
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["settings"]["process"]["length"] == "truncate"
+    assert manifest["stage2"]["sources"][0]["samples"] == 6  # every document, none joined or dropped
+    lengths = sorted(pq.read_table(out / POOL_PARQUET).to_pydict()["num_tokens"])
+    assert lengths == sorted(min(len(t["text"]), 48) for t in texts)  # byte tokenizer: a token per character
 
 
 def test_bad_field_mapping_is_a_one_line_error(tiny_model_dir, pool_files, tmp_path, capsys) -> None:

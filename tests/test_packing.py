@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cola.config import ProcessConfig
+from cola.errors import ColaError
 from cola.stages.packing import TokenizedDocument, boundary_token_indices, pack_to_length, tokenize_documents
 
 from .conftest import byte_tokenizer
@@ -60,9 +62,29 @@ def test_window_starts_snap_to_the_next_sentence_within_slack() -> None:
 
 def test_without_packing_short_documents_are_dropped_and_long_ones_windowed_alone() -> None:
     docs = [_doc(50), _doc(130, start=1), _doc(63)]
-    windows = pack_to_length(docs, 64, separator_id=SEP, pack=False, slack_fraction=0.0)
+    windows = pack_to_length(docs, 64, separator_id=SEP, mode="window", slack_fraction=0.0)
     assert [w.documents for w in windows] == [(1,), (1,)]
     assert all(SEP not in w.input_ids for w in windows)
+
+
+@pytest.mark.parametrize("bos", [None, 255])
+def test_truncate_keeps_each_document_once_cut_to_the_length(bos) -> None:
+    docs = [_doc(50), _doc(130, start=1), _doc(63, start=2), _doc(0)]
+    windows = pack_to_length(docs, 64, separator_id=SEP, bos_id=bos, mode="truncate",
+                             self_delimited=[False, True, False, False])
+    head = [] if bos is None else [bos]
+    body = 64 - len(head)
+    assert [w.documents for w in windows] == [(0,), (1,), (2,)]  # the empty document makes no sample
+    assert [len(w.input_ids) for w in windows] == [min(n, body) + len(head) for n in (50, 130, 63)]
+    for w, doc in zip(windows, docs):  # the document's first tokens, nothing joined, no separator
+        assert w.input_ids.tolist() == head + doc.input_ids[:body].tolist()
+
+
+def test_unknown_length_mode_lists_the_valid_ones() -> None:
+    with pytest.raises(ColaError, match="unknown length mode 'cut'.*Valid choices: pack, truncate, window"):
+        pack_to_length([_doc(10)], 8, separator_id=SEP, mode="cut")
+    with pytest.raises(ColaError, match="unknown length mode 'cut'"):
+        ProcessConfig(length="cut")
 
 
 def test_bos_takes_the_first_slot() -> None:

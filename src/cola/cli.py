@@ -84,8 +84,8 @@ def _signal_weights(value: str) -> tuple[float, float, float]:
 
 
 def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
-    from cola.config import (CHAT_TEMPLATE_MODES, POOLINGS, SELECTION_METHODS, SYSTEM_PROMPT_MODES, CurateConfig,
-                             ProcessConfig, SelectionConfig)
+    from cola.config import (CHAT_TEMPLATE_MODES, LENGTH_MODES, POOLINGS, SELECTION_METHODS, SYSTEM_PROMPT_MODES,
+                             CurateConfig, ProcessConfig, SelectionConfig)
 
     c, s, p = CurateConfig(), SelectionConfig(), ProcessConfig()
     f = p.filters
@@ -124,8 +124,10 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Stage 3: activations (COLA, default), random, text_clusters (TF-IDF k-means, as "
                         "COLA-Zero), lexical_diversity (greedy distinct-token coverage, as ZipCal)")
     stage2 = parser.add_argument_group("Stage 2 (processing)")
-    stage2.add_argument("--no_pack", action="store_true",
-                        help="window each document alone (documents shorter than sequence_length are dropped)")
+    stage2.add_argument("--length", default=p.length, choices=list(LENGTH_MODES),
+                        help="how documents become samples: pack (default: a source's documents joined and cut "
+                             "into full windows), window (each document windowed alone, shorter ones dropped), "
+                             "truncate (each document its first sequence_length tokens, shorter ones whole)")
     stage2.add_argument("--min_length", type=int, default=f.min_tokens, help="drop documents with fewer tokens")
     stage2.add_argument("--max_length", type=int, default=f.max_tokens, help="drop documents with more tokens")
     stage2.add_argument("--chat_template", default=p.chat_template, choices=list(CHAT_TEMPLATE_MODES),
@@ -293,7 +295,7 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                            near_duplicate_threshold=args.near_duplicate_threshold, min_tokens=args.min_length,
                            max_tokens=args.max_length, perplexity_drop_fraction=args.perplexity_filter,
                            seed=args.seed)
-    process = ProcessConfig(enabled=not args.no_stage2, pack=not args.no_pack, chat_template=args.chat_template,
+    process = ProcessConfig(enabled=not args.no_stage2, length=args.length, chat_template=args.chat_template,
                             system_prompt=args.system_prompt,
                             field_mapping=args.fields, filters=filters, generate_reasoning=args.generate_reasoning,
                             reasoning_model=args.reasoning_model,

@@ -16,6 +16,12 @@ CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 # template: whatever the chat template does without a system turn (SmolLM2 and Qwen2.5 insert a default system
 # prompt into every record); none: no system turn at all
 SYSTEM_PROMPT_MODES = ("template", "none")
+# Stage 2's length step (cola.stages.packing.pack_to_length): how documents become samples.
+LENGTH_MODES = {"pack": "a source's documents joined and cut into windows of exactly sequence_length tokens",
+                "window": "each document cut alone into windows of exactly sequence_length tokens; shorter "
+                          "documents dropped",
+                "truncate": "each document one sample of its first sequence_length tokens; shorter ones kept "
+                            "whole (samples of varying length)"}
 # How a decoder layer's hidden states (one per token) become one vector per sample (cola.activations.pool).
 POOLINGS = {"mean": "the mean over real tokens", "last": "the last real token's state"}
 # Stage 3: COLA's activation medoids, a seeded random pick, or a peer method on the processed pool (stages/peers.py)
@@ -55,7 +61,7 @@ class ProcessConfig:
     """Stage 2 settings; `enabled=False` is the no-Stage-2 ablation (texts only cut to length)."""
 
     enabled: bool = True
-    pack: bool = True                       # join a source's documents to fill every window
+    length: str = "pack"                    # one of LENGTH_MODES: how documents become samples
     chat_template: str = "auto"             # auto: wrap Q&A records in the model's chat template if it has one
     system_prompt: str = "template"         # one of SYSTEM_PROMPT_MODES: the templated records' system turn
     field_mapping: tuple[tuple[str, str], ...] | None = None  # (role, field) pairs from --fields
@@ -69,6 +75,8 @@ class ProcessConfig:
             raise unknown_choice("chat template mode", self.chat_template, CHAT_TEMPLATE_MODES)
         if self.system_prompt not in SYSTEM_PROMPT_MODES:
             raise unknown_choice("system prompt mode", self.system_prompt, SYSTEM_PROMPT_MODES)
+        if self.length not in LENGTH_MODES:
+            raise unknown_choice("length mode", self.length, LENGTH_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)

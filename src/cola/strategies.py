@@ -34,7 +34,7 @@ class Strategy:
 
 _RECIPES = {
     "random_c4": Strategy("seeded random packed windows from one source (c4 by default), no chat template",
-                          {**_RANDOM, "process.pack": True, "process.chat_template": "off"}),
+                          {**_RANDOM, "process.length": "pack", "process.chat_template": "off"}),
     "random_mixed": Strategy("seeded random packed windows from the whole mixed pool", _RANDOM),
     "cola": Strategy("COLA: Stage 1 mixture, Stage 2 processing, Stage 3 activation medoids", _ALL_ON),
     "no_stage1": Strategy("COLA without Stage 1: activation medoids over the mixed pool", {**_ALL_ON, "stage1": False}),

@@ -1,12 +1,14 @@
-"""Stage 2 length step: cut documents into samples of exactly `sequence_length` tokens, with no padding.
+"""Stage 2 length step: cut documents into samples of `sequence_length` tokens, with no padding.
 
 COLA (arXiv 2510.10618, Sec. 4.1) calibrates on samples of one standard length. Padding wastes compute and,
 worse, enters the activation statistics that compression methods estimate, so every sample here is real
 text. With packing (the default), the documents of ONE source are joined into one token stream, each
 followed by a separator (EOS), and cut into consecutive windows. A window's start snaps forward to the next
 paragraph or sentence start when one lies within a small slack, so long documents are split at natural
-boundaries where possible. Without packing, each document is windowed alone and documents shorter than
-`sequence_length` are dropped (they cannot make a full sample without padding).
+boundaries where possible. Mode "window" windows each document alone and drops documents shorter than
+`sequence_length` (they cannot make a full sample without padding). Mode "truncate" makes each document one
+sample of its first `sequence_length` tokens and keeps shorter ones whole: samples then vary in length, as
+with the no-Stage-2 ablation's cut, and nothing is joined (the way to tell packing from formatting).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from cola.config import LENGTH_MODES
+from cola.errors import unknown_choice
 
 # Where a new unit of text starts: after a blank line (paragraph), a line break, or sentence punctuation.
 _BOUNDARY = re.compile(r"\n\s*\n\s*|\n\s*|(?<=[.!?])\s+")
@@ -32,7 +37,7 @@ class TokenizedDocument:
 
 @dataclass(frozen=True, eq=False)
 class Window:
-    """One sample: exactly `sequence_length` token ids, and which documents it draws from."""
+    """One sample: `sequence_length` token ids (at most, in mode "truncate"), and which documents it draws from."""
 
     input_ids: np.ndarray           # (L,) int32
     documents: tuple[int, ...]      # indices into the document list, in order
@@ -85,17 +90,25 @@ def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, length:
 
 
 def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, separator_id: int | None,
-                   bos_id: int | None = None, pack: bool = True, slack_fraction: float = 0.125,
+                   bos_id: int | None = None, mode: str = "pack", slack_fraction: float = 0.125,
                    self_delimited: Sequence[bool] = ()) -> list[Window]:
-    """Cut one source's documents into windows of exactly `sequence_length` tokens.
+    """Cut one source's documents into samples of `sequence_length` tokens; `mode` is one of LENGTH_MODES.
 
-    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each window. A document
-    flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no separator after it.
-    Tokens past the last full window are dropped; so are, without packing, documents shorter than a window.
+    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each sample. When
+    packing, a document flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no
+    separator after it. Tokens past the last full window are dropped; so are, in mode "window", documents
+    shorter than a window. Mode "truncate" gives one sample per document, its first tokens.
     """
+    if mode not in LENGTH_MODES:
+        raise unknown_choice("length mode", mode, LENGTH_MODES)
     if sequence_length < 2 and bos_id is not None:
         raise ValueError("sequence_length must leave room for tokens after BOS")
     body = sequence_length - (bos_id is not None)
+    head = [] if bos_id is None else [bos_id]
+    if mode == "truncate":
+        return [Window(np.concatenate([head, doc.input_ids[:body]]).astype(np.int32), (i,))
+                for i, doc in enumerate(docs) if len(doc.input_ids)]
+    pack = mode == "pack"
     slack = int(body * slack_fraction)
     groups = [list(range(len(docs)))] if pack else [[i] for i in range(len(docs))]
     windows: list[Window] = []
@@ -115,6 +128,6 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
         stream = np.concatenate(parts)                 # (S,)
         boundaries = np.concatenate(bounds)            # (B,) ascending: documents are in order
         for window in _windows(stream, boundaries, np.concatenate(owners), body, slack):
-            ids = window.input_ids if bos_id is None else np.concatenate([[bos_id], window.input_ids])
+            ids = np.concatenate([head, window.input_ids])
             windows.append(Window(ids.astype(np.int32), window.documents))
     return windows

@@ -3,7 +3,8 @@
 1. format: structured records become `Question / Reasoning / Answer` text (catalog formatter, a user's
    `--fields` mapping, or free text), optionally wrapped in the model's chat template;
 2. filter: exact and near duplicates, length bounds, character heuristics, optional perplexity filter;
-3. length: each source's surviving documents are packed into windows of exactly `sequence_length` tokens.
+3. length: each source's surviving documents are packed into windows of exactly `sequence_length` tokens
+   (or windowed one by one, or each cut to its first `sequence_length` tokens: `ProcessConfig.length`).
 
 `truncate_to_length` is the no-Stage-2 path (ablation): each text cut to at most `sequence_length`.
 """
@@ -148,15 +149,15 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     for index, entry in enumerate(report["sources"]):
         members = [i for i in filtered.kept if owner[i] == index]
         windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
-                                 pack=config.pack, self_delimited=[templated[i] for i in members])
+                                 mode=config.length, self_delimited=[templated[i] for i in members])
         samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False),
                                      input_ids=w.input_ids, source=index,
                                      format_enhanced=any(enhanced[members[d]] for d in w.documents))
                        for w in windows)
 
         entry.update(documents_after_filters=survivors.get(index, 0), samples=len(windows))
-    log.info("stage 2: %d documents -> %d after filters -> %d samples of %d tokens", filtered.before,
-             filtered.after, len(samples), sequence_length)
+    log.info("stage 2: %d documents -> %d after filters -> %d samples of %s%d tokens", filtered.before,
+             filtered.after, len(samples), "at most " if config.length == "truncate" else "", sequence_length)
     return samples, report
 
 
