@@ -200,7 +200,8 @@ def test_windowing_alone_and_field_mapping(tiny_model_dir, tmp_path) -> None:
     out = tmp_path / "out"
     args = ["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
             "--dtype", "float32", "--device", "cpu", "--num_samples", "4", "--sequence_length", "48",
-            "--datasets", f"{qa}@math", "--fields", "question=q,reasoning=why,answer=a", "--length", "window", "--no_dedup"]
+            "--datasets", f"{qa}@math", "--fields", "question=q,reasoning=why,answer=a", "--length", "window",
+            "--no_dedup"]
     assert main(args) == 0
     stage2 = json.loads((out / MANIFEST_FILE).read_text())["stage2"]
     assert stage2["sources"][0]["formatter"] == "fields" and stage2["sources"][0]["samples"] >= 30

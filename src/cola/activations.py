@@ -3,10 +3,10 @@
 For each candidate the uncompressed model runs up to the deepest chosen decoder layer only (a hook stops
 the forward there, so neither the layers above nor the LM head are computed). Each chosen layer's output
 is pooled over real tokens (attention mask): their mean by default, or the last real token's state, which
-in a causal model is the only one that has seen the whole sample. It is then L2-normalised, and multiplied by that layer's slice of
-one Gaussian projection, so only a (N, projection_dim) matrix is ever held. Candidates are batched by
-length (sorted, with a token budget per batch), so almost no padding is computed; right padding plus a
-causal mask leaves every real token's hidden state as it is without padding.
+in a causal model is the only one that has seen the whole sample. It is then L2-normalised and multiplied
+by that layer's slice of one Gaussian projection, so only a (N, projection_dim) matrix is ever held.
+Candidates are batched by length (sorted, with a token budget per batch), so almost no padding is computed;
+right padding plus a causal mask leaves every real token's hidden state as it is without padding.
 """
 
 from __future__ import annotations

@@ -302,7 +302,8 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
                             reasoning=ReasoningConfig(max_new_tokens=args.reasoning_max_new_tokens,
                                                       batch_size=args.batch_size, seed=args.seed))
     selection = SelectionConfig(method=args.selection_method, layers=args.layers, pooling=args.pooling,
-                                projection_dim=args.projection_dim, batch_size=args.batch_size, batch_tokens=args.batch_tokens, seed=args.seed)
+                                projection_dim=args.projection_dim, batch_size=args.batch_size,
+                                batch_tokens=args.batch_tokens, seed=args.seed)
     return CurateConfig(datasets=tuple(args.datasets), target_capabilities=args.target_capabilities,
                         num_samples=args.num_samples, sequence_length=args.sequence_length,
                         candidates_per_source=args.candidates_per_source, deployment_type=args.deployment_type,

@@ -39,7 +39,7 @@ class SelectionConfig:
 
     method: str = "activations"             # one of SELECTION_METHODS; only "activations" runs the model
     layers: tuple[int, ...] | None = None   # None: every decoder layer
-    pooling: str = "mean"                   # one of activations.POOLINGS: a layer's tokens -> one vector
+    pooling: str = "mean"                   # one of POOLINGS: a layer's token states -> one vector
     projection_dim: int = 64
     batch_size: int = 16                    # sequences per forward pass at most
     batch_tokens: int = 4096                # padded token slots per forward pass at most
