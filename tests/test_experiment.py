@@ -135,6 +135,9 @@ def test_shipped_experiment_configs_are_valid(path: Path):
         assert curation["cola_lastpool"].selection.pooling == "last"
         assert curation["cola_lastlayer"].selection.layers == (-1,)
         assert curation["no_stage3"].selection_method == "random"
+        stage2 = config_module.load_experiment_config(path.with_name("smollm2_stage2.yaml"))  # shares its cells
+        for field in ("model", "dtype", "seeds", "calibration", "methods", "evaluation"):
+            assert getattr(config, field) == getattr(stage2, field), field
 
 
 # ------------------------------------------------------------------------------------------------ runner
