@@ -78,6 +78,7 @@ def test_truncate_keeps_each_document_once_cut_to_the_length(bos) -> None:
     assert [len(w.input_ids) for w in windows] == [min(n, body) + len(head) for n in (50, 130, 63)]
     for w, doc in zip(windows, docs):  # the document's first tokens, nothing joined, no separator
         assert w.input_ids.tolist() == head + doc.input_ids[:body].tolist()
+        assert w.input_ids.dtype == np.int32
 
 
 def test_unknown_length_mode_lists_the_valid_ones() -> None:

@@ -104,9 +104,9 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
     if sequence_length < 2 and bos_id is not None:
         raise ValueError("sequence_length must leave room for tokens after BOS")
     body = sequence_length - (bos_id is not None)
-    head = [] if bos_id is None else [bos_id]
+    head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)  # (0,) or (1,): BOS first
     if mode == "truncate":
-        return [Window(np.concatenate([head, doc.input_ids[:body]]).astype(np.int32), (i,))
+        return [Window(np.concatenate([head, doc.input_ids[:body]]).astype(np.int32, copy=False), (i,))
                 for i, doc in enumerate(docs) if len(doc.input_ids)]
     pack = mode == "pack"
     slack = int(body * slack_fraction)
@@ -128,6 +128,5 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
         stream = np.concatenate(parts)                 # (S,)
         boundaries = np.concatenate(bounds)            # (B,) ascending: documents are in order
         for window in _windows(stream, boundaries, np.concatenate(owners), body, slack):
-            ids = np.concatenate([head, window.input_ids])
-            windows.append(Window(ids.astype(np.int32), window.documents))
+            windows.append(Window(np.concatenate([head, window.input_ids]), window.documents))
     return windows
