@@ -101,7 +101,8 @@ def test_a_crash_while_writing_keeps_previous_outputs(tiny_model_dir, pool_files
 
 
 def test_python_api_matches_the_seed(tmp_path, pool_files) -> None:
-    cola = COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[str(p) for p in pool_files.values()],
+    cola = COLA(model=tiny_llama(), tokenizer=byte_tokenizer(),
+                available_datasets=[str(p) for p in pool_files.values()],
                 target_capabilities=["math", "code", "general"], output_dir=tmp_path / "api", quiet=True)
     samples = cola.run(num_samples=5, sequence_length=32)
     assert len(samples) == 5 and all(set(s) == SEED_KEYS for s in samples)
@@ -132,7 +133,8 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
         datasets={"x": Path(f"{pool_files['math']}#body")})
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
     assert "all 2 texts are empty" in bad(datasets={"x": empty})
-    assert "num_samples 500 is larger than the pool of 50 candidates after Stage 2 (36 documents" in bad("--num_samples", "500")
+    assert ("num_samples 500 is larger than the pool of 50 candidates after Stage 2 (36 documents"
+            in bad("--num_samples", "500"))
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
@@ -294,7 +296,8 @@ def test_semantic_embedder_option(tiny_model_dir, pool_files, tmp_path, capsys) 
     assert curate(tiny_model_dir, pool_files, b, "--semantic_embedder", "minilm") == 0
     ma, mb = (json.loads((d / MANIFEST_FILE).read_text())["stage1"] for d in (a, b))
     assert (ma["semantic_space"], mb["semantic_space"]) == ("model activations", "minilm")
-    semantic = lambda m: [m["coverage"][d][c]["semantic"] for d in m["coverage"] for c in m["coverage"][d]]  # noqa: E731
+    semantic = lambda m: [m["coverage"][d][c]["semantic"]  # noqa: E731
+                          for d in m["coverage"] for c in m["coverage"][d]]
     assert semantic(ma) != semantic(mb)
     tokens = lambda m: [m["coverage"][d][c]["token"] for d in m["coverage"] for c in m["coverage"][d]]  # noqa: E731
     assert tokens(ma) == tokens(mb)  # only the semantic signal changes space

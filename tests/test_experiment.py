@@ -77,7 +77,8 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
          r"variants.v: unknown chat template mode False. \(YAML reads an unquoted off.*quote it\)"),
         ({"v": {"strategy": "cola", "stage1": False}}, "variants.v: strategy 'cola' fixes stage1=True"),
         ({"v": {"strategy": "cola", "num_samples": 8}}, "variants.v sets 'num_samples', which the `calibration`"),
-        ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}}, "variants.v: generation settings only apply to self_generated, not to 'cola'"),
+        ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}},
+         "variants.v: generation settings only apply to self_generated, not to 'cola'"),
     ]
     for variants, message in errors:
         with pytest.raises(ColaError, match=message):

@@ -43,7 +43,8 @@ _THINGS = ("stamps", "shells", "cards", "beads", "coins", "photos", "leaves", "b
 
 
 def embedded_records(capability: str, *, seed: int = 0) -> Iterator[Record]:
-    """Yield records of the embedded pool for one capability, deterministically for a given seed and Python installation.
+    """Yield records of the embedded pool for one capability, deterministically for a given seed and Python
+    installation.
 
     Only the generated math pool depends on `seed`; the other pools are read in a fixed order.
     """

@@ -114,7 +114,8 @@ def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str
               ""]
     dense = frame[frame.strategy == "dense"]
     if not dense.empty:
-        lines += ["## Dense model", "", "| task | capability | metric | value | ± stderr | n |", "|---|---|---|---|---|---|"]
+        lines += ["## Dense model", "", "| task | capability | metric | value | ± stderr | n |",
+                  "|---|---|---|---|---|---|"]
         for _, row in dense.iterrows():
             d = _digits(float(row.value))
             stderr = f"{float(row.stderr):.{d}f}" if row.stderr == row.stderr and row.stderr is not None else "—"
