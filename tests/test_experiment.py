@@ -241,6 +241,24 @@ def test_report_tables_paired_differences_and_plots(tmp_path, fake_jobs):
     assert (tmp_path / "report" / "plots" / "ffn_spectrum.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize(("width", "entries"), [(4.5, 5), (4.5, 9), (18.0, 9)])
+def test_figure_legend_wraps_inside_the_figure(tmp_path, width, entries):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cola.experiment.plots import _save_with_legend
+
+    fig, axes = plt.subplots(2, 1, figsize=(width, 7.0), squeeze=False)
+    for i in range(entries):
+        axes[0][0].plot([0, 1], [i, i], label=f"cola_lastpool_{i}")  # long labels, as the Stage 3 grid's
+    legend = _save_with_legend(fig, axes.flat, tmp_path / "p.png")
+    box, frame = legend.get_window_extent(), fig.bbox
+    assert len(legend.get_texts()) == entries
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0  # no entry cut off
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
 def test_report_renders_from_a_small_results_csv(tmp_path):
     csv = tmp_path / "results.csv"
     csv.write_text(

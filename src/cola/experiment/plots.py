@@ -23,6 +23,22 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save_with_legend(fig: Any, axes: Any, path: Path) -> Any:
+    """One legend for the figure's labelled artists below the panels, wrapped to the figure's width (about 1.5
+    inches per entry) so that no entry is cut off, then save and close; returns the legend."""
+    import matplotlib.pyplot as plt
+
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    width, height = fig.get_size_inches()
+    columns = max(1, min(len(handles), int(width // 1.5)))
+    rows = -(-len(handles) // columns)
+    legend = fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=8)
+    fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.2 * rows) / height), 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return legend
+
+
 def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str], capabilities: list[str],
                    baseline: str, path: Path) -> Path | None:
     """One column per method: retention per capability, one bar per strategy (± std over seeds), and below it
@@ -58,11 +74,7 @@ def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str]
             ax.set_xticks(x, capabilities)
     axes[0][0].set_ylabel("retention vs dense (1 = nothing lost)")
     axes[1][0].set_ylabel(f"retention − {baseline} (same seed)")
-    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 5), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_with_legend(fig, axes.flat, path)
     return path
 
 
@@ -143,11 +155,7 @@ def plot_spectrum(experiment: Experiment, dense: dict[str, Any] | None, path: Pa
         bottom.set_xlabel("singular value index")
     axes[0][0].set_ylabel(f"singular value\n{dense['spectrum']['module'].split('.', 1)[-1]}")
     axes[1][0].set_ylabel("compressed / dense")
-    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_with_legend(fig, axes[0], path)
     return path
 
 
