@@ -26,8 +26,6 @@ def _pyplot() -> Any:
 def _save_with_legend(fig: Any, axes: Any, path: Path) -> Any:
     """One legend for the figure's labelled artists below the panels, wrapped to the figure's width (about 1.5
     inches per entry) so that no entry is cut off, then save and close; returns the legend."""
-    import matplotlib.pyplot as plt
-
     handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     width, height = fig.get_size_inches()
     columns = max(1, min(len(handles), int(width // 1.5)))
@@ -35,7 +33,7 @@ def _save_with_legend(fig: Any, axes: Any, path: Path) -> Any:
     legend = fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=8)
     fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.2 * rows) / height), 1, 1))
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return legend
 
 
