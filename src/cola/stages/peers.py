@@ -135,9 +135,10 @@ def generate_self_calibration(model: torch.nn.Module, tokenizer: Any,
     cycled if there are too few) with top-k / nucleus sampling and a repetition penalty; EOS is suppressed
     until the length is reached, and equal-length prompts need no padding. n = ceil(k / (1 - drop_fraction))
     sequences are generated, each is scored by its perplexity under the same model, and the n - k highest
-    are dropped (generated text that even its author finds unlikely is degenerate). The kept sequences come back in generation order. Sampling runs under a forked RNG
-    seeded with `seed`, so the result depends only on the seed and batch_size, and the caller's RNG state
-    is untouched. The report's wall-clock figures are under "seconds".
+    are dropped (generated text that even its author finds unlikely is degenerate). The kept sequences come
+    back in generation order. Sampling runs under a forked RNG seeded with `seed`, so the result depends only
+    on the seed and batch_size, and the caller's RNG state is untouched. The report's wall-clock figures are
+    under "seconds".
     """
     import torch
 
