@@ -564,7 +564,7 @@ def _lr_step(A: torch.Tensor, AH: torch.Tensor, ctx: _Context) -> tuple[_LowRank
     L0, R0 = L0 * balance, R0 / balance[:, None]
     if cfg.lr_bits == 16:
         L = _fp16(L0)
-        R = _fp16(_solve_right(A.T @ L, L.T @ L).T)  # (LᵀL)⁻¹ Lᵀ A
+        R = _fp16(_solve_right(A.T @ L, L.T @ L).T.contiguous())  # (LᵀL)⁻¹ Lᵀ A
         return _LowRank(L, R, None, None), _error_num(A, AH, L, R, ctx.H)
     HL = (R0 @ ctx.Hd) @ R0.T  # the Hessian of L's error: ‖ΔL R C‖² = tr(ΔL R Hd Rᵀ ΔLᵀ)
     left = _ldlq(L0, _hinv_upper(_damped_cholesky(HL, cfg.damp)), cfg.lr_bits, cfg.quantizer, None)
@@ -647,9 +647,12 @@ class CalderaLinear(torch.nn.Module):
         self.config = factors.config
         self.out_features, self.in_features = factors.shape
         self._keys = tuple(factors.tensors())
+        # Contiguous copies: a fresh module and one reloaded from disk must run the same matmul kernels (a
+        # transposed view takes another kernel on some CPUs, and the outputs then differ in the last bits).
         for key, tensor in factors.tensors().items():
-            self.register_buffer(key, tensor.detach().clone())
-        self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
+            self.register_buffer(key, tensor.detach().clone(memory_format=torch.contiguous_format))
+        self.register_buffer("bias", bias.detach().clone(memory_format=torch.contiguous_format)
+                             if bias is not None else None)
 
     @property
     def factors(self) -> CalderaFactors:
