@@ -29,6 +29,7 @@ import torch
 from cola.cluster import nearest_selected_distance
 from cola.config import SelectionConfig
 from cola.data.sources import load_source, parse_source
+from cola.export import cpu_model
 from cola.models import find_decoder_layers, load_model
 from cola.stages.process import truncate_to_length
 from cola.stages.select import Selection, select_by_activations
@@ -48,17 +49,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data_dir", type=Path, default=(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--skip_fp32", action="store_true", help="run Stage 3 in bf16 only")
     return parser.parse_args()
-
-
-def cpu_model() -> str:
-    """The CPU's `model name` line from /proc/cpuinfo, or 'unknown'."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, warmup: int = 2, repeats: int = 5) -> float:
