@@ -367,3 +367,40 @@ def test_quiet_load_of_a_quantized_model_draws_no_bars(tmp_path, capfd):
     captured = capfd.readouterr()
     assert torch.isfinite(logits).all()
     assert "Decompressing" not in captured.err + captured.out and "Dispatching" not in captured.err
+
+
+def test_readme_handoff_snippet_feeds_oneshot_the_whole_set_in_order(tmp_path, monkeypatch):
+    """The README's llm-compressor snippet, run exactly as written on a 128-sample set of one length (the case
+    where handing over the Dataset itself moved every position): every sample reaches the model, in order."""
+    import re
+
+    import numpy as np
+
+    from cola.export import tokenizer_fingerprint, write_outputs
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"<!-- handoff-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(0, 257, 24).astype(np.int32) for _ in range(128)]
+    write_outputs(tmp_path / "out", samples=[{"text": ""} for _ in ids], input_ids=ids,
+                  pool={"pool_index": list(range(len(ids)))}, manifest={"tokenizer": tokenizer_fingerprint(
+                      byte_tokenizer())})
+    tiny_llama().save_pretrained(tmp_path / "model")  # as users load theirs: from a directory
+    byte_tokenizer().save_pretrained(tmp_path / "model")
+    from transformers import AutoModelForCausalLM
+
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    recipe = WandaPruningModifier(sparsity=0.5, targets=["Linear"], ignore=["lm_head"])
+    seen: list[torch.Tensor] = []
+    model.model.embed_tokens.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {"model": model, "recipe": recipe})  # noqa: S102 - the README's own code, as a user runs it
+
+    real = [x for x in seen if x.device.type != "meta"]  # the pipeline traces once with a data-less copy
+    assert all(x.shape == (1, 24) for x in real) and len(real) % 128 == 0 and real
+    expected = [torch.as_tensor(x, dtype=torch.long) for x in ids]
+    for start in range(0, len(real), 128):  # each pass over the set (calibration, error propagation)
+        assert all(torch.equal(a[0], b) for a, b in zip(real[start:start + 128], expected))
+    assert (model.model.layers[0].mlp.down_proj.weight == 0).float().mean() == pytest.approx(0.5, abs=0.01)
