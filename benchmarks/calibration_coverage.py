@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +23,8 @@ from cola.compress.calibration import load_calibration
 from cola.errors import ColaError
 from cola.evaluate.tasks import load_items, parse_task, read_text
 from cola.models import load_model
+
+from machine import machine_line
 
 
 def evaluation_texts(tokenizer, data_dir: str, items: int, window: int) -> dict[str, list[np.ndarray]]:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projection_dim", type=int, default=64)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    print(machine_line())
     try:
         sets = dict(spec.split("=", 1) for spec in args.calibration)
     except ValueError:

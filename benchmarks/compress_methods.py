@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_line
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 WIKITEXT = DATA / "wikitext2" / "wiki.test.raw.txt"
@@ -69,6 +71,7 @@ def main() -> int:
     parser.add_argument("--max_windows", type=int, default=64, help="wikitext-2 windows scored (64 x 512 = 32k)")
     parser.add_argument("--skip_existing", action="store_true", help="reuse models already compressed")
     args = parser.parse_args()
+    print(machine_line())
     if not WIKITEXT.is_file():
         print(f"skipped: {WIKITEXT} not found (the shared data folder is needed)")
         return 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +27,11 @@ import torch
 from cola.cluster import nearest_selected_distance
 from cola.config import SelectionConfig
 from cola.data.sources import load_source, parse_source
-from cola.export import cpu_model
 from cola.models import find_decoder_layers, load_model
 from cola.stages.process import truncate_to_length
 from cola.stages.select import Selection, select_by_activations
+
+from machine import machine_line, matmul_gflops
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_FILES = ("gsm8k/train.jsonl", "c4/c4_en_train_first1000.jsonl", "mbpp/mbpp_train_valid_prompt.jsonl")
@@ -49,19 +48,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data_dir", type=Path, default=(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--skip_fp32", action="store_true", help="run Stage 3 in bf16 only")
     return parser.parse_args()
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 2048, warmup: int = 2, repeats: int = 5) -> float:
-    """Best-of-`repeats` GFLOP/s of a (size x size) @ (size x size) torch.matmul in `dtype`."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    for _ in range(warmup):
-        torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
 
 
 def load_pool(data_dir: Path, per_source: int, seed: int) -> tuple[list[str], list[str]]:
@@ -132,11 +118,8 @@ def main() -> None:
     if missing:
         print(f"skipped: {args.data_dir / missing[0]} not found")
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()}, "
-          f"load average {os.getloadavg()[0]:.2f} (other processes skew every figure below)")
     peaks = {label: matmul_gflops(dtype) for label, (_, dtype) in DTYPES.items()}
-    print("matmul peak (2048x2048, best of 5): "
-          + ", ".join(f"{label} {gflops:.1f} GFLOP/s" for label, gflops in peaks.items()))
+    print(machine_line(peaks) + " (other processes skew every figure below)")
 
     texts, names = load_pool(args.data_dir, args.per_source, args.seed)
     _, tokenizer = load_model("embedded", device="cpu", dtype="float32", quiet=True)

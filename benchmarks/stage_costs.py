@@ -20,6 +20,8 @@ from cola.api import COLA
 from cola.config import CurateConfig
 from cola.models import load_model
 
+from machine import machine_line
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LARGE = ("gsm8k/train.jsonl", "c4/c4_en_train_first1000.jsonl", "mbpp/mbpp_train_valid_prompt.jsonl",
          "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl")
@@ -51,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per_source", type=int, default=500)
     args = parser.parse_args()
+    print(machine_line())
     model, tokenizer = load_model("embedded", quiet=True)
     run("demo (embedded pool, as `make demo`)", CurateConfig(num_samples=32, sequence_length=256,
         candidates_per_source=128), model, tokenizer)
