@@ -12,7 +12,7 @@ import pytest
 
 from cola.errors import ColaError
 from cola.experiment import config as config_module
-from cola.experiment import runner
+from cola.experiment import runner, store
 from cola.experiment.config import config_from_dict
 from cola.experiment.report import render_markdown, write_report
 from cola.experiment.runner import Cell, Experiment, grid, read_json, write_json
@@ -154,6 +154,73 @@ def test_labels_that_differ_only_in_case_are_refused(tmp_path):
     assert make_config(tmp_path, methods={"a-1.5_x": {"method": "rtn"}}).methods[0].label == "a-1.5_x"
 
 
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_traversal_label_writes_and_deletes_nothing_outside_the_work_dir(tmp_path, monkeypatch):
+    """The issue's report: a method label `../../../../victim` wrote the model outside the work directory,
+    deleted that folder with an unrelated file in it, and wrote the cell record outside too."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "canary.txt").write_text("keep me")
+    work = tmp_path / "a" / "b" / "work"
+    yaml_file = tmp_path / "exp.yaml"
+    yaml_file.write_text('name: x\nstrategies: [random_c4]\nmethods:\n  "../../../../victim": {method: rtn}\n')
+    from cola.cli import main
+
+    assert main(["experiment", str(yaml_file), "--work_dir", str(work)]) == 2
+    assert _tree(tmp_path) == ["exp.yaml", "victim", "victim/canary.txt"]
+
+    # the runner refuses such a path by itself too (a config built around the check, say)
+    monkeypatch.setattr(runner, "_dense_job", _fake_dense)
+    config = make_config(tmp_path, strategies=["random_c4"], methods={"rtn4": {"method": "rtn"}})
+    object.__setattr__(config.methods[0], "label", "../../../../victim")
+    experiment = Experiment(config, work)
+    with pytest.raises(ColaError, match=r"refusing to write or delete .*victim.*outside the work directory"):
+        experiment.run()
+    for path in (lambda: experiment.model_dir(Cell("random_c4", "../../../../victim", 0)),
+                 lambda: experiment.calibration_dir("/tmp", 0), lambda: experiment.path("..", "victim"),
+                 lambda: experiment.path("a\x00b")):
+        with pytest.raises(ColaError, match="refusing"):
+            path()
+    assert (victim / "canary.txt").read_text() == "keep me" and _tree(victim) == ["canary.txt"]
+    assert not (tmp_path / "a" / "victim").exists() and not (tmp_path / "a" / "b" / "victim").exists()
+
+
+def test_symbolic_links_out_of_the_work_dir_are_refused(tmp_path, fake_jobs):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "canary.txt").write_text("keep me")
+    config = make_config(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "models").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ColaError, match=r"refusing to write or delete .*work/models: it resolves to .*outside"):
+        Experiment(config, work).run()
+    assert fake_jobs == [] and _tree(outside) == ["canary.txt"]
+
+    (work / "models").unlink()
+    (work / "models").mkdir()
+    (work / "models" / "cola").symlink_to(outside, target_is_directory=True)  # deeper: refused per cell
+    experiment = Experiment(config, work)
+    with pytest.raises(ColaError, match="outside the work directory"):
+        experiment.model_dir(Cell("cola", "ria50", 0))
+    with pytest.raises(ColaError, match="outside the work directory"):
+        store.remove_tree(work, work / "models" / "cola" / "seed0")
+    with pytest.raises(ColaError, match="refusing to delete the work directory"):
+        store.remove_tree(work, work / "models" / "..")
+    (work / "cells").mkdir()
+    (work / "cells" / "cola__ria50__seed0.json").symlink_to(outside / "canary.txt")  # a linked record file
+    with pytest.raises(ColaError, match="outside the work directory"):
+        experiment.cell_file(Cell("cola", "ria50", 0))
+    assert _tree(outside) == ["canary.txt"] and (outside / "canary.txt").read_text() == "keep me"
+    inner = work / "calibration"
+    inner.mkdir()
+    (work / "link_inside").symlink_to(inner, target_is_directory=True)
+    assert experiment.path("link_inside", "x") == (inner / "x").resolve()  # a link that stays inside is fine
+
+
 def test_config_resolves_data_files_under_data_dir_and_keeps_names(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pool.jsonl").write_text('{"text": "a"}\n')
@@ -292,7 +359,7 @@ def test_grid_runs_every_cell_records_failure_and_goes_on(tmp_path, fake_jobs):
     config = make_config(tmp_path)
     experiment = Experiment(config, tmp_path / "work")
     counts = experiment.run()
-    assert counts == {"skipped": 0, "ok": 7, "failed": 1}
+    assert counts == {"skipped": 0, "ok": 7, "failed": 1, "busy": 0}
     assert len(fake_jobs) == 8  # the failing cell did not stop the ones after it
     assert fake_jobs[-1] == "cola__rtn4__seed1"
     failed = read_json(experiment.cell_file(Cell("cola", "rtn4", 1)))
@@ -305,7 +372,7 @@ def test_resume_skips_finished_cells_and_retries_failed(tmp_path, fake_jobs):
     fake_jobs.clear()
     counts = Experiment(config, tmp_path / "work").run()
     assert fake_jobs == ["cola__rtn4__seed1"]
-    assert counts == {"skipped": 7, "ok": 0, "failed": 1}
+    assert counts == {"skipped": 7, "ok": 0, "failed": 1, "busy": 0}
 
 
 def _crash(config, work_dir, quiet):

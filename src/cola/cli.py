@@ -401,7 +401,8 @@ def run_experiment(args: argparse.Namespace) -> int:
         return 0
     summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command,
                              only=only)
-    print(f"cells: {summary['ok']} run, {summary['skipped']} already finished, {summary['failed']} failed "
+    busy = f", {summary['busy']} running in another process" if summary["busy"] else ""
+    print(f"cells: {summary['ok']} run, {summary['skipped']} already finished, {summary['failed']} failed{busy} "
           f"({summary['seconds']:.0f} s); report: {summary['report']}  results: {summary['results_csv']}")
     return 1 if summary["failed"] else 0
 
