@@ -221,6 +221,81 @@ def test_symbolic_links_out_of_the_work_dir_are_refused(tmp_path, fake_jobs):
     assert experiment.path("link_inside", "x") == (inner / "x").resolve()  # a link that stays inside is fine
 
 
+def _record_calls(monkeypatch) -> dict[str, dict]:
+    """Stand-ins for everything a cell calls, recording their keyword arguments."""
+    import cola.compress.api
+    import cola.evaluate
+    import cola.experiment.spectrum
+    import cola.models
+    import cola.strategies
+
+    calls: dict[str, dict] = {}
+
+    def recorder(name, result):
+        def record(*args, **kwargs):
+            calls[name] = kwargs
+            return result(*args, **kwargs) if callable(result) else result
+        return record
+
+    def curate(_name, *, output_dir, **_kwargs):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "manifest.json").write_text("{}")
+
+    def compress(_model, _calibration, _method, out, **_kwargs):
+        Path(out).mkdir(parents=True)
+        return {"weights": {"total": {}}, "calibration": {"num_tokens": 4}, "seconds": 1.0}
+
+    monkeypatch.setattr(cola.models, "load_model", recorder("load_model", (None, None)))
+    monkeypatch.setattr(cola.strategies, "curate_strategy", recorder("curate_strategy", curate))
+    monkeypatch.setattr(cola.compress.api, "compress", recorder("compress", compress))
+    monkeypatch.setattr(cola.compress.api, "load_compressed", recorder("load_compressed", (None, None)))
+    monkeypatch.setattr(cola.evaluate, "evaluate", recorder("evaluate", []))
+    monkeypatch.setattr(cola.experiment.spectrum, "ffn_spectrum", recorder("ffn_spectrum", ("m", [1.0])))
+    return calls
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["on", "off"])
+def test_trust_remote_code_and_unsafe_code_reach_every_call(tmp_path, monkeypatch, on):
+    calls = _record_calls(monkeypatch)
+    config = make_config(tmp_path, trust_remote_code=on, confirm_run_unsafe_code=on)
+    work = tmp_path / "work"
+    runner._cell_job(config, work, True, Cell("cola", "ria50", 0))
+    assert calls["load_model"]["trust_remote_code"] is on
+    for name, keyword in (("compress", "trust_remote_code"), ("load_compressed", "trust_remote_code"),
+                          ("evaluate", "confirm_run_unsafe_code")):
+        assert calls[name].get(keyword, False) is on, name  # off: not passed at all, as before
+    assert read_json(work / "cells" / "cola__ria50__seed0.json")["status"] == "ok"
+    assert not (work / "models" / "cola" / "ria50" / "seed0").exists()  # removed through the checked path
+    calls.clear()
+    runner._dense_job(config, work, True)
+    assert calls["load_model"]["trust_remote_code"] is on
+    assert calls["evaluate"].get("confirm_run_unsafe_code", False) is on
+
+
+def test_cli_flags_turn_on_trust_remote_code_and_unsafe_code(tmp_path, monkeypatch, capsys):
+    import cola.experiment
+    from cola.cli import main
+
+    seen = {}
+
+    def fake_run(config, work_dir, **kwargs):
+        seen.update(config=config, command=kwargs["command"])
+        return {"ok": 0, "skipped": 0, "failed": 0, "busy": 1, "seconds": 0.0, "report": "r", "results_csv": "c"}
+
+    monkeypatch.setattr(cola.experiment, "run_experiment", fake_run)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: x\nstrategies: [random_c4]\nmethods: {rtn4: {method: rtn}}\n")
+    assert main(["experiment", str(good)]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (False, False)
+    assert "1 running in another process" in capsys.readouterr().out
+    assert main(["experiment", str(good), "--trust_remote_code", "--confirm_run_unsafe_code"]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (True, True)
+    assert seen["command"].endswith("--trust_remote_code --confirm_run_unsafe_code")
+    good.write_text("name: x\nstrategies: [random_c4]\nmethods: {rtn4: {method: rtn}}\ntrust_remote_code: true\n")
+    assert main(["experiment", str(good)]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (True, False)
+
+
 def test_config_resolves_data_files_under_data_dir_and_keeps_names(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pool.jsonl").write_text('{"text": "a"}\n')
