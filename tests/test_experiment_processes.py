@@ -156,3 +156,19 @@ def test_an_isolated_cell_holds_its_lock_while_it_runs(tmp_path):
 
 def test_cells_are_keyed_as_before():
     assert Cell("cola", "wanda50", 2).key == "cola__wanda50__seed2"
+
+
+def test_a_file_system_without_locks_is_a_one_line_error(tmp_path, monkeypatch):
+    import errno
+
+    from cola.errors import ColaError
+    from cola.experiment import store
+
+    def no_locks(_fd: int, _operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store.fcntl, "flock", no_locks)
+    with pytest.raises(ColaError, match=r"cannot lock .*x.lock: No locks available; the work directory needs a "
+                                        r"file system with flock locks"):
+        with exclusive_lock(tmp_path / "x.lock", what="x", wait=False):
+            pass

@@ -106,7 +106,7 @@ def convert(value: Any, hint: Any, path: str, *, source: str) -> Any:
         if value is None and _NONE in args:
             return None
         shaped = [arm for arm in args if arm is not _NONE and _same_shape(value, arm)]
-        if len(shaped) == 1:  # the value has this arm's shape: its deeper error (seeds[2]) is the useful one
+        if len(shaped) == 1 and _container(shaped[0]):  # its deeper error (layers[2]) is the useful one
             return convert(value, shaped[0], path, source=source)
         for arm in shaped:
             try:
@@ -190,6 +190,10 @@ def _accepts(hint: Any, cls: type) -> bool:
     if hint is cls:
         return True
     return typing.get_origin(hint) in (Union, types.UnionType) and cls in typing.get_args(hint)
+
+
+def _container(hint: Any) -> bool:
+    return typing.get_origin(hint) in (tuple, list, dict, Mapping) or dataclasses.is_dataclass(hint)
 
 
 def _same_shape(value: Any, hint: Any) -> bool:

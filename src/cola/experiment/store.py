@@ -120,6 +120,9 @@ def exclusive_lock(path: Path, *, what: str, wait: bool) -> Iterator[int | None]
                     return
                 log.warning("waiting for %s: another process (pid %s) is working on it", what, holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # e.g. ENOLCK: a file system without flock
+                raise ColaError(f"cannot lock {path}: {exc.strerror or exc}; the work directory needs a file "
+                                "system with flock locks (a local disk, NFSv4)") from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         yield fd
