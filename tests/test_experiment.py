@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 
 from cola.errors import ColaError
 from cola.experiment import config as config_module
-from cola.experiment import runner
+from cola.experiment import runner, store
 from cola.experiment.config import config_from_dict
 from cola.experiment.report import render_markdown, write_report
 from cola.experiment.runner import Cell, Experiment, grid, read_json, write_json
@@ -48,6 +49,253 @@ def test_config_rejects_unknown_strategy_method_option_and_missing_file(tmp_path
         make_config(tmp_path, calibration={"datasets": ["missing.jsonl"]})
 
 
+TYPE_ERRORS = [  # (overrides of BASE, the one-line error: key path, expected type, value given)
+    ({"seeds": "0, 1, 2"}, "seeds must be a list of integers, got '0, 1, 2' (a string)"),
+    ({"seeds": [0, "1"]}, "seeds[1] must be an integer, got '1' (a string)"),
+    ({"seeds": [0, True]}, "seeds[1] must be an integer, got True (a boolean)"),
+    ({"seeds": [0, 1.5]}, "seeds[1] must be an integer, got 1.5 (a number)"),
+    ({"name": 5}, "name must be a string, got 5 (an integer)"),
+    ({"model": False}, "model must be a string, got False (a boolean) (YAML reads an unquoted off"),
+    ({"data_dir": 3}, "data_dir must be a path (a string) or null, got 3 (an integer)"),
+    ({"strategies": "cola"}, "strategies must be a list of strings, got 'cola' (a string)"),
+    ({"isolate_cells": "yes"}, "isolate_cells must be true or false, got 'yes' (a string)"),
+    ({"trust_remote_code": "no"}, "trust_remote_code must be true or false, got 'no' (a string)"),
+    ({"calibration": [1]}, "calibration must be a mapping, got [1] (a list)"),
+    ({"calibration": {"num_samples": "many"}}, "calibration.num_samples must be an integer, got 'many' (a string)"),
+    ({"calibration": {"datasets": "a.jsonl"}}, "calibration.datasets must be a list of strings, got 'a.jsonl'"),
+    ({"calibration": {"references": {"math": 7}}}, "calibration.references.math must be a string, got 7"),
+    ({"evaluation": {"tasks": ["ppl:x.txt"], "limits": {"hs": "500"}}},
+     "evaluation.limits.hs must be an integer, got '500' (a string)"),
+    ({"evaluation": {"window": 1.5}}, "evaluation.window must be an integer, got 1.5 (a number)"),
+    ({"plots": {"spectrum_module": 3}}, "plots.spectrum_module must be a string or null, got 3 (an integer)"),
+    ({"methods": ["ria"]}, "methods must be a mapping of strings to mappings, got ['ria'] (a list)"),
+    ({"methods": {"x": "ria"}}, "methods.x must be a mapping, got 'ria' (a string)"),
+    ({"methods": {5: {"method": "ria"}}}, "a key of methods must be a string, got 5 (an integer)"),
+    ({"methods": {"x": {"method": 5}}}, "methods.x.method must be a string, got 5 (an integer)"),
+    ({"methods": {"x": {"method": "ria", "sparsity": "half"}}},
+     "methods.x.sparsity must be a number or null, got 'half' (a string)"),
+    ({"methods": {"x": {"method": "gptq", "bits": 4.0}}}, "methods.x.bits must be an integer or null, got 4.0"),
+    ({"methods": {"x": {"method": "gptq", "actorder": "yes"}}},
+     "methods.x.actorder must be true or false or null, got 'yes' (a string)"),
+    ({"variants": {"v": {"strategy": "cola", "selection": {"layers": "2"}}}},
+     "variants.v.selection.layers must be a list of integers or null, got '2' (a string)"),
+    ({"variants": {"v": {"strategy": "cola", "selection.layers": [2, "x"]}}},
+     "variants.v.selection.layers[1] must be an integer, got 'x' (a string)"),
+    ({"variants": {"v": {"strategy": "cola", "capability_weights": {"general": "high"}}}},
+     "variants.v.capability_weights.general must be a number, got 'high' (a string)"),
+    ({"variants": {"v": {"strategy": "cola", "process": {"filters": {"min_tokens": "8"}}}}},
+     "variants.v.process.filters.min_tokens must be an integer, got '8' (a string)"),
+    ({"variants": {"v": {"strategy": "self_generated", "generation": {"temperature": "hot"}}}},
+     "variants.v.generation.temperature must be a number, got 'hot' (a string)"),
+    ({"variants": {"v": {"strategy": 3}}}, "variants.v.strategy must be a string, got 3 (an integer)"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), TYPE_ERRORS, ids=[m.split(" ")[0] for _, m in TYPE_ERRORS])
+def test_every_value_is_type_checked_with_its_key_path(tmp_path, overrides, message):
+    with pytest.raises(ColaError) as caught:
+        make_config(tmp_path, **overrides)
+    text = str(caught.value)
+    assert text.startswith("experiment config: ") and "\n" not in text
+    assert message in text
+
+
+def test_values_of_the_right_type_are_also_checked(tmp_path):
+    errors = [
+        ({"seeds": [0, -1]}, r"experiment config: seeds\[1\] must be at least 0, got -1"),
+        ({"seeds": [0, 1, 0]}, "experiment config: `seeds` lists 0 more than once"),
+        ({"strategies": ["random_c4", "cola", "cola"]}, "`strategies` lists cola more than once"),
+        ({"calibration": {"num_samples": 0}}, "experiment config: calibration.num_samples must be at least 1, got 0"),
+        ({"evaluation": {"tasks": []}}, "experiment config: evaluation.tasks is empty"),
+        ({"evaluation": {"tasks": ["x"], "limits": {"x": 0}}}, "evaluation.limits.x must be at least 1, got 0"),
+        ({"dtype": "float64"}, r"unknown dtype \(experiment config `dtype`\) 'float64'.*float32"),
+        ({"variants": {"v": {"strategy": "self_generated", "generation": {"temprature": 0.3}}}},
+         r"unknown key in experiment config `variants.v.generation` 'temprature'. Did you mean 'temperature'"),
+    ]
+    for overrides, message in errors:
+        with pytest.raises(ColaError, match=message):
+            make_config(tmp_path, **overrides)
+    with pytest.raises(ColaError, match=r"^experiment config: methods.x: --sparsity must lie in \(0, 1\), got 1.0$"):
+        make_config(tmp_path, methods={"x": {"method": "ria", "sparsity": 1}})
+    config = make_config(tmp_path, methods={"x": {"method": "ria", "alpha": 1}}, variants={
+        "v": {"strategy": "self_generated", "generation": {"temperature": 1}}}, strategies=["random_c4", "v"])
+    assert config.methods[0].options == {"alpha": 1.0} and config.variants[0].generation == {"temperature": 1.0}
+
+
+def test_the_issue_yaml_with_seeds_as_a_string_is_one_line_on_the_cli(tmp_path, capsys):
+    from cola.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: x\nseeds: "0, 1, 2"\nmethods: {rtn4: {method: rtn}}\n')
+    assert main(["experiment", str(bad), "--work_dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert err == "cola: error: experiment config: seeds must be a list of integers, got '0, 1, 2' (a string)\n"
+    assert not (tmp_path / "work").exists()
+
+
+BAD_LABELS = ["../../../../victim", "/tmp/victim", "a/b", "a\\b", "..", ".", "", "a\x00b", "a__b", "x" * 65,
+              ".hidden", "-flag", "tab\tname", "ünïcode"]
+
+
+@pytest.mark.parametrize("label", BAD_LABELS, ids=repr)
+def test_labels_must_be_plain_names(tmp_path, label):
+    rule = "is not a plain name: it names folders and files in the work directory"
+    with pytest.raises(ColaError, match=rf"experiment config: method label {re.escape(repr(label))} {rule}"):
+        make_config(tmp_path, methods={label: {"method": "rtn"}})
+    with pytest.raises(ColaError, match=rf"experiment config: variant label {re.escape(repr(label))} {rule}"):
+        make_config(tmp_path, strategies=["random_c4", label], variants={label: {"strategy": "cola"}})
+    with pytest.raises(ColaError, match=rf"experiment config: `name` {re.escape(repr(label))} {rule}"):
+        make_config(tmp_path, name=label)
+
+
+def test_labels_that_differ_only_in_case_are_refused(tmp_path):
+    with pytest.raises(ColaError, match="method labels 'ria' and 'RIA' differ only in case"):
+        make_config(tmp_path, methods={"ria": {"method": "ria"}, "RIA": {"method": "ria", "sparsity": 0.6}})
+    assert make_config(tmp_path, methods={"a-1.5_x": {"method": "rtn"}}).methods[0].label == "a-1.5_x"
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_traversal_label_writes_and_deletes_nothing_outside_the_work_dir(tmp_path, monkeypatch):
+    """The issue's report: a method label `../../../../victim` wrote the model outside the work directory,
+    deleted that folder with an unrelated file in it, and wrote the cell record outside too."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "canary.txt").write_text("keep me")
+    work = tmp_path / "a" / "b" / "work"
+    yaml_file = tmp_path / "exp.yaml"
+    yaml_file.write_text('name: x\nstrategies: [random_c4]\nmethods:\n  "../../../../victim": {method: rtn}\n')
+    from cola.cli import main
+
+    assert main(["experiment", str(yaml_file), "--work_dir", str(work)]) == 2
+    assert _tree(tmp_path) == ["exp.yaml", "victim", "victim/canary.txt"]
+
+    # the runner refuses such a path by itself too (a config built around the check, say)
+    monkeypatch.setattr(runner, "_dense_job", _fake_dense)
+    config = make_config(tmp_path, strategies=["random_c4"], methods={"rtn4": {"method": "rtn"}})
+    object.__setattr__(config.methods[0], "label", "../../../../victim")
+    experiment = Experiment(config, work)
+    with pytest.raises(ColaError, match=r"refusing to write or delete .*victim.*outside the work directory"):
+        experiment.run()
+    for path in (lambda: experiment.model_dir(Cell("random_c4", "../../../../victim", 0)),
+                 lambda: experiment.calibration_dir("/tmp", 0), lambda: experiment.path("..", "victim"),
+                 lambda: experiment.path("a\x00b")):
+        with pytest.raises(ColaError, match="refusing"):
+            path()
+    assert (victim / "canary.txt").read_text() == "keep me" and _tree(victim) == ["canary.txt"]
+    assert not (tmp_path / "a" / "victim").exists() and not (tmp_path / "a" / "b" / "victim").exists()
+
+
+def test_symbolic_links_out_of_the_work_dir_are_refused(tmp_path, fake_jobs):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "canary.txt").write_text("keep me")
+    config = make_config(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "models").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ColaError, match=r"refusing to write or delete .*work/models: it resolves to .*outside"):
+        Experiment(config, work).run()
+    assert fake_jobs == [] and _tree(outside) == ["canary.txt"]
+
+    (work / "models").unlink()
+    (work / "models").mkdir()
+    (work / "models" / "cola").symlink_to(outside, target_is_directory=True)  # deeper: refused per cell
+    experiment = Experiment(config, work)
+    with pytest.raises(ColaError, match="outside the work directory"):
+        experiment.model_dir(Cell("cola", "ria50", 0))
+    with pytest.raises(ColaError, match="outside the work directory"):
+        store.remove_tree(work, work / "models" / "cola" / "seed0")
+    with pytest.raises(ColaError, match="refusing to delete the work directory"):
+        store.remove_tree(work, work / "models" / "..")
+    (work / "cells").mkdir()
+    (work / "cells" / "cola__ria50__seed0.json").symlink_to(outside / "canary.txt")  # a linked record file
+    with pytest.raises(ColaError, match="outside the work directory"):
+        experiment.cell_file(Cell("cola", "ria50", 0))
+    assert _tree(outside) == ["canary.txt"] and (outside / "canary.txt").read_text() == "keep me"
+    inner = work / "calibration"
+    inner.mkdir()
+    (work / "link_inside").symlink_to(inner, target_is_directory=True)
+    assert experiment.path("link_inside", "x") == (inner / "x").resolve()  # a link that stays inside is fine
+
+
+def _record_calls(monkeypatch) -> dict[str, dict]:
+    """Stand-ins for everything a cell calls, recording their keyword arguments."""
+    import cola.compress.api
+    import cola.evaluate
+    import cola.experiment.spectrum
+    import cola.models
+    import cola.strategies
+
+    calls: dict[str, dict] = {}
+
+    def recorder(name, result):
+        def record(*args, **kwargs):
+            calls[name] = kwargs
+            return result(*args, **kwargs) if callable(result) else result
+        return record
+
+    def curate(_name, *, output_dir, **_kwargs):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "manifest.json").write_text("{}")
+
+    def compress(_model, _calibration, _method, out, **_kwargs):
+        Path(out).mkdir(parents=True)
+        return {"weights": {"total": {}}, "calibration": {"num_tokens": 4}, "seconds": 1.0}
+
+    monkeypatch.setattr(cola.models, "load_model", recorder("load_model", (None, None)))
+    monkeypatch.setattr(cola.strategies, "curate_strategy", recorder("curate_strategy", curate))
+    monkeypatch.setattr(cola.compress.api, "compress", recorder("compress", compress))
+    monkeypatch.setattr(cola.compress.api, "load_compressed", recorder("load_compressed", (None, None)))
+    monkeypatch.setattr(cola.evaluate, "evaluate", recorder("evaluate", []))
+    monkeypatch.setattr(cola.experiment.spectrum, "ffn_spectrum", recorder("ffn_spectrum", ("m", [1.0])))
+    return calls
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["on", "off"])
+def test_trust_remote_code_and_unsafe_code_reach_every_call(tmp_path, monkeypatch, on):
+    calls = _record_calls(monkeypatch)
+    config = make_config(tmp_path, trust_remote_code=on, confirm_run_unsafe_code=on)
+    work = tmp_path / "work"
+    runner._cell_job(config, work, True, Cell("cola", "ria50", 0))
+    assert calls["load_model"]["trust_remote_code"] is on
+    for name, keyword in (("compress", "trust_remote_code"), ("load_compressed", "trust_remote_code"),
+                          ("evaluate", "confirm_run_unsafe_code")):
+        assert calls[name].get(keyword, False) is on, name  # off: not passed at all, as before
+    assert read_json(work / "cells" / "cola__ria50__seed0.json")["status"] == "ok"
+    assert not (work / "models" / "cola" / "ria50" / "seed0").exists()  # removed through the checked path
+    calls.clear()
+    runner._dense_job(config, work, True)
+    assert calls["load_model"]["trust_remote_code"] is on
+    assert calls["evaluate"].get("confirm_run_unsafe_code", False) is on
+
+
+def test_cli_flags_turn_on_trust_remote_code_and_unsafe_code(tmp_path, monkeypatch, capsys):
+    import cola.experiment
+    from cola.cli import main
+
+    seen = {}
+
+    def fake_run(config, work_dir, **kwargs):
+        seen.update(config=config, command=kwargs["command"])
+        return {"ok": 0, "skipped": 0, "failed": 0, "busy": 1, "seconds": 0.0, "report": "r", "results_csv": "c"}
+
+    monkeypatch.setattr(cola.experiment, "run_experiment", fake_run)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: x\nstrategies: [random_c4]\nmethods: {rtn4: {method: rtn}}\n")
+    assert main(["experiment", str(good)]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (False, False)
+    assert "1 running in another process" in capsys.readouterr().out
+    assert main(["experiment", str(good), "--trust_remote_code", "--confirm_run_unsafe_code"]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (True, True)
+    assert seen["command"].endswith("--trust_remote_code --confirm_run_unsafe_code")
+    good.write_text("name: x\nstrategies: [random_c4]\nmethods: {rtn4: {method: rtn}}\ntrust_remote_code: true\n")
+    assert main(["experiment", str(good)]) == 0
+    assert (seen["config"].trust_remote_code, seen["config"].confirm_run_unsafe_code) == (True, False)
+
+
 def test_config_resolves_data_files_under_data_dir_and_keeps_names(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pool.jsonl").write_text('{"text": "a"}\n')
@@ -70,11 +318,14 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
         ({"v": {"strategy": "colla"}}, r"unknown strategy \(in variants.v\) 'colla'.*Did you mean 'cola'"),
         ({"v": {"process": {}}}, "variants.v needs a `strategy` key"),
         ({"v": {"strategy": "cola", "process": {"chat_templat": "off"}}},
-         r"variants.v: unknown process setting 'chat_templat'.*chat_template"),
+         r"unknown key in experiment config `variants.v.process` 'chat_templat'.*Did you mean 'chat_template'"),
+        ({"v": {"strategy": "cola", "process.chat_templat": "off"}},  # a dotted name is the same setting
+         r"unknown key in experiment config `variants.v.process` 'chat_templat'"),
         ({"v": {"strategy": "cola", "process": {"chat_template": "of"}}},
          r"variants.v: unknown chat template mode 'of'"),
         ({"v": {"strategy": "cola", "process": {"chat_template": False}}},  # YAML's unquoted off
-         r"variants.v: unknown chat template mode False. \(YAML reads an unquoted off.*quote it\)"),
+         r"variants.v.process.chat_template must be a string, got False \(a boolean\) \(YAML reads an unquoted "
+         r"off.*quote it\)"),
         ({"v": {"strategy": "cola", "stage1": False}}, "variants.v: strategy 'cola' fixes stage1=True"),
         ({"v": {"strategy": "cola", "num_samples": 8}}, "variants.v sets 'num_samples', which the `calibration`"),
         ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}},
@@ -183,7 +434,7 @@ def test_grid_runs_every_cell_records_failure_and_goes_on(tmp_path, fake_jobs):
     config = make_config(tmp_path)
     experiment = Experiment(config, tmp_path / "work")
     counts = experiment.run()
-    assert counts == {"skipped": 0, "ok": 7, "failed": 1}
+    assert counts == {"skipped": 0, "ok": 7, "failed": 1, "busy": 0}
     assert len(fake_jobs) == 8  # the failing cell did not stop the ones after it
     assert fake_jobs[-1] == "cola__rtn4__seed1"
     failed = read_json(experiment.cell_file(Cell("cola", "rtn4", 1)))
@@ -196,7 +447,7 @@ def test_resume_skips_finished_cells_and_retries_failed(tmp_path, fake_jobs):
     fake_jobs.clear()
     counts = Experiment(config, tmp_path / "work").run()
     assert fake_jobs == ["cola__rtn4__seed1"]
-    assert counts == {"skipped": 7, "ok": 0, "failed": 1}
+    assert counts == {"skipped": 7, "ok": 0, "failed": 1, "busy": 0}
 
 
 def _crash(config, work_dir, quiet):

@@ -1,4 +1,11 @@
-"""The experiment grid's settings: a strict YAML file (an unknown key is an error that lists the valid ones).
+"""The experiment grid's settings: a strict YAML file.
+
+An unknown key is an error that lists the valid ones; every value, nested ones included, is checked against
+its field's type hint (`cola.schema`), so `seeds: "0, 1"` is a one-line error naming `seeds`, the expected
+type and the value; method options are checked against the types of `cola.compress.methods.OPTIONS`, a
+variant's settings against CurateConfig's fields, its generation settings against those of
+`generate_self_calibration`. Labels (the name, strategies, variants, methods) name folders and files in the
+work directory, so each must be a plain name (`store.plain_name`).
 
 ```yaml
 name: smollm2_cpu
@@ -14,18 +21,26 @@ calibration: {num_samples: 128, sequence_length: 512, candidates_per_source: 300
 methods:
   wanda50: {method: wanda, sparsity: 0.5}
 evaluation: {tasks: [wikitext2, hellaswag], limits: {hellaswag: 500}}
+trust_remote_code: false             # load models whose code comes from the hub (also --trust_remote_code)
+confirm_run_unsafe_code: false       # let tasks run model-written code (also --confirm_run_unsafe_code)
 ```
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from cola.errors import ColaError, unknown_choice
+from cola.experiment.store import plain_name
+from cola.schema import convert, convert_fields
+
+SOURCE = "experiment config"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +53,10 @@ class CalibrationSettings:
     datasets: tuple[str, ...] = ()          # file paths (relative to data_dir) or dataset names
     references: dict[str, str] = dataclasses.field(default_factory=dict)  # capability -> probe file
     random_source: str = "c4"               # the one source `random_c4` draws from
+
+    def __post_init__(self) -> None:
+        _at_least(1, num_samples=self.num_samples, sequence_length=self.sequence_length,
+                  candidates_per_source=self.candidates_per_source, where="calibration")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +84,12 @@ class EvaluationSettings:
     limits: dict[str, int] = dataclasses.field(default_factory=dict)   # task -> items (windows for ppl)
     window: int = 512
 
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ColaError(f"{SOURCE}: evaluation.tasks is empty")
+        _at_least(1, window=self.window, **{f"limits.{task}": n for task, n in self.limits.items()},
+                  where="evaluation")
+
 
 @dataclass(frozen=True, kw_only=True)
 class PlotSettings:
@@ -89,13 +114,24 @@ class ExperimentConfig:
     plots: PlotSettings = dataclasses.field(default_factory=PlotSettings)
     keep_models: bool = False               # keep each compressed model after it was evaluated
     isolate_cells: bool = True              # run each cell in a fresh process (a crash stays in its cell)
+    trust_remote_code: bool = False         # load models (dense and compressed) with code from the hub
+    confirm_run_unsafe_code: bool = False   # let evaluation tasks execute code the model wrote
 
     def __post_init__(self) -> None:
         from cola.compress.methods import METHODS, resolve_options
+        from cola.models import DTYPES
         from cola.strategies import STRATEGIES
 
+        self._check_labels()
+        if self.dtype not in DTYPES:
+            raise unknown_choice("dtype (experiment config `dtype`)", self.dtype, DTYPES)
         if not self.seeds:
             raise ColaError("experiment config: `seeds` is empty")
+        _at_least(0, **{f"seeds[{i}]": seed for i, seed in enumerate(self.seeds)}, where="")
+        for key, values in (("seeds", self.seeds), ("strategies", self.strategies)):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ColaError(f"experiment config: `{key}` lists {', '.join(twice)} more than once")
         for variant in self.variants:
             self._check_variant(variant)
         names = [*STRATEGIES, *(v.label for v in self.variants)]
@@ -110,7 +146,26 @@ class ExperimentConfig:
         for run in self.methods:
             if run.method not in METHODS:
                 raise unknown_choice(f"method (in methods.{run.label})", run.method, METHODS)
-            resolve_options(run.method, dict(run.options))  # unknown or invalid options fail now, not mid-grid
+            try:  # unknown or invalid options fail now, not mid-grid
+                resolve_options(run.method, dict(run.options))
+            except ColaError as exc:
+                raise ColaError(f"experiment config: methods.{run.label}: {exc}") from exc
+
+    def _check_labels(self) -> None:
+        """Every label that becomes a folder or file name is a plain name; no two differ only in case (they
+        would share files on macOS and Windows)."""
+        plain_name(self.name, "experiment config: `name`")
+        labels = {"variant label": [v.label for v in self.variants], "method label": [m.label for m in self.methods],
+                  "strategy": list(self.strategies)}
+        for kind, names in labels.items():
+            for label in names:
+                plain_name(label, f"experiment config: {kind}")
+        for kind in ("method label", "variant label"):
+            folded: dict[str, str] = {}
+            for label in labels[kind]:
+                if folded.setdefault(label.casefold(), label) != label:
+                    raise ColaError(f"experiment config: {kind}s {folded[label.casefold()]!r} and {label!r} differ "
+                                    "only in case; they would share files on a case-insensitive file system")
 
     def _check_variant(self, variant: VariantSettings) -> None:
         """Fail now, not mid-grid: the label is new, the strategy exists and its settings make a valid config."""
@@ -141,30 +196,77 @@ class ExperimentConfig:
         return data
 
 
-def _strict(section: str, data: Any, cls: type) -> dict[str, Any]:
-    """`data` as keyword arguments of `cls`; unknown keys are an error naming the valid ones."""
-    if not isinstance(data, dict):
-        raise ColaError(f"experiment config: `{section}` must be a mapping, got {type(data).__name__}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in valid:
-            raise unknown_choice(f"key in experiment config `{section}`", str(key), valid)
-    return dict(data)
+def _at_least(minimum: int, *, where: str, **values: int) -> None:
+    for key, value in values.items():
+        if value < minimum:
+            raise ColaError(f"{SOURCE}: {where + '.' if where else ''}{key} must be at least {minimum}, got {value}")
 
 
+YAML_SHAPES = {  # fields the file writes as `label: {...}` mappings, built into tuples of settings below
+    "methods": dict[str, dict[str, Any]],
+    "variants": Optional[dict[str, dict[str, Any]]],
+}
 CALIBRATION_OWNED = frozenset(f.name for f in dataclasses.fields(CalibrationSettings))
 
 
-def _variant(label: str, spec: Any) -> VariantSettings:
-    if not isinstance(spec, dict) or "strategy" not in spec:
-        raise ColaError(f"experiment config: variants.{label} needs a `strategy` key (a built-in strategy)")
+def _method(label: str, spec: dict[str, Any]) -> MethodSettings:
+    """methods.LABEL: `method` and its options, each checked against the option's type (names and values are
+    checked by `resolve_options` when the config is built)."""
+    from cola.compress.methods import OPTIONS
+
+    where = f"methods.{label}"
+    if "method" not in spec:
+        raise ColaError(f"{SOURCE}: {where} needs a `method` key")
+    method = convert(spec["method"], str, f"{where}.method", source=SOURCE)
+    options = {name: convert(value, OPTIONS[name].type | None if name in OPTIONS else Any, f"{where}.{name}",
+                             source=SOURCE)
+               for name, value in spec.items() if name != "method"}
+    return MethodSettings(label=label, method=method, options=options)
+
+
+def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
+    """variants.LABEL: a built-in `strategy`, CurateConfig settings (types checked against CurateConfig's
+    fields, nested ones as a mapping or a dotted name) and self_generated's `generation` settings."""
+    from cola.config import CurateConfig
+
+    where = f"variants.{label}"
+    if "strategy" not in spec:
+        raise ColaError(f"{SOURCE}: {where} needs a `strategy` key (a built-in strategy)")
+    strategy = convert(spec["strategy"], str, f"{where}.strategy", source=SOURCE)
+    generation = convert_fields(spec.get("generation") or {}, generation_settings(), f"{where}.generation",
+                                source=SOURCE)
     settings = {k: v for k, v in spec.items() if k not in ("strategy", "generation")}
     for key in settings:
         if key in CALIBRATION_OWNED:
-            raise ColaError(f"experiment config: variants.{label} sets {key!r}, which the `calibration` section "
-                            "sets for every strategy alike")
-    return VariantSettings(label=label, strategy=str(spec["strategy"]), settings=settings,
-                           generation=dict(spec.get("generation") or {}))
+            raise ColaError(f"{SOURCE}: {where} sets {key!r}, which the `calibration` section sets for every "
+                            "strategy alike")
+    convert_fields(_undotted(settings), CurateConfig, where, source=SOURCE)  # types only: the settings go on as given
+    return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation)
+
+
+def _undotted(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"selection.layers": [2]}` as `{"selection": {"layers": [2]}}`, merged with a `selection` mapping."""
+    nested: dict[str, Any] = {}
+    for key, value in settings.items():
+        head, dot, rest = str(key).partition(".")
+        if dot:
+            value = {rest: value}
+        if isinstance(value, Mapping) and isinstance(nested.get(head), Mapping):
+            value = {**nested[head], **value}
+        nested[head if dot else key] = value
+    return nested
+
+
+def generation_settings() -> type:
+    """self_generated's settings as a dataclass for the type check: the keyword-only parameters of
+    `generate_self_calibration` that the strategy leaves to the user, each typed as its default."""
+    from cola.stages.peers import generate_self_calibration
+
+    set_by_strategy = {"seed", "quiet"}
+    parameters = inspect.signature(generate_self_calibration).parameters.values()
+    return dataclasses.make_dataclass("GenerationSettings", [
+        (p.name, type(p.default)) for p in parameters
+        if p.kind is p.KEYWORD_ONLY and p.name not in set_by_strategy and p.default is not p.empty])
 
 
 def _resolve(base: Path, value: str | os.PathLike[str]) -> Path:
@@ -191,8 +293,12 @@ def _data_file(root: Path | None, base_dir: Path, spec: str) -> str:
 
 
 def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Path | None = None) -> ExperimentConfig:
-    """Validate a parsed YAML mapping; relative paths are taken from `base_dir` (the config's folder)."""
-    top = _strict("top level", data, ExperimentConfig)
+    """Validate a parsed YAML mapping; relative paths are taken from `base_dir` (the config's folder).
+
+    Raises ColaError (one line) on an unknown key, a value of the wrong type (naming its key path), a label
+    that is not a plain name, an unknown strategy, method or option, or a data file that exists nowhere.
+    """
+    top = convert_fields(data, ExperimentConfig, "", source=SOURCE, hints=YAML_SHAPES)
     if "name" not in top:
         raise ColaError("experiment config: `name` is required (it names the work directory)")
     if data_dir is not None:
@@ -201,36 +307,15 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Pa
         top["data_dir"] = _resolve(base_dir, top["data_dir"])
     root = top.get("data_dir")
 
-    calibration = _strict("calibration", top.get("calibration", {}), CalibrationSettings)
+    calibration = top.get("calibration", {})
     calibration["datasets"] = tuple(_data_file(root, base_dir, d) for d in calibration.get("datasets", ()))
     calibration["references"] = {cap: _data_file(root, base_dir, p)
-                                 for cap, p in (calibration.get("references") or {}).items()}
+                                 for cap, p in calibration.get("references", {}).items()}
     top["calibration"] = CalibrationSettings(**calibration)
-
-    methods = top.get("methods", {})
-    if not isinstance(methods, dict):
-        raise ColaError("experiment config: `methods` must map a label to {method: NAME, OPTION: VALUE, ...}")
-    runs = []
-    for label, spec in methods.items():
-        if not isinstance(spec, dict) or "method" not in spec:
-            raise ColaError(f"experiment config: methods.{label} needs a `method` key")
-        options = {k: v for k, v in spec.items() if k != "method"}
-        runs.append(MethodSettings(label=str(label), method=spec["method"], options=options))
-    top["methods"] = tuple(runs)
-
-    variants = top.get("variants") or {}
-    if not isinstance(variants, dict):
-        raise ColaError("experiment config: `variants` must map a label to {strategy: NAME, SETTING: VALUE, ...}")
-    top["variants"] = tuple(_variant(str(label), spec) for label, spec in variants.items())
-
-    evaluation = _strict("evaluation", top.get("evaluation", {}), EvaluationSettings)
-    if "tasks" in evaluation:
-        evaluation["tasks"] = tuple(evaluation["tasks"])
-    top["evaluation"] = EvaluationSettings(**evaluation)
-    top["plots"] = PlotSettings(**_strict("plots", top.get("plots", {}), PlotSettings))
-    for key in ("seeds", "strategies"):
-        if key in top:
-            top[key] = tuple(top[key])
+    top["methods"] = tuple(_method(label, spec) for label, spec in top.get("methods", {}).items())
+    top["variants"] = tuple(_variant(label, spec) for label, spec in (top.get("variants") or {}).items())
+    top["evaluation"] = EvaluationSettings(**top.get("evaluation", {}))
+    top["plots"] = PlotSettings(**top.get("plots", {}))
     return ExperimentConfig(**top)
 
 
@@ -243,8 +328,12 @@ def load_experiment_config(path: str | Path, *, data_dir: str | Path | None = No
         raise ColaError(f"experiment config {path} not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ColaError(f"experiment config {path} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise ColaError(f"cannot read experiment config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ColaError(f"experiment config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ColaError(f"experiment config {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ColaError(f"experiment config {path} must be a YAML mapping")
     return config_from_dict(data, base_dir=path.resolve().parent, data_dir=data_dir)

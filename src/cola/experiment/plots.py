@@ -159,13 +159,15 @@ def plot_spectrum(experiment: Experiment, dense: dict[str, Any] | None, path: Pa
 
 def make_plots(experiment: Experiment, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     from cola.experiment.report import capability_retention
-    from cola.experiment.runner import DENSE_FILE, read_json
+    from cola.experiment.runner import DENSE_FILE
+    from cola.experiment.store import inside, read_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ok = frame[(frame.status == "ok") & (frame.strategy != "dense")]
     config = experiment.config
     made = [plot_retention(capability_retention(ok), list(config.strategies), [m.label for m in config.methods],
-                           list(dict.fromkeys(ok.capability)), config.baseline, out_dir / "retention.png"),
-            plot_activation_map(experiment, out_dir / "activation_map.png"),
-            plot_spectrum(experiment, read_json(experiment.work_dir / DENSE_FILE), out_dir / "ffn_spectrum.png")]
+                           list(dict.fromkeys(ok.capability)), config.baseline, inside(out_dir, "retention.png")),
+            plot_activation_map(experiment, inside(out_dir, "activation_map.png")),
+            plot_spectrum(experiment, read_json(experiment.work_dir / DENSE_FILE),
+                          inside(out_dir, "ffn_spectrum.png"))]
     return [p for p in made if p is not None]

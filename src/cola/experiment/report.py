@@ -8,6 +8,7 @@ paired difference of retention at the same seed, so seed-to-seed noise shared by
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,11 +52,15 @@ def _task_columns(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    """The long rows as CSV at `path`, written atomically (another run may be reading it)."""
+    from cola.experiment.store import write_text
+
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    write_text(path, buffer.getvalue())
     return path
 
 
@@ -207,23 +212,25 @@ def _signed(values: pd.Series) -> str:
 
 def write_report(experiment: Experiment, out_dir: str | Path, *, command: str | None = None,
                  plots: bool = True) -> dict[str, Path]:
-    """results.csv, report.md and (with `plots`) the PNGs in `out_dir`; returns their paths."""
+    """results.csv, report.md and (with `plots`) the PNGs in `out_dir`; returns their paths. Each path is
+    checked to stay inside `out_dir` (a linked results.csv pointing elsewhere is refused)."""
     import pandas as pd
 
-    from cola.experiment.runner import DENSE_FILE, read_json
+    from cola.experiment.runner import DENSE_FILE
+    from cola.experiment.store import inside, read_json, write_text
 
-    out_dir = Path(out_dir)
+    out_dir = inside(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dense = read_json(experiment.work_dir / DENSE_FILE)
     rows = result_rows(experiment.records(), dense if dense and dense.get("status") == "ok" else None)
-    paths = {"results_csv": write_results_csv(rows, out_dir / "results.csv")}
+    paths = {"results_csv": write_results_csv(rows, inside(out_dir, "results.csv"))}
     frame = pd.read_csv(paths["results_csv"])
     made: list[str] = []
     if plots:
         from cola.experiment.plots import make_plots
 
-        made = [p.relative_to(out_dir).as_posix() for p in make_plots(experiment, frame, out_dir / "plots")]
-    report = out_dir / "report.md"
-    report.write_text(render_markdown(frame, experiment, command=command, plots=made), encoding="utf-8")
+        made = [p.relative_to(out_dir).as_posix() for p in make_plots(experiment, frame, inside(out_dir, "plots"))]
+    report = inside(out_dir, "report.md")
+    write_text(report, render_markdown(frame, experiment, command=command, plots=made))
     paths["report"] = report
     return paths

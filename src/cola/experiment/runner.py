@@ -7,21 +7,22 @@ Work directory layout (everything a cell needs is found again from disk, so a st
     cells/<strategy>__<method>__seed<k>.json   one cell's record: status, error, figures, spectrum
     dense.json                          the uncompressed model's evaluation and spectrum
     results.csv · report.md · plots/    rebuilt after every cell from the records
+    locks/                              OS locks: one per cell, one per calibration set, one for dense.json
 
 A record with status "ok" is never run again; a failed cell keeps its error in its record and is tried
-again on the next run. With `isolate_cells` every cell runs in a fresh process, so a crash (or memory
-blow-up) in one cell is recorded as that cell's failure and the grid goes on.
+again on the next run. With `isolate_cells` every cell runs in a fresh process of its own process group that
+dies with the runner (`isolation`), so a crash (or memory blow-up) in one cell is recorded as that cell's
+failure and the grid goes on, and a killed runner leaves nothing running. A cell is locked while it runs:
+a second runner on the same work directory skips it (and waits for a calibration set or the dense model's
+evaluation that another run is making). Every path written or deleted is confined to the work directory
+(`store.inside`).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import multiprocessing
-import os
-import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,10 @@ from typing import Any
 
 from cola.errors import ColaError
 from cola.experiment.config import ExperimentConfig, MethodSettings
+from cola.experiment.isolation import run_in_process_group, sigterm_exits
+from cola.experiment.store import exclusive_lock, inside, read_json, remove_tree, write_json
+
+__all__ = ["Cell", "Experiment", "grid", "read_json", "run_experiment", "subset", "write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +60,6 @@ def grid(config: ExperimentConfig) -> list[Cell]:
             for run in config.methods]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(fh.name, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 class Experiment:
     """One grid in one work directory."""
 
@@ -81,14 +69,21 @@ class Experiment:
         self.quiet = quiet
 
     # ------------------------------------------------------------------------------------------- paths
+    def path(self, *parts: str) -> Path:
+        """The one way to a path the runner writes or deletes: resolved, and refused outside the work directory."""
+        return inside(self.work_dir, *parts)
+
     def calibration_dir(self, strategy: str, seed: int) -> Path:
-        return self.work_dir / "calibration" / strategy / f"seed{seed}"
+        return self.path("calibration", strategy, f"seed{seed}")
 
     def model_dir(self, cell: Cell) -> Path:
-        return self.work_dir / "models" / cell.strategy / cell.method / f"seed{cell.seed}"
+        return self.path("models", cell.strategy, cell.method, f"seed{cell.seed}")
 
     def cell_file(self, cell: Cell) -> Path:
-        return self.work_dir / "cells" / f"{cell.key}.json"
+        return self.path("cells", f"{cell.key}.json")
+
+    def lock_file(self, name: str) -> Path:
+        return self.path("locks", f"{name}.lock")
 
     def method(self, label: str) -> MethodSettings:
         return next(run for run in self.config.methods if run.label == label)
@@ -109,47 +104,70 @@ class Experiment:
     # --------------------------------------------------------------------------------------------- run
     def run(self, *, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
             only: Callable[[Cell], bool] | None = None) -> dict[str, int]:
-        """Run every unfinished cell (of those `only` accepts); returns counts of cells done before, run now,
-        and failed now."""
+        """Run every unfinished cell (of those `only` accepts); returns counts of cells done before (skipped),
+        run now (ok, failed) and left to another run working on them at the same time (busy).
+
+        Raises ColaError before any work when a folder of the layout leads outside the work directory (a
+        symbolic link), and when the dense model's evaluation fails.
+        """
         from cola.export import ensure_writable
 
         ensure_writable(self.work_dir)
-        write_json(self.work_dir / "experiment_config.json", self.config.as_dict())
-        counts = {"skipped": 0, "ok": 0, "failed": 0}
-        if (read_json(self.work_dir / DENSE_FILE) or {}).get("status") != "ok":
-            record = self._execute(_dense_job, self.work_dir / DENSE_FILE, {"status": "failed"})
-            if record.get("status") != "ok":
-                raise ColaError(f"evaluating the dense model failed: {record.get('error')}")
-        for cell in grid(self.config):
-            if only is not None and not only(cell):
-                continue
-            previous = read_json(self.cell_file(cell))
-            if previous and previous.get("status") == "ok":
-                counts["skipped"] += 1
-                continue
-            log.info("cell %s", cell.key)
-            base = {"strategy": cell.strategy, "method": cell.method, "seed": cell.seed, "status": "failed"}
-            record = self._execute(_cell_job, self.cell_file(cell), base, cell)
-            counts[record["status"]] += 1
-            if on_cell:
-                on_cell(cell, record)
+        for folder in ("calibration", "models", "cells", "locks"):
+            self.path(folder)  # a linked folder fails here, before any work
+        write_json(self.path("experiment_config.json"), self.config.as_dict())
+        counts = {"skipped": 0, "ok": 0, "failed": 0, "busy": 0}
+        with sigterm_exits():
+            self._ensure_dense()
+            for cell in grid(self.config):
+                if only is not None and not only(cell):
+                    continue
+                if _finished(self.cell_file(cell)):
+                    counts["skipped"] += 1
+                    continue
+                with exclusive_lock(self.lock_file(cell.key), what=f"cell {cell.key}", wait=False) as lock:
+                    if lock is None:
+                        counts["busy"] += 1
+                        continue
+                    if _finished(self.cell_file(cell)):  # another run finished it while this one looked
+                        counts["skipped"] += 1
+                        continue
+                    log.info("cell %s", cell.key)
+                    base = {"strategy": cell.strategy, "method": cell.method, "seed": cell.seed,
+                            "status": "failed"}
+                    record = self._execute(_cell_job, self.cell_file(cell), base, cell, lock=lock)
+                counts[record["status"]] += 1
+                if on_cell:
+                    on_cell(cell, record)
         return counts
 
-    def _execute(self, job: Callable[..., None], record_file: Path, base: dict[str, Any], *args: Any) -> dict:
+    def _ensure_dense(self) -> None:
+        """dense.json, evaluated once (a run that finds another one evaluating it waits for that one)."""
+        dense = self.path(DENSE_FILE)
+        if _finished(dense):
+            return
+        with exclusive_lock(self.lock_file("dense"), what="the dense model's evaluation", wait=True) as lock:
+            if _finished(dense):
+                return
+            record = self._execute(_dense_job, dense, {"status": "failed"}, lock=lock)
+        if record.get("status") != "ok":
+            raise ColaError(f"evaluating the dense model failed: {record.get('error')}")
+
+    def _execute(self, job: Callable[..., None], record_file: Path, base: dict[str, Any], *args: Any,
+                 lock: int | None = None) -> dict:
         """Run `job` (which writes `record_file` itself on success), isolated if configured; a job that
-        raises or dies leaves a failed record with its error instead."""
+        raises or dies leaves a failed record with its error instead. An isolated job's process keeps `lock`
+        (a held lock's descriptor) open, so the lock lasts as long as the job does."""
+        record_file = self.path(record_file)
         record_file.unlink(missing_ok=True)
         start = time.perf_counter()
         if self.config.isolate_cells:
-            context = multiprocessing.get_context("spawn")
-            errors = context.Queue()
-            process = context.Process(target=_child, args=(job, errors, self.config, self.work_dir, self.quiet,
-                                                           *args))
-            process.start()
-            process.join()
+            errors = multiprocessing.get_context("spawn").Queue()
+            exitcode = run_in_process_group(_child, (job, errors, self.config, self.work_dir, self.quiet, *args),
+                                            inherit=() if lock is None else (lock,))
             error = errors.get() if not errors.empty() else None
-            if error is None and process.exitcode != 0:
-                error = f"the cell's process died with exit code {process.exitcode}"
+            if error is None and exitcode != 0:
+                error = f"the cell's process died with exit code {exitcode}"
         else:
             error = _capture(job, self.config, self.work_dir, self.quiet, *args)
         record = read_json(record_file)
@@ -159,6 +177,10 @@ class Experiment:
             write_json(record_file, record)
             log.warning("%s failed: %s", record_file.stem, record["error"])
         return record
+
+
+def _finished(record_file: Path) -> bool:
+    return (read_json(record_file) or {}).get("status") == "ok"
 
 
 def _capture(job: Callable[..., None], *args: Any) -> str | None:
@@ -174,7 +196,7 @@ def _capture(job: Callable[..., None], *args: Any) -> str | None:
 
 
 def _child(job: Callable[..., None], errors: Any, *args: Any) -> None:
-    """Entry point of an isolated cell's process."""
+    """Entry point of an isolated cell's process (already in its own process group, bound to the parent)."""
     logging.basicConfig(level=logging.WARNING, format="cola: %(message)s", force=True)
     error = _capture(job, *args)
     if error is not None:
@@ -182,10 +204,18 @@ def _child(job: Callable[..., None], errors: Any, *args: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ jobs
+def switched_on(**flags: bool) -> dict[str, bool]:
+    """The flags that are on, as keyword arguments: `trust_remote_code` and `confirm_run_unsafe_code` reach
+    compress(), load_compressed() and evaluate() only when the experiment turns them on, so that the default
+    run calls them exactly as before the keywords existed."""
+    return {name: True for name, on in flags.items() if on}
+
+
 def _load_dense(config: ExperimentConfig, quiet: bool) -> tuple[Any, Any]:
     from cola.models import load_model
 
-    return load_model(config.model, device=config.device, dtype=config.dtype, quiet=quiet)
+    return load_model(config.model, device=config.device, dtype=config.dtype,
+                      trust_remote_code=config.trust_remote_code, quiet=quiet)
 
 
 def _evaluate(model: Any, tokenizer: Any, config: ExperimentConfig, quiet: bool) -> list[dict[str, Any]]:
@@ -193,7 +223,8 @@ def _evaluate(model: Any, tokenizer: Any, config: ExperimentConfig, quiet: bool)
 
     settings = config.evaluation
     results = evaluate(model, tokenizer, list(settings.tasks), limit=dict(settings.limits) or None,
-                       data_dir=config.data_dir, window=settings.window, quiet=quiet)
+                       data_dir=config.data_dir, window=settings.window, quiet=quiet,
+                       **switched_on(confirm_run_unsafe_code=config.confirm_run_unsafe_code))
     return [r.as_dict() for r in results]
 
 
@@ -204,9 +235,9 @@ def _dense_job(config: ExperimentConfig, work_dir: Path, quiet: bool) -> None:
     model, tokenizer = _load_dense(config, quiet)
     results = _evaluate(model, tokenizer, config, quiet)
     name, values = ffn_spectrum(model, config.plots.spectrum_module)
-    write_json(work_dir / DENSE_FILE, {"status": "ok", "model": config.model, "results": results,
-                                       "spectrum": {"module": name, "singular_values": values},
-                                       "seconds": round(time.perf_counter() - start, 1)})
+    write_json(Experiment(config, work_dir).path(DENSE_FILE), {
+        "status": "ok", "model": config.model, "results": results,
+        "spectrum": {"module": name, "singular_values": values}, "seconds": round(time.perf_counter() - start, 1)})
 
 
 def calibration_tokens(path: Path) -> int | None:
@@ -224,20 +255,24 @@ def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenize
     from cola.strategies import curate_strategy
 
     config, path = experiment.config, experiment.calibration_dir(cell.strategy, cell.seed)
-    timing = read_json(path / CURATE_TIME_FILE)
-    if (path / MANIFEST_FILE).is_file() and timing is not None:
-        return path, timing["seconds"]
-    start = time.perf_counter()
-    settings = config.calibration
-    strategy, variant_settings, generation = config.recipe(cell.strategy)
-    curate_strategy(strategy, model=model, tokenizer=tokenizer, datasets=list(settings.datasets),
-                    num_samples=settings.num_samples, sequence_length=settings.sequence_length, seed=cell.seed,
-                    output_dir=path, random_source=settings.random_source,
-                    candidates_per_source=settings.candidates_per_source,
-                    references=tuple(settings.references.items()), quiet=experiment.quiet,
-                    generation=generation or None, label=cell.strategy, **variant_settings)
-    seconds = round(time.perf_counter() - start, 1)
-    write_json(path / CURATE_TIME_FILE, {"seconds": seconds})
+    timing_file = inside(path, CURATE_TIME_FILE)
+    name = f"calibration_{cell.strategy}_seed{cell.seed}"  # not a cell key: those hold '__'
+    with exclusive_lock(experiment.lock_file(name), wait=True,
+                        what=f"the calibration set of {cell.strategy}, seed {cell.seed}"):
+        timing = read_json(timing_file)
+        if (path / MANIFEST_FILE).is_file() and timing is not None:
+            return path, timing["seconds"]
+        start = time.perf_counter()
+        settings = config.calibration
+        strategy, variant_settings, generation = config.recipe(cell.strategy)
+        curate_strategy(strategy, model=model, tokenizer=tokenizer, datasets=list(settings.datasets),
+                        num_samples=settings.num_samples, sequence_length=settings.sequence_length,
+                        seed=cell.seed, output_dir=path, random_source=settings.random_source,
+                        candidates_per_source=settings.candidates_per_source,
+                        references=tuple(settings.references.items()), quiet=experiment.quiet,
+                        generation=generation or None, label=cell.strategy, **variant_settings)
+        seconds = round(time.perf_counter() - start, 1)
+        write_json(timing_file, {"seconds": seconds})
     return path, seconds
 
 
@@ -251,14 +286,15 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
     model, tokenizer = _load_dense(config, quiet)
     calibration, curate_seconds = _ensure_calibration(experiment, cell, model, tokenizer)
     out = experiment.model_dir(cell)
+    trust = switched_on(trust_remote_code=config.trust_remote_code)
     summary = compress(model, calibration, run.method, out, tokenizer=tokenizer, overwrite=True, quiet=quiet,
-                       dtype=config.dtype, device=config.device, **run.options)
+                       dtype=config.dtype, device=config.device, **trust, **run.options)
     del model
     gc.collect()
     start = time.perf_counter()
     # CALDERA is evaluated from its dense Q + LR checkpoint: the same function as CalderaLinear, 9x faster
     model, tokenizer = load_compressed(out, dtype=config.dtype, device=config.device, quiet=quiet,
-                                       caldera_layers=False)
+                                       caldera_layers=False, **trust)
     results = _evaluate(model, tokenizer, config, quiet)
     eval_seconds = time.perf_counter() - start
     name, values = ffn_spectrum(model, config.plots.spectrum_module)
@@ -272,7 +308,7 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
         "eval_seconds": round(eval_seconds, 1), "results": results,
         "spectrum": {"module": name, "singular_values": values}})
     if not config.keep_models:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_tree(experiment.work_dir, out)
 
 
 def subset(config: ExperimentConfig, *, strategies: list[str] | None = None, methods: list[str] | None = None,
