@@ -127,6 +127,13 @@ def test_processes_a_program_starts_die_with_it(isolated: Sandbox):
     assert alive == []
     assert isolated.run("import os\nassert os.getpid() == 1 and len([p for p in os.listdir('/proc') "
                         "if p.isdigit()]) == 1\n").passed  # PID 1 of its namespace, alone in its /proc
+    # a program that leaves the process group and outlives its timeout: it and its children are killed
+    short = Sandbox(ExecutionLimits(wall_seconds=2), isolated.drop_user, isolated.isolation)
+    outcome = short.run("import os, subprocess, time\nos.setsid()\n"
+                        f"subprocess.Popen(['sleep', '{marker}1'])\ntime.sleep(60)\n")
+    assert outcome.status == "timed out"
+    time.sleep(0.2)
+    assert [p for p in Path("/proc").iterdir() if p.name.isdigit() and f"{marker}1" in _cmdline(p)] == []
 
 
 def _cmdline(proc: Path) -> str:

@@ -123,12 +123,38 @@ def _read_available(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _kill(pid: int) -> None:
-    for kill, target in ((os.kill, pid), (os.killpg, pid)):
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc; none elsewhere). The launcher forks once, so its only
+    child is the program as PID 1 of its namespace: a fact the program cannot forge, unlike what it writes."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
         try:
-            kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[1] == str(pid):
+            found.append(int(entry.parent.name))
+    return found
+
+
+def _kill(pid: int, *, group: bool) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def _messages(lines: list[str]) -> list[dict]:
+    """The JSON lines on the result pipe (the child's isolation report first); anything else is ignored."""
+    found = []
+    for line in lines:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict):
+            found.append(message)
+    return found
 
 
 def _status(stderr_tail: str, returncode: int) -> str:
@@ -163,6 +189,9 @@ def run_program(program: str, limits: ExecutionLimits, *, drop_user: bool = True
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                                         pass_fds=(write_fd,), cwd=workdir, env=_environment(workdir),
                                         start_new_session=True)
+            except BaseException:
+                os.close(read_fd)
+                raise
             finally:
                 os.close(write_fd)
             timed_out = False
@@ -170,17 +199,16 @@ def run_program(program: str, limits: ExecutionLimits, *, drop_user: bool = True
                 proc.communicate(json.dumps(config).encode(), timeout=limits.wall_seconds)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            lines = _read_available(read_fd).splitlines()
-            os.close(read_fd)
-            messages = [json.loads(line) for line in lines[:2] if line.startswith("{")]
-            inner = next((m["pid"] for m in messages if isinstance(m.get("pid"), int)), None)
-            if timed_out and inner is not None:
-                _kill(inner)  # PID 1 of the program's namespace: everything in it dies
-            _kill(proc.pid)   # the process group, and whatever of it is left after a normal exit
+                for child in _children(proc.pid):
+                    _kill(child, group=False)  # PID 1 of the program's namespace: everything in it dies
+            finally:
+                lines = _read_available(read_fd).splitlines()
+                os.close(read_fd)
+            _kill(proc.pid, group=True)  # the process group, and whatever of it is left after a normal exit
             proc.wait()
             err.seek(max(0, err.seek(0, os.SEEK_END) - 4000))
             tail = err.read().decode("utf-8", errors="replace")
-    isolation = next((m["isolation"] for m in messages if isinstance(m.get("isolation"), dict)), {})
+    isolation = next((m["isolation"] for m in _messages(lines) if isinstance(m.get("isolation"), dict)), {})
     passed = not timed_out and nonce in lines
     status = "passed" if passed else "timed out" if timed_out else _status(tail, proc.returncode)
     return Outcome(passed, status, isolation)
@@ -193,7 +221,7 @@ def weak_isolation(isolation: dict[str, str]) -> list[str]:
     weak = []
     for key, start in strong.items():
         text = isolation.get(key, "unknown")
-        if not text.startswith(start) or "(root" in text or "root of its own" in text:
+        if not text.startswith(start) or any(sign in text for sign in ("(root", "root of its own", "visible (")):
             weak.append(f"{key}: {text}")
     return weak
 

@@ -266,7 +266,6 @@ def main() -> None:
     if kind:  # a new PID namespace: its first process is the program's
         pid = os.fork()
         if pid:
-            os.write(result_fd, (json.dumps({"pid": pid}) + "\n").encode())
             wait_for_program(pid)
         try:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
