@@ -213,16 +213,6 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
-def _limit(value: str) -> int | dict[str, int]:
-    """`N` (every task) or `TASK=N,TASK=N` (per task)."""
-    try:
-        if "=" not in value:
-            return int(value)
-        return {task.strip(): int(n) for task, n in (part.split("=", 1) for part in value.split(","))}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid --limit {value!r}: write N or TASK=N,TASK=N") from None
-
-
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from cola.evaluate import BUILTINS, DATA_DIR_ENV, KINDS
     from cola.models import DTYPES
@@ -233,7 +223,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", nargs="+", required=True, metavar="TASK",
                         help=f"built-in names ({', '.join(BUILTINS)}) or KIND[/CAPABILITY]:PATH with KIND one of "
                              f"{', '.join(KINDS)}")
-    parser.add_argument("--limit", type=_limit, default=None, metavar="N|TASK=N,...",
+    parser.add_argument("--limit", default=None, metavar="N|TASK=N,...",
                         help="first N items of each task (windows for ppl), or per task")
     parser.add_argument("--data_dir", default=None,
                         help=f"folder of the built-in tasks' files (default: ${DATA_DIR_ENV})")
@@ -247,31 +237,38 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="padded token slots per forward pass at most (ppl, mc, qa)")
     parser.add_argument("--batch_size", type=int, default=8, help="generation tasks: prompts per batch")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="generation tasks: tokens per answer")
+    parser.add_argument("--confirm_run_unsafe_code", action="store_true",
+                        help="allow tasks that execute model-generated code (humaneval_pass1); each program runs "
+                             "in a child process with limits and, where the OS allows, no network, a read-only "
+                             "file system and its own PID namespace (see the README)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from cola.evaluate import evaluate_path, evaluation_report, format_table
+    from cola.evaluate.runner import (check_dense, check_output_file, parse_limit, plan_evaluation,
+                                      read_dense_report)
+    from cola.experiment.runner import write_json
 
-    dense = None
-    if args.dense:
-        try:
-            dense = json.loads(Path(args.dense).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ColaError(f"cannot read --dense {args.dense}: {exc}") from None
+    limit = parse_limit(args.limit) if args.limit is not None else None
     settings = {"window": args.window, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,
                 "max_new_tokens": args.max_new_tokens}
+    options = {**settings, "confirm_run_unsafe_code": args.confirm_run_unsafe_code}
+    plan = plan_evaluation(args.task, limit=limit, data_dir=args.data_dir, read_files=False, **options)
+    dense = read_dense_report(args.dense) if args.dense else None
+    if dense is not None:
+        check_dense(dense, plan, args.dense)
+    output = check_output_file(args.output) if args.output else None
     results = evaluate_path(args.model, args.task, dtype=args.dtype, device=args.device, data_dir=args.data_dir,
-                            quiet=args.quiet, limit=args.limit, **settings)
-    report = evaluation_report(args.model, results, dtype=args.dtype, device=args.device, limit=args.limit,
+                            quiet=args.quiet, limit=limit, **options)  # reads every task file before the model
+    report = evaluation_report(args.model, results, dtype=args.dtype, device=args.device, limit=limit,
                                dense=dense, **settings)
     print(format_table(report))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if output is not None:
+        try:
+            write_json(output, report)
+        except OSError as exc:
+            raise ColaError(f"cannot write --output {args.output}: {exc}") from None
     return 0
 
 

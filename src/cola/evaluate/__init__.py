@@ -7,9 +7,12 @@
 
 from cola.evaluate.perplexity import Perplexity, perplexity
 from cola.evaluate.runner import (TaskResult, evaluate, evaluate_path, evaluation_report, format_table,
-                                  load_for_evaluation, parse_tasks, retention, task_retention)
-from cola.evaluate.tasks import BUILTINS, DATA_DIR_ENV, KINDS, TaskSpec, parse_task
+                                  load_for_evaluation, parse_tasks, plan_evaluation, read_dense_report, retention,
+                                  task_retention)
+from cola.evaluate.sandbox import ExecutionLimits
+from cola.evaluate.tasks import BUILTINS, DATA_DIR_ENV, EXECUTES_CODE, KINDS, TaskSpec, parse_task
 
-__all__ = ["BUILTINS", "DATA_DIR_ENV", "KINDS", "Perplexity", "TaskResult", "TaskSpec", "evaluate", "evaluate_path",
-           "evaluation_report", "format_table", "load_for_evaluation", "parse_task", "parse_tasks", "perplexity",
-           "retention", "task_retention"]
+__all__ = ["BUILTINS", "DATA_DIR_ENV", "EXECUTES_CODE", "KINDS", "ExecutionLimits", "Perplexity", "TaskResult",
+           "TaskSpec", "evaluate", "evaluate_path", "evaluation_report", "format_table", "load_for_evaluation",
+           "parse_task", "parse_tasks", "perplexity", "plan_evaluation", "read_dense_report", "retention",
+           "task_retention"]

