@@ -147,17 +147,19 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def ensure_writable(path: Path) -> None:
+def ensure_writable(path: Path, *, output_dir: Path | None = None) -> None:
     """Fail early, before any heavy work and without creating anything, when `path` (a directory to write
-    into) cannot be written: it or its nearest existing parent is a file or refuses a new entry."""
+    into) cannot be written: it or its nearest existing parent is a file or refuses a new entry. Messages name
+    `output_dir` (default: `path`)."""
+    output_dir = path if output_dir is None else output_dir
     probe = _nearest_existing(path.absolute())
     if not probe.is_dir():
-        raise ColaError(f"output directory {path} is not writable: {probe} is a file")
+        raise ColaError(f"output directory {output_dir} is not writable: {probe} is a file")
     try:
         with tempfile.TemporaryDirectory(prefix=PROBE_MARK, dir=probe):
             pass
     except OSError as exc:
-        raise ColaError(f"output directory {path} is not writable: {exc.strerror or exc}") from exc
+        raise ColaError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from exc
 
 
 def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], what: str) -> None:
@@ -177,7 +179,7 @@ def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], wha
             raise ColaError(f"output directory {output_dir} holds files that are not {what} ({names}); cola "
                             "replaces its output directory as a whole: name an empty or new directory")
         ensure_writable(output_dir)
-    ensure_writable(real.parent)
+    ensure_writable(real.parent, output_dir=output_dir)
 
 
 def holds_curate_set(directory: Path) -> bool:
