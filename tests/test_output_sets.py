@@ -278,3 +278,9 @@ def test_output_directory_checks(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "new").exists()
     check_curate_output(tmp_path / "new" / "deeper")
     assert not (tmp_path / "new").exists()  # checking creates nothing
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == volume)  # as a Docker volume is
+    with pytest.raises(ColaError, match="is a mount point, and cola replaces its output directory as a whole by "
+                                        "renaming it; name a subdirectory of it"):
+        check_curate_output(volume)

@@ -164,22 +164,33 @@ def ensure_writable(path: Path, *, output_dir: Path | None = None) -> None:
 
 def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], what: str) -> None:
     """Fail early, creating nothing, when `output_dir` cannot take a set: it is a file, it is or contains the
-    current directory (the swap would pull it from under the shell), it holds files but no set (`what`, as
-    `holds_set` tells), or it or its parent cannot be written."""
+    current directory (the swap would pull it from under the shell), it is a mount point or its parent is not
+    writable (the swap renames it), it holds files but no set (`what`, as `holds_set` tells), or it cannot be
+    written."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ColaError(f"output directory {output_dir} is a file")
     real, cwd = output_dir.resolve(), Path.cwd().resolve()
     if real == cwd or real in cwd.parents:
         raise ColaError(f"output directory {output_dir} is or contains the current directory, and cola replaces "
                         "its output directory as a whole; name a subdirectory")
-    if output_dir.is_dir():
-        entries = visible_entries(output_dir)
-        if entries and not holds_set(output_dir):
-            names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise ColaError(f"output directory {output_dir} holds files that are not {what} ({names}); cola "
-                            "replaces its output directory as a whole: name an empty or new directory")
-        ensure_writable(output_dir)
-    ensure_writable(real.parent, output_dir=output_dir)
+    if not output_dir.is_dir():
+        ensure_writable(real.parent, output_dir=output_dir)
+        return
+    if os.path.ismount(real):
+        raise ColaError(f"output directory {output_dir} is a mount point, and cola replaces its output directory "
+                        "as a whole by renaming it; name a subdirectory of it")
+    entries = visible_entries(output_dir)
+    if entries and not holds_set(output_dir):
+        names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ColaError(f"output directory {output_dir} holds files that are not {what} ({names}); cola "
+                        "replaces its output directory as a whole: name an empty or new directory")
+    ensure_writable(output_dir)
+    try:
+        ensure_writable(real.parent)
+    except ColaError as exc:
+        raise ColaError(f"output directory {output_dir} cannot be replaced: its parent {real.parent} is not "
+                        f"writable, and cola writes the new set beside the old one; name a subdirectory of it "
+                        f"({exc})") from exc
 
 
 def holds_curate_set(directory: Path) -> bool:
