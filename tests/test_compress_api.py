@@ -19,6 +19,11 @@ from cola.export import tokenizer_fingerprint, write_outputs
 from tests.conftest import byte_tokenizer, write_jsonl
 
 
+def truncate_half(path: Path) -> None:
+    """Cut a file to half its size, as an interrupted copy or download leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def write_calibration(path: Path, tokenizer, lengths=(32, 32, 20, 32), seed: int = 0) -> Path:
     """A curate-style output directory holding random token sequences."""
     rng = np.random.default_rng(seed)
@@ -162,7 +167,7 @@ def test_an_output_on_top_of_its_own_input_is_refused(tiny_model_dir: Path, tmp_
 
 @pytest.mark.parametrize("damage, message", [
     (lambda c: (c / "manifest.json").write_text('{"outputs": '), "manifest.json is not valid JSON"),
-    (lambda c: _halve(next((c / "calibration_dataset").glob("*.arrow"))),
+    (lambda c: truncate_half(next((c / "calibration_dataset").glob("*.arrow"))),
      "does not match its manifest.json: calibration_dataset/data-00000-of-00001.arrow changed"),
 ], ids=["malformed manifest", "truncated arrow"])
 def test_a_damaged_calibration_set_is_refused_before_the_model_loads(calibration_dir: Path, tmp_path, capsys,
@@ -174,10 +179,6 @@ def test_a_damaged_calibration_set_is_refused_before_the_model_loads(calibration
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"cola: error: calibration directory {calibration_dir}") and message in err
     assert "curate again" in err and "\n" not in err and not (tmp_path / "out").exists()
-
-
-def _halve(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def test_a_folder_of_other_files_is_refused(tiny_model_dir: Path, calibration_dir: Path, tmp_path, capsys):

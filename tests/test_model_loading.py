@@ -16,7 +16,7 @@ from cola.errors import ColaError
 from cola.models import load_model, resolve_device
 
 from .conftest import byte_tokenizer, tiny_llama, write_jsonl
-from .test_compress_api import write_calibration
+from .test_compress_api import truncate_half, write_calibration
 
 
 @pytest.fixture()
@@ -100,10 +100,6 @@ def _broken_copy(model_dir: Path, tmp_path: Path, name: str) -> Path:
     return copy
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
 def _flip_header(path: Path) -> None:
     data = bytearray(path.read_bytes())
     for i in range(8, 40):  # inside the JSON header that follows the 8-byte length
@@ -112,7 +108,7 @@ def _flip_header(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, detail", [
-    (_truncate, "incomplete metadata, file not fully covered"),
+    (truncate_half, "incomplete metadata, file not fully covered"),
     (_flip_header, "invalid UTF-8 in header"),
 ], ids=["truncated", "flipped header bytes"])
 def test_damaged_safetensors_are_one_line_naming_the_file(tiny_model_dir, tmp_path, capsys, text_file, damage,

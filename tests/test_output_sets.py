@@ -22,7 +22,7 @@ from cola.export import (DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQU
                          check_curate_output, clean_stale, output_directory)
 
 from .conftest import REPO, byte_tokenizer
-from .test_compress_api import write_calibration
+from .test_compress_api import truncate_half, write_calibration
 
 LENGTHS = (32, 32, 20, 32)  # write_calibration's samples
 
@@ -204,9 +204,10 @@ def test_a_failed_write_leaves_no_directory_it_made(tmp_path: Path, monkeypatch)
 @pytest.mark.parametrize("damage, message", [
     (lambda out: (out / SAMPLES_FILE).write_text("[]"),
      f"does not match its manifest.json: {SAMPLES_FILE} changed after it was written (sha256 differs)"),
-    (lambda out: _truncate(next((out / DATASET_DIR).glob("*.arrow"))),
+    (lambda out: truncate_half(next((out / DATASET_DIR).glob("*.arrow"))),
      f"does not match its manifest.json: {DATASET_DIR}/data-00000-of-00001.arrow changed"),
-    (lambda out: (out / POOL_PARQUET).unlink(), f"is incomplete: {POOL_PARQUET}, listed in its manifest.json, is missing"),
+    (lambda out: (out / POOL_PARQUET).unlink(),
+     f"is incomplete: {POOL_PARQUET}, listed in its manifest.json, is missing"),
     (lambda out: (out / MANIFEST_FILE).write_text('{"outputs": {"a": '),
      "manifest.json is not valid JSON (Expecting value at line 1 column 19)"),
     (lambda out: (out / MANIFEST_FILE).write_text("[1, 2]"), "manifest.json holds a JSON list, not an object"),
@@ -220,10 +221,6 @@ def test_a_reader_refuses_a_set_that_does_not_match_its_manifest(tmp_path: Path,
     with pytest.raises(ColaError) as info:
         load_calibration(out)
     assert message in str(info.value) and "curate again" in str(info.value) and "\n" not in str(info.value)
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def test_a_set_swapped_in_while_being_read_is_read_again_whole(tmp_path: Path, monkeypatch) -> None:

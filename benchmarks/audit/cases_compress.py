@@ -113,7 +113,8 @@ CASES = [
     Case("compress: --device tpu", lambda tmp, fx: _compress(tmp, fx, tmp / "out", "--device", "tpu"),
          match="unknown device 'tpu'"),
     Case("compress: --device cuda without CUDA", lambda tmp, fx: _cli(
-        _compress(tmp, fx, tmp / "out", "--device", "cuda"), NO_CUDA), api=True, match="device 'cuda' is not available"),
+        _compress(tmp, fx, tmp / "out", "--device", "cuda"), NO_CUDA), api=True,
+        match="device 'cuda' is not available"),
     Case("compress: --device cuda:x", lambda tmp, fx: _compress(tmp, fx, tmp / "out", "--device", "cuda:x"),
          match="unknown device 'cuda:x'"),
     Case("curate: --device tpu", lambda tmp, fx: [
