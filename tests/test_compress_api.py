@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,12 @@ from cola.compress.api import SUMMARY_FILE, compress, load_compressed
 from cola.compress.calibration import load_calibration
 from cola.errors import ColaError
 from cola.export import tokenizer_fingerprint, write_outputs
-from tests.conftest import byte_tokenizer
+from tests.conftest import byte_tokenizer, write_jsonl
+
+
+def truncate_half(path: Path) -> None:
+    """Cut a file to half its size, as an interrupted copy or download leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def write_calibration(path: Path, tokenizer, lengths=(32, 32, 20, 32), seed: int = 0) -> Path:
@@ -129,3 +135,108 @@ def test_caldera_through_compress_saves_codes_and_reloads_identically(tiny_model
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, compact(ids).logits, rtol=1e-4, atol=1e-4)
     assert summary["details"]["mean_activation_error"] < summary["details"]["mean_rtn_error"]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where, message", [
+    ("calibration", "is the calibration directory: the compressed model would land on top of its own input"),
+    ("inside calibration", "lies inside the calibration directory"),
+    ("above calibration", "contains the calibration directory"),
+    ("model", "is the model's directory: the compressed model would land on top of its own input"),
+    ("above model", "contains the model's directory"),
+    ("empty", "--output_dir is empty: name the directory to write to"),
+])
+def test_an_output_on_top_of_its_own_input_is_refused(tiny_model_dir: Path, tmp_path, capsys, where, message):
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    calibration = write_calibration(tmp_path / "data" / "calib", byte_tokenizer())
+    capsys.readouterr()
+    output = {"calibration": calibration, "inside calibration": calibration / "ria",
+              "above calibration": tmp_path / "data", "model": model, "above model": tmp_path / "models",
+              "empty": ""}[where]
+    before = _files(tmp_path)
+    assert main(["compress", "--model", str(model), "--calibration", str(calibration), "--method", "ria",
+                 "--output_dir", str(output), "--overwrite", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cola: error: ") and message in err and "\n" not in err
+    assert _files(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data", "models"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "manifest.json").write_text('{"outputs": '), "manifest.json is not valid JSON"),
+    (lambda c: truncate_half(next((c / "calibration_dataset").glob("*.arrow"))),
+     "does not match its manifest.json: calibration_dataset/data-00000-of-00001.arrow changed"),
+], ids=["malformed manifest", "truncated arrow"])
+def test_a_damaged_calibration_set_is_refused_before_the_model_loads(calibration_dir: Path, tmp_path, capsys,
+                                                                     damage, message):
+    damage(calibration_dir)
+    # the model does not exist: the calibration error coming first shows it is checked before any loading
+    assert main(["compress", "--model", str(tmp_path / "no-model"), "--calibration", str(calibration_dir),
+                 "--method", "ria", "--output_dir", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cola: error: calibration directory {calibration_dir}") and message in err
+    assert "curate again" in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_other_files_is_refused(tiny_model_dir: Path, calibration_dir: Path, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    assert main(["compress", "--model", str(tiny_model_dir), "--calibration", str(calibration_dir), "--method",
+                 "ria", "--output_dir", str(out), "--overwrite", "--quiet"]) == 2
+    assert ("holds files that are not a model (thesis.tex); cola replaces its output directory as a whole"
+            in capsys.readouterr().err)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_overwrite_swaps_in_the_new_model_whole_and_keeps_user_files(tiny_model_dir: Path, calibration_dir: Path,
+                                                                   tmp_path):
+    out = tmp_path / "m"
+    first = compress(str(tiny_model_dir), calibration_dir, "ria", out, sparsity=0.3, quiet=True)
+    assert set(first["outputs"]) == set(_files(out)) - {SUMMARY_FILE}  # the summary lists every other file
+    (out / "notes.txt").write_text("my notes")
+    (out / "stale.safetensors").write_bytes(b"an earlier model's shard")  # not in the summary: the user's
+    second = compress(str(tiny_model_dir), calibration_dir, "ria", out, sparsity=0.6, overwrite=True, quiet=True)
+    files = _files(out)
+    assert set(files) == set(second["outputs"]) | {SUMMARY_FILE, "notes.txt", "stale.safetensors"}
+    assert files["notes.txt"] == b"my notes" and not list(tmp_path.glob(".m.cola-*"))
+    assert json.loads(files[SUMMARY_FILE])["options"]["sparsity"] == 0.6
+
+
+def test_a_compress_killed_before_its_swap_leaves_the_earlier_model_whole(tiny_model_dir: Path,
+                                                                         calibration_dir: Path, tmp_path):
+    from tests.test_output_sets import kill_mid_write
+
+    out = tmp_path / "m"
+    compress(str(tiny_model_dir), calibration_dir, "ria", out, sparsity=0.3, quiet=True)
+    before = _files(out)
+    kill_mid_write(tmp_path, "import cola.export\ncola.export._fsync_tree = pause",
+                   "from cola.compress.api import compress\n"
+                   f"compress({str(tiny_model_dir)!r}, {str(calibration_dir)!r}, 'ria', {str(out)!r}, "
+                   "sparsity=0.6, overwrite=True, quiet=True)")
+    assert _files(out) == before
+    load_compressed(out)  # its hashes verify
+    assert len(list(tmp_path.glob(".m.cola-staging-*"))) == 1
+    compress(str(tiny_model_dir), calibration_dir, "ria", out, sparsity=0.6, overwrite=True, quiet=True)
+    assert not list(tmp_path.glob(".m.cola-*"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1])),
+     "does not match its compression_summary.json: model.safetensors changed after it was written"),
+    (lambda f: f.unlink(), "is incomplete: model.safetensors, listed in its compression_summary.json, is missing"),
+], ids=["flipped byte in the weights", "missing weights"])
+def test_a_compressed_model_that_does_not_match_its_summary_is_refused(tiny_model_dir: Path, calibration_dir: Path,
+                                                                       tmp_path, capsys, damage, message):
+    out = tmp_path / "m"
+    compress(str(tiny_model_dir), calibration_dir, "ria", out, quiet=True)
+    damage(out / "model.safetensors")
+    with pytest.raises(ColaError, match=f"^compressed model {out} {message}"):
+        load_compressed(out)
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "some words to score"}])
+    assert main(["evaluate", str(out), "--task", f"ppl:{text}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "compress again" in err and "\n" not in err

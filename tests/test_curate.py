@@ -97,7 +97,7 @@ def test_a_crash_while_writing_keeps_previous_outputs(tiny_model_dir, pool_files
     with pytest.raises(OSError, match="disk full"):
         curate(tiny_model_dir, pool_files, out, "--seed", "9")
     assert _tree_bytes(out) == before
-    assert not list(out.glob(".cola-*"))
+    assert not list(out.glob(".cola-*")) and not list(tmp_path.glob(".out.cola-*"))  # no staging left inside or beside
 
 
 def test_python_api_matches_the_seed(tmp_path, pool_files) -> None:

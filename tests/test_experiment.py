@@ -263,13 +263,13 @@ def test_trust_remote_code_and_unsafe_code_reach_every_call(tmp_path, monkeypatc
     assert calls["load_model"]["trust_remote_code"] is on
     for name, keyword in (("compress", "trust_remote_code"), ("load_compressed", "trust_remote_code"),
                           ("evaluate", "confirm_run_unsafe_code")):
-        assert calls[name].get(keyword, False) is on, name  # off: not passed at all, as before
+        assert calls[name][keyword] is on, name
     assert read_json(work / "cells" / "cola__ria50__seed0.json")["status"] == "ok"
     assert not (work / "models" / "cola" / "ria50" / "seed0").exists()  # removed through the checked path
     calls.clear()
     runner._dense_job(config, work, True)
     assert calls["load_model"]["trust_remote_code"] is on
-    assert calls["evaluate"].get("confirm_run_unsafe_code", False) is on
+    assert calls["evaluate"]["confirm_run_unsafe_code"] is on
 
 
 def test_cli_flags_turn_on_trust_remote_code_and_unsafe_code(tmp_path, monkeypatch, capsys):

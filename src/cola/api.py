@@ -14,7 +14,7 @@ import numpy as np
 from cola.config import SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
-from cola.export import ensure_writable, run_environment, tokenizer_fingerprint, write_outputs
+from cola.export import check_curate_output, run_environment, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class COLA:
         if limit is not None and sequence_length > limit:
             raise ColaError(f"sequence_length {sequence_length} is beyond the model's context of {limit} tokens")
         specs = self.source_specs(config)  # bad names fail before the output directory is touched
-        ensure_writable(self.output_dir)
+        check_curate_output(self.output_dir)
         timings = dict(self.timings)
         sources = self.load_sources(config, timings, specs=specs)
         targets = self._target_capabilities(config, sources)  # fails before Stage 2's work

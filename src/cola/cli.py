@@ -208,6 +208,8 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="precision the model is loaded and compressed in (default float32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="let a model that needs its own Python code (config.json auto_map) run it")
     parser.add_argument("--batch_tokens", type=int, default=4096,
                         help="native methods: most tokens per forward batch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
@@ -233,6 +235,8 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE.json", help="write every figure to this JSON file")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="precision the model runs in")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="let a model that needs its own Python code (config.json auto_map) run it")
     parser.add_argument("--batch_tokens", type=int, default=2048,
                         help="padded token slots per forward pass at most (ppl, mc, qa)")
     parser.add_argument("--batch_size", type=int, default=8, help="generation tasks: prompts per batch")
@@ -260,7 +264,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_dense(dense, plan, args.dense)
     output = check_output_file(args.output) if args.output else None
     results = evaluate_path(args.model, args.task, dtype=args.dtype, device=args.device, data_dir=args.data_dir,
-                            quiet=args.quiet, limit=limit, **options)  # reads every task file before the model
+                            quiet=args.quiet, limit=limit, trust_remote_code=args.trust_remote_code,
+                            **options)  # reads every task file before the model
     report = evaluation_report(args.model, results, dtype=args.dtype, device=args.device, limit=limit,
                                dense=dense, **settings)
     print(format_table(report))
@@ -339,7 +344,7 @@ def run_compress(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in OPTIONS}  # compress checks them before loading the model
     summary = compress(args.model, args.calibration, args.method, args.output_dir, overwrite=args.overwrite,
                        quiet=args.quiet, dtype=args.dtype, device=args.device, max_batch_tokens=args.batch_tokens,
-                       **given)
+                       trust_remote_code=args.trust_remote_code, **given)
     print(format_compress_summary(summary))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -165,45 +166,138 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def resolve_device(name: str) -> str:
-    """`auto` is cuda when available, else mps, else cpu."""
+DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")  # what cola moves models to; cuda and xpu take an index
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps", "xpu", "xpu:N")
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can run on now: auto, cpu, then every cuda:N, mps, every xpu:N present."""
     import torch
 
-    if name != "auto":
-        return name
+    found = ["auto", "cpu"]
     if torch.cuda.is_available():
-        return "cuda"
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += ["xpu", *(f"xpu:{i}" for i in range(xpu.device_count()))]
+    return found
+
+
+def _missing_device_reason(kind: str) -> str:
+    """Why a device kind is absent: torch built without it, or no such hardware found."""
+    import torch
+
+    if kind == "cuda":
+        return (f"this torch {torch.__version__} is built without CUDA" if not torch.backends.cuda.is_built()
+                else "torch finds no CUDA device (check the driver and CUDA_VISIBLE_DEVICES)")
+    if kind == "mps":
+        return "MPS needs Apple silicon and a torch built with it"
+    return f"torch finds no {kind.upper()} device"
+
+
+def resolve_device(name: str) -> str:
+    """The device to run on: `auto` is cuda when available, else mps, else cpu; any other name is checked here,
+    before a model loads, against this machine.
+
+    Raises ColaError (one line, listing the valid names and those available here) for an unknown name such as
+    `tpu` or `cuda:x`, and for a device this machine lacks (`cuda` without CUDA, `cuda:3` with two GPUs).
+    """
+    available = available_devices()
+    if name == "auto":
+        return next((d for d in ("cuda", "mps") if d in available), "cpu")
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICE_KINDS or (sep and (kind not in ("cuda", "xpu") or not index.isdigit())):
+        from cola.errors import unknown_choice
+
+        raise ColaError(f"{unknown_choice('device', name, DEVICE_CHOICES)} (available here: {', '.join(available)})")
+    if name not in available:
+        if kind in available:  # an index past the last device of its kind
+            count = sum(d.startswith(f"{kind}:") for d in available)
+            reason = f"this machine has {count} {kind.upper()} device{'s' if count != 1 else ''}"
+        else:
+            reason = _missing_device_reason(kind)
+        raise ColaError(f"device {name!r} is not available: {reason}; available here: {', '.join(available)}")
+    return name
 
 
 def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                quiet: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in eval mode; `auto` picks the device and dtype as the CLI does (bf16 on CPU).
 
-    User errors become one-line ColaErrors.
+    The device and dtype are checked first, before any file is read. User errors become one-line ColaErrors:
+    a bad device or dtype, a missing or unreadable model, damaged weights, a pickle torch refuses, a model
+    that needs its own code without `trust_remote_code`.
     """
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cola.progress import silence_library_progress
 
-    silence_library_progress(quiet)
-    path = resolve_model_path(spec, quiet=quiet)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    silence_library_progress(quiet)
+    path = resolve_model_path(spec, quiet=quiet)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        hint = "" if Path(path).exists() else " (offline? set HF_HUB_OFFLINE=1 to fail without network retries)"
-        raise ColaError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}{hint}") from exc
-    except ValueError as exc:
-        raise ColaError(f"{spec!r} is not a causal language model transformers can load: "
-                        f"{str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
+        raise model_load_error(spec, path, exc) from exc
     model.to(device).eval()
     return model, tokenizer
+
+
+def model_load_error(spec: str, path: str, exc: Exception) -> ColaError:
+    """The one-line error for a failure of transformers' from_pretrained on `path` (model spec `spec`).
+
+    Files cannot be read or found (OSError), weights that are damaged (SafetensorError: truncated, bytes
+    flipped in the header), a pickled checkpoint torch's weights_only loader refuses or transformers refuses to
+    unpickle with a torch older than 2.6, a model that needs its own code, not a causal LM (ValueError).
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = str(exc)
+    if isinstance(exc, SafetensorError):
+        return ColaError(f"cannot load model {spec!r}: {damaged_safetensors(Path(path)) or 'a weights file'} is "
+                         f"damaged ({first}); copy or download it again")
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = re.search(r"WeightsUnpickler error: ([^.]*)", message)
+        return ColaError(f"cannot load model {spec!r}: its pickled weights (pytorch_model.bin) call code that "
+                         f"torch.load's safe mode refuses ({detail.group(1) if detail else first}); load them only "
+                         "if you trust their source, and convert them to safetensors")
+    if isinstance(exc, ValueError) and ("trust_remote_code" in message or "custom code" in message):
+        return ColaError(f"model {spec!r} needs its own Python code (config.json names custom classes): read that "
+                         "code, then pass --trust_remote_code (trust_remote_code=True in Python) to run it")
+    if isinstance(exc, ValueError) and "torch.load" in message:
+        import torch
+
+        return ColaError(f"cannot load model {spec!r}: its weights are a pickle (pytorch_model.bin), which "
+                         f"transformers reads only with torch >= 2.6 (installed: {torch.__version__}); upgrade "
+                         "torch or use a safetensors copy of the model")
+    if isinstance(exc, OSError):
+        hint = "" if Path(path).exists() else " (offline? set HF_HUB_OFFLINE=1 to fail without network retries)"
+        return ColaError(f"cannot load model {spec!r}: {first}{hint}")
+    return ColaError(f"{spec!r} is not a causal language model transformers can load: {first}")
+
+
+def damaged_safetensors(folder: Path) -> str | None:
+    """The name of the first .safetensors file in `folder` whose header cannot be read, if any."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return file.name
+    return None
 
 
 def config_int(model: torch.nn.Module, *keys: str) -> int | None:

@@ -190,11 +190,11 @@ def write_self_generated(cola: Any, config: CurateConfig, generation: dict[str, 
     """The self_generated strategy: prompts from a seeded shuffle of the processed pool, the model's sampled
     continuations, the highest-perplexity ones dropped; written like any curation (pool = all generated)."""
     from cola.api import model_record, stages_run
-    from cola.export import ensure_writable, run_environment, write_outputs
+    from cola.export import check_curate_output, run_environment, write_outputs
     from cola.stages.peers import generate_self_calibration
 
     seed = config.selection.seed
-    ensure_writable(cola.output_dir)
+    check_curate_output(cola.output_dir)
     timings: dict[str, float] = {}
     sources, processed, stage2 = cola.candidate_pool(config, timings)
     if not processed:

@@ -1,18 +1,16 @@
 """`compress`: one entry point for every method, from the CLI and from Python.
 
-It validates everything before the model loads, runs the method (llm-compressor's `oneshot` or the
-native sequential driver), saves into a staging folder inside the output directory, measures the
-saved weights (and fails loudly when the method did not change them), and only then moves the files
-into place, so a failure leaves nothing half-written.
+It validates everything before the model loads (options, the output directory, the calibration set and its
+hashes), runs the method (llm-compressor's `oneshot` or the native sequential driver), saves into a staging
+directory beside the output directory, measures the saved weights (and fails loudly when the method did not
+change them), records every file's sha256 in the summary, and only then swaps the whole directory in at once
+(`cola.export.staged_outputs`), so a failure or a kill leaves the earlier model or none, never a mix.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,30 +20,50 @@ import torch
 from cola.compress.calibration import CalibrationSet, load_calibration
 from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
 from cola.errors import ColaError
-from cola.export import ensure_writable, run_environment
+from cola.export import (check_output_dir, index_names, output_directory, read_index, run_environment,
+                         staged_outputs, tree_hashes, verify_outputs)
 
 SUMMARY_FILE = "compression_summary.json"
 CALDERA_FILE = "caldera.safetensors"
+COMPRESS_AGAIN = "compress again (`cola compress --overwrite`) to rebuild it"
 
 
 def holds_model(output_dir: Path) -> bool:
     return output_dir.is_dir() and ((output_dir / "config.json").exists() or any(output_dir.glob("*.safetensors")))
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ColaError(f"output directory {output_dir} is a file")
+def _refuse_overlap(output_dir: Path, source: Path, role: str, *, inside_ok: bool) -> None:
+    """Refuse an output directory that is `source` (the model or the calibration set), contains it, or (unless
+    `inside_ok`) lies inside it: the model would be written over its own input."""
+    out, src = output_dir.resolve(), source.resolve()
+    if out == src:
+        where = f"is the {role}"
+    elif out in src.parents:
+        where = f"contains the {role} {source}"
+    elif src in out.parents and not inside_ok:
+        where = f"lies inside the {role} {source}"
+    else:
+        return
+    raise ColaError(f"--output_dir {output_dir} {where}: the compressed model would land on top of its own "
+                    "input; name another directory")
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, *, model: Any, calibration: CalibrationSet | None) -> None:
+    """Check the output directory before the model loads, creating nothing (see `check_output_dir`)."""
+    if calibration is not None and calibration.path is not None:
+        _refuse_overlap(output_dir, calibration.path, "calibration directory", inside_ok=False)
+    model_path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+    if model_path and Path(model_path).expanduser().exists():
+        _refuse_overlap(output_dir, Path(model_path).expanduser(), "model's directory", inside_ok=True)
+    check_output_dir(output_dir, holds_set=holds_model, what="a model")
     if holds_model(output_dir) and not overwrite:
         raise ColaError(f"output directory {output_dir} already holds a model; pass --overwrite to replace it")
-    ensure_writable(output_dir)
 
 
-def _publish(staging: Path, output_dir: Path) -> None:
-    """Replace the old model files of `output_dir` (when overwriting) by the staged ones, summary last."""
-    for old in [*output_dir.glob("*.safetensors"), *output_dir.glob("*.safetensors.index.json")]:
-        old.unlink()  # stale weights of an earlier model must not mix with the new ones
-    for entry in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY_FILE):
-        os.replace(entry, output_dir / entry.name)
+def compress_set_names(directory: Path) -> set[str] | None:
+    """The entries of an earlier output directory that belong to its model: those its summary lists (the rest
+    is the user's and is kept), or None (all of it) when there is no summary listing them."""
+    return index_names(directory / SUMMARY_FILE)
 
 
 def peak_rss_mb() -> float:
@@ -56,45 +74,47 @@ def peak_rss_mb() -> float:
 def compress(model: Any, calibration: str | Path | CalibrationSet | None, method: str,
              output_dir: str | Path, *, tokenizer: Any = None, overwrite: bool = False, quiet: bool = False,
              dtype: str = "float32", device: str = "cpu", max_batch_tokens: int = 4096,
-             **options: Any) -> dict[str, Any]:
+             trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
     """Compress `model` with the curated `calibration` set by `method` and save it to `output_dir`.
 
-    `model` is a model name/path (loaded here) or an in-memory model (then pass `tokenizer`). Returns the
-    summary also written to `output_dir/compression_summary.json`.
+    `model` is a model name/path (loaded here, running its own code only with `trust_remote_code`) or an
+    in-memory model (then pass `tokenizer`). Returns the summary also written to
+    `output_dir/compression_summary.json`, which lists every saved file's sha256 under "outputs".
+
+    Refused before the model loads (ColaError, one line): unknown methods and options, an empty `output_dir`,
+    one that is, contains or lies inside the calibration directory, is or contains the model's directory, is the
+    current directory, holds files but no model, or holds a model without `overwrite`; a calibration set whose
+    manifest is malformed or whose files do not match it; a device this machine lacks.
 
     >>> compress("embedded", "outputs/demo", "wanda", "outputs/wanda", sparsity=0.5)  # doctest: +SKIP
     """
     spec = method_spec(method)
     options = resolve_options(spec.name, options)
-    output_dir = Path(output_dir)
+    output_dir = output_directory(output_dir)
     if calibration is None and spec.name != "rtn":
         raise ColaError(f"method {spec.name!r} needs a calibration set (--calibration CURATE_OUTPUT_DIR)")
-    if isinstance(calibration, (str, Path)) and not Path(calibration).is_dir():
-        load_calibration(calibration)  # fails on a missing directory before the model loads
-    created = not output_dir.exists()
-    _prepare_output(output_dir, overwrite)
-    try:
-        return _load_and_compress(model, tokenizer, calibration, spec, options, output_dir, quiet=quiet,
-                                  dtype=dtype, device=device, max_batch_tokens=max_batch_tokens)
-    except BaseException:
-        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
-            output_dir.rmdir()  # a failed run leaves no trace, not even an empty directory
-        raise
+    if isinstance(calibration, (str, Path)):
+        calibration = load_calibration(calibration)  # read and checked against its manifest before the model
+    _prepare_output(output_dir, overwrite, model=model, calibration=calibration)
+    return _load_and_compress(model, tokenizer, calibration, spec, options, output_dir, quiet=quiet,
+                              dtype=dtype, device=device, max_batch_tokens=max_batch_tokens,
+                              trust_remote_code=trust_remote_code)
 
 
-def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: MethodSpec, options: dict[str, Any],
-                       output_dir: Path, *, quiet: bool, dtype: str, device: str,
-                       max_batch_tokens: int) -> dict[str, Any]:
+def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet | None, spec: MethodSpec,
+                       options: dict[str, Any], output_dir: Path, *, quiet: bool, dtype: str, device: str,
+                       max_batch_tokens: int, trust_remote_code: bool) -> dict[str, Any]:
     start = time.perf_counter()
     model_name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
     if isinstance(model, str):
         from cola.models import load_model
 
-        model, tokenizer = load_model(model, device=device, dtype=dtype, quiet=quiet)
+        model, tokenizer = load_model(model, device=device, dtype=dtype, quiet=quiet,
+                                      trust_remote_code=trust_remote_code)
     elif tokenizer is None:
         raise ColaError("pass the tokenizer along with an in-memory model")
-    if isinstance(calibration, (str, Path)):
-        calibration = load_calibration(calibration, tokenizer)
+    if calibration is not None:
+        calibration.check_vocabulary(tokenizer)
     if "group_size" in options and (spec.name != "caldera" or options["group_size"] is not None):
         # CALDERA without a group size keeps one scale per output row
         options["group_size"] = pick_group_size(
@@ -102,8 +122,7 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: Metho
              if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")], options["group_size"])
     load_seconds = time.perf_counter() - start
 
-    staging = Path(tempfile.mkdtemp(prefix=".cola-staging-", dir=output_dir))
-    try:
+    with staged_outputs(output_dir, set_names=compress_set_names) as staging:
         start = time.perf_counter()
         if spec.native:
             details = _run_native(model, calibration, spec.name, options, staging, quiet=quiet,
@@ -122,11 +141,9 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: Any, spec: Metho
                    "kind": spec.kind, "backend": spec.backend, "options": options,
                    "calibration": calibration.describe() if calibration is not None else None,
                    "weights": weights, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
-                   "peak_rss_mb": round(peak_rss_mb(), 1), **run_environment(), "details": details}
+                   "peak_rss_mb": round(peak_rss_mb(), 1), **run_environment(), "details": details,
+                   "outputs": tree_hashes(staging)}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _publish(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -192,31 +209,46 @@ def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> di
 
 
 def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu", quiet: bool = True,
-                    caldera_layers: bool = True) -> tuple[Any, Any]:
-    """(model, tokenizer) from a `cola compress` output; CALDERA layers come back as CalderaLinear modules.
+                    caldera_layers: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) from a `cola compress` output (or any model directory); CALDERA layers come back as
+    CalderaLinear modules.
+
+    A `cola compress` output is first checked against the sha256 of every file its compression_summary.json
+    lists: a file missing, truncated or with a flipped byte is refused (ColaError, one line) before the model
+    loads. `trust_remote_code` lets a model that needs its own Python code run it.
 
     `caldera_layers=False` keeps the checkpoint's dense Q + L R weights instead: the same function (a test
     checks equal logits), at a dense model's speed in any dtype, where CalderaLinear dequantizes its codes in
     every forward and computes in float32 (about 9x slower to evaluate SmolLM2 on a CPU).
     """
     from cola.compress.llmc import library_output
-    from cola.models import load_model
+    from cola.models import load_model, resolve_device
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
+    resolve_device(device)  # a device this machine lacks fails before the files are hashed
+    if (path / SUMMARY_FILE).is_file():
+        summary = read_index(path / SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
+        if "outputs" in summary:  # summaries written before cola recorded hashes have none to check
+            verify_outputs(path, summary, index_name=SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
     with library_output(quiet):  # compressed-tensors decompresses with bars of its own
-        model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet)
-        import torch
-
+        model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet,
+                                      trust_remote_code=trust_remote_code)
         # compressed-tensors decompresses packed weights in a hook of the first forward: run it here, one
         # token, so that timings and weight checks after loading see the dense weights
         with torch.no_grad():
             model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
     if caldera_layers and (path / CALDERA_FILE).is_file():
+        from safetensors import SafetensorError
+
         from cola.compress.caldera import load_caldera, replace_with_caldera
 
-        modules, _config = load_caldera(path / CALDERA_FILE)
+        try:
+            modules, _config = load_caldera(path / CALDERA_FILE)
+        except (SafetensorError, OSError) as exc:
+            raise ColaError(f"cannot load {path / CALDERA_FILE}: {str(exc).splitlines()[0]}; "
+                            f"{COMPRESS_AGAIN}") from exc
         replace_with_caldera(model, modules)
         model.to(device)
     return model, tokenizer

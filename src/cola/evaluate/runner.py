@@ -296,24 +296,28 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
 
 
 def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "cpu",
-                        quiet: bool = True) -> tuple[Any, Any]:
-    """(model, tokenizer): a `cola compress` output directory (CALDERA, RIA, llm-compressor) or any model spec."""
+                        quiet: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer): a `cola compress` output directory (CALDERA, RIA, llm-compressor) or any model spec;
+    `trust_remote_code` lets a model that needs its own Python code run it."""
     path = Path(path_or_spec).expanduser()
     if path.is_dir():
         from cola.compress.api import load_compressed
 
-        return load_compressed(path, dtype=dtype, device=device, quiet=quiet)
+        return load_compressed(path, dtype=dtype, device=device, quiet=quiet, trust_remote_code=trust_remote_code)
     from cola.models import load_model
 
-    return load_model(str(path_or_spec), dtype=dtype, device=device, quiet=quiet)
+    return load_model(str(path_or_spec), dtype=dtype, device=device, quiet=quiet,
+                      trust_remote_code=trust_remote_code)
 
 
 def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, dtype: str = "float32",
                   device: str = "cpu", data_dir: str | Path | None = None, quiet: bool = True,
-                  **options: Any) -> list[TaskResult]:
-    """Load a dense or compressed model and evaluate it; every input is checked before the model loads."""
+                  trust_remote_code: bool = False, **options: Any) -> list[TaskResult]:
+    """Load a dense or compressed model and evaluate it; every input is checked before the model loads.
+    `trust_remote_code` lets a model that needs its own Python code run it."""
     plan = plan_evaluation(tasks, data_dir=data_dir, quiet=quiet, **options)
-    model, tokenizer = load_for_evaluation(model_or_dir, dtype=dtype, device=device, quiet=quiet)
+    model, tokenizer = load_for_evaluation(model_or_dir, dtype=dtype, device=device, quiet=quiet,
+                                           trust_remote_code=trust_remote_code)
     return plan.run(model, tokenizer)
 
 

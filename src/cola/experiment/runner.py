@@ -204,13 +204,6 @@ def _child(job: Callable[..., None], errors: Any, *args: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ jobs
-def switched_on(**flags: bool) -> dict[str, bool]:
-    """The flags that are on, as keyword arguments: `trust_remote_code` and `confirm_run_unsafe_code` reach
-    compress(), load_compressed() and evaluate() only when the experiment turns them on, so that the default
-    run calls them exactly as before the keywords existed."""
-    return {name: True for name, on in flags.items() if on}
-
-
 def _load_dense(config: ExperimentConfig, quiet: bool) -> tuple[Any, Any]:
     from cola.models import load_model
 
@@ -224,7 +217,7 @@ def _evaluate(model: Any, tokenizer: Any, config: ExperimentConfig, quiet: bool)
     settings = config.evaluation
     results = evaluate(model, tokenizer, list(settings.tasks), limit=dict(settings.limits) or None,
                        data_dir=config.data_dir, window=settings.window, quiet=quiet,
-                       **switched_on(confirm_run_unsafe_code=config.confirm_run_unsafe_code))
+                       confirm_run_unsafe_code=config.confirm_run_unsafe_code)
     return [r.as_dict() for r in results]
 
 
@@ -286,15 +279,15 @@ def _cell_job(config: ExperimentConfig, work_dir: Path, quiet: bool, cell: Cell)
     model, tokenizer = _load_dense(config, quiet)
     calibration, curate_seconds = _ensure_calibration(experiment, cell, model, tokenizer)
     out = experiment.model_dir(cell)
-    trust = switched_on(trust_remote_code=config.trust_remote_code)
     summary = compress(model, calibration, run.method, out, tokenizer=tokenizer, overwrite=True, quiet=quiet,
-                       dtype=config.dtype, device=config.device, **trust, **run.options)
+                       dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code,
+                       **run.options)
     del model
     gc.collect()
     start = time.perf_counter()
     # CALDERA is evaluated from its dense Q + LR checkpoint: the same function as CalderaLinear, 9x faster
     model, tokenizer = load_compressed(out, dtype=config.dtype, device=config.device, quiet=quiet,
-                                       caldera_layers=False, **trust)
+                                       caldera_layers=False, trust_remote_code=config.trust_remote_code)
     results = _evaluate(model, tokenizer, config, quiet)
     eval_seconds = time.perf_counter() - start
     name, values = ffn_spectrum(model, config.plots.spectrum_module)
