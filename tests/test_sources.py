@@ -1048,6 +1048,14 @@ def test_existing_path_with_at_or_hash_wins_over_the_spec_syntax(tmp_path: Path,
     assert load(f"{path}#body").texts == ("other",)
 
 
+@pytest.mark.parametrize("name", ["user@host.jsonl", "runs#3.jsonl", "a@b#c.csv", "x@y.jsonl@math"])
+def test_missing_path_with_at_or_hash_is_named_whole(tmp_path: Path, name: str):
+    body = str(tmp_path / name).removesuffix("@math")
+    with pytest.raises(ColaError) as err:
+        parse_source(str(tmp_path / name))
+    assert str(err.value) == f"dataset file not found: {body}"
+
+
 def test_folder_with_at_or_hash_in_its_name(tmp_path: Path):
     path = write_jsonl(tmp_path / "runs#3@home" / "prose.jsonl", [{"text": "kept"}])
     assert load(path).texts == ("kept",)

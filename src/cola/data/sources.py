@@ -144,8 +144,12 @@ def _split_spec(spec: str) -> tuple[str, str]:
         if cut and _is_file(spec[:cut]):
             return spec[:cut], spec[cut:]
     body, hash_sign, fields = spec.partition("#")
-    body, at_sign, capability = body.rpartition("@") if "@" in body else (body, "", "")
-    return body, f"{at_sign}{capability}{hash_sign}{fields}"
+    head, at_sign, capability = body.rpartition("@") if "@" in body else (body, "", "")
+    if at_sign and not _CAPABILITY_RE.match(capability) and _looks_like_file(body):
+        head, at_sign, capability = body, "", ""  # `user@host.jsonl`: the @ belongs to a (missing) file's name
+    if hash_sign and not _looks_like_file(head) and _looks_like_file(spec):
+        return spec, ""  # `runs#3.jsonl`: so does the #
+    return head, f"{at_sign}{capability}{hash_sign}{fields}"
 
 
 def parse_source(spec: str) -> SourceSpec:
