@@ -398,7 +398,8 @@ def test_chat_messages_format_to_their_turns():
 
 
 def test_sharegpt_conversations_format_to_their_turns():
-    record = {"conversations": [{"from": "system", "value": "You are terse."}, {"from": "human", "value": "What is 2+3?"},
+    record = {"conversations": [{"from": "system", "value": "You are terse."},
+                                {"from": "human", "value": "What is 2+3?"},
                                 {"from": "gpt", "value": "5.", "weight": 1.0}]}
     out = format_chat(record)
     assert out.turns == TURNS and out.templatable and not out.needs_reasoning

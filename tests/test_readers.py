@@ -233,6 +233,11 @@ def test_valid_json_is_read(tmp_path: Path, name: str, content: str, texts: tupl
                  id="broken-pretty-printed-document"),
     pytest.param("broken.jsonl", '{"text": "a"\n{"text": "b"}\n', "malformed JSON on line 1: Expecting ',' delimiter",
                  id="broken-first-line-of-a-jsonl-file"),
+    pytest.param("arrays.jsonl", '["a", "b"]\n["c"]\n', "line 1 is not a JSON object (it holds a list of strings)",
+                 id="lines-of-arrays"),
+    pytest.param("two.json", '{\n "text": "a"\n}\n{\n "text": "b"\n}\n',
+                 "malformed JSON on line 1: Expecting property name enclosed in double quotes",
+                 id="two-pretty-printed-documents"),
     pytest.param("odd.json", json.dumps({"data": [{"text": "a"}, "b"]}),
                  "record 2 under 'data' is not a JSON object (it holds text)", id="non-object-record-under-a-key"),
 ])

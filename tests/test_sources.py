@@ -904,7 +904,8 @@ def test_chat_messages_become_conversations_not_reprs(tmp_path: Path, suffix: st
 
 def test_sharegpt_conversations_are_recognised(tmp_path: Path):
     path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": [
-        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}])
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi?"},
+        {"from": "gpt", "value": "Hello."}]}])
     source = load(path)
     assert source.fields == ("conversations",)
     assert source.texts == ("system: Be brief.\nuser: Hi?\nassistant: Hello.",)

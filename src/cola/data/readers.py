@@ -169,6 +169,8 @@ def _json_records(path: Path, records_key: str | None) -> FileRecords:
         try:
             document = json.load(fh)
         except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data":  # one value, then more: lines of JSON values, read (and judged) one by one
+                return FileRecords(rows=_guarded(path, "JSON lines", _json_lines(path)))
             if line_error is not None and not is_json_file:  # a .jsonl file: its first line is what is broken
                 raise ColaError(f"{path}: malformed JSON on line {lineno}: {line_error.msg}") from None
             raise ColaError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
