@@ -13,7 +13,10 @@ import pytest
 from cola.data.catalog import CATALOG
 from cola.data.formatters import (
     FORMATTERS,
+    FieldValueError,
     Formatted,
+    chat_messages,
+    format_chat,
     format_gsm8k,
     format_humaneval,
     format_instruction,
@@ -314,6 +317,9 @@ def test_parse_field_mapping_errors(spec: str, message: str):
     ({"text", "url"}, "text"),
     ({"text", "timestamp", "url"}, "text"),
     ({"prefix", "gold_completion"}, "text"),
+    ({"id", "messages"}, "chat"),
+    ({"prompt", "prompt_id", "messages"}, "chat"),
+    ({"conversations", "id"}, "chat"),
 ])
 def test_formatter_for_columns(columns: set[str], name: str):
     assert formatter_for_columns(columns) == name
@@ -326,7 +332,8 @@ def test_unknown_formatter_suggests_a_close_match():
 
 def test_get_formatter_returns_the_registered_function():
     assert get_formatter("gsm8k") is format_gsm8k
-    assert set(FORMATTERS) == {"gsm8k", "math", "mbpp", "humaneval", "multiple_choice", "instruction", "text"}
+    assert set(FORMATTERS) == {"gsm8k", "math", "mbpp", "humaneval", "multiple_choice", "instruction", "chat",
+                               "text"}
 
 
 def test_catalog_formatters_are_registered():
@@ -375,3 +382,88 @@ def test_real_pool_files_format(relative: str, name: str):
         assert all(re.fullmatch(r"[A-E]\. .+", f.answer) for f in formatted)
         if "label" in records[0]:  # the letter is the gold 0-based label
             assert [f.answer[0] for f in formatted] == ["ABCDE"[r["label"]] for r in records]
+
+
+# --- chats, dotted paths and values that are not text (issue 17) ------------------------------------------
+
+TURNS = (("system", "You are terse."), ("user", "What is 2+3?"), ("assistant", "5."))
+
+
+def test_chat_messages_format_to_their_turns():
+    record = {"id": 3, "messages": [{"role": "system", "content": " You are terse. "},
+                                    {"role": "User", "content": "What is 2+3?"},
+                                    {"role": "assistant", "content": "5."}]}
+    assert format_chat(record) == Formatted(
+        text="system: You are terse.\nuser: What is 2+3?\nassistant: 5.", turns=TURNS)
+
+
+def test_sharegpt_conversations_format_to_their_turns():
+    record = {"conversations": [{"from": "system", "value": "You are terse."},
+                                {"from": "human", "value": "What is 2+3?"},
+                                {"from": "gpt", "value": "5.", "weight": 1.0}]}
+    out = format_chat(record)
+    assert out.turns == TURNS and out.templatable and not out.needs_reasoning
+
+
+def test_empty_conversation_is_an_empty_record():
+    assert format_chat({"messages": []}) == Formatted(text="")
+
+
+def test_chat_messages_of_a_qa_record_and_of_a_conversation():
+    qa = Formatted(text="unused", question="What is 2+3?", reasoning="2+3=5.", answer="5")
+    assert chat_messages(qa) == [{"role": "user", "content": "What is 2+3?"},
+                                 {"role": "assistant", "content": "2+3=5.\n\nAnswer: 5"}]
+    assert chat_messages(Formatted(text="unused", question="Q", answer="A")) == [
+        {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert chat_messages(Formatted(text="unused", turns=TURNS)) == [
+        {"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+3?"},
+        {"role": "assistant", "content": "5."}]
+    assert not Formatted(text="free text").templatable
+
+
+def test_mapped_fields_take_dotted_paths():
+    formatter = mapped_formatter({"question": "item.q", "answer": "item.a"}, {"item": {"q": "2+2?", "a": "4"}})
+    assert formatter({"item": {"q": " 2+2? ", "a": 4}}) == Formatted(
+        text="Question: 2+2?\n\nAnswer: 4", question="2+2?", answer="4")
+
+
+def test_mapped_dotted_path_that_does_not_exist():
+    with pytest.raises(ColaError) as err:
+        mapped_formatter({"text": "meta.bdy"}, {"id": 0, "meta": {"lang": "en", "body": "x"}})
+    assert str(err.value) == "no field 'meta.bdy': the fields of 'meta' are: lang, body"
+
+
+def test_mapped_text_field_holding_a_conversation_formats_as_one():
+    formatter = mapped_formatter({"text": "messages"}, ["id", "messages"])
+    record = {"id": 0, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    assert formatter(record) == Formatted(text="user: Hi\nassistant: Hello",
+                                          turns=(("user", "Hi"), ("assistant", "Hello")))
+
+
+@pytest.mark.parametrize("formatter, record, message", [
+    (mapped_formatter({"text": "meta"}, ["meta"]), {"meta": {"body": "x"}},
+     "field 'meta' holds an object with keys body, not text: a text field takes text, a list of strings or a "
+     "conversation; name the text inside with a dotted path, e.g. meta.body"),
+    (mapped_formatter({"question": "q", "answer": "a"}, ["q", "a"]), {"q": "Q", "a": [{"x": 1}]},
+     "field 'a' holds a list of objects, not text: a text field takes text, a list of strings or a conversation"),
+    (format_text, {"text": {"body": "x"}}, "field 'text' holds an object with keys body, not text: a text field "
+     "takes text, a list of strings or a conversation; name the text inside with a dotted path, e.g. text.body"),
+    (format_gsm8k, {"question": {"stem": "Q"}, "answer": "x #### 1"}, "a field holds an object with keys stem, "
+     "not text"),
+])
+def test_objects_are_never_rendered_as_reprs(formatter, record: dict, message: str):
+    with pytest.raises(FieldValueError) as err:
+        formatter(record)
+    assert str(err.value) == message
+
+
+def test_text_formatter_joins_a_list_as_paragraphs():
+    assert format_text({"text": ["One.", "Two."]}) == Formatted(text="One.\n\nTwo.")
+
+
+def test_chat_catalog_entries_recognise_chat_files():
+    from cola.data.catalog import entry_for_columns
+
+    assert entry_for_columns({"id", "messages"}).name == "ultrachat"
+    assert entry_for_columns({"conversations"}).name == "openhermes"
+    assert {CATALOG[n].formatter for n in ("ultrachat", "openhermes")} == {"chat"}

@@ -1,13 +1,18 @@
-"""Stage 2's chat rendering of Q&A records: the template's default system prompt kept or left out."""
+"""Stage 2's format step: chat rendering of Q&A records and conversations (the template's default system prompt
+kept or left out), and format errors naming the row."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from cola.config import ProcessConfig
-from cola.data.formatters import Formatted
+from cola.data.formatters import Formatted, mapped_formatter
+from cola.data.sources import load_source, parse_sources
 from cola.errors import ColaError
-from cola.stages.process import chat_renderer
+from cola.stages.process import chat_renderer, format_records, process_sources
 
 from .conftest import byte_tokenizer
 
@@ -47,3 +52,90 @@ def test_template_that_refuses_a_system_turn_keeps_its_rendering():
 def test_unknown_system_prompt_mode_lists_the_choices():
     with pytest.raises(ColaError, match="unknown system prompt mode 'off'. Valid choices: none, template"):
         ProcessConfig(system_prompt="off")
+
+
+# --- conversations (issue 17): chat datasets rendered by the template, counted in the report ----------------
+
+CONVERSATION = Formatted(text="unused", turns=(("user", "Hi?"), ("assistant", "Hello.")))
+CHAT_RECORDS = [{"id": i, "messages": [{"role": "user", "content": f"What is {i} plus {i}? Please answer."},
+                                       {"role": "assistant", "content": f"It is {2 * i}, of course."}]}
+                for i in range(3)]
+PLAIN_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</e>\n{% endfor %}"
+
+
+def _chat_file(tmp_path: Path, name: str = "chat.jsonl", records: list | None = None) -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records or CHAT_RECORDS), encoding="utf-8")
+    return path
+
+
+def _process(specs: list[str], tokenizer, **settings):
+    sources = [load_source(spec, max_candidates=100, seed=0) for spec in parse_sources(specs)]
+    return process_sources(sources, tokenizer, 4096, ProcessConfig(length="truncate", **settings))
+
+
+def test_conversation_is_rendered_by_the_template():
+    tokenizer = _tokenizer(INSERTS_DEFAULT)
+    exchange = "<s>user\nHi?</e>\n<s>assistant\nHello.</e>\n"
+    assert chat_renderer(tokenizer)(CONVERSATION) == DEFAULT_SYSTEM + exchange
+    assert chat_renderer(tokenizer, "none")(CONVERSATION) == exchange
+
+
+def test_conversation_with_its_own_system_turn_keeps_it():
+    own = Formatted(text="unused", turns=(("system", "Be brief."), ("user", "Hi?")))
+    assert chat_renderer(_tokenizer(INSERTS_DEFAULT), "none")(own) == "<s>system\nBe brief.</e>\n<s>user\nHi?</e>\n"
+
+
+@pytest.mark.parametrize("suffix", ["", "#messages"])
+def test_chat_file_is_templated_and_counted(tmp_path: Path, suffix: str):
+    """Chat rows used to become `[{'role': ...}]` reprs with `chat_templated: 0` in the manifest."""
+    path = _chat_file(tmp_path)
+    samples, report = _process([f"{path}{suffix}"], _tokenizer(PLAIN_TEMPLATE), chat_template="on")
+    entry = report["sources"][0]
+    assert (entry["formatter"], entry["records"], entry["chat_templated"]) == ("chat", 3, 3)
+    assert [s.text for s in samples] == [
+        f"<s>user\nWhat is {i} plus {i}? Please answer.</e>\n<s>assistant\nIt is {2 * i}, of course.</e>\n"
+        for i in range(3)]
+
+
+def test_chat_file_without_a_template_gives_plain_turns(tmp_path: Path):
+    samples, report = _process([str(_chat_file(tmp_path))], byte_tokenizer())
+    assert report["sources"][0]["chat_templated"] == 0
+    assert [s.text for s in samples] == [
+        f"user: What is {i} plus {i}? Please answer.\nassistant: It is {2 * i}, of course." for i in range(3)]
+
+
+def test_chat_file_named_like_a_catalog_text_dataset_is_still_a_chat(tmp_path: Path):
+    _, report = _process([str(_chat_file(tmp_path, "c4.jsonl"))], _tokenizer(PLAIN_TEMPLATE))
+    assert (report["sources"][0]["formatter"], report["sources"][0]["chat_templated"]) == ("chat", 3)
+
+
+def test_template_that_refuses_a_conversation_names_the_row(tmp_path: Path):
+    strict = ("{% for m in messages %}{% if m['role'] == 'assistant' and 'plus 1' in messages[0]['content'] %}"
+              "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    path = _chat_file(tmp_path)
+    with pytest.raises(ColaError) as err:
+        _process([str(path)], _tokenizer(strict), chat_template="on")
+    assert str(err.value) == (f"{path}: line 2: the model's chat template refuses this record (roles must "
+                              "alternate); use --chat_template off to keep plain text")
+
+
+def test_format_error_names_the_file_and_row(tmp_path: Path):
+    path = _chat_file(tmp_path, "qa.jsonl", [{"q": "Q1", "a": "A1"}, {"q": "Q2", "a": {"value": "A2"}}])
+    source = load_source(parse_sources([f"{path}#q"])[0], max_candidates=10, seed=0)
+    with pytest.raises(ColaError) as err:
+        format_records(source, mapped_formatter({"question": "q", "answer": "a"}, source.records[0]))
+    assert str(err.value) == (f"{path}: line 2: field 'a' holds an object with keys value, not text: a text field "
+                              "takes text, a list of strings or a conversation; name the text inside with a dotted "
+                              "path, e.g. a.value")
+
+
+def test_reference_probes_read_conversations_as_plain_turns(tmp_path: Path):
+    from cola.config import CurateConfig
+    from cola.stages.mixture import reference_samples
+
+    path = _chat_file(tmp_path, "sharegpt.jsonl", [{"conversations": [{"from": "human", "value": "Hi?"},
+                                                                       {"from": "gpt", "value": "Hello."}]}])
+    config = CurateConfig(references=(("general", str(path)),), sequence_length=64)
+    probes = reference_samples("general", byte_tokenizer(), config)
+    assert [p.text for p in probes] == ["user: Hi?\nassistant: Hello."]

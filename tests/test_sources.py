@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -13,9 +14,11 @@ import pytest
 
 from cola.data.catalog import CATALOG, EMBEDDED_SOURCES, entry_for_columns
 from cola.data.sources import (
-    FILE_BUILDERS,
+    FILE_FORMATS,
     HUB_SHUFFLE_BUFFER,
+    MAX_TEXT_CHARS,
     SourceSpec,
+    bound_strings,
     load_source,
     parse_source,
     parse_sources,
@@ -23,6 +26,7 @@ from cola.data.sources import (
     render_value,
     reservoir_sample,
 )
+from cola.data.formatters import FieldValueError
 from cola.errors import ColaError
 
 from .conftest import SHARED_DATA, needs_shared_data
@@ -56,8 +60,39 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def write_table(path: Path, records: list[dict]) -> Path:
+    """`records` written in the format the file name says (.jsonl, .json, .csv, .txt paragraphs, .parquet)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        return write_jsonl(path, records)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    elif path.suffix == ".txt":
+        path.write_text("\n\n".join(r["text"] for r in records) + "\n", encoding="utf-8")
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
 def load(spec: str | Path, max_candidates: int = 1000, seed: int = 0):
     return load_source(parse_source(str(spec)), max_candidates=max_candidates, seed=seed)
+
+def expect_exact_error(spec: str | Path, message: str) -> None:
+    """Loading `spec` raises a ColaError whose message is exactly `message`."""
+    with pytest.raises(ColaError) as err:
+        load(spec)
+    assert str(err.value) == message
+
 
 def expect_load_error(path: Path, pattern: str) -> None:
     """Loading `path` raises a ColaError matching `pattern` that names the file."""
@@ -171,11 +206,10 @@ def test_parse_sources_rejects_duplicate_names(specs, dup):
     assert dup in str(err.value)
 
 
-def test_parse_sources_rejects_files_with_same_readable_name(tmp_path: Path):
+def test_parse_sources_names_apart_files_with_the_same_readable_name(tmp_path: Path):
     a = write_jsonl(tmp_path / "a" / "gsm8k" / "train.jsonl", qa_records(2))
     b = write_jsonl(tmp_path / "b" / "gsm8k" / "train.jsonl", qa_records(3))
-    with pytest.raises(ColaError, match="named twice: gsm8k/train"):
-        parse_sources([str(a), str(b)])
+    assert [s.name for s in parse_sources([str(a), str(b)])] == ["a/gsm8k/train", "b/gsm8k/train"]
 
 
 @pytest.mark.parametrize("spec", ["gsm8k@1math", "gsm8k@ma th", "gsm8k@math!", "gsm8k@-x"])
@@ -228,7 +262,7 @@ def test_unsupported_file_type_rejected(tmp_path: Path, name: str, content: byte
         parse_source(str(path))
     message = str(err.value)
     assert str(path) in message
-    assert all(ext in message for ext in FILE_BUILDERS)
+    assert all(ext in message for ext in FILE_FORMATS)
 
 
 def test_bare_hash_is_an_empty_field_list(tmp_path: Path):
@@ -697,13 +731,38 @@ def test_render_multiple_choice_dict():
     assert render_value({"text": ["red", "blue", "green"], "label": ["A", "B", "C"]}) == "A. red\nB. blue\nC. green"
 
 
-def test_render_mismatched_dict_falls_back_to_key_value_lines():
-    assert render_value({"text": ["x", "y"], "label": ["A"]}) == "text: x\ny\nlabel: A"
-    assert render_value({"a": "1", "b": 2}) == "a: 1\nb: 2"
+@pytest.mark.parametrize("value, described", [
+    ({"text": ["x", "y"], "label": ["A"]}, "an object with keys text, label"),
+    ({"a": "1", "b": 2}, "an object with keys a, b"),
+    (["one", 3], "a list of numbers"),
+    ([{"a": 1}], "a list of objects"),
+    ([["x"]], "a list of lists"),
+])
+def test_render_refuses_objects_and_odd_lists_naming_the_field(value, described):
+    """An object or a list of anything but strings is never rendered as a repr (`{'a': '1'}`) or key lines."""
+    with pytest.raises(FieldValueError) as err:
+        render_value(value, "body")
+    assert str(err.value).startswith(f"field 'body' holds {described}, not text: a text field takes text, "
+                                     "a list of strings or a conversation")
 
 
-def test_render_list_line_by_line():
-    assert render_value(["one", " two ", "", None, 3]) == "one\ntwo\n3"
+def test_render_object_error_suggests_the_dotted_path_of_its_longest_text():
+    with pytest.raises(FieldValueError) as err:
+        render_value({"lang": "en", "body": "A long body text.", "n": 3}, "meta")
+    assert str(err.value) == ("field 'meta' holds an object with keys lang, body, n, not text: a text field "
+                              "takes text, a list of strings or a conversation; name the text inside with a "
+                              "dotted path, e.g. meta.body")
+
+
+def test_render_list_of_strings_as_paragraphs():
+    assert render_value(["one", " two ", "", None]) == "one\n\ntwo"
+
+
+def test_render_multiple_choice_list_line_by_line():
+    assert render_value(["one", " two ", "", None, 3], "choices") == "one\ntwo\n3"
+    assert render_value(["a", "b"], "endings") == "a\nb"
+    assert render_value([{"label": "A", "text": "red"}, {"label": "B", "text": "blue"}], "choices") == \
+        "A. red\nB. blue"
 
 
 def test_render_empty_values():
@@ -790,18 +849,19 @@ def test_unreachable_hub_id_offline_raises(monkeypatch, http_calls):
     assert "nonexistent-user-xyz/nonexistent-dataset" in str(err.value)
 
 
-def test_local_file_load_makes_no_network_call(tmp_path: Path, monkeypatch, http_calls):
+@pytest.mark.parametrize("name", ["prose.jsonl", "prose.json", "prose.csv", "prose.txt", "prose.parquet"])
+def test_local_file_load_makes_no_network_call(tmp_path: Path, monkeypatch, http_calls, name):
     """datasets.load_dataset() sends a HEAD request to count a 'download' even for a local json file unless
-    HF_UPDATE_DOWNLOAD_COUNTS is off; sources.py must switch it off itself (the flag starts on here)."""
+    HF_UPDATE_DOWNLOAD_COUNTS is off; local files are read without datasets, so with the flag on and the hub
+    reachable in principle, no call is made."""
     import datasets.config
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
-    path = write_jsonl(tmp_path / "prose.jsonl", [{"text": t} for t in TEXTS])
+    path = write_table(tmp_path / name, [{"text": t} for t in TEXTS])
     source = load(path)
     assert source.texts == tuple(TEXTS)
     assert http_calls == []
-    assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is False
 
 
 # --- real data (the shared data folder) ---------------------------------------------------------------
@@ -819,3 +879,214 @@ def test_real_shared_data(relative, capability, fields, records, marker):
     assert len(source.texts) == 10
     assert all(marker in text for text in source.texts)
 
+
+
+# --- structured values in text fields (issue 17) ------------------------------------------------------------
+
+CHAT = [{"id": 0, "messages": [{"role": "system", "content": "You are terse."},
+                               {"role": "user", "content": "What is 2+3?"},
+                               {"role": "assistant", "content": "5."}]},
+        {"id": 1, "messages": [{"role": "user", "content": "Name a colour."},
+                               {"role": "assistant", "content": " Blue. "}]}]
+CHAT_TEXTS = ("system: You are terse.\nuser: What is 2+3?\nassistant: 5.", "user: Name a colour.\nassistant: Blue.")
+NESTED = [{"id": 0, "meta": {"lang": "en", "body": "The river ran past the mill."}},
+          {"id": 1, "meta": {"lang": "fr", "body": "La riviere passait le moulin."}}]
+
+
+@pytest.mark.parametrize("suffix", ["", "#messages"])
+def test_chat_messages_become_conversations_not_reprs(tmp_path: Path, suffix: str):
+    """`#messages` used to pack `[{'role': 'system', 'content': ...}]` reprs; without a field the file was refused."""
+    path = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    source = load(f"{path}{suffix}")
+    assert source.texts == CHAT_TEXTS
+    assert (source.fields, source.capability) == (("messages",), "general")
+
+
+def test_sharegpt_conversations_are_recognised(tmp_path: Path):
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi?"},
+        {"from": "gpt", "value": "Hello."}]}])
+    source = load(path)
+    assert source.fields == ("conversations",)
+    assert source.texts == ("system: Be brief.\nuser: Hi?\nassistant: Hello.",)
+
+
+@pytest.mark.parametrize("turn, problem", [
+    ({"role": "bot", "content": "x"}, "turn 2 of field 'messages' has the unknown role 'bot'; valid roles: "
+                                      "assistant, gpt, human, system, user"),
+    ({"role": "assistant"}, "turn 2 of field 'messages' (assistant) has no 'content'"),
+    ({"role": "assistant", "content": None}, "turn 2 of field 'messages' (assistant) has no 'content'"),
+    ({"role": "assistant", "content": {"text": "x"}}, "turn 2 of field 'messages' (assistant): 'content' holds an "
+                                                      "object with keys text, not text"),
+    ({"content": "x"}, "turn 2 of field 'messages' has no 'role' (or ShareGPT 'from'); its keys are: content"),
+])
+def test_bad_chat_turn_names_the_file_row_and_turn(tmp_path: Path, turn: dict, problem: str):
+    path = write_jsonl(tmp_path / "chat.jsonl", [CHAT[1], {"messages": [{"role": "user", "content": "Q"}, turn]}])
+    expect_exact_error(path, f"{path}: line 2: {problem}")
+
+
+def test_chat_content_given_as_text_parts(tmp_path: Path):
+    path = write_jsonl(tmp_path / "parts.jsonl", [{"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "text", "text": "a cat."}]},
+        {"role": "assistant", "content": "A cat."}]}])
+    assert load(path).texts == ("user: Look:\na cat.\nassistant: A cat.",)
+
+
+def test_dotted_path_reads_a_nested_field(tmp_path: Path):
+    """`#meta.body` used to be refused with "no field 'meta.body'"."""
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    source = load(f"{path}#meta.body")
+    assert source.texts == ("The river ran past the mill.", "La riviere passait le moulin.")
+    assert source.fields == ("meta.body",)
+    assert source.describe()["fields"] == ["meta.body"]
+
+
+def test_column_named_with_a_dot_wins_over_the_path(tmp_path: Path):
+    path = write_jsonl(tmp_path / "dotted.jsonl", [{"meta.body": "the column", "meta": {"body": "the path"}}])
+    assert load(f"{path}#meta.body").texts == ("the column",)
+
+
+def test_object_in_a_text_field_is_an_error_naming_field_and_row(tmp_path: Path):
+    """`#meta` used to pack `{'lang': 'en', 'body': ...}` reprs into the calibration set."""
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    expect_exact_error(f"{path}#meta", f"{path}: line 1: field 'meta' holds an object with keys lang, body, not "
+                       "text: a text field takes text, a list of strings or a conversation; name the text inside "
+                       "with a dotted path, e.g. meta.body")
+
+
+@pytest.mark.parametrize("field, problem", [
+    ("meta.bdy", "no field 'meta.bdy': the fields of 'meta' are: lang, body"),
+    ("mta.body", "no field 'mta.body'; its fields are: id, meta"),
+    ("meta.body.x", "no field 'meta.body.x': 'meta.body' holds text, not fields"),
+])
+def test_dotted_path_that_does_not_exist_lists_the_fields_at_that_level(tmp_path: Path, field: str, problem: str):
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    expect_exact_error(f"{path}#{field}", f"{path}#{field}: {problem}")
+
+
+def test_empty_part_of_a_dotted_path_is_refused(tmp_path: Path):
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    with pytest.raises(ColaError, match=r"empty field name in source spec .*: a dotted path is FIELD.SUBFIELD"):
+        parse_source(f"{path}#meta..body")
+
+
+def test_list_of_strings_is_joined_as_paragraphs(tmp_path: Path):
+    path = write_jsonl(tmp_path / "paras.jsonl", [{"text": ["First paragraph.", " Second one. ", None, ""]}])
+    assert load(path).texts == ("First paragraph.\n\nSecond one.",)
+
+
+@pytest.mark.parametrize("value, shown", [(7, "the number 7"), (True, "the boolean true"), (2.5, "the number 2.5")])
+def test_text_field_of_numbers_is_an_error(tmp_path: Path, value, shown: str):
+    """A JSON-lines file whose text values are integers used to end in 'pool of 0 candidates after Stage 2'."""
+    path = write_jsonl(tmp_path / "numbers.jsonl", [{"text": value}, {"text": "words"}])
+    expect_exact_error(path, f"{path}: line 1: field 'text' holds {shown}, not text")
+
+
+def test_number_beside_text_is_rendered(tmp_path: Path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What is 6 x 7?", "answer": 42}])
+    assert load(path).texts == ("What is 6 x 7?\n\n42",)
+
+
+def test_rows_of_mixed_schemas_name_the_first_odd_row(tmp_path: Path):
+    """Rows of different schemas used to end in 'num_samples 4 is larger than the pool of 0 candidates'."""
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a"}, {"text": "b"}, {"body": "c", "id": 3}])
+    expect_exact_error(path, f"{path}: line 3: the record has none of the fields text (its fields: body, id); its "
+                       "rows do not share one schema")
+
+
+def test_record_missing_one_of_several_fields_is_read(tmp_path: Path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q1", "answer": "A1"}, {"question": "Q2"}])
+    assert load(path).texts == ("Q1\n\nA1", "Q2")
+
+
+def test_rows_are_kept_aligned_with_texts(tmp_path: Path):
+    path = tmp_path / "gappy.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": ""}\n{"text": "b"}\n', encoding="utf-8")
+    source = load(path)
+    assert (source.texts, source.rows) == (("a", "b"), ("line 1", "line 4"))
+
+
+# --- one huge record ----------------------------------------------------------------------------------------
+
+
+def test_huge_record_is_cut_to_the_documented_bound(tmp_path: Path, caplog):
+    """A 16.8 MB record made half a million windows at sequence length 32 and ran past the audit's limit;
+    each text is now cut at MAX_TEXT_CHARS, at a sentence end, and the cut is logged and counted."""
+    sentence = "The river ran past the old mill and on into town. "
+    huge = sentence * (3_000_000 // len(sentence))  # 3 MB on one line
+    path = write_jsonl(tmp_path / "huge.jsonl", [{"text": "A small record."}, {"text": huge, "id": 1}])
+    with caplog.at_level(logging.WARNING, logger="cola.data.sources"):
+        source = load(path)
+    cut = source.texts[1]
+    assert source.texts[0] == "A small record."
+    assert MAX_TEXT_CHARS - len(sentence) < len(cut) <= MAX_TEXT_CHARS
+    assert cut == huge[:len(cut)].strip() and cut.endswith("into town.")
+    assert source.records[1] == {"text": huge[:len(source.records[1]["text"])], "id": 1}
+    assert len(source.records[1]["text"]) <= MAX_TEXT_CHARS
+    assert (source.texts_cut, source.describe()["texts_cut"]) == (1, 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: line 2 holds a text longer than {MAX_TEXT_CHARS} characters; it is cut there"]
+
+
+def test_bound_strings_reaches_into_conversations():
+    turns = [{"role": "user", "content": "x" * 30}, {"role": "assistant", "content": "short"}]
+    bounded, cut = bound_strings({"messages": turns}, limit=10)
+    assert cut == 1
+    assert bounded == {"messages": [{"role": "user", "content": "x" * 10}, {"role": "assistant", "content": "short"}]}
+    assert turns[0]["content"] == "x" * 30  # the input is not changed
+
+
+# --- naming files -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["we@ird.jsonl", "a#b.jsonl", "x@y#z.jsonl"])
+def test_existing_path_with_at_or_hash_wins_over_the_spec_syntax(tmp_path: Path, name: str):
+    path = write_jsonl(tmp_path / name, [{"text": "kept", "body": "other"}])
+    spec = parse_source(str(path))
+    assert (spec.kind, spec.location, spec.capability, spec.fields) == ("file", str(path), None, None)
+    spec = parse_source(f"{path}@math#body")
+    assert (spec.location, spec.capability, spec.fields) == (str(path), "math", ("body",))
+    assert load(f"{path}#body").texts == ("other",)
+
+
+@pytest.mark.parametrize("name", ["user@host.jsonl", "runs#3.jsonl", "a@b#c.csv", "x@y.jsonl@math"])
+def test_missing_path_with_at_or_hash_is_named_whole(tmp_path: Path, name: str):
+    body = str(tmp_path / name).removesuffix("@math")
+    with pytest.raises(ColaError) as err:
+        parse_source(str(tmp_path / name))
+    assert str(err.value) == f"dataset file not found: {body}"
+
+
+def test_folder_with_at_or_hash_in_its_name(tmp_path: Path):
+    path = write_jsonl(tmp_path / "runs#3@home" / "prose.jsonl", [{"text": "kept"}])
+    assert load(path).texts == ("kept",)
+    assert parse_source(f"{path}@code").capability == "code"
+
+
+@pytest.mark.parametrize("first, second, names", [
+    ("a/train.jsonl", "b/train.jsonl", ["a/train", "b/train"]),
+    ("x/data.jsonl", "y/data.jsonl", ["x/data", "y/data"]),
+    ("x/pool.jsonl", "y/pool.jsonl", ["x/pool", "y/pool"]),
+    ("one/x/pool.jsonl", "two/x/pool.jsonl", ["one/x/pool", "two/x/pool"]),
+    ("x/pool.jsonl", "x/pool.csv", ["pool.jsonl", "pool.csv"]),
+    ("x/train.jsonl", "x/train.csv", ["x/train.jsonl", "x/train.csv"]),
+])
+def test_different_files_of_the_same_name_are_named_apart(tmp_path: Path, first: str, second: str, names):
+    """Two different files with one name in different folders were refused as 'the same dataset is named twice'."""
+    a = write_table(tmp_path / first, [{"text": "one"}])
+    b = write_table(tmp_path / second, [{"text": "two"}])
+    assert [s.name for s in parse_sources([str(a), str(b)])] == names
+    assert [s.name for s in parse_sources([str(a), "gsm8k", str(b)])] == [names[0], "gsm8k", names[1]]
+
+
+def test_the_same_file_named_twice_is_refused(tmp_path: Path):
+    path = write_jsonl(tmp_path / "sub" / "pool.jsonl", [{"text": "one"}])
+    other_spelling = tmp_path / "sub" / ".." / "sub" / "pool.jsonl"
+    with pytest.raises(ColaError) as err:
+        parse_sources([str(path), f"{other_spelling}@math"])
+    assert str(err.value) == "the same dataset is named twice: pool"
+
+
+def test_file_named_like_a_catalog_dataset_is_named_by_its_folder(tmp_path: Path):
+    path = write_jsonl(tmp_path / "mine" / "gsm8k.jsonl", qa_records(2))
+    assert [s.name for s in parse_sources(["gsm8k", str(path)])] == ["gsm8k", "mine/gsm8k"]

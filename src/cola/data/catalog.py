@@ -67,6 +67,14 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
     CatalogEntry(name="alpaca", hub_id="tatsu-lab/alpaca", config=None, split="train",
                  text_fields=("instruction", "input", "output"), capability="general",
                  description="instruction-following demonstrations", formatter="instruction"),
+    # Chat data: a local file with a `messages` (role/content) or `conversations` (from/value) column is read
+    # as conversations through these entries, as a file with `question, answer` is read as gsm8k.
+    CatalogEntry(name="ultrachat", hub_id="HuggingFaceH4/ultrachat_200k", config=None, split="train_sft",
+                 text_fields=("messages",), capability="general",
+                 description="multi-turn chats, OpenAI-style messages (role/content)", formatter="chat"),
+    CatalogEntry(name="openhermes", hub_id="teknium/OpenHermes-2.5", config=None, split="train",
+                 text_fields=("conversations",), capability="general",
+                 description="instruction chats, ShareGPT-style conversations (from/value)", formatter="chat"),
 )}
 
 

@@ -44,14 +44,14 @@ def reference_spec(capability: str, config: CurateConfig) -> str:
 
 def reference_samples(capability: str, tokenizer: Any, config: CurateConfig) -> list[Any]:
     """The reference probes for one capability (text + token ids), formatted as Stage 2 formats them, cut to length."""
-    from cola.stages.process import source_formatter, truncate_to_length
+    from cola.stages.process import format_records, source_formatter, truncate_to_length
 
     spec = parse_source(reference_spec(capability, config))
     if spec.name in CATALOG and spec.kind == "hub":
         log.info("reference for %s: hub dataset %s (needs network)", capability, spec.location)
     source = load_source(spec, max_candidates=config.reference_size, seed=config.selection.seed)
     _, formatter = source_formatter(source, None)
-    texts = [t for t in (formatter(r).text for r in source.records) if t] or list(source.texts)
+    texts = [f.text for _, f in format_records(source, formatter) if f.text] or list(source.texts)
     return truncate_to_length(tokenizer, texts, config.sequence_length)
 
 

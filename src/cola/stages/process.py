@@ -22,7 +22,8 @@ from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from cola.data.catalog import CATALOG
-from cola.data.formatters import Formatted, Formatter, formatter_for_columns, get_formatter, mapped_formatter
+from cola.data.formatters import (FieldValueError, Formatted, Formatter, chat_messages, fields_formatter,
+                                  formatter_for_columns, get_formatter, mapped_formatter)
 from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
@@ -60,29 +61,46 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
 def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] | None) -> tuple[str, Formatter]:
     """(name, formatter) for a source: a user's mapping, the catalog's choice, or one read off the columns.
 
-    Explicit text fields (`PATH#a+b`) and the embedded pool (already formatted) stay free text.
+    Explicit text fields (`PATH#a+b`, dotted paths too) and the embedded pool (already formatted) stay free
+    text, except that one field holding a conversation (`#messages`) formats as that conversation.
     """
     if field_mapping is not None and source.spec.kind != "embedded":
-        return "fields", mapped_formatter(dict(field_mapping), list(source.records[0]) if source.records else [])
-    if source.spec.kind == "embedded" or source.spec.fields is not None and source.spec.name not in CATALOG:
-        return "text", lambda record, _fields=source.fields: Formatted(
-            text="\n\n".join(str(record[f]).strip() for f in _fields if record.get(f)))
-    if source.spec.name in CATALOG:
+        return "fields", mapped_formatter(dict(field_mapping), source.records[0] if source.records else {})
+    catalog = source.spec.kind == "hub" and source.spec.name in CATALOG
+    if source.spec.kind == "embedded" or source.spec.fields is not None and not catalog:
+        formatter = fields_formatter(source.fields)
+        return ("chat" if source.records and formatter(source.records[0]).turns else "text"), formatter
+    if catalog:
         name = CATALOG[source.spec.name].formatter
     else:
         name = formatter_for_columns(set(source.records[0]) if source.records else {"text"})
     return name, get_formatter(name)
 
 
+def format_records(source: Source, formatter: Formatter) -> list[tuple[str, Formatted]]:
+    """(row, formatted record) for every sampled record of `source`; a value that is not text is an error
+    naming the source and the row ("line 7")."""
+    records = source.records or tuple({"text": t} for t in source.texts)
+    rows = source.rows or tuple(f"record {n}" for n in range(1, len(records) + 1))
+    formatted = []
+    for record, row in zip(records, rows):
+        try:
+            formatted.append((row, formatter(record)))
+        except FieldValueError as exc:
+            raise ColaError(f"{source.origin}: {row}: {exc}") from None
+    return formatted
+
+
 def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "template",
                   ) -> Callable[[Formatted], str]:
-    """A function rendering a Q&A record as one chat exchange in the model's own template.
+    """A function rendering a Q&A record as one chat exchange, or a conversation as its turns, in the model's
+    own template.
 
     `system_prompt="none"` leaves out the system turn that some templates insert when none is given (SmolLM2's
     "You are a helpful AI assistant named SmolLM, ..." is 21 tokens in front of every record, a tenth of a
     packed Q&A calibration set): each exchange is rendered after an empty system turn, which stops the default,
     and that empty turn's own rendering (made once, here) is cut off the front. A template that refuses a system
-    turn, or renders it elsewhere, keeps its plain rendering.
+    turn, or renders it elsewhere, keeps its plain rendering; so does a conversation with its own system turn.
     """
     empty = [{"role": "system", "content": ""}]
     head = ""  # the empty system turn's rendering; "" keeps the template's own behaviour
@@ -93,10 +111,8 @@ def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "temp
             log.debug("the chat template refuses a system turn; records keep its plain rendering")
 
     def render(formatted: Formatted) -> str:
-        reply = (f"{formatted.reasoning}\n\nAnswer: {formatted.answer}" if formatted.reasoning
-                 else str(formatted.answer))
-        messages = [{"role": "user", "content": formatted.question}, {"role": "assistant", "content": reply}]
-        if head:
+        messages = chat_messages(formatted)
+        if head and messages[0]["role"] != "system":  # a conversation's own system turn stays as it is
             text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
             if text.startswith(head):
                 return text[len(head):]
@@ -120,22 +136,30 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     chat = use_chat_template(config.chat_template, tokenizer)
     formatted: list[Formatted] = []
     owner: list[int] = []
+    rows: list[str] = []  # where each formatted record is in its source, for errors
     report: dict[str, Any] = {"chat_template": chat, "sources": []}
     for index, source in enumerate(sources):
         name, formatter = source_formatter(source, config.field_mapping)
-        records = source.records or tuple({"text": t} for t in source.texts)
-        kept = [f for f in map(formatter, records) if f.text]
+        every = format_records(source, formatter)
+        kept = [f for _, f in every if f.text]
         formatted.extend(kept)
         owner.extend([index] * len(kept))
-        report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(records),
-                                  "empty_after_format": len(records) - len(kept),
+        rows.extend(row for row, f in every if f.text)
+        report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(every),
+                                  "empty_after_format": len(every) - len(kept),
                                   "needs_reasoning": sum(f.needs_reasoning for f in kept)})
     enhanced = [False] * len(formatted)
     if config.generate_reasoning:
         formatted, enhanced, report["reasoning"] = _add_reasoning(formatted, tokenizer, config, model, quiet)
-    templated = [chat and bool(f.question and f.answer) for f in formatted]
+    templated = [chat and f.templatable for f in formatted]
     chat_text = chat_renderer(tokenizer, config.system_prompt)
-    texts = [chat_text(f) if wrap else f.text for f, wrap in zip(formatted, templated)]
+    texts = []
+    for f, wrap, index, row in zip(formatted, templated, owner, rows):
+        try:
+            texts.append(chat_text(f) if wrap else f.text)
+        except TemplateError as exc:
+            raise ColaError(f"{sources[index].origin}: {row}: the model's chat template refuses this record "
+                            f"({exc}); use --chat_template off to keep plain text") from None
     for index, entry in enumerate(report["sources"]):
         entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
         entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
