@@ -183,6 +183,8 @@ def sequence_perplexities(model: torch.nn.Module, token_ids: Sequence[Sequence[i
                           batch_tokens: int = 4096, pad_token_id: int = 0, quiet: bool = False) -> np.ndarray:
     """(N,) float64 perplexity of each sequence: exp(mean next-token NLL over its real tokens).
 
+    The ids are scored as given, so they must be what the model reads: Stage 2's documents start with
+    exactly one BOS where the model's format has one (`cola.tokenization.encode_texts`), and none is added.
     Sequences are batched by length with right padding (a causal model's real tokens never see the pads,
     and positions stay 0..n-1), so a batched score equals the score of the sequence alone. NLL is taken in
     float32 on each row's real positions only. A sequence longer than the model's context is scored on its
