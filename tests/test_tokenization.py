@@ -197,7 +197,8 @@ def test_reasoning_prompts_start_with_exactly_one_bos(name, tiny_model, monkeypa
         if name == "smollm2":
             assert tokenizer.decode(ids).startswith("<|im_start|>user\n")
         else:  # Llama-2 style (a template without BOS) used to get none
-            assert bos_positions(ids) == [0] and tokenizer.decode(ids[1:]).startswith(("<|user|>", "<start_of", "[user]"))
+            assert bos_positions(ids) == [0]
+            assert tokenizer.decode(ids[1:]).startswith(("<|user|>", "<start_of", "[user]"))
 
 
 @pytest.mark.parametrize("name", ADDS_BOS)
