@@ -288,6 +288,14 @@ def test_config_validation_names_the_value_and_range(field: str, value: object, 
     assert FilterConfig(max_tokens=16).as_dict()["max_tokens"] == 16
 
 
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("min_tokens", 0, "--min_length"), ("max_tokens", 3, "--max_length"),
+    ("perplexity_drop_fraction", 1.0, "--perplexity_filter")])
+def test_config_errors_name_the_command_line_option(field: str, value: object, flag: str) -> None:
+    with pytest.raises(ColaError, match=f"{field} must be .*, got {value!r} \\({flag}\\)$"):
+        FilterConfig(**{field: value})
+
+
 NORMAL_SENTENCES = [
     "The train to London leaves at nine o'clock every morning from the main station.",
     "She opened the window to let some fresh air into the small kitchen.",

@@ -13,6 +13,7 @@ import torch
 from cola.config import ProcessConfig
 from cola.data.formatters import Formatted, qa_text
 from cola.data.sources import load_source, parse_source
+from cola.errors import ColaError
 from cola.stages.filters import FilterConfig
 from cola.stages.packing import TokenizedDocument, pack_to_length, tokenize_documents
 from cola.stages.peers import prompt_ids
@@ -139,7 +140,8 @@ def test_stage2_samples_and_the_perplexity_filter_see_exactly_one_bos(name, leng
         return np.arange(len(token_ids), dtype=np.float64)
 
     monkeypatch.setattr("cola.stages.filters.sequence_perplexities", perplexities)
-    config = ProcessConfig(length=length, filters=FilterConfig(min_tokens=1, perplexity_drop_fraction=0.1))
+    config = ProcessConfig(length=length, filters=FilterConfig(dedup_near=False, min_tokens=1,
+                                                               perplexity_drop_fraction=0.1))
     samples, report = process_sources(_sources(tmp_path), tokenizer, 48, config, model=object(), quiet=True)
     assert report["sources"][0]["chat_templated"] == 12 and len(scored) == 24 and samples
     for ids in [s.input_ids for s in samples] + [np.asarray(s) for s in scored]:
@@ -208,3 +210,15 @@ def test_self_generation_prompts_have_exactly_one_bos(name) -> None:
     ids, usable = prompt_ids(tokenizer, texts, 6)
     assert usable == [0, 1] and all(bos_positions(row) == [0] for row in ids)
     assert prompt_ids(tokenizer, [[257, 1, 2, 3]], 3) == ([[257, 1, 2]], [0])  # ids are taken as they are
+
+
+def test_a_sequence_length_with_no_room_after_bos_is_a_one_line_error() -> None:
+    message = "sequence_length 1 leaves no room for text after the BOS token"
+    doc = TokenizedDocument(np.array([257, 1, 2], np.int32), np.zeros(1, np.int32))
+    for mode in ("pack", "window", "truncate"):
+        with pytest.raises(ColaError, match=message):
+            pack_to_length([doc], 1, separator_id=256, bos_id=257, mode=mode)
+    with pytest.raises(ColaError, match=message):
+        truncate_to_length(styled("llama3"), ["Hello"], 1)
+    assert truncate_to_length(styled("smollm2"), ["Hello"], 1)[0].input_ids.tolist() == [
+        styled("smollm2")("H")["input_ids"][0]]  # no BOS: one token of text is a sample

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cola.errors import ColaError
+
 _SENTINEL = "\x00cola-bos\x00"  # stands in for bos_token while a template renders, to see whether it writes one
 
 
@@ -73,6 +75,13 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], *, bos_id: int | None, of
                 ids = [bos_id, *ids]
                 span = None if span is None else [(0, 0), *span]
             yield text, ids, span
+
+
+def check_room_after_bos(sequence_length: int, bos_id: int | None) -> None:
+    """Raise ColaError when samples of `sequence_length` tokens would hold nothing but the model's BOS."""
+    if bos_id is not None and sequence_length < 2:
+        raise ColaError(f"sequence_length {sequence_length} leaves no room for text after the BOS token this "
+                        "model's tokenizer starts every input with: use a --sequence_length of at least 2")
 
 
 def encode(tokenizer: Any, texts: Sequence[str], *, bos_id: int | None) -> list[list[int]]:

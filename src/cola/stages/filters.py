@@ -58,6 +58,11 @@ _SYMBOL = re.compile(r"[^\w\s]|_")  # \w is Unicode letters, digits and "_"; "_"
 _DIGIT = re.compile(r"\d")
 
 
+# `cola curate` options that set FilterConfig fields (cola.cli), named in the fields' errors
+FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_tokens": "--min_length",
+                "max_tokens": "--max_length", "perplexity_drop_fraction": "--perplexity_filter", "seed": "--seed"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class FilterConfig:
     """Stage 2 quality filters; a share bound of 1.0 turns that heuristic off."""
@@ -74,10 +79,11 @@ class FilterConfig:
     perplexity_drop_fraction: float = 0.0     # 0: off; needs the model otherwise
     seed: int = 42                            # MinHash permutations
 
-    def __post_init__(self) -> None:  # the error names the field, the valid range and the value
+    def __post_init__(self) -> None:  # the error names the field, the valid range, the value and the CLI flag
         def check(name: str, ok: bool, valid: str) -> None:
             if not ok:
-                raise ColaError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+                flag = f" ({FILTER_FLAGS[name]})" if name in FILTER_FLAGS else ""
+                raise ColaError(f"{name} must be {valid}, got {getattr(self, name)!r}{flag}")
 
         check("near_duplicate_threshold", 0 < self.near_duplicate_threshold <= 1, "in (0, 1]")
         check("num_perm", self.num_perm >= 2, "at least 2")

@@ -27,7 +27,7 @@ import numpy as np
 
 from cola.config import LENGTH_MODES
 from cola.errors import unknown_choice
-from cola.tokenization import encode_texts
+from cola.tokenization import check_room_after_bos, encode_texts
 
 # Where a new unit of text starts: after a blank line (paragraph), a line break, or sentence punctuation and
 # any closing quotes or brackets: followed by whitespace in spaced scripts, by anything in Chinese and Japanese.
@@ -134,12 +134,12 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
     that begins with a document's own BOS keeps it, any other gets one in front. When packing, a document
     flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no separator after it.
     Tokens past the last full window are dropped; so are, in mode "window", documents shorter than a
-    window. Mode "truncate" gives one sample per document, its first tokens.
+    window. Mode "truncate" gives one sample per document, its first tokens. Raises ColaError for an unknown
+    mode, or a `sequence_length` below 2 with a BOS.
     """
     if mode not in LENGTH_MODES:
         raise unknown_choice("length mode", mode, LENGTH_MODES)
-    if sequence_length < 2 and bos_id is not None:
-        raise ValueError("sequence_length must leave room for tokens after BOS")
+    check_room_after_bos(sequence_length, bos_id)
     if separator_id is not None and separator_id == bos_id:
         separator_id = None  # each document's own BOS already separates it from the one before
     if mode == "truncate":

@@ -28,7 +28,7 @@ from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.stages.filters import apply_quality_filters
 from cola.stages.packing import pack_to_length, tokenize_documents, whole_character_end, window_text
-from cola.tokenization import encode_texts, model_bos_id, template_writes_bos
+from cola.tokenization import check_room_after_bos, encode_texts, model_bos_id, template_writes_bos
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,13 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
     The ids start with exactly one BOS where the tokenizer adds one (`cola.tokenization`). The kept text
     ends at the last kept token's end, or before a character that the cut splits between kept and dropped
     tokens (byte-level tokenizers), so it holds whole characters, and `text` and `input_ids` describe the
-    same content (re-tokenizing the text gives the same ids up to tokenizer boundary effects).
+    same content (re-tokenizing the text gives the same ids up to tokenizer boundary effects). Raises
+    ColaError when `sequence_length` leaves no room after the BOS.
     """
+    bos = model_bos_id(tokenizer)
+    check_room_after_bos(sequence_length, bos)
     out: list[TokenizedText] = []
-    for text, ids, offsets in encode_texts(tokenizer, texts, bos_id=model_bos_id(tokenizer), offsets=True,
-                                           batch_size=batch_size):
+    for text, ids, offsets in encode_texts(tokenizer, texts, bos_id=bos, offsets=True, batch_size=batch_size):
         ids = ids[:sequence_length]
         if offsets is None:  # slow tokenizers have no offsets: decode the kept ids instead
             kept = tokenizer.decode(ids, skip_special_tokens=True)
