@@ -133,8 +133,8 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
         datasets={"x": Path(f"{pool_files['math']}#body")})
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
     assert "all 2 texts are empty" in bad(datasets={"x": empty})
-    assert ("num_samples 500 is larger than the pool of 50 candidates after Stage 2 (36 documents"
-            in bad("--num_samples", "500"))
+    assert ("num_samples 500 is larger than the pool of 42 candidates after Stage 2 (36 documents, exact_duplicate "
+            "removed 0, near_duplicate removed 9" in bad("--num_samples", "500"))  # prose repeats one sentence
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
