@@ -233,3 +233,22 @@ def test_stage2_sample_texts_never_start_or_end_inside_a_character(adds_bos: boo
         assert all(part.encode() in stream_bytes for part in re.split("</?s>", body) if part)
     # the ids are the cut stream, as they were: their plain decoding shows the cut characters
     assert sum("\ufffd" in tokenizer.decode(s.input_ids) for s in samples) >= len(samples) // 2
+
+
+@pytest.mark.integration
+def test_smollm2_window_texts_over_chinese_japanese_and_thai_hold_whole_characters() -> None:
+    """SmolLM2 splits most CJK and Thai characters into byte tokens, so windows cut inside them."""
+    from transformers import AutoTokenizer
+
+    from cola.models import resolve_model_path
+
+    from .multilingual_texts import UNSPACED
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded", quiet=True))
+    docs = tokenize_documents(tokenizer, UNSPACED)
+    windows = pack_to_length(docs, 50, separator_id=tokenizer.eos_token_id, slack_fraction=0.0)
+    decoded = [tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False) for w in windows]
+    texts = [window_text(tokenizer, w, docs, UNSPACED) for w in windows]
+    assert sum("\ufffd" in d for d in decoded) > len(windows) // 2  # the cuts are there, in the ids
+    assert not any("\ufffd" in t for t in texts)
+    assert all(part in "".join(UNSPACED) for t in texts for part in t.split("<|im_end|>") if part)
