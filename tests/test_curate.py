@@ -133,8 +133,8 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
         datasets={"x": Path(f"{pool_files['math']}#body")})
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
     assert "all 2 texts are empty" in bad(datasets={"x": empty})
-    assert ("num_samples 500 is larger than the pool of 50 candidates after Stage 2 (36 documents"
-            in bad("--num_samples", "500"))
+    assert ("num_samples 500 is larger than the pool of 42 candidates after Stage 2 (36 documents, exact_duplicate "
+            "removed 0, near_duplicate removed 9" in bad("--num_samples", "500"))  # prose repeats one sentence
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
@@ -222,9 +222,24 @@ def test_truncate_makes_one_sample_per_document_of_at_most_the_length(tiny_model
                  "--datasets", f"{data}@general", "--length", "truncate", "--no_dedup", "--min_length", "1"]) == 0
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["settings"]["process"]["length"] == "truncate"
+    assert manifest["stages"]["stage2_processing"] == (
+        "format, quality filters, length truncate: each document one sample of its first sequence_length tokens; "
+        "shorter ones kept whole (samples of varying length)")  # not "exact-length packing"
     assert manifest["stage2"]["sources"][0]["samples"] == 6  # every document, none joined or dropped
     lengths = sorted(pq.read_table(out / POOL_PARQUET).to_pydict()["num_tokens"])
     assert lengths == sorted(min(len(t["text"]), 48) for t in texts)  # byte tokenizer: a token per character
+
+
+@pytest.mark.parametrize("length, says", [("pack", "length pack: a source's documents joined and cut into windows"),
+                                           ("window", "length window: each document cut alone into windows"),
+                                           ("truncate", "length truncate: each document one sample of its first")])
+def test_manifest_says_what_each_length_mode_did(length: str, says: str) -> None:
+    from cola.api import stages_run
+    from cola.config import CurateConfig, ProcessConfig
+
+    stage2 = stages_run(CurateConfig(process=ProcessConfig(length=length)))["stage2_processing"]
+    assert stage2.startswith("format, quality filters, " + says)
+    assert stages_run(CurateConfig(process=ProcessConfig(enabled=False)))["stage2_processing"].startswith("off")
 
 
 def test_bad_field_mapping_is_a_one_line_error(tiny_model_dir, pool_files, tmp_path, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -14,10 +15,11 @@ import torch
 
 from cola.errors import ColaError
 from cola.stages.filters import (FilterConfig, apply_quality_filters, character_heuristics_mask,
-                                 exact_duplicate_mask, length_mask, lsh_bands, near_duplicate_mask,
-                                 perplexity_mask, sequence_perplexities, word_shingles)
+                                 character_shingles, exact_duplicate_mask, length_mask, lsh_bands,
+                                 near_duplicate_mask, perplexity_mask, sequence_perplexities, word_shingles)
 
-from .conftest import REPO, tiny_llama
+from .conftest import REPO, SHARED_DATA, needs_shared_data, tiny_llama
+from .multilingual_texts import MORNING, MORNING_EDITED, UNSPACED, edit_words, planted_edits
 
 # Three distinct 60-word paragraphs on one topic (rivers), sharing vocabulary but not phrasing.
 RIVERS = [
@@ -71,6 +73,13 @@ def test_word_shingles() -> None:
     assert word_shingles("two Words") == {b"two words"}
 
 
+def test_character_shingles() -> None:
+    assert character_shingles("A b  C\td") == {b"a b c", b" b c ", b"b c d"}  # case and spaces normalised
+    assert character_shingles("清晨的小镇") == {"清晨的小镇".encode()}
+    assert character_shingles("清晨的小镇还") == {"清晨的小镇".encode(), "晨的小镇还".encode()}
+    assert character_shingles("短") == {"短".encode()}
+
+
 def test_one_changed_word_is_a_near_duplicate_but_paragraphs_on_the_same_topic_are_not() -> None:
     assert all(len(p.split()) == 60 for p in RIVERS)
     planted = [_change_word(RIVERS[0], 30), _change_word(RIVERS[1], 0), _change_word(RIVERS[2], 59)]
@@ -81,12 +90,21 @@ def test_one_changed_word_is_a_near_duplicate_but_paragraphs_on_the_same_topic_a
 
 
 def test_near_duplicate_rate_at_the_worst_position_across_seeds() -> None:
-    """A middle word touches 5 shingles: true Jaccard 51/61 = 0.836, so the 128-perm estimate (std 0.033)
-    passes 0.8 in most seeds but not all; distinct paragraphs must never collide."""
+    """A middle word replaced by "CHANGED" touches 9 or 10 of ~315 character 5-grams: true Jaccard 0.94-0.95,
+    over 3 standard deviations (0.02 at 128 permutations) above 0.8, so every seed catches all three; word
+    5-shingles (a middle word touches 5 of 56: 0.836) caught about 70%. Distinct paragraphs never collide."""
     middle = [_change_word(p, 30) for p in RIVERS]
+    assert [round(_jaccard(p, m), 3) for p, m in zip(RIVERS, middle)] == [0.941, 0.954, 0.945]
     caught = [(~_default_mask([*RIVERS, *middle], seed=seed)).tolist() for seed in range(20)]
-    assert all(row[:3] == [False, False, False] for row in caught)  # originals always kept
-    assert sum(sum(row[3:]) for row in caught) >= 0.7 * 60
+    assert all(row == [False] * 3 + [True] * 3 for row in caught)  # originals always kept, copies always caught
+    words = [(~near_duplicate_mask([*RIVERS, *middle], threshold=0.8, num_perm=128, seed=seed,
+                                   shingle=word_shingles)).tolist() for seed in range(20)]
+    assert 0.5 * 60 <= sum(sum(row[3:]) for row in words) < 60
+
+
+def _jaccard(a: str, b: str) -> float:
+    x, y = character_shingles(a), character_shingles(b)
+    return len(x & y) / len(x | y)
 
 
 def test_near_duplicate_mask_is_deterministic_across_runs_and_hash_seeds() -> None:
@@ -99,6 +117,43 @@ def test_near_duplicate_mask_is_deterministic_across_runs_and_hash_seeds() -> No
     result = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True,
                             text=True, env=env, timeout=120, check=True)
     assert json.loads(result.stdout) == first.tolist()
+
+
+def test_chinese_paragraphs_one_word_apart_are_near_duplicates() -> None:
+    """The issue's instance: 246 characters, 清晨 -> 早上; word shingles saw each paragraph as one "word"."""
+    assert len(MORNING) == len(MORNING_EDITED) == 246 and MORNING.count(" ") == 0
+    assert _default_mask([MORNING, MORNING_EDITED]).tolist() == [True, False]
+    assert near_duplicate_mask([MORNING, MORNING_EDITED], threshold=0.8, num_perm=128, seed=42,
+                               shingle=word_shingles).tolist() == [True, True]  # what word shingles did
+    texts = [MORNING, RIVERS[0], MORNING_EDITED]
+    report = apply_quality_filters(texts, [list(t.encode()) for t in texts], FilterConfig())
+    assert report.removed["near_duplicate"] == 1 and report.kept.tolist() == [0, 1]
+
+
+def test_planted_multilingual_near_duplicates_are_removed_and_originals_kept() -> None:
+    """35 distinct Chinese, Japanese and Thai paragraphs and 3 English ones; 115 copies with one small edit."""
+    rng = random.Random(0)
+    copies = ([MORNING_EDITED] + [e for t in UNSPACED for e in planted_edits(t, rng)]
+              + [e for t in RIVERS for e in edit_words(t, rng)])
+    originals = [*UNSPACED, *RIVERS]
+    assert (len(originals), len(copies)) == (38, 115)
+    removed = ~_default_mask([*originals, *copies])
+    assert removed[:38].sum() == 0 and removed[38:].sum() == 115
+    words = ~near_duplicate_mask([*originals, *copies], threshold=0.8, num_perm=128, seed=42, shingle=word_shingles)
+    assert (words[:38].sum(), words[38:144].sum(), words[144:].sum()) == (0, 1, 7)  # 1 of 106 unspaced copies
+
+
+@needs_shared_data
+def test_planted_c4_near_duplicates() -> None:
+    """100 c4 documents (23 words and more), each with a word replaced, one inserted and one deleted."""
+    with (SHARED_DATA / "c4" / "c4_en_train_first1000.jsonl").open(encoding="utf-8") as handle:
+        c4 = [json.loads(line)["text"] for line, _ in zip(handle, range(100))]
+    rng = random.Random(1)
+    copies = [e for t in c4 for e in edit_words(t, rng)]
+    removed = ~_default_mask([*c4, *copies])
+    assert (removed[:100].sum(), removed[100:].sum()) == (0, 300)
+    words = ~near_duplicate_mask([*c4, *copies], threshold=0.8, num_perm=128, seed=42, shingle=word_shingles)
+    assert (words[:100].sum(), words[100:].sum()) == (0, 280)
 
 
 def test_threshold_one_is_accepted_and_removes_identical_shingle_sets() -> None:
@@ -231,6 +286,14 @@ def test_config_validation_names_the_value_and_range(field: str, value: object, 
     with pytest.raises(ColaError, match=f"{field} must be {message}"):
         FilterConfig(**{field: value})
     assert FilterConfig(max_tokens=16).as_dict()["max_tokens"] == 16
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("min_tokens", 0, "--min_length"), ("max_tokens", 3, "--max_length"),
+    ("perplexity_drop_fraction", 1.0, "--perplexity_filter")])
+def test_config_errors_name_the_command_line_option(field: str, value: object, flag: str) -> None:
+    with pytest.raises(ColaError, match=f"{field} must be .*, got {value!r} \\({flag}\\)$"):
+        FilterConfig(**{field: value})
 
 
 NORMAL_SENTENCES = [

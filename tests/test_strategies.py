@@ -26,18 +26,20 @@ def model_and_tokenizer():
     return tiny_llama(), byte_tokenizer()
 
 
-def curate(name: str, pool_files: dict[str, Path], out: Path, model_and_tokenizer, seed: int = 0, **kw) -> Path:
+def curate(name: str, pool_files: dict[str, Path], out: Path, model_and_tokenizer, seed: int = 0,
+           candidates: int = 8, **kw) -> Path:
     model, tokenizer = model_and_tokenizer
     return curate_strategy(name, model=model, tokenizer=tokenizer, datasets=[str(p) for p in pool_files.values()],
                            num_samples=4, sequence_length=32, seed=seed, output_dir=out, random_source="prose",
-                           candidates_per_source=8, reference_size=8, **kw)
+                           candidates_per_source=candidates, reference_size=8, **kw)
 
 
 def test_every_strategy_writes_a_loadable_calibration_set(pool_files, tmp_path, model_and_tokenizer) -> None:
     assert set(STRATEGIES) == set(EXPECTED_METHOD)
     tokenizer = model_and_tokenizer[1]
-    for name in STRATEGIES:
-        out = curate(name, pool_files, tmp_path / name, model_and_tokenizer,
+    for name in STRATEGIES:  # prose records repeat one sentence: 35 of 40 are near duplicates, so random_c4
+        out = curate(name, pool_files, tmp_path / name, model_and_tokenizer,  # reads all 40 to fill 4 samples
+                     candidates=40 if name == "random_c4" else 8,
                      **({"generation": {"prompt_tokens": 4}} if name == "self_generated" else {}))
         calibration = load_calibration(out, tokenizer)
         assert len(calibration) == 4, name

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cola.config import SELECTION_METHODS, CurateConfig
+from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import check_curate_output, run_environment, tokenizer_fingerprint, write_outputs
@@ -24,7 +24,8 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
     return {"stage1_dataset_selection": ("coverage scores and per-dataset quotas" if config.stage1
                                          else "off: the named datasets selected as one pool"),
             "stage2_processing": (("format, reasoning generation, " if config.process.generate_reasoning
-                                   else "format, ") + "quality filters, exact-length packing"
+                                   else "format, ") + f"quality filters, length {config.process.length}: "
+                                  + LENGTH_MODES[config.process.length]
                                   if config.process.enabled else "off: texts cut to sequence_length"),
             "stage3_activation_selection": SELECTION_METHODS[config.selection_method],
             "selection_method": config.selection_method}

@@ -1,10 +1,23 @@
 """Stage 2 quality filters: drop duplicate, out-of-range, junk and implausible documents before packing.
 
 Applied in a fixed order, each to what the previous ones kept: exact duplicates, near duplicates (MinHash
-LSH over word 5-shingles; Broder 1997), token-length bounds, character heuristics (symbol, digit and
+LSH over character 5-grams; Broder 1997), token-length bounds, character heuristics (symbol, digit and
 repeated-line shares; in the spirit of Gopher's rules, Rae et al. 2021), and optionally the
 highest-perplexity fraction under the model being compressed (Ji et al., ICLR 2025). Every mask function is
 pure (texts or numbers in, a (N,) bool "keep" mask out); only `sequence_perplexities` runs a model.
+
+Near-duplicate shingles are character 5-grams for every text, chosen by benchmarks/near_duplicates.py
+(threshold 0.8, 128 permutations). Word 5-shingles see a Chinese, Japanese or Thai paragraph as one or a
+few "words": they removed 4 of 316 planted one-edit near duplicates of 35 such paragraphs (the issue's
+246-character pair differing by 清晨 -> 早上 survived), and 1,700 of 1,800 one-word edits of c4 and gsm8k
+texts. Character 5-grams removed 316 of 316 and 1,798 of 1,800, and none of the 635 distinct originals
+(3-grams: all of them, 7-grams: 311 and 1,796). Words for spaced text with characters only where spaces are
+rare would catch the unspaced copies too but keep the English recall of words (1,702 of 1,800). In real pools
+with nothing planted, 5-grams remove what words keep only among near-identical records: 12 of 2,000 MATH
+problem + solution texts (templated variants with other numbers), 12 of 474 MBPP tasks (one word apart:
+"even" / "odd" parity, the same code) and 25 of them in SmolLM2's chat template, and none of 1,000 c4
+documents or 2,000 gsm8k or Alpaca records (3-grams remove 32 MATH and 19 MBPP records). They take 2-2.5 times
+as long as word shingles: 15 s against 6 s for those 11,948 texts (7.8 MB) on an AMD EPYC.
 
 Character-heuristic defaults were read off real data (../shared/data): the share of symbol characters
 (neither letter, digit nor whitespace, over all characters) has a 99th percentile of 0.38 on MATH
@@ -39,9 +52,15 @@ if TYPE_CHECKING:  # torch is imported where a model runs, so cola.config (which
 log = logging.getLogger(__name__)
 
 SHINGLE_WORDS = 5
+SHINGLE_CHARS = 5  # near-duplicate shingles: character 5-grams for every text (see the module docstring)
 LSH_RECALL = 0.95  # chance that a pair exactly at the threshold becomes an LSH candidate
 _SYMBOL = re.compile(r"[^\w\s]|_")  # \w is Unicode letters, digits and "_"; "_" is a symbol here
 _DIGIT = re.compile(r"\d")
+
+
+# `cola curate` options that set FilterConfig fields (cola.cli), named in the fields' errors
+FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_tokens": "--min_length",
+                "max_tokens": "--max_length", "perplexity_drop_fraction": "--perplexity_filter", "seed": "--seed"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +69,7 @@ class FilterConfig:
 
     dedup_exact: bool = True
     dedup_near: bool = True
-    near_duplicate_threshold: float = 0.8     # estimated Jaccard similarity of word 5-shingle sets
+    near_duplicate_threshold: float = 0.8     # estimated Jaccard similarity of character 5-gram sets
     num_perm: int = 128                       # MinHash permutations: estimate std ~ sqrt(J(1-J)/num_perm)
     min_tokens: int = 16                      # bounds on a document's token count, inclusive
     max_tokens: int | None = None             # None: no upper bound
@@ -60,10 +79,11 @@ class FilterConfig:
     perplexity_drop_fraction: float = 0.0     # 0: off; needs the model otherwise
     seed: int = 42                            # MinHash permutations
 
-    def __post_init__(self) -> None:  # the error names the field, the valid range and the value
+    def __post_init__(self) -> None:  # the error names the field, the valid range, the value and the CLI flag
         def check(name: str, ok: bool, valid: str) -> None:
             if not ok:
-                raise ColaError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+                flag = f" ({FILTER_FLAGS[name]})" if name in FILTER_FLAGS else ""
+                raise ColaError(f"{name} must be {valid}, got {getattr(self, name)!r}{flag}")
 
         check("near_duplicate_threshold", 0 < self.near_duplicate_threshold <= 1, "in (0, 1]")
         check("num_perm", self.num_perm >= 2, "at least 2")
@@ -114,6 +134,12 @@ def word_shingles(text: str, size: int = SHINGLE_WORDS) -> set[bytes]:
     return {" ".join(words[i : i + size]).encode("utf-8") for i in range(max(len(words) - size + 1, 1))}
 
 
+def character_shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
+    """Contiguous `size`-character windows of the normalised text; a shorter text is one shingle of itself."""
+    chars = _normalise(text)
+    return {chars[i : i + size].encode("utf-8") for i in range(max(len(chars) - size + 1, 1))}
+
+
 def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tuple[int, int]:
     """(bands, rows): the most selective banding whose candidate chance at `threshold` is >= `recall`.
 
@@ -128,9 +154,12 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tu
     return num_perm, 1
 
 
-def near_duplicate_mask(texts: Sequence[str], *, threshold: float, num_perm: int, seed: int) -> np.ndarray:
+def near_duplicate_mask(texts: Sequence[str], *, threshold: float, num_perm: int, seed: int,
+                        shingle: Callable[[str], set[bytes]] = character_shingles) -> np.ndarray:
     """(N,) keep mask: False for a text whose estimated shingle Jaccard with an earlier KEPT text >= threshold.
 
+    `shingle` maps a text to its shingle set: character 5-grams by default, `word_shingles` for the former
+    word 5-shingles (benchmarks/near_duplicates.py compares them).
     MinHash (Broder, "On the resemblance and containment of documents", 1997) sketches each shingle set;
     LSH banding proposes candidates, and the sketch's Jaccard estimate confirms them. Texts are visited in
     order, so the first of each near-duplicate group is kept; seeded permutations and a fixed hash (SHA-1)
@@ -143,7 +172,7 @@ def near_duplicate_mask(texts: Sequence[str], *, threshold: float, num_perm: int
     index = MinHashLSH(threshold=threshold, num_perm=num_perm, params=lsh_bands(threshold, num_perm))
     kept: dict[int, MinHash] = {}
     keep = np.zeros(len(texts), dtype=bool)
-    sketches = MinHash.generator((word_shingles(t) for t in texts), num_perm=num_perm, seed=seed)
+    sketches = MinHash.generator((shingle(t) for t in texts), num_perm=num_perm, seed=seed)
     for position, sketch in enumerate(sketches):
         if any(kept[other].jaccard(sketch) >= threshold for other in index.query(sketch)):
             continue
@@ -183,6 +212,8 @@ def sequence_perplexities(model: torch.nn.Module, token_ids: Sequence[Sequence[i
                           batch_tokens: int = 4096, pad_token_id: int = 0, quiet: bool = False) -> np.ndarray:
     """(N,) float64 perplexity of each sequence: exp(mean next-token NLL over its real tokens).
 
+    The ids are scored as given, so they must be what the model reads: Stage 2's documents start with
+    exactly one BOS where the model's format has one (`cola.tokenization.encode_texts`), and none is added.
     Sequences are batched by length with right padding (a causal model's real tokens never see the pads,
     and positions stay 0..n-1), so a batched score equals the score of the sequence alone. NLL is taken in
     float32 on each row's real positions only. A sequence longer than the model's context is scored on its

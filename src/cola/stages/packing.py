@@ -9,12 +9,17 @@ boundaries where possible. Mode "window" windows each document alone and drops d
 `sequence_length` (they cannot make a full sample without padding). Mode "truncate" makes each document one
 sample of its first `sequence_length` tokens and keeps shorter ones whole: samples then vary in length, as
 with the no-Stage-2 ablation's cut, and nothing is joined (the way to tell packing from formatting).
+
+BOS: for a model whose tokenizer starts every input with BOS, each document's ids already start with
+exactly one (`cola.tokenization.encode_texts`; a chat template's own BOS counts), so the stream reads
+`bos doc eos bos doc eos ...`. A window that starts at a document start begins with that BOS; any other
+window gets one in front. Every sample thus starts with exactly one BOS, as does every document inside it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,68 +27,99 @@ import numpy as np
 
 from cola.config import LENGTH_MODES
 from cola.errors import unknown_choice
+from cola.tokenization import check_room_after_bos, encode_texts
 
-# Where a new unit of text starts: after a blank line (paragraph), a line break, or sentence punctuation.
-_BOUNDARY = re.compile(r"\n\s*\n\s*|\n\s*|(?<=[.!?])\s+")
+# Where a new unit of text starts: after a blank line (paragraph), a line break, or sentence punctuation and
+# any closing quotes or brackets: followed by whitespace in spaced scripts, by anything in Chinese and Japanese.
+_BOUNDARY = re.compile(r"\n\s*\n\s*|\n\s*|[.!?][\"')\]’”]*\s+|[。！？][”’」』）]*\s*")
+REPLACEMENT = "\ufffd"  # what a decoder writes for the bytes of a character cut in two
 
 
 @dataclass(frozen=True, eq=False)
 class TokenizedDocument:
-    """One document's token ids and the token indices where a paragraph or sentence starts."""
+    """One document's token ids, the token indices where a paragraph or sentence starts, and where each
+    token lies in the text (None for slow tokenizers, which give no offsets)."""
 
-    input_ids: np.ndarray   # (T,) int32
-    boundaries: np.ndarray  # (B,) int32, ascending, always includes 0
+    input_ids: np.ndarray               # (T,) int32
+    boundaries: np.ndarray              # (B,) int32, ascending, always includes 0
+    spans: np.ndarray | None = None     # (T, 2) int64: each token's [start, end) character offsets
 
 
 @dataclass(frozen=True, eq=False)
 class Window:
-    """One sample: `sequence_length` token ids (at most, in mode "truncate"), and which documents it draws from."""
+    """One sample: `sequence_length` token ids (at most, in mode "truncate"), and which documents it draws from.
+
+    `head` tokens (a BOS) were put in front of the stream's tokens; the stream part runs from token
+    `first_token` of documents[0] to just before token `end_token` of documents[-1] (a document's
+    separator counts as its token len(document)).
+    """
 
     input_ids: np.ndarray           # (L,) int32
     documents: tuple[int, ...]      # indices into the document list, in order
+    head: int = 0
+    first_token: int = 0
+    end_token: int = 0
 
 
 def boundary_token_indices(text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Token indices whose token starts a paragraph, line or sentence of `text` (always includes 0)."""
+    """Token indices whose token starts a paragraph, line or sentence of `text` (always includes 0).
+
+    A unit starts at a character; its token is the one holding that character when all it holds before
+    it is whitespace. Byte-level BPE tokenizers attach the space to the next word: " The" has offsets
+    (12, 16) untrimmed (SmolLM2, GPT-2) and (13, 16) trimmed, and both times the sentence starts at that
+    token, not at the first token starting at or after character 13 (" librarian", one word late). A token
+    that also holds the previous unit's end cannot start the unit; the next one does.
+    """
     if not offsets:
         return np.zeros(1, dtype=np.int32)
-    starts = np.array([start for start, _ in offsets], dtype=np.int64)  # (T,) char offset of each token
-    chars = [m.end() for m in _BOUNDARY.finditer(text) if 0 < m.end() < len(text)]
-    tokens = np.searchsorted(starts, np.array(chars, dtype=np.int64), side="left")  # first token at/after
-    tokens = tokens[tokens < len(starts)]
-    return np.unique(np.concatenate([[0], tokens])).astype(np.int32)
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # (T, 2) char offsets of each token
+    starts, ends = spans[:, 0], spans[:, 1]
+    tokens = [0]
+    for char in (m.end() for m in _BOUNDARY.finditer(text) if 0 < m.end() < len(text)):
+        holder = int(np.searchsorted(starts, char, side="right")) - 1  # last token starting at or before
+        if holder >= 0:
+            holder = int(np.searchsorted(starts, starts[holder], side="left"))  # a character split in bytes
+        before = text[starts[holder]:char] if holder >= 0 else ""
+        if holder >= 0 and ends[holder] > char and (not before or before.isspace()):
+            tokens.append(holder)
+        else:
+            tokens.append(int(np.searchsorted(starts, char, side="left")))  # first token at or after
+    found = np.asarray(tokens, dtype=np.int64)
+    return np.unique(found[found < len(starts)]).astype(np.int32)
 
 
-def tokenize_with_offsets(tokenizer, texts: Sequence[str], batch_size: int = 256, **kwargs: Any,
-                          ) -> Iterator[tuple[str, list[int], list[tuple[int, int]] | None]]:
-    """(text, token ids, character offsets) per text, tokenized in batches; offsets are None for slow tokenizers."""
-    fast = bool(tokenizer.is_fast)
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        enc = tokenizer(chunk, return_offsets_mapping=fast, verbose=False, **kwargs)
-        offsets = enc["offset_mapping"] if fast else [None] * len(chunk)
-        yield from zip(chunk, enc["input_ids"], offsets)
+def tokenize_documents(tokenizer: Any, texts: Sequence[str], *, bos_id: int | None = None,
+                       batch_size: int = 256) -> list[TokenizedDocument]:
+    """Tokenize whole documents (no truncation) and find their boundary tokens.
 
-
-def tokenize_documents(tokenizer, texts: Sequence[str], batch_size: int = 256) -> list[TokenizedDocument]:
-    """Tokenize whole documents (no special tokens, no truncation) and find their boundary tokens.
-
-    Without offsets (slow tokenizers) only the document start is a known boundary.
+    No special tokens are added but `bos_id` (`cola.tokenization.model_bos_id`), which starts each
+    document exactly once. Without offsets (slow tokenizers) only the document start is a known boundary.
     """
-    return [TokenizedDocument(np.asarray(ids, dtype=np.int32),
-                              boundary_token_indices(text, offsets) if offsets is not None
-                              else np.zeros(1, dtype=np.int32))
-            for text, ids, offsets in tokenize_with_offsets(tokenizer, texts, batch_size, add_special_tokens=False)]
+    docs = []
+    for text, ids, offsets in encode_texts(tokenizer, texts, bos_id=bos_id, offsets=True, batch_size=batch_size):
+        spans = None if offsets is None else np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        boundaries = np.zeros(1, dtype=np.int32) if offsets is None else boundary_token_indices(text, offsets)
+        docs.append(TokenizedDocument(np.asarray(ids, dtype=np.int32), boundaries, spans))
+    return docs
 
 
-def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, length: int, slack: int) -> list[Window]:
-    """Consecutive windows of `length` over one stream; each start snaps to a boundary within `slack`."""
+def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, position: np.ndarray, length: int,
+             slack: int, bos_id: int | None) -> list[Window]:
+    """Consecutive windows of `length` over one stream; each start snaps to a boundary within `slack`.
+
+    A window that does not start with `bos_id` (when given) gets it in front and one stream token less.
+    """
     windows: list[Window] = []
     start = 0
-    while start + length <= len(ids):
-        window_owner = owner[start:start + length]
-        windows.append(Window(ids[start:start + length].copy(), tuple(dict.fromkeys(window_owner.tolist()))))
-        end = start + length
+    while start < len(ids):
+        head = int(bos_id is not None and ids[start] != bos_id)
+        end = start + length - head
+        if end > len(ids):
+            break
+        body = ids[start:end]
+        tokens = np.concatenate([[bos_id], body]).astype(np.int32) if head else body.copy()
+        windows.append(Window(tokens, tuple(dict.fromkeys(owner[start:end].tolist())), head,
+                              int(position[start]), int(position[end - 1]) + 1))
         nxt = np.searchsorted(boundaries, end, side="left")  # first boundary at or after the end
         start = int(boundaries[nxt]) if nxt < len(boundaries) and boundaries[nxt] - end <= slack else end
     return windows
@@ -94,22 +130,29 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
                    self_delimited: Sequence[bool] = ()) -> list[Window]:
     """Cut one source's documents into samples of `sequence_length` tokens; `mode` is one of LENGTH_MODES.
 
-    `bos_id` (for tokenizers that start every input with BOS) takes the first slot of each sample. When
-    packing, a document flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no
-    separator after it. Tokens past the last full window are dropped; so are, in mode "window", documents
-    shorter than a window. Mode "truncate" gives one sample per document, its first tokens.
+    `bos_id` (for tokenizers that start every input with BOS) starts each sample exactly once: a window
+    that begins with a document's own BOS keeps it, any other gets one in front. When packing, a document
+    flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no separator after it.
+    Tokens past the last full window are dropped; so are, in mode "window", documents shorter than a
+    window. Mode "truncate" gives one sample per document, its first tokens. Raises ColaError for an unknown
+    mode, or a `sequence_length` below 2 with a BOS.
     """
     if mode not in LENGTH_MODES:
         raise unknown_choice("length mode", mode, LENGTH_MODES)
-    if sequence_length < 2 and bos_id is not None:
-        raise ValueError("sequence_length must leave room for tokens after BOS")
-    body = sequence_length - (bos_id is not None)
-    head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)  # (0,) or (1,): BOS first
+    check_room_after_bos(sequence_length, bos_id)
+    if separator_id is not None and separator_id == bos_id:
+        separator_id = None  # each document's own BOS already separates it from the one before
     if mode == "truncate":
-        return [Window(np.concatenate([head, doc.input_ids[:body]]).astype(np.int32, copy=False), (i,))
-                for i, doc in enumerate(docs) if len(doc.input_ids)]
+        windows = []
+        for i, doc in enumerate(docs):
+            if len(doc.input_ids):
+                head = int(bos_id is not None and doc.input_ids[0] != bos_id)
+                ids = doc.input_ids[:sequence_length - head]
+                windows.append(Window(np.concatenate([[bos_id] * head, ids]).astype(np.int32, copy=False), (i,),
+                                      head, 0, len(ids)))
+        return windows
     pack = mode == "pack"
-    slack = int(body * slack_fraction)
+    slack = int((sequence_length - (bos_id is not None)) * slack_fraction)
     groups = [list(range(len(docs)))] if pack else [[i] for i in range(len(docs))]
     windows: list[Window] = []
     for group in groups:
@@ -123,10 +166,54 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
             bounds.append(doc.boundaries.astype(np.int64) + offset)
             owners.append(np.full(len(ids), i, dtype=np.int64))
             offset += len(ids)
-        if offset < body:
+        if offset < sequence_length - (bos_id is not None):
             continue
         stream = np.concatenate(parts)                 # (S,)
         boundaries = np.concatenate(bounds)            # (B,) ascending: documents are in order
-        for window in _windows(stream, boundaries, np.concatenate(owners), body, slack):
-            windows.append(Window(np.concatenate([head, window.input_ids]), window.documents))
+        position = np.concatenate([np.arange(len(p)) for p in parts])  # (S,) each token's index in its document
+        windows.extend(_windows(stream, boundaries, np.concatenate(owners), position, sequence_length, slack,
+                                bos_id))
     return windows
+
+
+def _shares_character(spans: np.ndarray | None, index: int) -> bool:
+    """Whether token `index` starts inside a character that token `index - 1` holds part of (byte-level
+    tokenizers split a multi-byte character over tokens; their offsets then overlap)."""
+    return spans is not None and 0 < index < len(spans) and spans[index - 1][1] > spans[index][0]
+
+
+def whole_character_end(spans: np.ndarray | None, end_token: int, text_end: int) -> int:
+    """The character offset where the text of tokens [.., end_token) ends in whole characters: before a
+    character the next token holds part of, else `text_end` (the last token's end)."""
+    return int(spans[end_token][0]) if _shares_character(spans, end_token) else text_end
+
+
+def _replacement_run(text: str, start: int = 0, *, backwards: bool = False) -> int:
+    """How many U+FFFD follow `text[start]` on (or precede `text[:start]`, backwards)."""
+    part = text[:start][::-1] if backwards else text[start:]
+    return len(part) - len(part.lstrip(REPLACEMENT))
+
+
+def window_text(tokenizer: Any, window: Window, docs: Sequence[TokenizedDocument], texts: Sequence[str]) -> str:
+    """The window's ids decoded, without the pieces of a character that the window cuts at either end.
+
+    A window can start or end inside a multi-byte character (byte-level tokenizers), and decoding writes
+    U+FFFD for the orphan bytes. Those are dropped; a U+FFFD that the source text holds is kept (the
+    document's own text says how many follow the first whole character, or precede the last one). The
+    ids are not touched. Needs token offsets; with none (slow tokenizers) the plain decoding is returned.
+    """
+    text = tokenizer.decode(window.input_ids, clean_up_tokenization_spaces=False)
+    if REPLACEMENT not in text:
+        return text
+    first, last = window.documents[0], window.documents[-1]
+    head = tokenizer.decode(window.input_ids[:window.head], clean_up_tokenization_spaces=False) if window.head else ""
+    if _shares_character(docs[first].spans, window.first_token) and text.startswith(head):
+        whole_start = int(docs[first].spans[window.first_token - 1][1])
+        extra = _replacement_run(text, len(head)) - _replacement_run(texts[first], whole_start)
+        text = head + text[len(head) + max(extra, 0):]
+    if _shares_character(docs[last].spans, window.end_token):
+        whole_end = int(docs[last].spans[window.end_token][0])
+        extra = _replacement_run(text, len(text), backwards=True) - _replacement_run(
+            texts[last], whole_end, backwards=True)
+        text = text[:len(text) - max(extra, 0)]
+    return text

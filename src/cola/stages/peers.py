@@ -116,9 +116,12 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def prompt_ids(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[int]],
                prompt_tokens: int) -> tuple[list[list[int]], list[int]]:
     """The first `prompt_tokens` token ids of each prompt long enough to have them (equal lengths: no padding),
-    and the index of each such prompt. Prompts are texts (tokenized with the tokenizer's special tokens) or
-    token ids already."""
-    encoded = tokenizer(list(prompts))["input_ids"] if prompts and isinstance(prompts[0], str) else prompts
+    and the index of each such prompt. Prompts are texts (tokenized as the model reads them, with exactly one
+    BOS where it has one: `cola.tokenization.encode`) or token ids already (Stage 2's samples, which have it)."""
+    from cola.tokenization import encode, model_bos_id
+
+    texts = bool(prompts) and isinstance(prompts[0], str)
+    encoded = encode(tokenizer, prompts, bos_id=model_bos_id(tokenizer)) if texts else prompts
     usable = [i for i, ids in enumerate(encoded) if len(ids) >= prompt_tokens]
     return [[int(t) for t in encoded[i][:prompt_tokens]] for i in usable], usable
 

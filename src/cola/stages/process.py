@@ -28,7 +28,8 @@ from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.stages.filters import apply_quality_filters
-from cola.stages.packing import pack_to_length, tokenize_documents, tokenize_with_offsets
+from cola.stages.packing import pack_to_length, tokenize_documents, whole_character_end, window_text
+from cola.tokenization import check_room_after_bos, encode_texts, model_bos_id, template_writes_bos
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,25 @@ class TokenizedText:
 
 def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], sequence_length: int,
                        batch_size: int = 256) -> list[TokenizedText]:
-    """Tokenize each text and keep its first `sequence_length` tokens; the text is cut at the same place.
+    """Tokenize each text as the model reads it and keep its first `sequence_length` tokens; the text is cut
+    at the same place.
 
-    The kept text ends at the last kept token's character offset, so `text` and `input_ids` describe the
-    same content (re-tokenizing the text gives the same ids up to tokenizer boundary effects).
+    The ids start with exactly one BOS where the tokenizer adds one (`cola.tokenization`). The kept text
+    ends at the last kept token's end, or before a character that the cut splits between kept and dropped
+    tokens (byte-level tokenizers), so it holds whole characters, and `text` and `input_ids` describe the
+    same content (re-tokenizing the text gives the same ids up to tokenizer boundary effects). Raises
+    ColaError when `sequence_length` leaves no room after the BOS.
     """
+    bos = model_bos_id(tokenizer)
+    check_room_after_bos(sequence_length, bos)
     out: list[TokenizedText] = []
-    for text, ids, offsets in tokenize_with_offsets(tokenizer, texts, batch_size, truncation=True,
-                                                    max_length=sequence_length):
-        kept = text[:max((e for _, e in offsets), default=0)] if offsets is not None else tokenizer.decode(
-            ids, skip_special_tokens=True)  # slow tokenizers have no offsets: decode the kept ids instead
+    for text, ids, offsets in encode_texts(tokenizer, texts, bos_id=bos, offsets=True, batch_size=batch_size):
+        ids = ids[:sequence_length]
+        if offsets is None:  # slow tokenizers have no offsets: decode the kept ids instead
+            kept = tokenizer.decode(ids, skip_special_tokens=True)
+        else:
+            last_end = max((end for _, end in offsets[:len(ids)]), default=0)
+            kept = text[:whole_character_end(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), len(ids), last_end)]
         out.append(TokenizedText(text=kept, input_ids=np.asarray(ids, dtype=np.int32)))
     return out
 
@@ -99,23 +109,27 @@ def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "temp
     `system_prompt="none"` leaves out the system turn that some templates insert when none is given (SmolLM2's
     "You are a helpful AI assistant named SmolLM, ..." is 21 tokens in front of every record, a tenth of a
     packed Q&A calibration set): each exchange is rendered after an empty system turn, which stops the default,
-    and that empty turn's own rendering (made once, here) is cut off the front. A template that refuses a system
-    turn, or renders it elsewhere, keeps its plain rendering; so does a conversation with its own system turn.
+    and that empty turn's own rendering (made once, here) is cut off the front, all but the BOS a template writes
+    first (Llama-3, Gemma), which every record keeps. A template that refuses a system turn, or renders it
+    elsewhere, keeps its plain rendering; so does a conversation with its own system turn.
     """
     empty = [{"role": "system", "content": ""}]
     head = ""  # the empty system turn's rendering; "" keeps the template's own behaviour
+    bos = ""   # a BOS the template writes in front of it, which the record keeps
     if system_prompt == "none":
         try:
             head = tokenizer.apply_chat_template(empty, tokenize=False)
         except TemplateError:
             log.debug("the chat template refuses a system turn; records keep its plain rendering")
+        if head and tokenizer.bos_token and head.startswith(tokenizer.bos_token) and template_writes_bos(tokenizer):
+            bos = tokenizer.bos_token
 
     def render(formatted: Formatted) -> str:
         messages = chat_messages(formatted)
         if head and messages[0]["role"] != "system":  # a conversation's own system turn stays as it is
             text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
             if text.startswith(head):
-                return text[len(head):]
+                return bos + text[len(head):]
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
     return render
@@ -163,18 +177,19 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
     for index, entry in enumerate(report["sources"]):
         entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
         entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
-    docs = tokenize_documents(tokenizer, texts)
+    bos = model_bos_id(tokenizer)  # every document, and every sample, starts with exactly one (or none)
+    docs = tokenize_documents(tokenizer, texts, bos_id=bos)
     filtered = apply_quality_filters(texts, [d.input_ids for d in docs], config.filters, model=model, quiet=quiet)
     report["filters"] = {"before": filtered.before, "removed": dict(filtered.removed), "after": filtered.after}
     survivors = Counter(owner[i] for i in filtered.kept)
-    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
     samples: list[TokenizedText] = []
     for index, entry in enumerate(report["sources"]):
         members = [i for i in filtered.kept if owner[i] == index]
-        windows = pack_to_length([docs[i] for i in members], sequence_length, separator_id=separator, bos_id=bos,
+        source_docs, source_texts = [docs[i] for i in members], [texts[i] for i in members]
+        windows = pack_to_length(source_docs, sequence_length, separator_id=separator, bos_id=bos,
                                  mode=config.length, self_delimited=[templated[i] for i in members])
-        samples.extend(TokenizedText(text=tokenizer.decode(w.input_ids, clean_up_tokenization_spaces=False),
+        samples.extend(TokenizedText(text=window_text(tokenizer, w, source_docs, source_texts),
                                      input_ids=w.input_ids, source=index,
                                      format_enhanced=any(enhanced[members[d]] for d in w.documents))
                        for w in windows)
@@ -199,8 +214,3 @@ def _add_reasoning(formatted: list[Formatted], tokenizer: PreTrainedTokenizerBas
                                                    cache_path=default_cache_path(), quiet=quiet)
     return list(records), list(enhanced), counts
 
-
-def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the tokenizer starts every input with BOS (Llama-2/3 do; SmolLM2, GPT-2, Qwen2 do not)."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]

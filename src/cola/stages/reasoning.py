@@ -116,13 +116,18 @@ def _append_cache(path: Path, model_name: str, entries: dict[str, str]) -> None:
         handle.flush()
 
 
-def _generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], config: ReasoningConfig,
-                    chat: bool) -> list[str]:
-    """Generate for a batch of prompts, left-padded by hand so the tokenizer is never modified."""
+def _generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], config: ReasoningConfig) -> list[str]:
+    """Generate for a batch of prompts, left-padded by hand so the tokenizer is never modified.
+
+    Each prompt starts with exactly one BOS where the model's format has one: a chat template's own, or
+    the one the tokenizer adds (`cola.tokenization.encode`), never both.
+    """
     import torch
 
+    from cola.tokenization import encode, model_bos_id
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer(list(prompts), add_special_tokens=not chat)["input_ids"]
+    encoded = encode(tokenizer, prompts, bos_id=model_bos_id(tokenizer))
     width = max(len(ids) for ids in encoded)
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])  # (B, T)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])  # (B, T)
@@ -149,7 +154,6 @@ def generate_reasoning(records: Sequence[Formatted], model: Any, tokenizer: Any,
 
     import torch
 
-    chat = bool(getattr(tokenizer, "chat_template", None))
     model_name = str(getattr(model, "name_or_path", ""))
     cache = _read_cache(cache_path) if cache_path is not None else {}
     needed = [i for i, record in enumerate(records) if record.needs_reasoning]
@@ -169,7 +173,7 @@ def generate_reasoning(records: Sequence[Formatted], model: Any, tokenizer: Any,
             torch.manual_seed(config.seed)  # inside fork_rng: the global generator is restored afterwards
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            texts = _generate_batch(model, tokenizer, [pending[k] for k in batch], config, chat)
+            texts = _generate_batch(model, tokenizer, [pending[k] for k in batch], config)
             done = {k: clean_reasoning(text) for k, text in zip(batch, texts)}
             fresh.update(done)
             if cache_path is not None:
