@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, found in extra.items():
         if found:
             print(f"  {kind}: {len(found)}; e.g. " + "; ".join(f"[{n}] {t[:70]!r}" for n, t in found[:3]))
-    print(f"\nthe issue's instance (246 characters, 清晨 -> 早上): "
+    print("\nthe issue's instance (246 characters, 清晨 -> 早上): "
           + ", ".join(f"{kind} removes {int(measure([MORNING, MORNING_EDITED], s, args.seed)[1])}"
                       for kind, s in kinds().items()))
     return 0

@@ -15,7 +15,7 @@ from cola.data.formatters import Formatted, qa_text
 from cola.data.sources import load_source, parse_source
 from cola.errors import ColaError
 from cola.stages.filters import FilterConfig
-from cola.stages.packing import TokenizedDocument, pack_to_length, tokenize_documents
+from cola.stages.packing import TokenizedDocument, pack_to_length
 from cola.stages.peers import prompt_ids
 from cola.stages.process import chat_renderer, process_sources, truncate_to_length
 from cola.stages.reasoning import ReasoningConfig, generate_reasoning

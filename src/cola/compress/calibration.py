@@ -59,16 +59,6 @@ class CalibrationSet:
         return {"path": str(self.path) if self.path else None, "num_samples": len(self),
                 "num_tokens": self.num_tokens, "sequence_length": self.sequence_length}
 
-    @classmethod
-    def from_texts(cls, tokenizer: Any, texts: list[str], max_length: int) -> CalibrationSet:
-        """Token sequences from raw texts (for tests and quick runs without `cola curate`)."""
-        ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"][:max_length], dtype=torch.long)
-               for t in texts]
-        ids = [x for x in ids if len(x)]
-        if not ids:
-            raise ColaError("no calibration text has any token")
-        return cls(input_ids=ids)
-
 
 CURATE_AGAIN = "curate again (`cola curate`) to rebuild it"
 

@@ -6,7 +6,6 @@ back as module(I) - bias, so what is measured is exactly what the compressed mod
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
