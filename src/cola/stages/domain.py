@@ -19,6 +19,7 @@ from scipy.special import rel_entr
 
 from cola.cluster import select_medoids
 from cola.errors import ColaError, unknown_choice
+from cola.field_types import check_field_types
 
 # Capability weight of the non-targeted capabilities, per deployment type (the seed CLI's 1.0 / 0.2).
 DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}
@@ -38,6 +39,7 @@ class DomainConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         weights = (self.semantic_weight, self.token_weight, self.coverage_weight)
         if any(not math.isfinite(w) or w < 0 for w in weights):
             raise ColaError(f"semantic/token/coverage weights must be finite and >= 0, got {weights}")
