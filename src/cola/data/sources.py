@@ -234,12 +234,18 @@ def _stream_file(spec: SourceSpec) -> Iterator[dict[str, Any]]:
 def _stream_hub(spec: SourceSpec, seed: int) -> Iterator[dict[str, Any]]:
     import datasets
 
-    try:
-        stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
-    except Exception as exc:  # noqa: BLE001 - offline, missing or gated datasets raise many types
-        raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): {str(exc).splitlines()[0]}. "
-                        "Without network access, give a local file path instead") from exc
-    yield from stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+    from cola.hub import quiet_hub_retries, require_hub
+
+    if not Path(spec.location).exists():  # a local dataset folder loads without the hub
+        require_hub(f"hub dataset {spec.location!r} ({spec.name})", "give a local file path instead")
+    with quiet_hub_retries():
+        try:
+            stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
+        except Exception as exc:  # noqa: BLE001 - offline, missing or gated datasets raise many types
+            raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): "
+                            f"{str(exc).splitlines()[0]}. Without network access, give a local file path "
+                            "instead") from exc
+        yield from stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
 
 
 def _stream_embedded(spec: SourceSpec, seed: int) -> Iterator[dict[str, Any]]:
