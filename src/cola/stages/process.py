@@ -64,10 +64,12 @@ def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] 
     """
     if field_mapping is not None and source.spec.kind != "embedded":
         return "fields", mapped_formatter(dict(field_mapping), list(source.records[0]) if source.records else [])
-    if source.spec.kind == "embedded" or source.spec.fields is not None and source.spec.name not in CATALOG:
+    # The catalog's own dataset, not a local file that happens to share its name (gsm8k.jsonl of plain texts).
+    catalogued = source.spec.kind == "hub" and source.spec.name in CATALOG
+    if source.spec.kind == "embedded" or source.spec.fields is not None and not catalogued:
         return "text", lambda record, _fields=source.fields: Formatted(
             text="\n\n".join(str(record[f]).strip() for f in _fields if record.get(f)))
-    if source.spec.name in CATALOG:
+    if catalogued:
         name = CATALOG[source.spec.name].formatter
     else:
         name = formatter_for_columns(set(source.records[0]) if source.records else {"text"})
