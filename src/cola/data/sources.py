@@ -2,7 +2,12 @@
 
 A source spec is `SOURCE[@CAPABILITY][#FIELD+FIELD...]`, where SOURCE is a catalog name (`gsm8k`), a
 path (`data/train.jsonl`), a hub id (`user/dataset`) or an embedded pool (`embedded`, `embedded-math`).
-`@math` overrides the capability, `#question+answer` names the fields whose values make up the text.
+`@math` sets the capability, `#question+answer` names the fields whose values make up the text.
+
+A source's capability is a hint that wins when given: its `@label`, else the catalog's (by name, or by a
+local file's columns), else the embedded part's. A source with none of these is scored by Stage 1 against
+every capability's reference set and takes the one it matches best ("coverage"); with Stage 1 off it is
+"general" by default. `capability_origin` records which rule decided (see CAPABILITY_ORIGINS).
 
 Every source is read as a stream and reduced to at most `max_candidates` texts by seeded reservoir
 sampling (local files, embedded) or a seeded shuffle buffer (hub streams), so no source is ever held or
@@ -30,6 +35,16 @@ log = logging.getLogger(__name__)
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _CAPABILITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 HUB_SHUFFLE_BUFFER = 10_000
+DEFAULT_CAPABILITY = "general"
+# Where a source's capability came from (the manifest's `capability_origin`).
+CAPABILITY_ORIGINS = {
+    "label": "given with SOURCE@CAPABILITY",
+    "catalog": "the catalog's, by the dataset's name or a local file's columns",
+    "embedded": "the embedded pool part's own",
+    "coverage": "Stage 1: the capability whose reference set the source's samples match best",
+    "default": f"{DEFAULT_CAPABILITY!r}: no label, no catalog schema, and nothing scored it (Stage 1 off, or "
+               "Stage 2 left none of its samples)",
+}
 T = TypeVar("T")
 
 
@@ -45,6 +60,7 @@ class SourceSpec:
     fields: tuple[str, ...] | None  # None: decided when the columns are known
     config: str | None = None
     split: str = "train"
+    capability_origin: str | None = None  # "label", "catalog" or "embedded" when `capability` is set
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +74,12 @@ class Source:
     records_seen: int
     empty_skipped: int
     records: tuple[dict[str, Any], ...] = ()  # the sampled raw records, aligned with texts, for formatters
+    capability_origin: str = "default"  # one of CAPABILITY_ORIGINS
+
+    @property
+    def capability_given(self) -> bool:
+        """Whether a hint (label, catalog, embedded part) decided the capability, so Stage 1 must not."""
+        return self.capability_origin in ("label", "catalog", "embedded")
 
     @property
     def content_sha256(self) -> str:
@@ -71,7 +93,8 @@ class Source:
         """The manifest entry for this source."""
         return {"spec": self.spec.spec, "name": self.spec.name, "kind": self.spec.kind,
                 "location": self.spec.location, "config": self.spec.config, "split": self.spec.split,
-                "capability": self.capability, "fields": list(self.fields), "records_seen": self.records_seen,
+                "capability": self.capability, "capability_origin": self.capability_origin,
+                "fields": list(self.fields), "records_seen": self.records_seen,
                 "empty_skipped": self.empty_skipped, "candidates": len(self.texts),
                 "content_sha256": self.content_sha256}
 
@@ -109,20 +132,22 @@ def parse_source(spec: str) -> SourceSpec:
             raise ColaError("'embedded' is several sources: expand it with parse_sources()")
         part = body.removeprefix("embedded-")
         return SourceSpec(spec=spec, name=body, kind="embedded", location=part, capability=cap or part,
-                          fields=fields or ("text",))
+                          fields=fields or ("text",), capability_origin="label" if cap else "embedded")
     path = Path(body).expanduser()
     if path.exists() or Path(body).suffix in FILE_BUILDERS or body.endswith(".gz"):
         if not path.is_file():
             raise ColaError(f"dataset file not found: {body}")
         _file_builder(path)
         return SourceSpec(spec=spec, name=_file_source_name(path), kind="file", location=str(path),
-                          capability=cap, fields=fields)
+                          capability=cap, fields=fields, capability_origin="label" if cap else None)
     if body in CATALOG:
         entry = CATALOG[body]
         return SourceSpec(spec=spec, name=body, kind="hub", location=entry.hub_id, config=entry.config,
-                          split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields)
+                          split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields,
+                          capability_origin="label" if cap else "catalog")
     if "/" in body and not body.startswith((".", "/", "~")) and body.count("/") == 1:
-        return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields)
+        return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields,
+                          capability_origin="label" if cap else None)
     catalog_entry(body)  # raises the unknown-name error with suggestions
     raise AssertionError("catalog_entry returned for a name not in the catalog")
 
@@ -165,20 +190,25 @@ def record_text(record: Mapping[str, Any], fields: tuple[str, ...]) -> str:
     return "\n\n".join(part for part in (render_value(record[f]) for f in fields) if part)
 
 
-def _choose_fields(spec: SourceSpec, columns: list[str]) -> tuple[tuple[str, ...], str]:
-    """Decide (fields, capability) for a source once its columns are known."""
+def _choose_fields(spec: SourceSpec, columns: list[str]) -> tuple[tuple[str, ...], str, str]:
+    """Decide (fields, capability, capability origin) for a source once its columns are known."""
     listed = ", ".join(columns)
+
+    def capability(entry: Any) -> tuple[str, str]:
+        if spec.capability is not None:
+            return spec.capability, spec.capability_origin or "label"
+        return (entry.capability, "catalog") if entry is not None else (DEFAULT_CAPABILITY, "default")
+
     if spec.fields is not None:
         missing = [f for f in spec.fields if f not in columns]
         if missing:
             raise ColaError(f"{spec.spec}: no field {', '.join(map(repr, missing))}; its fields are: {listed}")
-        entry = entry_for_columns(set(spec.fields))
-        return spec.fields, spec.capability or (entry.capability if entry else "general")
+        return spec.fields, *capability(entry_for_columns(set(spec.fields)))
     entry = entry_for_columns(set(columns))
     if entry is not None:
-        return entry.text_fields, spec.capability or entry.capability
+        return entry.text_fields, *capability(entry)
     if "text" in columns:
-        return ("text",), spec.capability or "general"
+        return ("text",), *capability(None)
     raise ColaError(f"{spec.spec}: cannot tell which field holds the text; its fields are: {listed}. "
                     f"Name them as {spec.spec}#field or #field+field")
 
@@ -280,7 +310,7 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
     if first is None:
         raise ColaError(f"{spec.spec}: the source is empty")
     records = itertools.chain([first], records)
-    fields, capability = _choose_fields(spec, list(first))
+    fields, capability, origin = _choose_fields(spec, list(first))
     empty = 0
 
     def texts() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -303,4 +333,5 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
     log.info("source %s: %d candidates from %d records (%s, fields %s)", spec.name, len(sampled), seen,
              capability, "+".join(fields))
     return Source(spec=spec, capability=capability, fields=fields, texts=tuple(t for t, _ in sampled),
-                  records_seen=seen, empty_skipped=empty, records=tuple(r for _, r in sampled))
+                  records_seen=seen, empty_skipped=empty, records=tuple(r for _, r in sampled),
+                  capability_origin=origin)

@@ -170,6 +170,24 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
     return table
 
 
+def capabilities_from_coverage(table: Mapping[str, Mapping[str, Mapping[str, float]]],
+                               datasets: Sequence[str]) -> dict[str, str]:
+    """Each of `datasets` (rows of a `coverage_table`) -> the capability it scores highest on (ties: the first
+    capability of the row), i.e. the reference set its samples match best.
+
+    This is how a source that carries no capability label gets one: from its content, not its name.
+    """
+    found = {}
+    for name in datasets:
+        if name not in table:
+            raise unknown_choice("dataset (not in the coverage table)", name, table)
+        row = table[name]
+        if not row:
+            raise ColaError(f"the coverage table scores dataset {name!r} on no capability")
+        found[name] = max(row, key=lambda cap: row[cap]["score"])  # max keeps the first of equal scores
+    return found
+
+
 def capability_weights(targets: Sequence[str], deployment: str, targeted: str | None = None,
                        overrides: Mapping[str, float] | None = None) -> dict[str, float]:
     """general: every target 1.0; targeted: the targeted one 1.0, the others 0.2; `overrides` replace entries."""
