@@ -15,6 +15,8 @@ import functools
 import numbers
 import types
 import typing
+from collections import abc
+from collections.abc import Callable
 from typing import Any
 
 from cola.errors import ColaError
@@ -42,7 +44,7 @@ def describe_type(hint: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a sequence of {_plural(args[0])}"
         return f"a ({', '.join(_bare(a) for a in args)}) tuple"
-    if origin in (dict, typing.Mapping) or hint is dict:
+    if origin in (dict, abc.Mapping) or hint is dict:
         return "a mapping"
     names = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
     if hint in names:
@@ -62,15 +64,20 @@ def _plural(hint: Any) -> str:
     return names.get(hint) or f"{_bare(hint)}s"
 
 
+# A scalar hint -> (does a value fit it, the value as the config keeps it). A bool is no number here.
+_SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), bool),
+    int: (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), int),
+    float: (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), float),
+    str: (lambda v: isinstance(v, str), str),
+}
+
+
 def conform(value: Any, hint: Any) -> Any:
     """`value` as `hint` wants it (normalised as the module docstring says); raises _Mismatch otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
-    if hint is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
     if origin in (typing.Union, types.UnionType):
         for arm in args:
             try:
@@ -78,30 +85,16 @@ def conform(value: Any, hint: Any) -> Any:
             except _Mismatch:
                 continue
         raise _Mismatch
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
     if origin is tuple:
         return _conform_tuple(value, args)
-    if origin in (dict, typing.Mapping) or hint is dict:
-        if isinstance(value, typing.Mapping):
-            return value
+    if hint in _SCALARS:
+        fits, keep = _SCALARS[hint]
+        if fits(value):
+            return keep(value)
         raise _Mismatch
-    if isinstance(hint, type):
-        if isinstance(value, hint):
+    kind = abc.Mapping if origin in (dict, abc.Mapping) or hint is dict else hint
+    if isinstance(kind, type):  # a config class, NoneType, a mapping
+        if isinstance(value, kind):
             return value
         raise _Mismatch
     return value  # a hint this check does not model (a Protocol, a Callable): left to the config's own checks
