@@ -74,7 +74,8 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
         ({"v": {"strategy": "cola", "process": {"chat_template": "of"}}},
          r"variants.v: unknown chat template mode 'of'"),
         ({"v": {"strategy": "cola", "process": {"chat_template": False}}},  # YAML's unquoted off
-         r"variants.v: unknown chat template mode False. \(YAML reads an unquoted off.*quote it\)"),
+         r"variants.v: ProcessConfig setting 'chat_template' must be a string, got bool False \(YAML reads an "
+         r"unquoted off.*quote it\)"),
         ({"v": {"strategy": "cola", "stage1": False}}, "variants.v: strategy 'cola' fixes stage1=True"),
         ({"v": {"strategy": "cola", "num_samples": 8}}, "variants.v sets 'num_samples', which the `calibration`"),
         ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}},

@@ -38,6 +38,8 @@ class Sample:
     (dict(flag=1), "Sample setting 'flag' must be True or False, got int 1"),
     (dict(flag="no"), "Sample setting 'flag' must be True or False, got str 'no'"),
     (dict(name=None), "Sample setting 'name' must be a string, got NoneType None"),
+    (dict(name=False), "Sample setting 'name' must be a string, got bool False (YAML reads an unquoted "
+                       "off/on/yes/no as a boolean: quote it)"),
     (dict(names=[None]), "Sample setting 'names' must be a sequence of strings, got list [None]"),
     (dict(names={"a": 1}), "Sample setting 'names' must be a sequence of strings, got dict {'a': 1}"),
     (dict(pairs=[("a", 1, 2)]), "Sample setting 'pairs' must be a sequence of (string, number) tuples, got list"),

@@ -19,7 +19,7 @@ from collections import abc
 from collections.abc import Callable
 from typing import Any
 
-from cola.errors import ColaError
+from cola.errors import YAML_BOOLEAN_HINT, ColaError
 
 
 class _Mismatch(Exception):
@@ -124,8 +124,9 @@ def check_field_types(config: Any) -> None:
         try:
             fitted = conform(value, hint)
         except _Mismatch:
+            yaml = YAML_BOOLEAN_HINT if isinstance(value, bool) and "a string" in describe_type(hint) else ""
             raise ColaError(f"{type(config).__name__} setting {field.name!r} must be {describe_type(hint)}, "
-                            f"got {type(value).__name__} {_short(value)}") from None
+                            f"got {type(value).__name__} {_short(value)}{yaml}") from None
         if fitted is not value:
             object.__setattr__(config, field.name, fitted)  # frozen: the normalised value replaces the given one
 
