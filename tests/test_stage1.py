@@ -136,6 +136,26 @@ def test_stage1_targets() -> None:
     assert stage1_targets(CurateConfig(target_capabilities=("code",)), sources) == ("code",)
 
 
+def test_each_kind_of_hint_sets_its_origin(tmp_path) -> None:
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "a plain text", "n": 1}])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "1 + 1?", "answer": "2", "note": "x"}])
+
+    def origin(spec: str) -> tuple[str, str, bool]:
+        source = load_source(parse_source(spec), max_candidates=5, seed=0)
+        return source.capability, source.capability_origin, source.capability_given
+
+    assert origin(str(text)) == ("general", "default", False)  # Stage 1 decides, if it runs
+    assert origin(f"{text}#n") == ("general", "default", False)
+    assert origin(str(qa)) == ("math", "catalog", True)  # gsm8k's columns
+    assert origin(f"{qa}#question+answer") == ("math", "catalog", True)
+    assert origin(f"{text}@code") == ("code", "label", True)
+    assert origin(f"{qa}@code") == ("code", "label", True)  # a label beats the catalog
+    assert origin("embedded-math") == ("math", "embedded", True)
+    assert origin("embedded-math@code") == ("code", "label", True)
+    described = load_source(parse_source(str(text)), max_candidates=5, seed=0).describe()
+    assert (described["capability"], described["capability_origin"]) == ("general", "default")
+
+
 def test_every_capability_origin_is_described() -> None:
     assert set(CAPABILITY_ORIGINS) == {"label", "catalog", "embedded", "coverage", "default"}
 

@@ -127,27 +127,28 @@ def parse_source(spec: str) -> SourceSpec:
     if has_capability and not _CAPABILITY_RE.match(capability):
         raise ColaError(f"invalid capability {capability!r} in source spec {spec!r}: use letters, digits, - or _")
     cap = capability or None
+    labelled = "label" if cap else None  # the capability origin when a label gives it
     if body in EMBEDDED_SOURCES:
         if body == "embedded":
             raise ColaError("'embedded' is several sources: expand it with parse_sources()")
         part = body.removeprefix("embedded-")
         return SourceSpec(spec=spec, name=body, kind="embedded", location=part, capability=cap or part,
-                          fields=fields or ("text",), capability_origin="label" if cap else "embedded")
+                          fields=fields or ("text",), capability_origin=labelled or "embedded")
     path = Path(body).expanduser()
     if path.exists() or Path(body).suffix in FILE_BUILDERS or body.endswith(".gz"):
         if not path.is_file():
             raise ColaError(f"dataset file not found: {body}")
         _file_builder(path)
         return SourceSpec(spec=spec, name=_file_source_name(path), kind="file", location=str(path),
-                          capability=cap, fields=fields, capability_origin="label" if cap else None)
+                          capability=cap, fields=fields, capability_origin=labelled)
     if body in CATALOG:
         entry = CATALOG[body]
         return SourceSpec(spec=spec, name=body, kind="hub", location=entry.hub_id, config=entry.config,
                           split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields,
-                          capability_origin="label" if cap else "catalog")
+                          capability_origin=labelled or "catalog")
     if "/" in body and not body.startswith((".", "/", "~")) and body.count("/") == 1:
         return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields,
-                          capability_origin="label" if cap else None)
+                          capability_origin=labelled)
     catalog_entry(body)  # raises the unknown-name error with suggestions
     raise AssertionError("catalog_entry returned for a name not in the catalog")
 
