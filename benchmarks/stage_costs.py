@@ -25,7 +25,7 @@ from machine import machine_line
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LARGE = ("gsm8k/train.jsonl", "c4/c4_en_train_first1000.jsonl", "mbpp/mbpp_train_valid_prompt.jsonl",
          "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl")
-STAGES = (("stage 1 (probes + coverage + quotas)", ("stage1_mixture",)),
+STAGES = (("stage 1 (probes + coverage + quotas)", ("load_references", "stage1_mixture")),
           ("stage 2 (format, filters, packing)", ("stage2_process",)),
           ("stage 3 (activations + k-means)", ("stage3_extract", "stage3_cluster")))
 

@@ -33,8 +33,17 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
     assert len(samples) == 6
     assert all(set(s) == SEED_KEYS for s in samples)
     assert {s["dataset_name"] for s in samples} <= {"mathqa", "prose", "code"}
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    # mathqa and code carry the catalog's capability (by their columns); prose, plain text, gets one from Stage 1
+    assert [(s["name"], s["capability_origin"]) for s in manifest["sources"]] == [
+        ("mathqa", "catalog"), ("prose", "coverage"), ("code", "catalog")]
+    prose = manifest["sources"][1]["capability"]
+    coverage = manifest["stage1"]["coverage"]
+    assert prose == max(coverage["prose"], key=lambda c: coverage["prose"][c]["score"])
+    assert set(coverage["prose"]) == {"math", "code", "general"}  # every capability the embedded pool can probe
+    assert manifest["target_capabilities"] == list(dict.fromkeys(["math", prose, "code"]))
     for s in samples:  # Stage 1's coverage score of the sample's dataset for each target capability
-        assert set(s["capability_scores"]) == {"math", "general", "code"}
+        assert list(s["capability_scores"]) == manifest["target_capabilities"]
         assert all(0.0 <= v <= 1.0 for v in s["capability_scores"].values())
     assert len({s["selection_index"] for s in samples}) == 6
 
@@ -48,14 +57,14 @@ def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> Non
         assert row["input_ids"] == tokenizer(sample["text"])["input_ids"]  # text and ids agree
     assert pq.read_table(out / DATASET_PARQUET).num_rows == 6
     pool = pq.read_table(out / POOL_PARQUET).to_pydict()
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
     stage2 = manifest["stage2"]
     assert [e["formatter"] for e in stage2["sources"]] == ["gsm8k", "text", "mbpp"]
     assert stage2["filters"]["before"] == 36
     assert len(pool["pool_index"]) == sum(e["samples"] for e in stage2["sources"]) and sum(pool["selected"]) == 6
     assert set(pool["num_tokens"]) == {64}
     assert [s["candidates"] for s in manifest["sources"]] == [12, 12, 12]
-    assert {s["capability"] for s in manifest["sources"]} == {"math", "general", "code"}
+    assert [s["capability"] for s in manifest["sources"]] == ["math", prose, "code"]
+    assert set(pool["capability"]) == {"math", prose, "code"}
     assert all(len(s["content_sha256"]) == 64 for s in manifest["sources"])
     assert manifest["settings"]["num_samples"] == 6 and manifest["seed"] == 42
     assert manifest["torch_threads"] == torch.get_num_threads() and "transformers" in manifest["libraries"]
@@ -118,7 +127,7 @@ def _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra: str, datasets=Non
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("cola: error: ")  # one line, no traceback
-    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    assert not out.exists()  # nothing written, not even the directory
     return err[0]
 
 
@@ -139,7 +148,10 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
     assert "unknown layer index 7" in bad("--layers", "0,7")
-    assert "unknown target capability (no dataset serves it) 'poetry'" in bad("--target_capabilities", "poetry")
+    assert "capability 'poetry' has no reference set" in bad("--target_capabilities", "poetry")
+    assert ("unknown target capability (no dataset serves it) 'poetry'. Valid choices: code, general, math. Stage 1 "
+            "is off, so capabilities come only from labels and the catalog: label a source SOURCE@poetry"
+            ) in bad("--target_capabilities", "poetry", "--no_stage1")
 
 
 def test_unwritable_output_and_non_model(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
@@ -326,7 +338,7 @@ def test_reasoning_model_that_fails_to_load(tiny_model_dir, pool_files, tmp_path
     err = _bad(tiny_model_dir, pool_files, tmp_path, capsys, "--generate_reasoning", "--reasoning_model",
                str(not_model), "--fields", "question=question,answer=answer", "--no_stage1",
                datasets={"m": pool_files["math"]})
-    assert f"reasoning-generation model '{not_model}' failed to load" in err
+    assert f"--reasoning_model {not_model}: {not_model} is not a model: no config.json in it" in err
 
 
 def test_selection_method_flag_picks_a_peer_method(tiny_model_dir, pool_files, tmp_path) -> None:

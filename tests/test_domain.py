@@ -9,8 +9,9 @@ import pytest
 
 from cola.errors import ColaError
 from cola.stages.domain import (DatasetStats, DomainConfig, activation_coverage, allocate_samples,
-                                capability_weights, coverage_table, parse_capability_weights, semantic_similarity,
-                                token_similarity, unigram_distribution)
+                                capabilities_from_coverage, capability_weights, coverage_table,
+                                parse_capability_weights, semantic_similarity, token_similarity,
+                                unigram_distribution)
 
 DIM, VOCAB = 16, 400
 DOMAINS = {"c4-like": "language", "gsm8k-like": "math", "mbpp-like": "code", "arc-like": "reasoning"}
@@ -149,6 +150,22 @@ def test_domain_config_validation() -> None:
         DomainConfig(0.5)  # keyword-only
     with pytest.raises(dataclasses.FrozenInstanceError):
         DomainConfig().seed = 1  # type: ignore[misc]
+
+
+# --- capabilities from content ------------------------------------------------------------------------------
+
+def test_each_planted_domain_takes_the_capability_of_its_reference(table) -> None:
+    assert capabilities_from_coverage(table, list(DOMAINS)) == DOMAINS
+    assert capabilities_from_coverage(table, ["gsm8k-like"]) == {"gsm8k-like": "math"}  # only the ones asked for
+
+
+def test_capability_from_coverage_ties_and_errors() -> None:
+    tied = _scores({"a": {"math": 0.5, "code": 0.5, "general": 0.2}, "b": {"math": 0.1, "code": 0.4, "general": 0.4}})
+    assert capabilities_from_coverage(tied, ["a", "b"]) == {"a": "math", "b": "code"}  # ties: the row's first
+    with pytest.raises(ColaError, match=r"unknown dataset \(not in the coverage table\) 'c'.*Valid choices: a, b"):
+        capabilities_from_coverage(tied, ["c"])
+    with pytest.raises(ColaError, match="scores dataset 'e' on no capability"):
+        capabilities_from_coverage({"e": {}}, ["e"])
 
 
 # --- capability weights -----------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
-from cola.export import check_curate_output, run_environment, tokenizer_fingerprint, write_outputs
+from cola.export import check_curate_output, output_directory, run_environment, tokenizer_fingerprint, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,114 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
             "selection_method": config.selection_method}
 
 
+def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """The output directory as a Path, checked without creating anything (a failed run must leave none).
+
+    Errors (`cola.export.check_curate_output`): an empty name (which would mean the current directory), a path
+    that is a file, the current directory itself, a directory holding files that are not a curate output, a
+    nearest existing ancestor that is a file or not writable. The directory is made when the outputs are written.
+    """
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise ColaError(f"output_dir must be a directory path (a string or a Path), got "
+                        f"{type(output_dir).__name__} {output_dir!r}")
+    path = output_directory(output_dir, "output_dir")
+    check_curate_output(path)
+    return path
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a curation run reads, resolved and checked before any model work (`prepare_inputs`)."""
+
+    config: CurateConfig
+    output_dir: Path
+    sources: tuple[Source, ...]      # each dataset's sampled candidates
+    references: dict[str, Source]    # Stage 1: probed capability -> its reference set (empty with Stage 1 off)
+    targets: tuple[str, ...] | None  # known now (given, or Stage 1 off); None: Stage 1 decides them
+    timings: dict[str, float]        # seconds: load_sources, load_references
+
+
+def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> RunInputs:
+    """Resolve and check everything a run reads, before any model loads or computes (fail fast).
+
+    In order: the output directory (not created), the dataset specs, Stage 1's reference specs for the given
+    targets, the sentence embedder and reasoning model named, the sources (a hub source first checks that the
+    hub is reachable), then the reference sets of every capability Stage 1 will probe (a hub reference the hub
+    cannot serve names `--reference CAPABILITY=PATH`). Raises ColaError on the first problem; writes nothing.
+    """
+    from cola.stages.mixture import load_references, probed_capabilities, reference_spec
+
+    path = check_output_dir(output_dir)
+    specs = COLA.source_specs(config)
+    if config.stage1:
+        for capability in config.target_capabilities or ():
+            reference_spec(capability, config)  # a capability without any reference set fails before reading
+    _check_side_models(config)
+    timings: dict[str, float] = {}
+    sources = tuple(COLA.load_sources(config, timings, specs=specs))
+    if not config.stage1:
+        return RunInputs(config=config, output_dir=path, sources=sources, references={},
+                         targets=targets_without_stage1(config, sources), timings=timings)
+    start = time.perf_counter()
+    references = load_references(config, probed_capabilities(config, sources))
+    timings["load_references"] = time.perf_counter() - start
+    return RunInputs(config=config, output_dir=path, sources=sources, references=references,
+                     targets=config.target_capabilities, timings=timings)
+
+
+def _check_side_models(config: CurateConfig) -> None:
+    """The optional models a run loads later (Stage 1's sentence embedder, Stage 2's reasoning model) exist or
+    can be fetched: checked now, not after the pool is processed."""
+    from cola.embedder import check_embedder
+    from cola.models import resolve_model_path
+
+    if config.semantic_embedder:
+        check_embedder(config.semantic_embedder)
+    if config.process.enabled and config.process.generate_reasoning and config.process.reasoning_model:
+        try:
+            resolve_model_path(config.process.reasoning_model, quiet=True)
+        except ColaError as exc:
+            raise ColaError(f"--reasoning_model {config.process.reasoning_model}: {exc}") from exc
+
+
+def targets_without_stage1(config: CurateConfig, sources: Sequence[Source]) -> tuple[str, ...]:
+    """With Stage 1 off nothing scores the sources, so capabilities are the hints alone (a label, the catalog,
+    the embedded part, else "general"): the targets are as given, each carried by some source, else theirs."""
+    present = tuple(dict.fromkeys(s.capability for s in sources))
+    if config.target_capabilities is None:
+        return present
+    for capability in config.target_capabilities:
+        if capability not in present:
+            raise ColaError(f"{unknown_choice('target capability (no dataset serves it)', capability, present)}. "
+                            f"Stage 1 is off, so capabilities come only from labels and the catalog: label a "
+                            f"source SOURCE@{capability}")
+    return config.target_capabilities
+
+
+def _names(value: Any, what: str, *, paths: bool = False) -> tuple[str, ...]:
+    """One name or a sequence of names as a tuple; a single string is one name, never its characters."""
+    single = (str, os.PathLike) if paths else (str,)
+    kind = "a dataset name (a string or a path)" if paths else "a name (a string)"
+    if isinstance(value, single):
+        value = [value]
+    elif not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise ColaError(f"{what} must be {kind} or a list of them, got {type(value).__name__} {value!r}")
+    names = []
+    for index, item in enumerate(value):
+        if paths and isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        if not isinstance(item, str) or not item.strip():
+            raise ColaError(f"{what}[{index}] must be {kind}, got {type(item).__name__} {item!r}")
+        names.append(item)
+    return tuple(names)
+
+
+def _check_type(value: Any, types_: type | tuple[type, ...], what: str, expected: str) -> None:
+    """ColaError `{what} must be {expected}, got {type} {value}` unless `value` is an instance of `types_`."""
+    if not isinstance(value, types_):
+        raise ColaError(f"{what} must be {expected}, got {type(value).__name__} {value!r}")
+
+
 def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
     """The manifest's account of the model and tokenizer a calibration set was made with."""
     return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
@@ -45,24 +156,42 @@ class COLA:
     >>> samples = cola.run(num_samples=128, sequence_length=2048)
     """
 
-    def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Sequence[str] = ("embedded",),
-                 target_capabilities: Sequence[str] | None = None, output_dir: str | Path = "cola_output",
+    def __init__(self, *, model: Any, tokenizer: Any, available_datasets: str | Sequence[str] = ("embedded",),
+                 target_capabilities: str | Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
                  **settings: Any) -> None:
         """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …);
-        `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it)."""
+        `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it).
+
+        Every argument is checked here (ColaError naming it): `available_datasets` and `target_capabilities`
+        take one name or a list of names (a dataset may be a Path), settings take their CurateConfig types
+        (`selection` a SelectionConfig, `process` a ProcessConfig, …; a bool is not a number).
+        """
         valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "target_capabilities"}
         unknown = sorted(set(settings) - valid)
         if unknown:
             raise unknown_choice("COLA setting", unknown[0], valid)
+        if not callable(model) or not callable(getattr(model, "parameters", None)):
+            raise ColaError(f"model must be a loaded causal language model (a torch module, e.g. from "
+                            f"cola.models.load_model), got {type(model).__name__} {model!r:.60}")
+        if not callable(tokenizer) or not callable(getattr(tokenizer, "get_vocab", None)):
+            raise ColaError(f"tokenizer must be the model's loaded tokenizer (a transformers tokenizer), got "
+                            f"{type(tokenizer).__name__} {tokenizer!r:.60}")
+        _check_type(model_name_or_path, (str, type(None)), "model_name_or_path", "a string or None")
+        _check_type(quiet, bool, "quiet", "True or False")
+        _check_type(timings, (Mapping, type(None)), "timings", "a mapping of step name to seconds, or None")
+        for step, seconds in (timings or {}).items():
+            if not isinstance(step, str) or not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
+                raise ColaError(f"timings must map step names to seconds, got {step!r}: {seconds!r}")
+        _check_type(manifest_extra, (Mapping, type(None)), "manifest_extra", "a mapping, or None")
         self.model = model
         self.tokenizer = tokenizer
+        datasets = _names(available_datasets, "available_datasets", paths=True)
+        targets = None if target_capabilities is None else _names(target_capabilities, "target_capabilities")
         # One validated settings object; run() only fills in num_samples and sequence_length.
-        self.settings = CurateConfig(datasets=tuple(available_datasets),
-                                     target_capabilities=tuple(target_capabilities) if target_capabilities else None,
-                                     **settings)
-        self.output_dir = Path(output_dir)
+        self.settings = CurateConfig(datasets=datasets, target_capabilities=targets or None, **settings)
+        self.output_dir = check_output_dir(output_dir)
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.timings = dict(timings or {})
@@ -72,6 +201,7 @@ class COLA:
     def from_config(cls, config: CurateConfig, *, model: Any, tokenizer: Any, output_dir: str | Path,
                     **kwargs: Any) -> COLA:
         """A COLA whose settings are those of `config` (num_samples and sequence_length go to run())."""
+        _check_type(config, CurateConfig, "config", "a CurateConfig (from cola.config)")
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         return cls(model=model, tokenizer=tokenizer, output_dir=output_dir,
                    available_datasets=settings.pop("datasets"),
@@ -81,32 +211,36 @@ class COLA:
         """The validated settings of a run (raises ColaError on bad values)."""
         return dataclasses.replace(self.settings, num_samples=num_samples, sequence_length=sequence_length)
 
-    def run(self, num_samples: int = 128, sequence_length: int = 2048) -> list[dict[str, Any]]:
-        """Curate `num_samples` calibration samples, write them to `output_dir`, and return them."""
-        from cola.models import context_length
+    def run(self, num_samples: int = 128, sequence_length: int = 2048, *,
+            inputs: RunInputs | None = None) -> list[dict[str, Any]]:
+        """Curate `num_samples` calibration samples, write them to `output_dir`, and return them.
 
+        Everything the run reads is resolved and checked first (`prepare_inputs`; the CLI does it before it
+        loads the model and passes the result as `inputs`), then what the model decides (context length,
+        layer indices), and only then does Stage 2 start. A failed run writes nothing.
+        """
         config = self.config(num_samples, sequence_length)
-        limit = context_length(self.model)
-        if limit is not None and sequence_length > limit:
-            raise ColaError(f"sequence_length {sequence_length} is beyond the model's context of {limit} tokens")
-        specs = self.source_specs(config)  # bad names fail before the output directory is touched
-        check_curate_output(self.output_dir)
-        timings = dict(self.timings)
-        sources = self.load_sources(config, timings, specs=specs)
-        targets = self._target_capabilities(config, sources)  # fails before Stage 2's work
+        if inputs is None:
+            inputs = prepare_inputs(config, self.output_dir)
+        elif (inputs.config, inputs.output_dir) != (config, self.output_dir):
+            raise ColaError("run(inputs=...) was prepared for other settings or another output_dir: call "
+                            "prepare_inputs with this run's config and output_dir")
+        self._check_model(config)
+        timings = {**self.timings, **inputs.timings}
+        sources = list(inputs.sources)
         processed, stage2 = self._process(sources, config, timings)
-        if len(processed) < num_samples:
-            raise ColaError(f"num_samples {num_samples} is larger than the pool of {len(processed)} candidates "
-                            f"after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
+        if len(processed) < config.num_samples:
+            raise ColaError(f"num_samples {config.num_samples} is larger than the pool of {len(processed)} "
+                            f"candidates after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
                             "--candidates_per_source, or shorten --sequence_length")
+        selection, stage1, sources, targets = self._select(processed, sources, inputs, config)
         owner = [sources[p.source] for p in processed]
-        selection, stage1 = self._select(processed, owner, targets, config)
         timings.update(selection.timings)
         if "seconds" in stage1:
             timings["stage1_mixture"] = stage1.pop("seconds")
         coverage = stage1.get("coverage", {})
 
-        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the declared capability
+        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
             if source.spec.name in coverage:
                 return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in targets}
             return {cap: float(cap == source.capability) for cap in targets}
@@ -182,16 +316,32 @@ class COLA:
         timings["stage2_process"] = time.perf_counter() - start
         return processed, report
 
-    def _select(self, processed: list[Any], owner: list[Source], targets: tuple[str, ...],
-                config: CurateConfig) -> tuple[Any, dict[str, Any]]:
+    def _check_model(self, config: CurateConfig) -> None:
+        """What the model decides, checked before Stage 2: the context length, and the layer indices when the
+        pool's activations will be extracted."""
+        from cola.models import context_length
+
+        limit = context_length(self.model)
+        if limit is not None and config.sequence_length > limit:
+            raise ColaError(f"sequence_length {config.sequence_length} is beyond the model's context of {limit} "
+                            "tokens")
+        if config.selection.layers is not None and (config.stage1 or config.selection_method == "activations"):
+            from cola.activations import resolve_layers
+            from cola.models import find_decoder_layers
+
+            resolve_layers(config.selection.layers, len(find_decoder_layers(self.model)[1]))
+
+    def _select(self, processed: list[Any], sources: list[Source], inputs: RunInputs, config: CurateConfig,
+                ) -> tuple[Any, dict[str, Any], list[Source], tuple[str, ...]]:
         """Stage 1 quotas (or none) and the Stage-3 method (activation medoids, a seeded random pick or a peer
-        method, within the quotas); (selection, stage1 report). The pool is embedded only when Stage 1 or the
-        activation method needs it: it is the expensive part."""
+        method, within the quotas); (selection, stage1 report, the sources with every capability decided,
+        target capabilities). The pool is embedded only when Stage 1 or the activation method needs it: it is
+        the expensive part."""
         from cola.stages.mixture import plan_mixture
         from cola.stages.select import (embed_pool, select_at_random, select_from_features, select_from_pool,
                                         with_extraction)
 
-        names = [s.spec.name for s in owner]
+        names = [sources[p.source].spec.name for p in processed]
         method, seed, ids = config.selection_method, config.selection.seed, [p.input_ids for p in processed]
         pad = self.tokenizer.pad_token_id or 0
 
@@ -199,12 +349,13 @@ class COLA:
             return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
 
         features, stats = embed(ids) if config.stage1 or method == "activations" else (None, None)
-        quotas, stage1 = None, {}
+        quotas, stage1, targets = None, {}, inputs.targets or ()
         if config.stage1:
             start = time.perf_counter()
-            quotas, stage1 = plan_mixture(features, ids, names, targets, config,
-                                          embed=lambda token_ids: embed(token_ids)[0], tokenizer=self.tokenizer,
-                                          texts=[p.text for p in processed], quiet=self.quiet)
+            plan = plan_mixture(features, ids, names, sources, inputs.references, config,
+                                embed=lambda token_ids: embed(token_ids)[0], tokenizer=self.tokenizer,
+                                texts=[p.text for p in processed], quiet=self.quiet)
+            quotas, stage1, sources, targets = plan.quotas, plan.report, list(plan.sources), plan.targets
             stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
         methods = {
             "activations": lambda: with_extraction(select_from_features(
@@ -215,18 +366,7 @@ class COLA:
             method, [p.text for p in processed], ids, names, config.num_samples, seed=seed, quotas=quotas)
         if stats is not None and method != "activations":  # the pool's activations served Stage 1 alone
             selection = dataclasses.replace(selection, timings={"stage1_extract": stats.seconds, **selection.timings})
-        return selection, stage1
-
-    @staticmethod
-    def _target_capabilities(config: CurateConfig, sources: list[Source]) -> tuple[str, ...]:
-        """Target capabilities: as given, or those the sources carry; a given one no source serves is an error."""
-        present = tuple(dict.fromkeys(s.capability for s in sources))
-        if config.target_capabilities is None:
-            return present
-        for cap in config.target_capabilities:
-            if cap not in present:
-                raise unknown_choice("target capability (no dataset serves it)", cap, present)
-        return config.target_capabilities
+        return selection, stage1, sources, targets
 
 
 def _describe_losses(sources: list[Source], stage2: dict[str, Any]) -> str:

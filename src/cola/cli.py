@@ -101,7 +101,8 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
                              "SOURCE@CAPABILITY sets the capability, SOURCE#f1+f2 the text fields "
                              "(see `cola datasets`)")
     parser.add_argument("--target_capabilities", nargs="+", default=None, metavar="CAPABILITY",
-                        help="capabilities to serve (default: those the datasets carry)")
+                        help="capabilities to serve (default: those the datasets carry: a SOURCE@CAPABILITY "
+                             "label, the catalog's, else what Stage 1 reads from their content)")
     parser.add_argument("--deployment_type", default=c.deployment_type, choices=["general", "targeted"],
                         help="general: a balanced mix of the target capabilities; targeted: the targeted "
                              "capability first (weight 1.0, others 0.2)")
@@ -145,7 +146,7 @@ def _add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     stage1 = parser.add_argument_group("Stage 1 (dataset selection)")
     stage1.add_argument("--reference", action="append", type=_reference, default=[], metavar="CAPABILITY=SOURCE",
                         help="probe texts for a capability (repeatable); defaults: embedded pool for general, "
-                             "math, code; commonsense_qa for commonsense")
+                             "math, code (offline); commonsense_qa for commonsense (hub only: offline, give a file)")
     stage1.add_argument("--reference_size", type=int, default=c.reference_size, help="probe texts per capability")
     stage1.add_argument("--capability_weights", type=_capability_weights, default=(), metavar="CAP=W,...",
                         help="override the deployment's capability weights, e.g. math=1,code=0.5")
@@ -319,19 +320,19 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
 
 
 def run_curate(args: argparse.Namespace) -> int:
-    from cola.api import COLA
-    from cola.data.sources import parse_sources
+    from cola.api import COLA, prepare_inputs
     from cola.models import load_model
 
     config = curate_config(args)
-    parse_sources(config.datasets)
+    # Sources, reference sets, hub access and the output directory are checked before the model loads.
+    inputs = prepare_inputs(config, args.output_dir)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model_name_or_path, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code, quiet=args.quiet)
-    cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=args.output_dir,
+    cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=inputs.output_dir,
                             model_name_or_path=args.model_name_or_path, quiet=args.quiet,
                             timings={"load_model": time.perf_counter() - start})
-    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length)
+    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs)
     print(f"wrote {len(samples)} calibration samples to {args.output_dir} "
           "(calibration_samples.json, calibration_dataset/, manifest.json)")
     return 0
@@ -419,7 +420,8 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def run_datasets(_args: argparse.Namespace) -> int:
-    from cola.data.catalog import CATALOG, EMBEDDED_SOURCES
+    from cola.data.catalog import CAPABILITIES, CATALOG, EMBEDDED_SOURCES
+    from cola.stages.mixture import default_reference
 
     print(f"{'name':16} {'capability':12} {'hub id':36} description")
     for entry in CATALOG.values():
@@ -430,6 +432,15 @@ def run_datasets(_args: argparse.Namespace) -> int:
         print(f"{name:16} {cap:12} {'(offline, ships with cola)':36} embedded offline pool")
     print("\nAny local .jsonl/.json/.parquet/.csv/.txt file or hub id works too: "
           "PATH[@CAPABILITY][#FIELD+FIELD]")
+    print("A source without @CAPABILITY or a catalog schema gets its capability from Stage 1 (the reference set its "
+          "texts match best).")
+    print(f"\nStage 1 default reference sets (override with --reference CAPABILITY=PATH):\n"
+          f"{'capability':12} {'reference':18} offline")
+    for capability in CAPABILITIES:
+        reference = default_reference(capability) or "-"
+        offline = ("yes (embedded)" if reference.startswith("embedded") else
+                   f"no: hub dataset; offline, give --reference {capability}=PATH")
+        print(f"{capability:12} {reference:18} {offline}")
     return 0
 
 

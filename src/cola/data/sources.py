@@ -2,9 +2,14 @@
 
 A source spec is `SOURCE[@CAPABILITY][#FIELD+FIELD...]`, where SOURCE is a catalog name (`gsm8k`), a
 path (`data/train.jsonl`), a hub id (`user/dataset`) or an embedded pool (`embedded`, `embedded-math`).
-`@math` overrides the capability, `#question+answer` names the fields whose values make up the text; a
+`@math` sets the capability, `#question+answer` names the fields whose values make up the text; a
 field is a column or a dotted path into nested objects (`#meta.body`). An existing file's path is taken
 whole, even when it holds `@` or `#`.
+
+A source's capability is a hint that wins when given: its `@label`, else the catalog's (by name, or by a
+local file's columns), else the embedded part's. A source with none of these is scored by Stage 1 against
+every capability's reference set and takes the one it matches best ("coverage"); with Stage 1 off it is
+"general" by default. `capability_origin` records which rule decided (see CAPABILITY_ORIGINS).
 
 Every source is read as a stream and reduced to at most `max_candidates` texts by seeded reservoir
 sampling (local files, embedded) or a seeded shuffle buffer (hub streams), so no source is ever held or
@@ -32,8 +37,9 @@ from cola.errors import ColaError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FILE_FORMATS", "HUB_SHUFFLE_BUFFER", "MAX_TEXT_CHARS", "Source", "SourceSpec", "load_source",
-           "parse_source", "parse_sources", "read_json_records", "record_text", "render_value", "reservoir_sample"]
+__all__ = ["CAPABILITY_ORIGINS", "DEFAULT_CAPABILITY", "FILE_FORMATS", "HUB_SHUFFLE_BUFFER", "MAX_TEXT_CHARS", "Source",
+           "SourceSpec", "load_source", "parse_source", "parse_sources", "read_json_records", "record_text",
+           "render_value", "reservoir_sample"]
 
 _CAPABILITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 HUB_SHUFFLE_BUFFER = 10_000
@@ -43,6 +49,16 @@ HUB_SHUFFLE_BUFFER = 10_000
 # sequence length 32 and ran for many minutes; cut at 1M characters it still made 31k windows and took 5 minutes
 # on a shared CPU.
 MAX_TEXT_CHARS = 200_000
+DEFAULT_CAPABILITY = "general"
+# Where a source's capability came from (the manifest's `capability_origin`).
+CAPABILITY_ORIGINS = {
+    "label": "given with SOURCE@CAPABILITY",
+    "catalog": "the catalog's, by the dataset's name or a local file's columns",
+    "embedded": "the embedded pool part's own",
+    "coverage": "Stage 1: the capability whose reference set the source's samples match best",
+    "default": f"{DEFAULT_CAPABILITY!r}: no label, no catalog schema, and nothing scored it (Stage 1 off, or "
+               "Stage 2 left none of its samples)",
+}
 T = TypeVar("T")
 
 
@@ -58,6 +74,7 @@ class SourceSpec:
     fields: tuple[str, ...] | None  # None: decided when the columns are known
     config: str | None = None
     split: str = "train"
+    capability_origin: str | None = None  # "label", "catalog" or "embedded" when `capability` is set
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +91,12 @@ class Source:
     rows: tuple[str, ...] = ()      # where each sampled record is in its source ("line 7"), aligned with texts
     texts_cut: int = 0              # records whose text was cut to MAX_TEXT_CHARS
     records_key: str | None = None  # the top-level key of a JSON document whose list holds the records
+    capability_origin: str = "default"  # one of CAPABILITY_ORIGINS
+
+    @property
+    def capability_given(self) -> bool:
+        """Whether a hint (label, catalog, embedded part) decided the capability, so Stage 1 must not."""
+        return self.capability_origin in ("label", "catalog", "embedded")
 
     @property
     def content_sha256(self) -> str:
@@ -92,7 +115,8 @@ class Source:
         """The manifest entry for this source."""
         return {"spec": self.spec.spec, "name": self.spec.name, "kind": self.spec.kind,
                 "location": self.spec.location, "config": self.spec.config, "split": self.spec.split,
-                "capability": self.capability, "fields": list(self.fields), "records_key": self.records_key,
+                "capability": self.capability, "capability_origin": self.capability_origin,
+                "fields": list(self.fields), "records_key": self.records_key,
                 "records_seen": self.records_seen, "empty_skipped": self.empty_skipped,
                 "texts_cut": self.texts_cut, "candidates": len(self.texts), "content_sha256": self.content_sha256}
 
@@ -167,25 +191,28 @@ def parse_source(spec: str) -> SourceSpec:
     if has_capability and not _CAPABILITY_RE.match(capability):
         raise ColaError(f"invalid capability {capability!r} in source spec {spec!r}: use letters, digits, - or _")
     cap = capability or None
+    labelled = "label" if cap else None  # the capability origin when a label gives it
     if body in EMBEDDED_SOURCES:
         if body == "embedded":
             raise ColaError("'embedded' is several sources: expand it with parse_sources()")
         part = body.removeprefix("embedded-")
         return SourceSpec(spec=spec, name=body, kind="embedded", location=part, capability=cap or part,
-                          fields=fields or ("text",))
+                          fields=fields or ("text",), capability_origin=labelled or "embedded")
     path = Path(body).expanduser()
     if path.exists() or _looks_like_file(body):
         if not path.is_file():
             raise ColaError(f"dataset file not found: {body}")
         file_format(path)
         return SourceSpec(spec=spec, name=_file_source_name(path), kind="file", location=str(path),
-                          capability=cap, fields=fields)
+                          capability=cap, fields=fields, capability_origin=labelled)
     if body in CATALOG:
         entry = CATALOG[body]
         return SourceSpec(spec=spec, name=body, kind="hub", location=entry.hub_id, config=entry.config,
-                          split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields)
+                          split=entry.split, capability=cap or entry.capability, fields=fields or entry.text_fields,
+                          capability_origin=labelled or "catalog")
     if "/" in body and not body.startswith((".", "/", "~")) and body.count("/") == 1:
-        return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields)
+        return SourceSpec(spec=spec, name=body, kind="hub", location=body, capability=cap, fields=fields,
+                          capability_origin=labelled)
     catalog_entry(body)  # raises the unknown-name error with suggestions
     raise AssertionError("catalog_entry returned for a name not in the catalog")
 
@@ -227,22 +254,27 @@ def parse_sources(specs: Iterable[str]) -> list[SourceSpec]:
 
 
 def _choose_fields(spec: SourceSpec, fields: tuple[str, ...] | None, first: dict[str, Any],
-                   ) -> tuple[tuple[str, ...], str]:
-    """Decide (fields, capability) for a source once its first record is known."""
+                   ) -> tuple[tuple[str, ...], str, str]:
+    """Decide (fields, capability, capability origin) for a source once its first record is known."""
     columns = list(first)
     listed = ", ".join(map(str, columns))
+
+    def capability(entry: Any) -> tuple[str, str]:
+        if spec.capability is not None:
+            return spec.capability, spec.capability_origin or "label"
+        return (entry.capability, "catalog") if entry is not None else (DEFAULT_CAPABILITY, "default")
+
     if fields is not None:
         for field in fields:
             problem = missing_field(first, field)
             if problem:
                 raise ColaError(f"{spec.spec}: {problem}")
-        entry = entry_for_columns(set(fields))
-        return fields, spec.capability or (entry.capability if entry else "general")
+        return fields, *capability(entry_for_columns(set(fields)))
     entry = entry_for_columns(set(columns))
     if entry is not None:
-        return entry.text_fields, spec.capability or entry.capability
+        return entry.text_fields, *capability(entry)
     if "text" in columns:
-        return ("text",), spec.capability or "general"
+        return ("text",), *capability(None)
     raise ColaError(f"{spec.spec}: cannot tell which field holds the text; its fields are: {listed}. "
                     f"Name them as {spec.spec}#field or #field+field (a dotted path reaches into objects: "
                     "#meta.body)")
@@ -283,16 +315,22 @@ def _stream_file(spec: SourceSpec) -> tuple[Iterator[tuple[Any, dict[str, Any]]]
 def _stream_hub(spec: SourceSpec, seed: int) -> Iterator[tuple[RowNumber, dict[str, Any]]]:
     import datasets
 
+    from cola.hub import quiet_hub_retries, require_hub
+
     if Path(spec.location).is_dir():  # a local copy is no download: stop datasets reporting one to the hub
         datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
-    try:
-        stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
-        shuffled = stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
-        for number, record in enumerate(shuffled, start=1):
-            yield RowNumber(number, "record"), record
-    except Exception as exc:  # noqa: BLE001 - offline, missing, gated or mistyped datasets raise many types
-        raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): {str(exc).splitlines()[0]}. "
-                        "Without network access, give a local file path instead") from exc
+    else:
+        require_hub(f"hub dataset {spec.location!r} ({spec.name})", "give a local file path instead")
+    with quiet_hub_retries():
+        try:
+            stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
+            shuffled = stream.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+            for number, record in enumerate(shuffled, start=1):
+                yield RowNumber(number, "record"), record
+        except Exception as exc:  # noqa: BLE001 - offline, missing, gated or mistyped datasets raise many types
+            raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): "
+                            f"{str(exc).splitlines()[0]}. Without network access, give a local file path "
+                            "instead") from exc
 
 
 def _stream_embedded(spec: SourceSpec, seed: int) -> Iterator[tuple[RowNumber, dict[str, Any]]]:
@@ -334,7 +372,7 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
     if first is None:
         raise ColaError(f"{spec.spec}: the source is empty")
     records = itertools.chain([first], records)
-    fields, capability = _choose_fields(spec, fields, first[1])
+    fields, capability, capability_origin = _choose_fields(spec, fields, first[1])
     origin = _origin(spec)
     empty = cut = 0
 
@@ -368,4 +406,5 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
              capability, "+".join(fields))
     return Source(spec=spec, capability=capability, fields=fields, texts=tuple(t for t, _, _ in sampled),
                   records_seen=seen, empty_skipped=empty, records=tuple(r for _, r, _ in sampled),
-                  rows=tuple(w for _, _, w in sampled), texts_cut=cut, records_key=records_key)
+                  rows=tuple(w for _, _, w in sampled), texts_cut=cut, records_key=records_key,
+                  capability_origin=capability_origin)

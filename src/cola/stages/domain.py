@@ -19,6 +19,7 @@ from scipy.special import rel_entr
 
 from cola.cluster import select_medoids
 from cola.errors import ColaError, unknown_choice
+from cola.field_types import check_field_types
 
 # Capability weight of the non-targeted capabilities, per deployment type (the seed CLI's 1.0 / 0.2).
 DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}
@@ -38,6 +39,7 @@ class DomainConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         weights = (self.semantic_weight, self.token_weight, self.coverage_weight)
         if any(not math.isfinite(w) or w < 0 for w in weights):
             raise ColaError(f"semantic/token/coverage weights must be finite and >= 0, got {weights}")
@@ -166,6 +168,24 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
                        "token": float(token_relative[d]), "coverage": float(reached[d].mean())}
             table[name][cap] = signals | {"score": float(w @ list(signals.values()))}
     return table
+
+
+def capabilities_from_coverage(table: Mapping[str, Mapping[str, Mapping[str, float]]],
+                               datasets: Sequence[str]) -> dict[str, str]:
+    """Each of `datasets` (rows of a `coverage_table`) -> the capability it scores highest on (ties: the first
+    capability of the row), i.e. the reference set its samples match best.
+
+    This is how a source that carries no capability label gets one: from its content, not its name.
+    """
+    found = {}
+    for name in datasets:
+        if name not in table:
+            raise unknown_choice("dataset (not in the coverage table)", name, table)
+        row = table[name]
+        if not row:
+            raise ColaError(f"the coverage table scores dataset {name!r} on no capability")
+        found[name] = max(row, key=lambda cap: row[cap]["score"])  # max keeps the first of equal scores
+    return found
 
 
 def capability_weights(targets: Sequence[str], deployment: str, targeted: str | None = None,

@@ -1,26 +1,32 @@
-"""Stage 1 wiring: probe each target capability with a reference set, score every pool dataset, allocate quotas.
+"""Stage 1 wiring: probe each capability with a reference set, score every pool dataset, allocate quotas.
 
 The pool's activation features (the same ones Stage 3 clusters) and token ids are scored against each
 capability's reference set with `cola.stages.domain`; the deployment's capability weights then turn the
 coverage table into per-dataset sample quotas, and Stage 3 picks medoids within each quota. Quotas (rather
 than re-weighting candidates) keep Stage 3's k-means unchanged and make the mixture exact and auditable.
+
+Capabilities come from content: a dataset that carries no capability hint (a plain `{"text": ...}` file, a hub
+id the catalog does not know) takes the capability whose reference set it scores highest on. A hint (an
+`@math` label, the catalog's entry, the embedded part) still wins, and each source's `capability_origin` says
+which rule decided. Reference sets are resolved and read before any model work (`load_references`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cola.config import CurateConfig
-from cola.data.catalog import CATALOG
 from cola.data.embedded import EMBEDDED_CAPABILITIES
-from cola.data.sources import load_source, parse_source
+from cola.data.sources import Source, load_source, parse_source
 from cola.errors import ColaError
-from cola.stages.domain import (DatasetStats, allocate_samples, capability_weights, coverage_table,
-                                unigram_distribution)
+from cola.stages.domain import (DatasetStats, allocate_samples, capabilities_from_coverage, capability_weights,
+                                coverage_table, unigram_distribution)
 
 log = logging.getLogger(__name__)
 
@@ -28,67 +34,146 @@ log = logging.getLogger(__name__)
 CATALOG_REFERENCES = {"general": "wikitext", "math": "gsm8k", "code": "mbpp", "commonsense": "commonsense_qa"}
 
 
+def default_reference(capability: str) -> str | None:
+    """The built-in probe source for `capability`: its embedded pool part (offline) where there is one, else the
+    catalog's hub dataset; None for a capability cola knows no data for."""
+    if capability in EMBEDDED_CAPABILITIES:
+        return f"embedded-{capability}"
+    return CATALOG_REFERENCES.get(capability)
+
+
 def reference_spec(capability: str, config: CurateConfig) -> str:
     """The source spec probing `capability`: the user's --reference, else a default; unknown → error."""
     given = dict(config.references)
     if capability in given:
         return given[capability]
-    if capability in EMBEDDED_CAPABILITIES:
-        return f"embedded-{capability}"
-    if capability in CATALOG_REFERENCES:
-        return CATALOG_REFERENCES[capability]
+    default = default_reference(capability)
+    if default is not None:
+        return default
     known = sorted({*EMBEDDED_CAPABILITIES, *CATALOG_REFERENCES, *given})
     raise ColaError(f"capability {capability!r} has no reference set: known ones are {', '.join(known)}; "
                     f"give one with --reference {capability}=PATH_OR_DATASET")
 
 
-def reference_samples(capability: str, tokenizer: Any, config: CurateConfig) -> list[Any]:
-    """The reference probes for one capability (text + token ids), formatted as Stage 2 formats them, cut to length."""
+def probed_capabilities(config: CurateConfig, sources: Sequence[Source]) -> tuple[str, ...]:
+    """The capabilities Stage 1 scores every dataset on.
+
+    Given target capabilities: exactly those. Otherwise the capabilities the sources are given (label, catalog,
+    embedded part), the targeted one, and, when some source carries none, every capability it may turn out to
+    serve: those with an offline default reference (the embedded pool's) and those with a --reference.
+    """
+    if config.target_capabilities is not None:
+        return config.target_capabilities
+    found = [s.capability for s in sources if s.capability_given]
+    if config.targeted_capability:
+        found.append(config.targeted_capability)
+    if not all(s.capability_given for s in sources):
+        found += [*EMBEDDED_CAPABILITIES, *(capability for capability, _ in config.references)]
+    return tuple(dict.fromkeys(found))
+
+
+def load_references(config: CurateConfig, capabilities: Sequence[str]) -> dict[str, Source]:
+    """Each capability's reference source, read now: a missing, unreadable or out-of-reach (hub, offline) one
+    fails before any model work, naming the --reference flag that fixes it."""
+    from cola.hub import require_hub
+
+    given = dict(config.references)
+    references = {}
+    for capability in capabilities:
+        spec_text = reference_spec(capability, config)
+        flag = f"--reference {capability}={spec_text}"
+        try:
+            spec = parse_source(spec_text)
+        except ColaError as exc:
+            raise ColaError(f"{flag}: {exc}") from exc
+        if spec.kind == "hub":
+            what = (flag if capability in given else f"capability {capability!r} has no offline reference set: "
+                    f"its default, hub dataset {spec.location!r} ({spec.name}),")
+            require_hub(what, f"give a local file with --reference {capability}=PATH")
+            log.info("reference for %s: hub dataset %s", capability, spec.location)
+        try:
+            references[capability] = load_source(spec, max_candidates=config.reference_size,
+                                                 seed=config.selection.seed)
+        except ColaError as exc:
+            raise ColaError(f"{flag}: {exc}") from exc
+    return references
+
+
+def reference_probes(reference: Source, tokenizer: Any, config: CurateConfig) -> list[Any]:
+    """A reference set's probes (text + token ids), formatted as Stage 2 formats them, cut to length."""
     from cola.stages.process import format_records, source_formatter, truncate_to_length
 
-    spec = parse_source(reference_spec(capability, config))
-    if spec.name in CATALOG and spec.kind == "hub":
-        log.info("reference for %s: hub dataset %s (needs network)", capability, spec.location)
-    source = load_source(spec, max_candidates=config.reference_size, seed=config.selection.seed)
-    _, formatter = source_formatter(source, None)
-    texts = [f.text for _, f in format_records(source, formatter) if f.text] or list(source.texts)
+    _, formatter = source_formatter(reference, None)
+    texts = [f.text for _, f in format_records(reference, formatter) if f.text] or list(reference.texts)
     return truncate_to_length(tokenizer, texts, config.sequence_length)
 
 
-def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], sources: Sequence[str],
-                 targets: Sequence[str], config: CurateConfig, *, embed: Any, tokenizer: Any,
-                 texts: Sequence[str] = (), quiet: bool = False) -> tuple[dict[str, int], dict[str, Any]]:
-    """Score each pool dataset per capability and turn the deployment's weights into sample quotas.
+def stage1_targets(config: CurateConfig, sources: Sequence[Source]) -> tuple[str, ...]:
+    """The target capabilities once every source's capability is decided: as given, else the sources' own
+    (in source order) and the targeted one."""
+    if config.target_capabilities is not None:
+        return config.target_capabilities
+    found = [s.capability for s in sources]
+    return tuple(dict.fromkeys([*found, *([config.targeted_capability] if config.targeted_capability else [])]))
 
-    `embed(token_ids) -> (N, P) features` must be the same projection as `features` (same model, seed).
-    With `config.semantic_embedder`, semantic similarity uses sentence embeddings of `texts` instead.
-    Returns (quotas by dataset name, report for the manifest).
+
+@dataclass(frozen=True)
+class MixturePlan:
+    """What Stage 1 decided: each source's capability, the target capabilities, per-dataset quotas, a report."""
+
+    sources: tuple[Source, ...]   # the given ones, each with its capability decided (label-less: from coverage)
+    targets: tuple[str, ...]
+    quotas: dict[str, int]        # dataset name -> samples
+    table: dict[str, dict[str, dict[str, float]]]  # dataset -> probed capability -> signals and score
+    report: dict[str, Any]        # the manifest's `stage1` entry
+
+
+def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], names: Sequence[str],
+                 sources: Sequence[Source], references: Mapping[str, Source], config: CurateConfig, *,
+                 embed: Any, tokenizer: Any, texts: Sequence[str] = (), quiet: bool = False) -> MixturePlan:
+    """Score each pool dataset per probed capability, give label-less sources the capability they match best,
+    and turn the deployment's weights over the target capabilities into sample quotas.
+
+    `features`, `token_ids`, `names` and `texts` describe the pool row by row (`names`: the row's dataset);
+    `references` maps each probed capability to its reference source (`load_references`). `embed(token_ids) ->
+    (N, P) features` must be the same projection as `features` (same model, seed). With
+    `config.semantic_embedder`, semantic similarity uses sentence embeddings of `texts` instead.
     """
     from cola.embedder import load_embedder
 
     vocab = len(tokenizer)
-    names = np.asarray(sources)
+    rows = np.asarray(names)
     sentence = load_embedder(config.semantic_embedder, quiet=quiet) if config.semantic_embedder else None
     pool_embeddings = sentence(texts) if sentence is not None else None  # (N, E)
     datasets = {name: DatasetStats(
-        features[names == name], unigram_distribution([token_ids[i] for i in np.flatnonzero(names == name)], vocab),
-        None if pool_embeddings is None else pool_embeddings[names == name]) for name in dict.fromkeys(sources)}
-    references = {}
-    for capability in targets:
-        probes = reference_samples(capability, tokenizer, config)
-        ids = [p.input_ids for p in probes]
-        references[capability] = DatasetStats(embed(ids), unigram_distribution(ids, vocab),
-                                              None if sentence is None else sentence([p.text for p in probes]))
-    table = coverage_table(datasets, references, config.domain)
+        features[rows == name], unigram_distribution([token_ids[i] for i in np.flatnonzero(rows == name)], vocab),
+        None if pool_embeddings is None else pool_embeddings[rows == name]) for name in dict.fromkeys(names)}
+    probes = {}
+    for capability, reference in references.items():
+        samples = reference_probes(reference, tokenizer, config)
+        ids = [p.input_ids for p in samples]
+        probes[capability] = DatasetStats(embed(ids), unigram_distribution(ids, vocab),
+                                          None if sentence is None else sentence([p.text for p in samples]))
+    table = coverage_table(datasets, probes, config.domain)
+    # A source Stage 2 left no sample of is not in the table: it keeps its hint, or the default capability.
+    found = capabilities_from_coverage(table, [s.spec.name for s in sources
+                                               if not s.capability_given and s.spec.name in table])
+    decided = tuple(dataclasses.replace(s, capability=found[s.spec.name], capability_origin="coverage")
+                    if s.spec.name in found else s for s in sources)
+    targets = stage1_targets(config, [s for s in decided if s.spec.name in table])
     weights = capability_weights(targets, config.deployment_type, config.targeted_capability,
                                  dict(config.capability_weights))
-    available = {name: int((names == name).sum()) for name in datasets}
+    available = {name: int((rows == name).sum()) for name in datasets}
     quotas = allocate_samples(table, weights, config.num_samples, available, config.deployment_type)
     log.info("stage 1 coverage (score per capability):\n%s", format_table(table, quotas))
-    report = {"references": {c: reference_spec(c, config) for c in targets}, "capability_weights": weights,
+    if found:
+        log.info("stage 1 capabilities from content: %s", ", ".join(f"{n} {c}" for n, c in found.items()))
+    report = {"references": {c: reference_spec(c, config) for c in references}, "capability_weights": weights,
               "semantic_space": config.semantic_embedder or "model activations",
+              "capabilities": {s.spec.name: {"capability": s.capability, "capability_origin": s.capability_origin}
+                               for s in decided},
               "coverage": table, "quotas": quotas}
-    return quotas, report
+    return MixturePlan(sources=decided, targets=targets, quotas=quotas, table=table, report=report)
 
 
 def format_table(table: dict[str, dict[str, dict[str, float]]], quotas: dict[str, int]) -> str:
