@@ -71,8 +71,8 @@ def test_a_single_string_is_one_dataset_and_one_capability(model_and_tokenizer, 
      "CurateConfig setting 'selection' must be a SelectionConfig (from cola.config), got dict {'method': 'random'}"),
     (dict(stage1="off"), "CurateConfig setting 'stage1' must be True or False, got str 'off'"),
     (dict(candidates_per_source=2.5), "CurateConfig setting 'candidates_per_source' must be an integer, got float"),
-    (dict(output_dir=""), "output_dir is empty: name the directory the calibration set goes to (use '.' to mean "
-                          "the current one)"),
+    (dict(output_dir=""), "output_dir is empty: name the directory to write to (an empty name would mean the "
+                          "current directory)"),
     (dict(output_dir="   "), "output_dir is empty"),
     (dict(output_dir=None), "output_dir must be a directory path (a string or a Path), got NoneType None"),
     (dict(quiet="yes"), "quiet must be True or False, got str 'yes'"),
@@ -163,8 +163,8 @@ def test_curate_refuses_an_empty_output_dir(tmp_path, monkeypatch, capsys) -> No
     monkeypatch.setattr("cola.models.load_model", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["curate", "--output_dir", "", "--datasets", "embedded-math", "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "cola: error: output_dir is empty: name the directory the calibration set goes to (use '.' to mean the "
-        "current one)"]
+        "cola: error: output_dir is empty: name the directory to write to (an empty name would mean the current "
+        "directory)"]
     assert list(tmp_path.iterdir()) == []
 
 

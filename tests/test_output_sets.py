@@ -264,7 +264,8 @@ def test_output_directory_checks(tmp_path: Path, monkeypatch) -> None:
         check_curate_output(Path("."))
     with pytest.raises(ColaError, match="is or contains the current directory"):
         check_curate_output(tmp_path)
-    with pytest.raises(ColaError, match="^--output_dir is empty: name the directory to write to$"):
+    with pytest.raises(ColaError, match=r"^--output_dir is empty: name the directory to write to \(an empty name would "
+                                        r"mean the current directory\)$"):
         output_directory("")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -137,7 +137,7 @@ def test_stage1_targets() -> None:
 
 
 def test_each_kind_of_hint_sets_its_origin(tmp_path) -> None:
-    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "a plain text", "n": 1}])
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "a plain text", "note": "another text"}])
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "1 + 1?", "answer": "2", "note": "x"}])
 
     def origin(spec: str) -> tuple[str, str, bool]:
@@ -145,7 +145,7 @@ def test_each_kind_of_hint_sets_its_origin(tmp_path) -> None:
         return source.capability, source.capability_origin, source.capability_given
 
     assert origin(str(text)) == ("general", "default", False)  # Stage 1 decides, if it runs
-    assert origin(f"{text}#n") == ("general", "default", False)
+    assert origin(f"{text}#note") == ("general", "default", False)
     assert origin(str(qa)) == ("math", "catalog", True)  # gsm8k's columns
     assert origin(f"{qa}#question+answer") == ("math", "catalog", True)
     assert origin(f"{text}@code") == ("code", "label", True)

@@ -126,7 +126,8 @@ CURATE_NAMES = frozenset({SAMPLES_FILE, DATASET_DIR, DATASET_PARQUET, POOL_PARQU
 def output_directory(value: str | os.PathLike[str], flag: str = "--output_dir") -> Path:
     """`value` as a Path; an empty value is refused (Path('') would be the current directory)."""
     if not str(value).strip():
-        raise ColaError(f"{flag} is empty: name the directory to write to")
+        raise ColaError(f"{flag} is empty: name the directory to write to (an empty name would mean the current "
+                        "directory)")
     return Path(value).expanduser()
 
 
@@ -168,7 +169,7 @@ def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], wha
     writable (the swap renames it), it holds files but no set (`what`, as `holds_set` tells), or it cannot be
     written."""
     if output_dir.exists() and not output_dir.is_dir():
-        raise ColaError(f"output directory {output_dir} is a file")
+        raise ColaError(f"output directory {output_dir} is a file, not a directory")
     real, cwd = output_dir.resolve(), Path.cwd().resolve()
     if real == cwd or real in cwd.parents:
         raise ColaError(f"output directory {output_dir} is or contains the current directory, and cola replaces "
