@@ -58,28 +58,26 @@ def test_a_single_string_is_one_dataset_and_one_capability(model_and_tokenizer, 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(available_datasets=[None]),
-     "available_datasets[0] must be a dataset name (a string or a path), got NoneType None"),
-    (dict(available_datasets=["gsm8k", ""]), "available_datasets[1] must be a dataset name (a string or a path), "
-                                             "got str ''"),
-    (dict(available_datasets=5), "available_datasets must be a dataset name (a string or a path) or a list of them, "
-                                 "got int 5"),
-    (dict(available_datasets={"gsm8k"}), "available_datasets must be a dataset name (a string or a path) or a list "
-                                         "of them, got set"),
-    (dict(target_capabilities=[None]), "target_capabilities[0] must be a name (a string), got NoneType None"),
-    (dict(target_capabilities=b"math"), "target_capabilities must be a name (a string) or a list of them, got bytes"),
+     "COLA: available_datasets[0] must be a string or a path, got None"),
+    (dict(available_datasets=["gsm8k", ""]), "an empty dataset name in datasets ['gsm8k', '']"),
+    (dict(available_datasets=5), "COLA: available_datasets must be a list of strings or paths, got 5 (an integer)"),
+    (dict(available_datasets={"gsm8k"}), "COLA: available_datasets must be a list of strings or paths, got {'gsm8k'} "
+                                         "(a set)"),
+    (dict(target_capabilities=[None]), "COLA: target_capabilities[0] must be a string, got None"),
+    (dict(target_capabilities=b"math"), "COLA: target_capabilities must be a list of strings or None, got b'math'"),
     (dict(selection={"method": "random"}),
-     "CurateConfig setting 'selection' must be a SelectionConfig (from cola.config), got dict {'method': 'random'}"),
-    (dict(stage1="off"), "CurateConfig setting 'stage1' must be True or False, got str 'off'"),
-    (dict(candidates_per_source=2.5), "CurateConfig setting 'candidates_per_source' must be an integer, got float"),
+     "CurateConfig: selection must be a SelectionConfig, got {'method': 'random'} (a mapping)"),
+    (dict(stage1="off"), "CurateConfig: stage1 must be True or False, got 'off' (a string)"),
+    (dict(candidates_per_source=2.5), "CurateConfig: candidates_per_source must be an integer, got 2.5 (a number)"),
     (dict(output_dir=""), "output_dir is empty: name the directory to write to (an empty name would mean the "
                           "current directory)"),
     (dict(output_dir="   "), "output_dir is empty"),
     (dict(output_dir=None), "output_dir must be a directory path (a string or a Path), got NoneType None"),
-    (dict(quiet="yes"), "quiet must be True or False, got str 'yes'"),
-    (dict(model_name_or_path=3), "model_name_or_path must be a string or None, got int 3"),
-    (dict(timings=[1.0]), "timings must be a mapping of step name to seconds, or None, got list [1.0]"),
-    (dict(timings={"load": "fast"}), "timings must map step names to seconds, got 'load': 'fast'"),
-    (dict(manifest_extra="strategy"), "manifest_extra must be a mapping, or None, got str 'strategy'"),
+    (dict(quiet="yes"), "COLA: quiet must be True or False, got 'yes' (a string)"),
+    (dict(model_name_or_path=3), "COLA: model_name_or_path must be a string or None, got 3 (an integer)"),
+    (dict(timings=[1.0]), "COLA: timings must be a mapping of strings to numbers or None, got [1.0] (a list)"),
+    (dict(timings={"load": "fast"}), "COLA: timings.load must be a number, got 'fast' (a string)"),
+    (dict(manifest_extra="strategy"), "COLA: manifest_extra must be a mapping or None, got 'strategy' (a string)"),
     (dict(deployment="targeted"), "unknown COLA setting 'deployment'"),
 ])
 def test_bad_arguments_are_one_line_cola_errors(model_and_tokenizer, kwargs, message) -> None:
@@ -100,10 +98,10 @@ def test_model_and_tokenizer_must_be_loaded_objects(model_and_tokenizer) -> None
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_samples="8"), "CurateConfig setting 'num_samples' must be an integer, got str '8'"),
-    (dict(num_samples=True), "CurateConfig setting 'num_samples' must be an integer, got bool True"),
-    (dict(sequence_length=None), "CurateConfig setting 'sequence_length' must be an integer, got NoneType None"),
-    (dict(sequence_length=32.0), "CurateConfig setting 'sequence_length' must be an integer, got float 32.0"),
+    (dict(num_samples="8"), "CurateConfig: num_samples must be an integer, got '8' (a string)"),
+    (dict(num_samples=True), "CurateConfig: num_samples must be an integer, got True (a boolean)"),
+    (dict(sequence_length=None), "CurateConfig: sequence_length must be an integer, got None"),
+    (dict(sequence_length=32.0), "CurateConfig: sequence_length must be an integer, got 32.0 (a number)"),
 ])
 def test_run_checks_its_arguments(model_and_tokenizer, prose, tmp_path, no_stage2, kwargs, message) -> None:
     cola = _cola(model_and_tokenizer, available_datasets=str(prose), output_dir=tmp_path / "out")
@@ -115,7 +113,7 @@ def test_run_checks_its_arguments(model_and_tokenizer, prose, tmp_path, no_stage
 
 def test_from_config_needs_a_curate_config(model_and_tokenizer, tmp_path) -> None:
     model, tokenizer = model_and_tokenizer
-    with pytest.raises(ColaError, match=r"^config must be a CurateConfig \(from cola\.config\), got dict"):
+    with pytest.raises(ColaError, match=r"^COLA\.from_config: config must be a CurateConfig, got \{'datasets'"):
         COLA.from_config({"datasets": ["gsm8k"]}, model=model, tokenizer=tokenizer, output_dir=tmp_path)
     cola = COLA.from_config(CurateConfig(selection=SelectionConfig(method="random")), model=model,
                             tokenizer=tokenizer, output_dir=tmp_path)

@@ -117,27 +117,27 @@ CASES = [
     Case("api: run(num_samples='8')", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out, quiet=True).run(
             num_samples="8", sequence_length=32)
-        """), api=True, match="'num_samples' must be an integer, got str '8'", check=_no_output),
+        """), api=True, match="num_samples must be an integer, got '8' (a string)", check=_no_output),
     Case("api: run(sequence_length=None)", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out, quiet=True).run(
             num_samples=4, sequence_length=None)
-        """), api=True, match="'sequence_length' must be an integer, got NoneType None", check=_no_output),
+        """), api=True, match="sequence_length must be an integer, got None", check=_no_output),
     Case("api: selection={'method': ...} (a dict)", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out,
              selection={"method": "random"})
-        """), api=True, match="'selection' must be a SelectionConfig", check=_no_output),
+        """), api=True, match="selection must be a SelectionConfig", check=_no_output),
     Case("api: available_datasets=[None]", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[None], output_dir=out)
-        """), api=True, match="available_datasets[0] must be a dataset name", check=_no_output),
+        """), api=True, match="available_datasets[0] must be a string or a path", check=_no_output),
     Case("api: target_capabilities=[None]", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], target_capabilities=[None], output_dir=out)
-        """), api=True, match="target_capabilities[0] must be a name", check=_no_output),
+        """), api=True, match="target_capabilities[0] must be a string", check=_no_output),
     Case("api: stage1=1 (an int for a bool)", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out, stage1=1)
-        """), api=True, match="'stage1' must be True or False, got int 1"),
+        """), api=True, match="stage1 must be True or False, got 1 (an integer)"),
     Case("api: SelectionConfig(layers=[0, '1'])", _api("""
         SelectionConfig(layers=[0, "1"])
-        """), api=True, match="'layers' must be a sequence of integers or None"),
+        """), api=True, match="layers[1] must be an integer"),
     Case("api: model='embedded' (a name, not a model)", _api("""
         COLA(model="embedded", tokenizer=tokenizer, output_dir=out)
         """), api=True, match="model must be a loaded causal language model"),

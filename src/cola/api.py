@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
 from cola.export import check_curate_output, output_directory, run_environment, tokenizer_fingerprint, write_outputs
+from cola.schema import convert
 
 log = logging.getLogger(__name__)
 
@@ -118,30 +118,6 @@ def targets_without_stage1(config: CurateConfig, sources: Sequence[Source]) -> t
     return config.target_capabilities
 
 
-def _names(value: Any, what: str, *, paths: bool = False) -> tuple[str, ...]:
-    """One name or a sequence of names as a tuple; a single string is one name, never its characters."""
-    single = (str, os.PathLike) if paths else (str,)
-    kind = "a dataset name (a string or a path)" if paths else "a name (a string)"
-    if isinstance(value, single):
-        value = [value]
-    elif not isinstance(value, Sequence) or isinstance(value, bytes):
-        raise ColaError(f"{what} must be {kind} or a list of them, got {type(value).__name__} {value!r}")
-    names = []
-    for index, item in enumerate(value):
-        if paths and isinstance(item, os.PathLike):
-            item = os.fspath(item)
-        if not isinstance(item, str) or not item.strip():
-            raise ColaError(f"{what}[{index}] must be {kind}, got {type(item).__name__} {item!r}")
-        names.append(item)
-    return tuple(names)
-
-
-def _check_type(value: Any, types_: type | tuple[type, ...], what: str, expected: str) -> None:
-    """ColaError `{what} must be {expected}, got {type} {value}` unless `value` is an instance of `types_`."""
-    if not isinstance(value, types_):
-        raise ColaError(f"{what} must be {expected}, got {type(value).__name__} {value!r}")
-
-
 def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
     """The manifest's account of the model and tokenizer a calibration set was made with."""
     return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
@@ -178,17 +154,17 @@ class COLA:
         if not callable(tokenizer) or not callable(getattr(tokenizer, "get_vocab", None)):
             raise ColaError(f"tokenizer must be the model's loaded tokenizer (a transformers tokenizer), got "
                             f"{type(tokenizer).__name__} {tokenizer!r:.60}")
-        _check_type(model_name_or_path, (str, type(None)), "model_name_or_path", "a string or None")
-        _check_type(quiet, bool, "quiet", "True or False")
-        _check_type(timings, (Mapping, type(None)), "timings", "a mapping of step name to seconds, or None")
-        for step, seconds in (timings or {}).items():
-            if not isinstance(step, str) or not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
-                raise ColaError(f"timings must map step names to seconds, got {step!r}: {seconds!r}")
-        _check_type(manifest_extra, (Mapping, type(None)), "manifest_extra", "a mapping, or None")
+        def check(value: Any, hint: Any, name: str) -> Any:
+            return convert(value, hint, name, source="COLA", python=True)
+
+        model_name_or_path = check(model_name_or_path, str | None, "model_name_or_path")
+        quiet = check(quiet, bool, "quiet")
+        timings = check(timings, dict[str, float] | None, "timings")
+        manifest_extra = check(manifest_extra, dict[str, Any] | None, "manifest_extra")
         self.model = model
         self.tokenizer = tokenizer
-        datasets = _names(available_datasets, "available_datasets", paths=True)
-        targets = None if target_capabilities is None else _names(target_capabilities, "target_capabilities")
+        datasets = tuple(map(os.fspath, check(available_datasets, tuple[str | Path, ...], "available_datasets")))
+        targets = check(target_capabilities, tuple[str, ...] | None, "target_capabilities")
         # One validated settings object; run() only fills in num_samples and sequence_length.
         self.settings = CurateConfig(datasets=datasets, target_capabilities=targets or None, **settings)
         self.output_dir = check_output_dir(output_dir)
@@ -201,7 +177,7 @@ class COLA:
     def from_config(cls, config: CurateConfig, *, model: Any, tokenizer: Any, output_dir: str | Path,
                     **kwargs: Any) -> COLA:
         """A COLA whose settings are those of `config` (num_samples and sequence_length go to run())."""
-        _check_type(config, CurateConfig, "config", "a CurateConfig (from cola.config)")
+        convert(config, CurateConfig, "config", source="COLA.from_config", python=True)
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         return cls(model=model, tokenizer=tokenizer, output_dir=output_dir,
                    available_datasets=settings.pop("datasets"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cola.errors import ColaError, unknown_choice
-from cola.field_types import check_field_types
+from cola.schema import check_field_types
 from cola.stages.domain import DomainConfig
 from cola.stages.filters import FilterConfig
 from cola.stages.reasoning import ReasoningConfig

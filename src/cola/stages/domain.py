@@ -19,7 +19,7 @@ from scipy.special import rel_entr
 
 from cola.cluster import select_medoids
 from cola.errors import ColaError, unknown_choice
-from cola.field_types import check_field_types
+from cola.schema import check_field_types
 
 # Capability weight of the non-targeted capabilities, per deployment type (the seed CLI's 1.0 / 0.2).
 DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}

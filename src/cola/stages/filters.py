@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cola.errors import ColaError
+from cola.schema import check_field_types
 from cola.models import context_length
 from cola.progress import progress_bar
 
@@ -80,6 +81,8 @@ class FilterConfig:
     seed: int = 42                            # MinHash permutations
 
     def __post_init__(self) -> None:  # the error names the field, the valid range, the value and the CLI flag
+        check_field_types(self)
+
         def check(name: str, ok: bool, valid: str) -> None:
             if not ok:
                 flag = f" ({FILTER_FLAGS[name]})" if name in FILTER_FLAGS else ""

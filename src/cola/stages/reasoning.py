@@ -22,6 +22,7 @@ from typing import Any
 
 from cola.data.formatters import Formatted, qa_text
 from cola.errors import ColaError
+from cola.schema import check_field_types
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ class ReasoningConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("max_new_tokens", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ColaError(f"reasoning {name} must be an integer of at least 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ColaError(f"reasoning seed must be a non-negative integer, got {self.seed!r}")
