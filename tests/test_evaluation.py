@@ -459,8 +459,8 @@ def _report(tmp_path: Path, **changes) -> Path:
 
 
 @pytest.mark.parametrize("content, message", [
-    ("[1, 2]", "holds a JSON list; expected a `cola evaluate --output` report (a JSON object with a 'results' list)"),
-    ("3", "holds a JSON int; expected"),
+    ("[1, 2]", "holds a JSON list, not a `cola evaluate --output` report (a JSON object with a 'results' list)"),
+    ("3", "holds a JSON int, not a `cola evaluate --output` report"),
     ('{"tasks": []}', "has no 'results' list (expected a `cola evaluate --output` report)"),
     ('{"results": [3]}', "results[0] is int, not a task result"),
     ('{"results": [{"task": "mc:mc", "capability": "c", "metric": "acc_norm", "higher_is_better": true}]}',
@@ -469,7 +469,8 @@ def _report(tmp_path: Path, **changes) -> Path:
      '"value": "0.5"}]}', "results[0] (mc:mc) has no number 'value'"),
     ('{"results": [{"task": "mc:mc", "capability": "c", "metric": "acc_norm", "value": 1}]}',
      "has no true/false 'higher_is_better'"),
-    ("{not json", "cannot read --dense"),
+    ("{not json", "dense.json is not valid JSON (Expecting property name enclosed in double quotes at line 1 "
+                  "column 2)"),
 ])
 def test_a_dense_file_without_usable_results_is_one_error(tmp_path: Path, content: str, message: str):
     from cola.evaluate import read_dense_report
@@ -479,7 +480,7 @@ def test_a_dense_file_without_usable_results_is_one_error(tmp_path: Path, conten
     with pytest.raises(ColaError, match=re.escape(message)):
         read_dense_report(path)
     path.write_bytes(b"\xff\xfe{}")
-    with pytest.raises(ColaError, match=r"^cannot read --dense .*dense.json: 'utf-8' codec can't decode"):
+    with pytest.raises(ColaError, match=r"^--dense .*dense.json is not UTF-8 text: byte 0xff at offset 0"):
         read_dense_report(path)
 
 

@@ -202,10 +202,10 @@ from cola.evaluate import ExecutionLimits
 ExecutionLimits(wall_seconds=0)
 """, api=True, match="execution limit wall_seconds must be a positive number"),
     # --dense
-    Case("--dense is a JSON list", _dense("[1, 2]"), match="holds a JSON list; expected a `cola evaluate --output`"),
-    Case("--dense is a JSON number", _dense("3"), match="holds a JSON int"),
-    Case("--dense is not JSON", _dense("{results: oops"), match="cannot read --dense"),
-    Case("--dense is not UTF-8", _dense(b"\xff\xfe{}"), match="cannot read --dense"),
+    Case("--dense is a JSON list", _dense("[1, 2]"), match="holds a JSON list, not a `cola evaluate --output` report"),
+    Case("--dense is a JSON number", _dense("3"), match="holds a JSON int, not a"),
+    Case("--dense is not JSON", _dense("{results: oops"), match="is not valid JSON"),
+    Case("--dense is not UTF-8", _dense(b"\xff\xfe{}"), match="is not UTF-8 text"),
     Case("--dense without results", _dense('{"tasks": ["mc:mc"]}'), match="has no 'results' list"),
     Case("--dense results not objects", _dense('{"results": [1]}'), match="results[0] is int, not a task result"),
     Case("--dense result without a value", _dense(json.dumps({"results": [{**RESULT, "value": None}]})),

@@ -411,19 +411,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def read_index(index_file: Path, *, what: str, remedy: str) -> dict[str, Any]:
     """The JSON object in a set's index file; a missing, unreadable or malformed one is a one-line ColaError
     naming `what` was being read and the `remedy`."""
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ColaError(f"cannot read {index_file} ({exc.strerror or exc}); {remedy}") from exc
-    except UnicodeDecodeError as exc:
-        raise ColaError(f"{what} {index_file.parent}: {index_file.name} is not UTF-8 text; {remedy}") from exc
-    except json.JSONDecodeError as exc:
-        raise ColaError(f"{what} {index_file.parent}: {index_file.name} is not valid JSON ({exc.msg} at line "
-                        f"{exc.lineno} column {exc.colno}); {remedy}") from exc
-    if not isinstance(index, dict):
-        raise ColaError(f"{what} {index_file.parent}: {index_file.name} holds a JSON {type(index).__name__}, "
-                        f"not an object; {remedy}")
-    return index
+    from cola.data.readers import read_json_object
+
+    return read_json_object(index_file, what=what, remedy=remedy)
 
 
 def verify_outputs(directory: Path, index: dict[str, Any], *, index_name: str, what: str, remedy: str) -> None:

@@ -101,6 +101,41 @@ def open_text(path: Path, newline: str | None = None) -> IO[str]:
     return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="replace", newline=newline)
 
 
+def read_text_file(path: Path, *, what: str = "", remedy: str = "") -> str:
+    """A whole text file (decompressed by its suffix), strictly UTF-8, a byte-order mark dropped.
+
+    For cola's own and the user's small files (a manifest, a report, a YAML config, a perplexity text). A
+    missing, unreadable or non-UTF-8 file raises one ColaError naming `what` (e.g. "--dense") and the file,
+    ending with `remedy` when given.
+    """
+    label, tail = (f"{what} {path}" if what else str(path)), (f"; {remedy}" if remedy else "")
+    try:
+        with open_binary(path) as fh:
+            data = fh.read()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise ColaError(f"cannot read {label}: {getattr(exc, 'strerror', None) or exc}{tail}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ColaError(f"{label} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+                        f"{tail or '; convert it first (e.g. iconv -f latin1 -t utf-8)'}") from None
+
+
+def read_json_object(path: Path, *, what: str = "", remedy: str = "", expected: str = "an object") -> dict[str, Any]:
+    """The JSON object a file holds (`read_text_file`'s errors, plus one line for invalid JSON or another value
+    than an object; `expected` says what the object should be)."""
+    text = read_text_file(path, what=what, remedy=remedy)
+    label, tail = (f"{what} {path}" if what else str(path)), (f"; {remedy}" if remedy else "")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ColaError(f"{label} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}){tail}"
+                        ) from None
+    if not isinstance(value, dict):
+        raise ColaError(f"{label} holds a JSON {type(value).__name__}, not {expected}{tail}")
+    return value
+
+
 @contextmanager
 def reader_errors(path: Path, kind: str) -> Iterator[None]:
     """Turn a reader's own exceptions (decompression, I/O, parsing) into one ColaError naming the file."""

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -398,15 +397,11 @@ def retention(results: Any, dense_results: Any) -> dict[str, Any]:
 
 def read_dense_report(path: str | Path) -> dict[str, Any]:
     """A `cola evaluate --output` file (or an experiment's dense.json), checked for what retention reads."""
-    what = f"--dense {path}"
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ColaError(f"cannot read {what}: {exc}") from None
-    if not isinstance(report, dict):
-        raise ColaError(f"{what} holds a JSON {type(report).__name__}; expected a `cola evaluate --output` report "
-                        "(a JSON object with a 'results' list)")
-    result_dicts(report, what)
+    from cola.data.readers import read_json_object
+
+    report = read_json_object(Path(path), what="--dense", expected="a `cola evaluate --output` report (a JSON "
+                              "object with a 'results' list)")
+    result_dicts(report, f"--dense {path}")
     return report
 
 

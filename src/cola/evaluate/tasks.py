@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cola.data.formatters import strip_calculator_annotations
+from cola.data.readers import read_text_file
 from cola.data.sources import read_json_records
 from cola.errors import ColaError, unknown_choice
 
@@ -159,22 +160,6 @@ def text_field(record: dict[str, Any], name: str, *, empty: bool = True) -> str:
     return text
 
 
-def _read_plain(path: Path) -> str:
-    """A whole text file (gzip-compressed when it ends in .gz), strictly UTF-8 (a byte order mark is dropped)."""
-    import gzip
-
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise ColaError(f"cannot read {path}: {exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ColaError(f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}; convert it "
-                        "first (e.g. iconv -f latin1 -t utf-8)") from None
-
-
 def _records(path: Path) -> Any:
     """read_json_records, with unreadable or corrupt files as one-line errors."""
     try:
@@ -186,7 +171,7 @@ def _records(path: Path) -> Any:
 def read_text(path: Path) -> str:
     """The `text` fields of a .jsonl/.json file joined by blank lines; any other file as plain UTF-8 text."""
     if Path(path.name.removesuffix(".gz")).suffix not in RECORD_SUFFIXES:
-        return _read_plain(path)
+        return read_text_file(path)
     texts = []
     for line, record in _records(path):
         require(record, ("text",), path, line, "perplexity")

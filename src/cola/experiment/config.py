@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from cola.data.readers import read_text_file
 from cola.errors import ColaError, unknown_choice
 from cola.experiment.store import plain_name
 from cola.schema import convert, convert_fields
@@ -326,12 +327,9 @@ def load_experiment_config(path: str | Path, *, data_dir: str | Path | None = No
     path = Path(path)
     if not path.is_file():
         raise ColaError(f"experiment config {path} not found")
+    text = read_text_file(path, what="experiment config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ColaError(f"experiment config {path} is not UTF-8 text (byte {exc.start})") from exc
-    except OSError as exc:
-        raise ColaError(f"cannot read experiment config {path}: {exc.strerror or exc}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ColaError(f"experiment config {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
