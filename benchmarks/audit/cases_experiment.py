@@ -118,7 +118,7 @@ CASES = [
     Case("trust_remote_code as a string", experiment("name: t\ntrust_remote_code: 'no'\n" + GRID),
          match="trust_remote_code must be true or false"),
     Case("name unquoted off", experiment("name: off\n" + GRID), match="quote it"),
-    Case("a YAML list, not a mapping", experiment("- name: t\n"), match="must be a YAML mapping"),
+    Case("a YAML list, not a mapping", experiment("- name: t\n"), match="holds a YAML list, not a YAML mapping"),
     Case("a file that is not UTF-8", not_utf8, match="is not UTF-8 text"),
     # labels become folder and file names: every one must be a plain name
     Case("method label traversal", experiment(method_label("../../../../victim")),

@@ -411,9 +411,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def read_index(index_file: Path, *, what: str, remedy: str) -> dict[str, Any]:
     """The JSON object in a set's index file; a missing, unreadable or malformed one is a one-line ColaError
     naming `what` was being read and the `remedy`."""
-    from cola.data.readers import read_json_object
+    from cola.data.readers import read_mapping
 
-    return read_json_object(index_file, what=what, remedy=remedy)
+    return read_mapping(index_file, what=what, remedy=remedy)
 
 
 def verify_outputs(directory: Path, index: dict[str, Any], *, index_name: str, what: str, remedy: str) -> None:

@@ -121,18 +121,27 @@ def read_text_file(path: Path, *, what: str = "", remedy: str = "") -> str:
                         f"{tail or '; convert it first (e.g. iconv -f latin1 -t utf-8)'}") from None
 
 
-def read_json_object(path: Path, *, what: str = "", remedy: str = "", expected: str = "an object") -> dict[str, Any]:
-    """The JSON object a file holds (`read_text_file`'s errors, plus one line for invalid JSON or another value
-    than an object; `expected` says what the object should be)."""
+def read_mapping(path: Path, *, what: str = "", remedy: str = "", expected: str = "an object",
+                 syntax: str = "JSON") -> dict[str, Any]:
+    """The object (mapping) a JSON or YAML (`syntax`) file holds: `read_text_file`'s errors, plus one line for a
+    file that does not parse or holds another value than a mapping (`expected` says what it should be)."""
     text = read_text_file(path, what=what, remedy=remedy)
     label, tail = (f"{what} {path}" if what else str(path)), (f"; {remedy}" if remedy else "")
+    if syntax == "YAML":
+        import yaml
+
+        parse, parse_error = yaml.safe_load, yaml.YAMLError
+    else:
+        parse, parse_error = json.loads, json.JSONDecodeError
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ColaError(f"{label} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}){tail}"
-                        ) from None
+        value = parse(text)
+    except parse_error as exc:
+        where = (f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                 else " ".join(str(exc).split()))
+        raise ColaError(f"{label} is not valid {syntax} ({where}){tail}") from None
     if not isinstance(value, dict):
-        raise ColaError(f"{label} holds a JSON {type(value).__name__}, not {expected}{tail}")
+        kind = f"a JSON {type(value).__name__}" if syntax == "JSON" else f"a YAML {type(value).__name__}"
+        raise ColaError(f"{label} holds {kind}, not {expected}{tail}")
     return value
 
 

@@ -397,9 +397,9 @@ def retention(results: Any, dense_results: Any) -> dict[str, Any]:
 
 def read_dense_report(path: str | Path) -> dict[str, Any]:
     """A `cola evaluate --output` file (or an experiment's dense.json), checked for what retention reads."""
-    from cola.data.readers import read_json_object
+    from cola.data.readers import read_mapping
 
-    report = read_json_object(Path(path), what="--dense", expected="a `cola evaluate --output` report (a JSON "
+    report = read_mapping(Path(path), what="--dense", expected="a `cola evaluate --output` report (a JSON "
                               "object with a 'results' list)")
     result_dicts(report, f"--dense {path}")
     return report

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cola.data.readers import read_text_file
+from cola.data.readers import read_mapping
 from cola.errors import ColaError, unknown_choice
 from cola.experiment.store import plain_name
 from cola.schema import convert, convert_fields
@@ -322,16 +322,8 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Pa
 
 def load_experiment_config(path: str | Path, *, data_dir: str | Path | None = None) -> ExperimentConfig:
     """Read and validate an experiment YAML file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ColaError(f"experiment config {path} not found")
-    text = read_text_file(path, what="experiment config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ColaError(f"experiment config {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(data, dict):
-        raise ColaError(f"experiment config {path} must be a YAML mapping")
+    data = read_mapping(path, what="experiment config", syntax="YAML", expected="a YAML mapping of settings")
     return config_from_dict(data, base_dir=path.resolve().parent, data_dir=data_dir)
