@@ -44,6 +44,9 @@ class Fixtures:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import byte_tokenizer, tiny_llama  # the test suite's tiny model, nothing downloaded
 
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # save_pretrained's shard bar is not the audit's output
         path = self.root / "tiny-llama"
         tiny_llama(layers=2).save_pretrained(path)
         byte_tokenizer().save_pretrained(path)
