@@ -91,6 +91,8 @@ def test_every_command_checks_the_device_before_the_model_loads(no_accelerator, 
     for name, argv in commands.items():
         err = _one_line_error(capsys, [*argv, "--device", device, "--quiet"])
         assert message in err and "available here: auto, cpu" in err, (name, err)
+    err = _one_line_error(capsys, [*commands["curate"], "--device", device])  # before any source is read (and logged)
+    assert message in err
     assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
 
 

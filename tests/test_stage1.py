@@ -233,6 +233,13 @@ def test_without_stage1_a_target_no_hint_serves_is_an_error(tiny_model_dir, tmp_
         "cola: error: unknown target capability (no dataset serves it) 'math'. Valid choices: general. Stage 1 is "
         "off, so capabilities come only from labels and the catalog: label a source SOURCE@math"]
     assert not out.exists()
+    code = _curate(tiny_model_dir, out, _text_files(tmp_path), "--no_stage1", "--target_capabilities", "math",
+                   "code", "general", "commonsense")
+    err = capsys.readouterr().err.strip().splitlines()  # every unserved target at once, not one per rerun
+    assert code == 2 and err == [
+        "cola: error: no dataset serves the target capabilities 'math', 'code', 'commonsense' (the datasets carry "
+        "general). Stage 1 is off, so capabilities come only from labels and the catalog: label sources "
+        "SOURCE@CAPABILITY"]
 
 
 # --- the example on SmolLM2 and the real files ---------------------------------------------------------

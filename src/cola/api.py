@@ -110,11 +110,15 @@ def targets_without_stage1(config: CurateConfig, sources: Sequence[Source]) -> t
     present = tuple(dict.fromkeys(s.capability for s in sources))
     if config.target_capabilities is None:
         return present
-    for capability in config.target_capabilities:
-        if capability not in present:
-            raise ColaError(f"{unknown_choice('target capability (no dataset serves it)', capability, present)}. "
-                            f"Stage 1 is off, so capabilities come only from labels and the catalog: label a "
-                            f"source SOURCE@{capability}")
+    unserved = [c for c in config.target_capabilities if c not in present]
+    if len(unserved) == 1:
+        raise ColaError(f"{unknown_choice('target capability (no dataset serves it)', unserved[0], present)}. "
+                        f"Stage 1 is off, so capabilities come only from labels and the catalog: label a "
+                        f"source SOURCE@{unserved[0]}")
+    if unserved:
+        raise ColaError(f"no dataset serves the target capabilities {', '.join(map(repr, unserved))} (the datasets "
+                        f"carry {', '.join(present)}). Stage 1 is off, so capabilities come only from labels and "
+                        f"the catalog: label sources SOURCE@CAPABILITY")
     return config.target_capabilities
 
 

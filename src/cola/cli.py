@@ -321,9 +321,10 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
 
 def run_curate(args: argparse.Namespace) -> int:
     from cola.api import COLA, prepare_inputs
-    from cola.models import load_model
+    from cola.models import load_model, resolve_device, resolve_dtype
 
     config = curate_config(args)
+    resolve_dtype(args.dtype, resolve_device(args.device))  # a bad device or dtype fails before anything is read
     # Sources, reference sets, hub access and the output directory are checked before the model loads.
     inputs = prepare_inputs(config, args.output_dir)
     start = time.perf_counter()

@@ -354,7 +354,7 @@ def reservoir_sample(items: Iterable[T], k: int, rng: random.Random) -> tuple[li
     return [item for _, item in sorted(reservoir, key=lambda pair: pair[0])], seen
 
 
-def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
+def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str = "source") -> Source:
     """Read one source as a stream and keep at most `max_candidates` non-empty texts, sampled with `seed`.
 
     A record whose text fields hold something that is not text (an object, numbers only), or that lacks all
@@ -402,8 +402,9 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int) -> Source:
         seen += empty
     if not sampled:
         raise ColaError(f"{spec.spec}: all {seen} texts are empty in fields {', '.join(fields)}")
-    log.info("source %s: %d candidates from %d records (%s, fields %s)", spec.name, len(sampled), seen,
-             capability, "+".join(fields))
+    shown = capability if capability_origin != "default" else "no capability label"
+    log.info("%s %s: %d texts from %d records (%s, fields %s)", role, spec.name, len(sampled), seen, shown,
+             "+".join(fields))
     return Source(spec=spec, capability=capability, fields=fields, texts=tuple(t for t, _, _ in sampled),
                   records_seen=seen, empty_skipped=empty, records=tuple(r for _, r, _ in sampled),
                   rows=tuple(w for _, _, w in sampled), texts_cut=cut, records_key=records_key,

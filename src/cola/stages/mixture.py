@@ -93,6 +93,7 @@ def load_references(config: CurateConfig, capabilities: Sequence[str]) -> dict[s
             log.info("reference for %s: hub dataset %s", capability, spec.location)
         try:
             references[capability] = load_source(spec, max_candidates=config.reference_size,
+                                                 role=f"reference set for {capability}",
                                                  seed=config.selection.seed)
         except ColaError as exc:
             raise ColaError(f"{flag}: {exc}") from exc
