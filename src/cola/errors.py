@@ -22,3 +22,10 @@ def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> ColaError:
     if isinstance(value, bool):
         hint = YAML_BOOLEAN_HINT
     return ColaError(f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(valid)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty: what a one-line
+    error quotes from a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

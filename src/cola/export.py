@@ -142,7 +142,8 @@ def visible_entries(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if not is_temporary(p.name))
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path` itself, or its closest ancestor that exists: where a directory about to be made would go."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -153,7 +154,7 @@ def ensure_writable(path: Path, *, output_dir: Path | None = None) -> None:
     into) cannot be written: it or its nearest existing parent is a file or refuses a new entry. Messages name
     `output_dir` (default: `path`)."""
     output_dir = path if output_dir is None else output_dir
-    probe = _nearest_existing(path.absolute())
+    probe = nearest_existing(path.absolute())
     if not probe.is_dir():
         raise ColaError(f"output directory {output_dir} is not writable: {probe} is a file")
     try:

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def hub_unreachable_reason(offline_variables: Sequence[str] = DATASET_OFFLINE_VA
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
     except (httpx.HTTPError, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         return f"no answer from {constants.ENDPOINT}: {detail}"
     return None
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -288,7 +288,7 @@ def model_load_error(spec: str, path: str, exc: Exception) -> ColaError:
 
     from safetensors import SafetensorError
 
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     message = str(exc)
     if isinstance(exc, SafetensorError):
         return ColaError(f"cannot load model {spec!r}: {damaged_safetensors(Path(path)) or 'a weights file'} is "

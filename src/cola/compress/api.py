@@ -19,7 +19,7 @@ import torch
 
 from cola.compress.calibration import CalibrationSet, load_calibration
 from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 from cola.export import (check_output_dir, index_names, output_directory, read_index, run_environment,
                          staged_outputs, tree_hashes, verify_outputs)
 
@@ -247,7 +247,7 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
         try:
             modules, _config = load_caldera(path / CALDERA_FILE)
         except (SafetensorError, OSError) as exc:
-            raise ColaError(f"cannot load {path / CALDERA_FILE}: {str(exc).splitlines()[0]}; "
+            raise ColaError(f"cannot load {path / CALDERA_FILE}: {first_line(exc)}; "
                             f"{COMPRESS_AGAIN}") from exc
         replace_with_caldera(model, modules)
         model.to(device)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 from cola.export import DATASET_DIR, MANIFEST_FILE, read_index, tokenizer_fingerprint, verify_outputs
 
 
@@ -118,7 +118,7 @@ def _read_token_ids(dataset_path: Path) -> list[torch.Tensor]:
     try:
         rows = load_from_disk(str(dataset_path))["input_ids"]
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ColaError(f"cannot read the calibration set in {dataset_path}: {first}; {CURATE_AGAIN}") from exc
     return [torch.tensor(row, dtype=torch.long) for row in rows]
 

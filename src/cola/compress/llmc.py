@@ -31,7 +31,7 @@ import torch
 
 from cola.compress.calibration import CalibrationSet
 from cola.compress.methods import method_spec, pick_group_size
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "sparsegpt", "wanda")
 QUANT_TARGETS = ["Linear"]
@@ -350,7 +350,7 @@ def run_llmcompressor(model: torch.nn.Module, tokenizer: Any, calibration: Calib
             try:
                 oneshot(model=model, tokenizer=tokenizer, recipe=recipe, log_dir=None, output_dir=None, **kwargs)
             except ValueError as exc:  # llm-compressor's way of refusing a model or recipe
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise ColaError(f"llm-compressor cannot run {name} on this model: {first}") from exc
         seconds = time.perf_counter() - start
         recipe_yaml = active_session().lifecycle.recipe.yaml()

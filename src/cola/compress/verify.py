@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from cola.compress.methods import method_spec
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 # a decoder block's Linear weights live under "<...>.layers.<i>." (Llama, Qwen, Mistral, ...), "h.<i>." (GPT-2
 # style) or "blocks.<i>."; embeddings, lm_head and norms (1-D) are not counted
@@ -355,7 +355,7 @@ def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
             model = load_saved(output_dir)
         except Exception as exc:  # noqa: BLE001 - any loader failure means the checkpoint is unusable
             raise ColaError(f"transformers cannot load the saved model in {output_dir}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                            f"{first_line(exc)}") from exc
         with torch.no_grad():
             logits = model(torch.arange(8).unsqueeze(0) % model.config.vocab_size).logits
     if not torch.isfinite(logits).all():

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cola.data.formatters import describe_value
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def reader_errors(path: Path, kind: str) -> Iterator[None]:
     except ColaError:
         raise
     except (OSError, EOFError, ValueError, csv.Error, lzma.LZMAError, zlib.error) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         raise ColaError(f"{path}: cannot read it as {kind}: {message}") from exc
 
 
@@ -328,4 +328,4 @@ def _parquet_rows(path: Path) -> Iterator[tuple[RowNumber, Record]]:
                 number += 1
                 yield RowNumber(number, "row"), record
     except pyarrow.ArrowException as exc:
-        raise ColaError(f"{path}: cannot read it as parquet: {str(exc).strip().splitlines()[0]}") from None
+        raise ColaError(f"{path}: cannot read it as parquet: {first_line(exc)}") from None

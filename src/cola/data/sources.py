@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from cola.data.catalog import CATALOG, EMBEDDED_SOURCES, catalog_entry, entry_for_columns
 from cola.data.formatters import FieldValueError, missing_field, record_text, render_value
 from cola.data.readers import COMPRESSIONS, FILE_FORMATS, RowNumber, file_format, read_json_records, read_records
-from cola.errors import ColaError
+from cola.errors import ColaError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def bound_strings(value: Any, limit: int = MAX_TEXT_CHARS) -> tuple[Any, int]:
     return value, 0
 
 
-def _stream_file(spec: SourceSpec) -> tuple[Iterator[tuple[Any, dict[str, Any]]], str | None]:
+def _stream_file(spec: SourceSpec) -> tuple[Iterator[tuple[RowNumber, dict[str, Any]]], str | None]:
     """(position, record) pairs of a local file, and the JSON document key they were read from."""
     path = Path(spec.location)
     hint = spec.fields[0] if spec.fields else None
@@ -329,7 +329,7 @@ def _stream_hub(spec: SourceSpec, seed: int) -> Iterator[tuple[RowNumber, dict[s
                 yield RowNumber(number, "record"), record
         except Exception as exc:  # noqa: BLE001 - offline, missing, gated or mistyped datasets raise many types
             raise ColaError(f"cannot load hub dataset {spec.location!r} ({spec.name}): "
-                            f"{str(exc).splitlines()[0]}. Without network access, give a local file path "
+                            f"{first_line(exc)}. Without network access, give a local file path "
                             "instead") from exc
 
 
@@ -380,7 +380,7 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str =
         nonlocal empty, cut
         for row, record in records:
             record, shortened = bound_strings(record)
-            where = row.describe() if isinstance(row, RowNumber) else str(row)
+            where = row.describe()
             if shortened:
                 cut += 1
                 log.warning("%s: %s holds a text longer than %d characters; it is cut there", origin, where,

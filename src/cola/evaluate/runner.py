@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from cola.errors import ColaError
 from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
 from cola.evaluate.tasks import EXECUTES_CODE, TaskSpec, infer_capability, load_items, parse_task, read_text
-from cola.export import run_environment
+from cola.export import nearest_existing, run_environment
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +451,7 @@ def check_output_file(path: str | Path, flag: str = "--output") -> Path:
     target = Path(path).expanduser()
     if target.is_dir():
         raise ColaError(f"{flag} {path} is a directory; name a file in it, e.g. {target / 'results.json'}")
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(target.parent)
     if not folder.is_dir():
         raise ColaError(f"{flag} {path}: {folder} is a file, not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
