@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test bench bench-compress experiment install install-test clean
+.PHONY: demo test test-fast lint bench bench-compress experiment install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/cola curate --output_dir $(DEMO_DIR) --num_samples 32 --sequence_length 256 --candidates_per_source 128
 
-test: install-test
+# what CI runs: the lint, then the whole suite (integration tests with the embedded model included)
+test: install-test lint
 	$(PY) -m pytest -q
+
+# the inner loop: lint and the tests that need no embedded model
+test-fast: install-test lint
+	$(PY) -m pytest -q -m "not integration"
+
+lint: install-test
+	$(PY) -m ruff check src tests benchmarks
 
 bench: install-test
 	$(PY) benchmarks/stage3_throughput.py
