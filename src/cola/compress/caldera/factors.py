@@ -36,6 +36,11 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> tor
     return codes.to(torch.uint8).reshape(shape)
 
 
+def _code_bits(config: CalderaConfig, key: str) -> int:
+    """The bit width of the codes stored under `key`: Q's, or the low-rank factors'."""
+    return config.q_bits if key == "q_codes" else config.lr_bits
+
+
 @dataclass
 class CalderaFactors:
     """What is stored of one layer: uint8 codes, float16 scales, and the rotation seed.
@@ -113,7 +118,7 @@ class CalderaFactors:
         return bits / (m * n)
 
     def _bits_of(self, key: str) -> int:
-        return self.config.q_bits if key == "q_codes" else self.config.lr_bits
+        return _code_bits(self.config, key)
 
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
         """The stored tensors under `prefix` + key, ready for safetensors; codes bit-packed at their width
@@ -134,8 +139,7 @@ class CalderaFactors:
         found = {k: tensors[prefix + k] for k in _CODE_KEYS + _FLOAT_KEYS + (_SEED_KEY,) if prefix + k in tensors}
         for key in _CODE_KEYS:
             if key in found:
-                bits = config.q_bits if key == "q_codes" else config.lr_bits
-                found[key] = unpack_codes(found[key], bits, tuple(tensors[prefix + key + "_shape"].tolist()))
+                found[key] = unpack_codes(found[key], _code_bits(config, key), tuple(tensors[prefix + key + "_shape"].tolist()))
         return cls.from_tensors(found, config, where=repr(prefix))
 
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cola.compress.base import (Method, MethodConfig, PruningConfig, PruningMethod, QuantizationMethod,
                                 WeightQuantConfig, in_unit_interval)
@@ -170,27 +170,29 @@ class SmoothQuant(LlmcMethod, QuantizationMethod):
         return 8, None  # W8A8: 8-bit codes, one scale per output channel
 
 
-class SparseGPT(LlmcMethod, PruningMethod):
+class LlmcPruning(LlmcMethod, PruningMethod):
+    """An llm-compressor pruning modifier (named by `modifier`, in `llmcompressor.modifiers.pruning`) over the
+    Linears of the decoder blocks; lm_head is never pruned."""
+
+    config = PruningConfig
+    modifier: ClassVar[str]
+
+    def recipe(self, config: PruningConfig, model: torch.nn.Module) -> list:
+        import_llmcompressor()
+        import llmcompressor.modifiers.pruning as pruning
+
+        modifier = getattr(pruning, self.modifier)
+        return [modifier(sparsity=config.sparsity, mask_structure=MASK_STRUCTURES[config.pattern],
+                         targets=[decoder_layer_class(model)], ignore=PRUNE_IGNORE)]
+
+
+class SparseGPT(LlmcPruning):
     name = "sparsegpt"
-    config = PruningConfig
     summary = "SparseGPT pruning with Hessian reconstruction"
-
-    def recipe(self, config: PruningConfig, model: torch.nn.Module) -> list:
-        import_llmcompressor()
-        from llmcompressor.modifiers.pruning import SparseGPTModifier
-
-        return [SparseGPTModifier(sparsity=config.sparsity, mask_structure=MASK_STRUCTURES[config.pattern],
-                                  targets=[decoder_layer_class(model)], ignore=PRUNE_IGNORE)]
+    modifier = "SparseGPTModifier"
 
 
-class Wanda(LlmcMethod, PruningMethod):
+class Wanda(LlmcPruning):
     name = "wanda"
-    config = PruningConfig
     summary = "Wanda pruning by |weight| x input-activation norm"
-
-    def recipe(self, config: PruningConfig, model: torch.nn.Module) -> list:
-        import_llmcompressor()
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-
-        return [WandaPruningModifier(sparsity=config.sparsity, mask_structure=MASK_STRUCTURES[config.pattern],
-                                     targets=[decoder_layer_class(model)], ignore=PRUNE_IGNORE)]
+    modifier = "WandaPruningModifier"
