@@ -274,3 +274,18 @@ def test_python_options_are_checked_like_flags_before_the_model_loads(tmp_path, 
     with pytest.raises(ColaError, match=re.escape(message)) as info:
         compress("no/such/model", tmp_path / "no-calibration", "wanda", tmp_path / "out", **options)
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_a_method_config_object_is_the_typed_way_to_pass_options(tiny_model_dir: Path, calibration_dir: Path,
+                                                                 tmp_path):
+    from cola.compress.base import PruningConfig
+    from cola.compress.ria import RIAConfig
+
+    with pytest.raises(ColaError, match="method 'ria' takes a RIAConfig, not a PruningConfig"):
+        compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "never", config=PruningConfig())
+    with pytest.raises(ColaError, match="either as its config or as keywords, not both"):
+        compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "never", config=RIAConfig(), alpha=1.0)
+    summary = compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "ria", quiet=True,
+                       config=RIAConfig(sparsity=0.6, alpha=1.0), sparsity=None)  # None: not given, as the CLI
+    assert summary["options"] == {"sparsity": 0.6, "pattern": "unstructured", "alpha": 1.0}
+    assert abs(summary["weights"]["total"]["sparsity"] - 0.6) < 0.01

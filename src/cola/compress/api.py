@@ -75,11 +75,13 @@ def peak_rss_mb() -> float:
 def compress(model: Any, calibration: str | Path | CalibrationSet | None, method: str,
              output_dir: str | Path, *, tokenizer: Any = None, overwrite: bool = False, quiet: bool = False,
              dtype: str = "float32", device: str = "cpu", max_batch_tokens: int = 4096,
-             trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+             trust_remote_code: bool = False, config: MethodConfig | None = None,
+             **options: Any) -> dict[str, Any]:
     """Compress `model` with the curated `calibration` set by `method` and save it to `output_dir`.
 
     `model` is a model name/path (loaded here, running its own code only with `trust_remote_code`) or an
-    in-memory model (then pass `tokenizer`). Returns the summary also written to
+    in-memory model (then pass `tokenizer`). The method's options are keyword `options` or its config object
+    (`config=METHODS[method].config(...)`), not both. Returns the summary also written to
     `output_dir/compression_summary.json`, which lists every saved file's sha256 under "outputs".
 
     Refused before the model loads (ColaError, one line): unknown methods and options, an empty `output_dir`,
@@ -90,7 +92,9 @@ def compress(model: Any, calibration: str | Path | CalibrationSet | None, method
     >>> compress("embedded", "outputs/demo", "wanda", "outputs/wanda", sparsity=0.5)  # doctest: +SKIP
     """
     spec = method_named(method)
-    config = configure(spec.name, options)
+    if config is not None and any(value is not None for value in options.values()):
+        raise ColaError(f"pass {spec.name}'s options either as its config or as keywords, not both")
+    config = configure(spec.name, options if config is None else config)
     output_dir = output_directory(output_dir)
     if calibration is None and spec.needs_calibration:
         raise ColaError(f"method {spec.name!r} needs a calibration set (--calibration CURATE_OUTPUT_DIR)")

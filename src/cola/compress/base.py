@@ -158,8 +158,11 @@ class Method(ABC):
         """The method's config from the options a user gave (None values count as not given), strictly: an
         option of another method is a one-line ColaError listing this one's; types, choices and ranges are
         the config's own checks."""
-        if isinstance(options, self.config):
+        if type(options) is self.config:
             return options
+        if isinstance(options, MethodConfig):
+            raise ColaError(f"method {self.name!r} takes a {self.config.__name__}, "
+                            f"not a {type(options).__name__}")
         given = {name: value for name, value in options.items() if value is not None}
         for name in given:
             if name not in self.options:

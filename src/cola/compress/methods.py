@@ -49,10 +49,13 @@ def method_named(name: str) -> Method:
     return METHODS[key]
 
 
-def configure(method: str, options: Mapping[str, Any]) -> MethodConfig:
-    """The checked config of `method` from the options a user gave (None values count as not given): an option
-    no method has, or one of another method, is a one-line ColaError listing the valid ones."""
+def configure(method: str, options: Mapping[str, Any] | MethodConfig) -> MethodConfig:
+    """The checked config of `method` from the options a user gave (None values count as not given), or the
+    config itself: an option no method has, or one of another method, is a one-line ColaError listing the
+    valid ones."""
     spec = method_named(method)
+    if isinstance(options, MethodConfig):
+        return spec.configure(options)
     known = {name for m in METHODS.values() for name in m.options}
     for name, value in options.items():
         if value is not None and name not in known:
