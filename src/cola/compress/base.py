@@ -146,7 +146,7 @@ class Method(ABC):
     kind: ClassVar[str]                     # one of KINDS
     backend: ClassVar[str]                  # "llm-compressor" | "native"
     config: ClassVar[type[MethodConfig]]    # the method's one config class
-    summary: ClassVar[str]                  # one line for listings
+    description: ClassVar[str]              # one line saying what it does, for listings
     needs_calibration: ClassVar[bool] = True
 
     @property

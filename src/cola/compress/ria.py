@@ -34,7 +34,7 @@ class RIA(PruningMethod):
     name = "ria"
     backend = "native"
     config = RIAConfig
-    summary = "RIA pruning by relative importance x activation norm^alpha (Zhang et al., ICLR 2024)"
+    description = "RIA pruning by relative importance x activation norm^alpha (Zhang et al., ICLR 2024)"
 
     def run(self, model: torch.nn.Module, calibration: CalibrationSet | None, config: RIAConfig, *,
             tokenizer: Any, output_dir: Path, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:

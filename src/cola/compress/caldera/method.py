@@ -27,7 +27,7 @@ class Caldera(Method):
     kind = "decomposition"
     backend = "native"
     config = CalderaConfig
-    summary = "CALDERA W = Q + L R, low precision plus quantized low rank (Saha et al., NeurIPS 2024)"
+    description = "CALDERA W = Q + L R, low precision plus quantized low rank (Saha et al., NeurIPS 2024)"
 
     def prepare(self, config: CalderaConfig, model: torch.nn.Module) -> CalderaConfig:
         """Without a group size CALDERA keeps one scale per row; a rank or group size that some layer cannot

@@ -110,7 +110,7 @@ class SmoothQuantConfig(MethodConfig):
 class RTN(LlmcMethod, QuantizationMethod):
     name = "rtn"
     config = WeightQuantConfig
-    summary = "round-to-nearest weight quantization; the data-free baseline"
+    description = "round-to-nearest weight quantization; the data-free baseline"
     needs_calibration = False
 
     def recipe(self, config: WeightQuantConfig, model: torch.nn.Module) -> list:
@@ -128,7 +128,7 @@ class GPTQ(LlmcMethod, QuantizationMethod):
 
     name = "gptq"
     config = GPTQConfig
-    summary = "GPTQ weight quantization with Hessian error feedback"
+    description = "GPTQ weight quantization with Hessian error feedback"
 
     def recipe(self, config: GPTQConfig, model: torch.nn.Module) -> list:
         import_llmcompressor()
@@ -141,7 +141,7 @@ class GPTQ(LlmcMethod, QuantizationMethod):
 class AWQ(LlmcMethod, QuantizationMethod):
     name = "awq"
     config = WeightQuantConfig
-    summary = "activation-aware weight quantization (scales searched on the calibration set)"
+    description = "activation-aware weight quantization (scales searched on the calibration set)"
 
     def recipe(self, config: WeightQuantConfig, model: torch.nn.Module) -> list:
         import_llmcompressor()
@@ -156,7 +156,7 @@ class AWQ(LlmcMethod, QuantizationMethod):
 class SmoothQuant(LlmcMethod, QuantizationMethod):
     name = "smoothquant"
     config = SmoothQuantConfig
-    summary = "SmoothQuant smoothing then GPTQ: int8 weights and int8 dynamic activations (W8A8)"
+    description = "SmoothQuant smoothing then GPTQ: int8 weights and int8 dynamic activations (W8A8)"
 
     def recipe(self, config: SmoothQuantConfig, model: torch.nn.Module) -> list:
         import_llmcompressor()
@@ -188,11 +188,11 @@ class LlmcPruning(LlmcMethod, PruningMethod):
 
 class SparseGPT(LlmcPruning):
     name = "sparsegpt"
-    summary = "SparseGPT pruning with Hessian reconstruction"
+    description = "SparseGPT pruning with Hessian reconstruction"
     modifier = "SparseGPTModifier"
 
 
 class Wanda(LlmcPruning):
     name = "wanda"
-    summary = "Wanda pruning by |weight| x input-activation norm"
+    description = "Wanda pruning by |weight| x input-activation norm"
     modifier = "WandaPruningModifier"
