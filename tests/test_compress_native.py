@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from cola.compress.base import GROUP_SIZES, resolve_group_size
+from cola.compress.base import GROUP_SIZES, KINDS, resolve_group_size
 from cola.compress.calibration import CalibrationSet
 from cola.compress.driver import compress_sequentially
 from cola.compress.methods import METHODS, configure
@@ -179,7 +179,7 @@ def test_method_configs_are_typed_and_shared_flags_mean_one_thing():
         for field in dataclasses.fields(method.config):
             meta = (hints[field.name], field.metadata["help"], field.metadata.get("choices"), field.default)
             assert seen.setdefault(field.name, meta) == meta, (method.name, field.name)
-        assert method.kind in ("quantization", "pruning", "decomposition")
+        assert method.kind in KINDS
         assert method.backend in ("llm-compressor", "native")
     assert [m for m in METHODS.values() if not m.needs_calibration] == [METHODS["rtn"]]
 

@@ -34,8 +34,8 @@ KINDS = ("quantization", "pruning", "decomposition")
 # The one list of group sizes: a group size left unset is the largest of these that divides the input size of
 # every compressed layer; one that does not divide is refused with the ones of these that do.
 GROUP_SIZES = (128, 64, 32, 16)
-GROUP_SIZE_HELP = ("input columns sharing one scale (default: the largest of 128, 64, 32, 16 that divides every "
-                   "layer's input size; caldera: one scale per row)")
+GROUP_SIZE_HELP = (f"input columns sharing one scale (default: the largest of {', '.join(map(str, GROUP_SIZES))} "
+                   "that divides every layer's input size; caldera: one scale per row)")
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -44,7 +44,10 @@ GROUP_SIZE_HELP = ("input columns sharing one scale (default: the largest of 128
 @dataclass(frozen=True, kw_only=True)
 class MethodConfig:
     """Base of every method's config: field types, choices and ranges are checked at construction, each
-    failure one ColaError line naming the option (as its flag) and what it takes."""
+    failure one ColaError line naming the option (as its flag) and what it takes.
+
+    Choices are listed in their declared order ("2, 3, 4, 8, 16"; "unstructured, 2:4"), which is why they are
+    checked here rather than by `cola.settings.check_choices` (it sorts them as text: "16, 2, 3, 4, 8")."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
