@@ -15,6 +15,7 @@ from cola.compress.caldera import (
     CalderaLinear,
     activation_error,
     caldera_decompose,
+    check_layer,
     dequantize_codes,
     load_caldera,
     nf_codebook,
@@ -215,20 +216,22 @@ def test_hadamard_factors_dequantize_to_the_original_basis(wh) -> None:
     (dict(rank=700), (576, 1536), ["rank 700", "min(out,in)=576"]),
     (dict(q_bits=5), None, ["q_bits 5", "2, 3, 4, 8"]),
     (dict(lr_bits=5), None, ["lr_bits 5", "16"]),
-    (dict(quantizer="foo"), None, ["quantizer 'foo'", "nf, uniform"]),
+    (dict(quantizer="foo"), None, ["quantizer 'foo'", "uniform, nf"]),
     (dict(group_size=100), (576, 576), ["group_size 100", "576", "32", "64"]),
     (dict(iters=0), None, ["iters"]),
     (dict(rank=0), None, ["rank"]),
     (dict(damp=0.0), None, ["damp"]),
+    (dict(rank="8"), None, ["rank", "an integer"]),
 ])
-def test_validate_names_the_problem_and_the_choices(kwargs: dict, shape, words: list[str]) -> None:
+def test_config_names_the_problem_and_the_choices(kwargs: dict, shape, words: list[str]) -> None:
+    """Settings are checked when the config is built; layer shapes when a layer meets the config."""
     with pytest.raises(ColaError) as info:
-        CalderaConfig(**kwargs).validate(*(shape or ()))
+        check_layer(CalderaConfig(**kwargs), *shape) if shape else CalderaConfig(**kwargs)
     message = str(info.value)
     assert "\n" not in message
     for word in words:
         assert word in message
-    CalderaConfig(rank=16, group_size=64).validate(576, 1536)  # a valid choice passes
+    check_layer(CalderaConfig(rank=16, group_size=64), 576, 1536)  # a valid choice passes
 
 
 def test_decompose_rejects_bad_inputs(wh) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -240,3 +241,51 @@ def test_a_compressed_model_that_does_not_match_its_summary_is_refused(tiny_mode
     assert main(["evaluate", str(out), "--task", f"ppl:{text}", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "compress again" in err and "\n" not in err
+
+
+def test_readme_adding_a_method_is_one_module_and_one_registration_line(tiny_model_dir: Path, tmp_path,
+                                                                        monkeypatch):
+    """The README's example method, as written, registered by one entry in METHODS: its options are checked
+    before the model loads, it runs, and the check its kind inherits sees its effect on the saved weights."""
+    import re
+
+    from cola.compress.methods import METHODS
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"<!-- adding-a-method -->\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(snippet, namespace)  # noqa: S102 - the README's own code
+    monkeypatch.setitem(METHODS, "magnitude", namespace["Magnitude"]())
+    with pytest.raises(ColaError, match="option --rank does not apply to method 'magnitude'"):
+        compress(str(tiny_model_dir), None, "magnitude", tmp_path / "never", rank=4)
+    summary = compress(str(tiny_model_dir), None, "magnitude", tmp_path / "m", pattern="2:4", quiet=True)
+    assert (summary["method"], summary["kind"], summary["backend"]) == ("magnitude", "pruning", "native")
+    assert summary["options"] == {"sparsity": 0.5, "pattern": "2:4"} and summary["calibration"] is None
+    assert summary["weights"]["total"]["sparsity"] == 0.5
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"sparsity": "half"}, "wanda options: sparsity must be a number, got 'half' (a string)"),
+    ({"pattern": "4:8"}, "--pattern '4:8' is not supported. Valid choices: unstructured, 2:4"),
+    ({"bitz": 4}, "unknown compression option 'bitz'. Did you mean 'bits', 'q_bits'? Valid choices: actorder"),
+])
+def test_python_options_are_checked_like_flags_before_the_model_loads(tmp_path, options, message):
+    with pytest.raises(ColaError, match=re.escape(message)) as info:
+        compress("no/such/model", tmp_path / "no-calibration", "wanda", tmp_path / "out", **options)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_a_method_config_object_is_the_typed_way_to_pass_options(tiny_model_dir: Path, calibration_dir: Path,
+                                                                 tmp_path):
+    from cola.compress.base import PruningConfig
+    from cola.compress.ria import RIAConfig
+
+    with pytest.raises(ColaError, match="method 'ria' takes a RIAConfig, not a PruningConfig"):
+        compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "never", config=PruningConfig())
+    with pytest.raises(ColaError, match="either as its config or as keywords, not both"):
+        compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "never", config=RIAConfig(), alpha=1.0)
+    summary = compress(str(tiny_model_dir), calibration_dir, "ria", tmp_path / "ria", quiet=True,
+                       config=RIAConfig(sparsity=0.6, alpha=1.0), sparsity=None)  # None: not given, as the CLI
+    assert summary["options"] == {"sparsity": 0.6, "pattern": "unstructured", "alpha": 1.0}
+    assert abs(summary["weights"]["total"]["sparsity"] - 0.6) < 0.01

@@ -1,14 +1,17 @@
-"""The shared statistics module, the sequential driver, RIA, and the option table."""
+"""The shared statistics module, the sequential driver, RIA, the method registry and the group size."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
+from cola.compress.base import GROUP_SIZES, KINDS, resolve_group_size
 from cola.compress.calibration import CalibrationSet
 from cola.compress.driver import compress_sequentially
-from cola.compress.methods import pick_group_size, resolve_options
-from cola.compress.ria import prune_mask, ria_scores
+from cola.compress.methods import METHODS, configure
+from cola.compress.pruning import prune_mask, ria_scores
 from cola.compress.stats import collect_input_stats
 from cola.errors import ColaError
 from tests.conftest import tiny_llama
@@ -127,19 +130,64 @@ def test_ria_two_four_mask_is_exactly_two_of_four():
 ])
 def test_bad_options_are_one_line_errors(method, given, message):
     with pytest.raises(ColaError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        resolve_options(method, given)
+        configure(method, given)
     assert "\n" not in str(info.value)
 
 
 def test_options_fill_defaults_and_two_four_implies_half():
-    assert resolve_options("wanda", {"pattern": "2:4"}) == {"sparsity": 0.5, "pattern": "2:4"}
-    assert resolve_options("gptq", {"bits": 3, "actorder": None}) == {"bits": 3, "group_size": None,
-                                                                      "actorder": False}
+    assert dataclasses.asdict(configure("wanda", {"pattern": "2:4"})) == {"sparsity": 0.5, "pattern": "2:4"}
+    assert dataclasses.asdict(configure("gptq", {"bits": 3, "actorder": None})) == {"bits": 3, "group_size": None,
+                                                                                   "actorder": False}
 
 
 def test_group_size_is_picked_for_the_model_or_refused():
-    assert pick_group_size([576, 1536], None) == 64
-    assert pick_group_size([4096, 11008], None) == 128
-    assert pick_group_size([96, 160], None) == 32
+    assert resolve_group_size([576, 1536], None) == 64
+    assert resolve_group_size([4096, 11008], None) == 128
+    assert resolve_group_size([96, 160], None) == 32
+    assert resolve_group_size([48, 80], None) == 16  # the one candidate list goes down to 16
     with pytest.raises(ColaError, match="valid group sizes for this model: 64, 32, 16"):
-        pick_group_size([576, 1536], 128)
+        resolve_group_size([576, 1536], 128)
+    with pytest.raises(ColaError, match="no group size of 128, 64, 32, 16 divides"):
+        resolve_group_size([36, 80], None)
+    assert GROUP_SIZES == (128, 64, 32, 16)
+
+
+def test_every_method_with_a_group_size_resolves_it_once_the_same_way():
+    """rtn, gptq and awq pick the group size for the model; CALDERA keeps None (one scale per row) and checks a
+    given one with the same rule."""
+    model = tiny_llama()  # input sizes 32 and 64
+    for name in ("rtn", "gptq", "awq"):
+        assert METHODS[name].prepare(configure(name, {}), model).group_size == 32
+        with pytest.raises(ColaError, match="--group_size 48 does not divide the input size 32"):
+            METHODS[name].prepare(configure(name, {"group_size": 48}), model)
+    assert METHODS["caldera"].prepare(configure("caldera", {"rank": 4}), model).group_size is None
+    assert METHODS["caldera"].prepare(configure("caldera", {"rank": 4, "group_size": 16}), model).group_size == 16
+    with pytest.raises(ColaError, match="--group_size 48 does not divide the input size 32"):
+        METHODS["caldera"].prepare(configure("caldera", {"rank": 4, "group_size": 48}), model)
+
+
+def test_method_configs_are_typed_and_shared_flags_mean_one_thing():
+    """One config class per method, validated at construction; a field several methods share has one type, help
+    and default, so one command-line flag serves them all."""
+    import typing
+
+    with pytest.raises(ColaError, match="sparsity"):
+        METHODS["wanda"].config(sparsity="half")
+    seen: dict[str, tuple] = {}
+    for method in METHODS.values():
+        hints = typing.get_type_hints(method.config)
+        for field in dataclasses.fields(method.config):
+            meta = (hints[field.name], field.metadata["help"], field.metadata.get("choices"), field.default)
+            assert seen.setdefault(field.name, meta) == meta, (method.name, field.name)
+        assert method.kind in KINDS
+        assert method.backend in ("llm-compressor", "native")
+    assert [m for m in METHODS.values() if not m.needs_calibration] == [METHODS["rtn"]]
+
+
+def test_the_method_registry_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, cola.compress.methods; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,6 +3,7 @@ weights show each method's effect (measured on disk), and they reload through tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from cola.compress.base import WeightQuantConfig
 from cola.compress.calibration import CalibrationSet
-from cola.compress.llmc import build_recipe, resolve_group_size, run_llmcompressor, save_llmcompressor
-from cola.compress.methods import resolve_options
-from cola.compress.verify import (check_compressed, grid_violation, layer_type, load_saved, saved_weight_summary)
+from cola.compress.llmc.run import run_llmcompressor, save_llmcompressor
+from cola.compress.methods import METHODS, configure
+from cola.compress.verify import grid_violation, layer_type, load_saved, saved_weight_summary
 from cola.errors import ColaError
 
 from .conftest import REPO, byte_tokenizer, tiny_llama
@@ -41,16 +43,15 @@ def small_llama(seed: int = 0, layers: int = 2, dtype: torch.dtype = torch.float
 
 def compress(model: torch.nn.Module, method: str, given: dict[str, Any], out: Path,
              calibration: CalibrationSet | None = None) -> tuple[dict, dict, dict]:
-    """What `cola compress` does for an llm-compressor method: resolve, run, save, measure, check."""
-    options = resolve_options(method, given)
-    if "group_size" in options:
-        options["group_size"] = resolve_group_size(model, options["group_size"])
-    info = run_llmcompressor(model, byte_tokenizer(), calibration or calibration_set(), method, options, quiet=True)
+    """What `cola compress` does for an llm-compressor method: configure, prepare, run, save, measure, check."""
+    spec = METHODS[method]
+    config = spec.prepare(configure(method, given), model)
+    info = run_llmcompressor(model, byte_tokenizer(), calibration or calibration_set(), spec, config, quiet=True)
     save_llmcompressor(model, byte_tokenizer(), out)
-    summary = saved_weight_summary(out)
+    summary = spec.check(out, config)
+    assert summary == saved_weight_summary(out)
     json.dumps(summary)  # plain JSON
-    check_compressed(out, method, options, summary)
-    return info, summary, options
+    return info, summary, dataclasses.asdict(config)
 
 
 def saved_tensor(out: Path, key: str) -> torch.Tensor:
@@ -206,9 +207,9 @@ def test_check_compressed_refuses_an_unchanged_model(method, message, tmp_path):
     tiny_llama().save_pretrained(tmp_path)
     summary = saved_weight_summary(tmp_path)
     assert summary["total"]["sparsity"] == 0 and summary["total"]["quantized_layers"] == 0
-    options = resolve_options(method, {"group_size": 32} if method == "gptq" else {})
+    config = configure(method, {"group_size": 32} if method == "gptq" else {})
     with pytest.raises(ColaError, match=message):
-        check_compressed(tmp_path, method, options, summary)
+        METHODS[method].check(tmp_path, config)
 
 
 def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
@@ -216,7 +217,8 @@ def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
 
-    from cola.compress.llmc import library_output, _local_name_or_path, calibration_loader
+    from cola.compress.llmc.output import library_output
+    from cola.compress.llmc.run import _local_name_or_path, calibration_loader
 
     model = tiny_llama()
     before = model.model.layers[0].mlp.down_proj.weight.clone()
@@ -226,7 +228,7 @@ def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before)
     save_llmcompressor(model, byte_tokenizer(), tmp_path, quiet=True)
     with pytest.raises(ColaError, match="pruned nothing"):
-        check_compressed(tmp_path, "wanda", resolve_options("wanda", {}), saved_weight_summary(tmp_path))
+        METHODS["wanda"].check(tmp_path, configure("wanda", {}))
 
 
 def save_half_zero(out: Path, odd_layer: str, odd: str) -> None:
@@ -247,23 +249,20 @@ def save_half_zero(out: Path, odd_layer: str, odd: str) -> None:
 
 def test_check_compressed_catches_missed_sparsity_and_broken_two_four(tmp_path):
     save_half_zero(tmp_path / "quarter", "model.layers.0.mlp.up_proj", "quarter")
-    summary = saved_weight_summary(tmp_path / "quarter")
     with pytest.raises(ColaError, match=r"1 of 14 decoder layers miss the asked sparsity 50.00 %.*up_proj at 25.00 %"):
-        check_compressed(tmp_path / "quarter", "wanda", resolve_options("wanda", {}), summary)
+        METHODS["wanda"].check(tmp_path / "quarter", configure("wanda", {}))
     save_half_zero(tmp_path / "blocks", "model.layers.1.mlp.down_proj", "blocks")
-    summary = saved_weight_summary(tmp_path / "blocks")
-    check_compressed(tmp_path / "blocks", "sparsegpt", resolve_options("sparsegpt", {}), summary)  # unstructured: fine
+    METHODS["sparsegpt"].check(tmp_path / "blocks", configure("sparsegpt", {}))  # unstructured: fine
     with pytest.raises(ColaError, match=r"2:4: 256 groups of 4 input weights in model.layers.1.mlp.down_proj"):
-        check_compressed(tmp_path / "blocks", "sparsegpt", resolve_options("sparsegpt", {"pattern": "2:4"}), summary)
+        METHODS["sparsegpt"].check(tmp_path / "blocks", configure("sparsegpt", {"pattern": "2:4"}))
 
 
 def test_check_compressed_refuses_wrong_bits_or_group(tmp_path):
     compress(small_llama(), "rtn", {"bits": 4, "group_size": 32}, tmp_path)
-    summary = saved_weight_summary(tmp_path)
     with pytest.raises(ColaError, match="not the asked 8 bits"):
-        check_compressed(tmp_path, "rtn", {"bits": 8, "group_size": 32}, summary, reload=False)
+        METHODS["rtn"].check(tmp_path, WeightQuantConfig(bits=8, group_size=32), reload=False)
     with pytest.raises(ColaError, match="groups of 64"):
-        check_compressed(tmp_path, "rtn", {"bits": 4, "group_size": 64}, summary, reload=False)
+        METHODS["rtn"].check(tmp_path, WeightQuantConfig(bits=4, group_size=64), reload=False)
 
 
 def test_grid_violation_sees_off_grid_weights():
@@ -277,25 +276,30 @@ def test_grid_violation_sees_off_grid_weights():
 # ------------------------------------------------------------------------------------------------ recipe
 
 
-def test_build_recipe_refuses_a_group_size_that_does_not_divide():
+def build_recipe(method: str, given: dict[str, Any], model: torch.nn.Module) -> list:
+    spec = METHODS[method]
+    return spec.recipe(spec.prepare(configure(method, given), model), model)
+
+
+def test_prepare_refuses_a_group_size_that_does_not_divide():
     with pytest.raises(ColaError, match="--group_size 48 does not divide the input size 32"):
-        build_recipe("gptq", resolve_options("gptq", {"group_size": 48}), tiny_llama())
+        METHODS["gptq"].prepare(configure("gptq", {"group_size": 48}), tiny_llama())
 
 
 def test_build_recipe_arguments():
     model = tiny_llama()
-    (gptq,) = build_recipe("gptq", resolve_options("gptq", {"actorder": True}), model)
+    (gptq,) = build_recipe("gptq", {"actorder": True}, model)
     weights = gptq.config_groups["group_0"].weights
     assert (weights.num_bits, weights.group_size, weights.symmetric) == (4, 32, True)  # 32: picked for 32/64
     assert gptq.actorder == "static" and gptq.ignore == ["lm_head"]
-    (plain,) = build_recipe("gptq", resolve_options("gptq", {}), model)
+    (plain,) = build_recipe("gptq", {}, model)
     assert plain.actorder is None
-    (wanda,) = build_recipe("wanda", resolve_options("wanda", {"pattern": "2:4"}), model)
+    (wanda,) = build_recipe("wanda", {"pattern": "2:4"}, model)
     assert wanda.targets == ["LlamaDecoderLayer"] and wanda.mask_structure == "2:4" and wanda.sparsity == 0.5
-    smooth, w8a8 = build_recipe("smoothquant", resolve_options("smoothquant", {}), model)
+    smooth, w8a8 = build_recipe("smoothquant", {}, model)
     assert smooth.smoothing_strength == 0.8 and w8a8.config_groups["group_0"].weights.strategy == "channel"
     with pytest.raises(ColaError, match="not an llm-compressor method"):
-        build_recipe("ria", resolve_options("ria", {}), model)
+        run_llmcompressor(model, byte_tokenizer(), None, METHODS["ria"], configure("ria", {}), quiet=True)
 
 
 def test_layer_type():
@@ -309,12 +313,12 @@ def test_layer_type():
 
 def test_quiet_prints_nothing_and_loud_prints_to_stderr_only(tmp_path, capfd):
     model = small_llama()
-    options = resolve_options("rtn", {"group_size": 32})
-    run_llmcompressor(model, byte_tokenizer(), None, "rtn", options, quiet=True)
+    options = configure("rtn", {"group_size": 32})
+    run_llmcompressor(model, byte_tokenizer(), None, METHODS["rtn"], options, quiet=True)
     save_llmcompressor(model, byte_tokenizer(), tmp_path / "quiet")
     assert capfd.readouterr() == ("", "")
     model = small_llama()
-    run_llmcompressor(model, byte_tokenizer(), None, "rtn", options, quiet=False)
+    run_llmcompressor(model, byte_tokenizer(), None, METHODS["rtn"], options, quiet=False)
     save_llmcompressor(model, byte_tokenizer(), tmp_path / "loud")
     out, err = capfd.readouterr()
     assert out == "" and err  # progress bars (and warnings) on stderr, stdout left to cola
@@ -326,12 +330,12 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from tests.test_llmc import calibration_set, small_llama
 from tests.conftest import byte_tokenizer
-from cola.compress.llmc import run_llmcompressor, save_llmcompressor
-from cola.compress.verify import check_compressed, saved_weight_summary
-model, options, out = small_llama(layers=1), {{"bits": 4, "group_size": 32}}, Path({out!r})
-run_llmcompressor(model, byte_tokenizer(), calibration_set(), "awq", options, quiet=True)
+from cola.compress.llmc.run import run_llmcompressor, save_llmcompressor
+from cola.compress.methods import METHODS, configure
+model, options, out = small_llama(layers=1), configure("awq", {{"bits": 4, "group_size": 32}}), Path({out!r})
+run_llmcompressor(model, byte_tokenizer(), calibration_set(), METHODS["awq"], options, quiet=True)
 save_llmcompressor(model, byte_tokenizer(), out)
-check_compressed(out, "awq", options, saved_weight_summary(out))
+METHODS["awq"].check(out, options)
 """
 
 

@@ -9,6 +9,7 @@ change them), records every file's sha256 in the summary, and only then swaps th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -17,14 +18,14 @@ from typing import Any
 
 import torch
 
+from cola.compress.base import Method, MethodConfig
 from cola.compress.calibration import CalibrationSet, load_calibration
-from cola.compress.methods import MethodSpec, method_spec, pick_group_size, resolve_options
-from cola.errors import ColaError, first_line
+from cola.compress.methods import METHODS, configure, method_named
+from cola.errors import ColaError
 from cola.export import (check_output_dir, index_names, output_directory, read_index, run_environment,
                          staged_outputs, tree_hashes, verify_outputs)
 
 SUMMARY_FILE = "compression_summary.json"
-CALDERA_FILE = "caldera.safetensors"
 COMPRESS_AGAIN = "compress again (`cola compress --overwrite`) to rebuild it"
 
 
@@ -74,11 +75,13 @@ def peak_rss_mb() -> float:
 def compress(model: Any, calibration: str | Path | CalibrationSet | None, method: str,
              output_dir: str | Path, *, tokenizer: Any = None, overwrite: bool = False, quiet: bool = False,
              dtype: str = "float32", device: str = "cpu", max_batch_tokens: int = 4096,
-             trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+             trust_remote_code: bool = False, config: MethodConfig | None = None,
+             **options: Any) -> dict[str, Any]:
     """Compress `model` with the curated `calibration` set by `method` and save it to `output_dir`.
 
     `model` is a model name/path (loaded here, running its own code only with `trust_remote_code`) or an
-    in-memory model (then pass `tokenizer`). Returns the summary also written to
+    in-memory model (then pass `tokenizer`). The method's options are keyword `options` or its config object
+    (`config=METHODS[method].config(...)`), not both. Returns the summary also written to
     `output_dir/compression_summary.json`, which lists every saved file's sha256 under "outputs".
 
     Refused before the model loads (ColaError, one line): unknown methods and options, an empty `output_dir`,
@@ -88,21 +91,23 @@ def compress(model: Any, calibration: str | Path | CalibrationSet | None, method
 
     >>> compress("embedded", "outputs/demo", "wanda", "outputs/wanda", sparsity=0.5)  # doctest: +SKIP
     """
-    spec = method_spec(method)
-    options = resolve_options(spec.name, options)
+    spec = method_named(method)
+    if config is not None and any(value is not None for value in options.values()):
+        raise ColaError(f"pass {spec.name}'s options either as its config or as keywords, not both")
+    config = configure(spec.name, options if config is None else config)
     output_dir = output_directory(output_dir)
-    if calibration is None and spec.name != "rtn":
+    if calibration is None and spec.needs_calibration:
         raise ColaError(f"method {spec.name!r} needs a calibration set (--calibration CURATE_OUTPUT_DIR)")
     if isinstance(calibration, (str, Path)):
         calibration = load_calibration(calibration)  # read and checked against its manifest before the model
     _prepare_output(output_dir, overwrite, model=model, calibration=calibration)
-    return _load_and_compress(model, tokenizer, calibration, spec, options, output_dir, quiet=quiet,
+    return _load_and_compress(model, tokenizer, calibration, spec, config, output_dir, quiet=quiet,
                               dtype=dtype, device=device, max_batch_tokens=max_batch_tokens,
                               trust_remote_code=trust_remote_code)
 
 
-def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet | None, spec: MethodSpec,
-                       options: dict[str, Any], output_dir: Path, *, quiet: bool, dtype: str, device: str,
+def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet | None, spec: Method,
+                       config: MethodConfig, output_dir: Path, *, quiet: bool, dtype: str, device: str,
                        max_batch_tokens: int, trust_remote_code: bool) -> dict[str, Any]:
     start = time.perf_counter()
     model_name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
@@ -115,96 +120,22 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet |
         raise ColaError("pass the tokenizer along with an in-memory model")
     if calibration is not None:
         calibration.check_vocabulary(tokenizer)
-    if "group_size" in options and (spec.name != "caldera" or options["group_size"] is not None):
-        # CALDERA without a group size keeps one scale per output row
-        options["group_size"] = pick_group_size(
-            [m.in_features for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")], options["group_size"])
+    config = spec.prepare(config, model)  # the group size, and what else depends on the model, fixed once
     load_seconds = time.perf_counter() - start
 
     with staged_outputs(output_dir, set_names=compress_set_names) as staging:
         start = time.perf_counter()
-        if spec.native:
-            details = _run_native(model, calibration, spec.name, options, staging, quiet=quiet,
-                                  max_batch_tokens=max_batch_tokens)
-            # a plain checkpoint (for CALDERA the dense Q + L R): any transformers/vLLM loader reads it
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-        else:
-            from cola.compress.llmc import run_llmcompressor, save_llmcompressor
-
-            details = run_llmcompressor(model, tokenizer, calibration, spec.name, options, quiet=quiet)
-            save_llmcompressor(model, tokenizer, staging)
+        details = spec.run(model, calibration, config, tokenizer=tokenizer, output_dir=staging, quiet=quiet,
+                           max_batch_tokens=max_batch_tokens)
         seconds = time.perf_counter() - start
-        weights = _measure_saved(staging, spec.name, options)
+        weights = spec.check(staging, config)
         summary = {"tool": "cola", "command": "compress", "model": model_name, "method": spec.name,
-                   "kind": spec.kind, "backend": spec.backend, "options": options,
+                   "kind": spec.kind, "backend": spec.backend, "options": dataclasses.asdict(config),
                    "calibration": calibration.describe() if calibration is not None else None,
                    "weights": weights, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
                    "peak_rss_mb": round(peak_rss_mb(), 1), **run_environment(), "details": details,
                    "outputs": tree_hashes(staging)}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return summary
-
-
-def _run_native(model: torch.nn.Module, calibration: CalibrationSet, method: str,
-                options: dict[str, Any], staging: Path, *, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
-    from cola.compress.driver import compress_sequentially
-
-    if method == "ria":
-        from cola.compress.ria import ria_prune_layer
-
-        def prune(_name: str, linear: torch.nn.Linear, stats: Any) -> None:
-            ria_prune_layer(linear, stats, sparsity=options["sparsity"], pattern=options["pattern"],
-                            alpha=options["alpha"])
-
-        compress_sequentially(model, calibration, prune, stats_kind="norms", quiet=quiet,
-                              max_batch_tokens=max_batch_tokens)
-        return {}
-
-    from cola.compress.caldera import CalderaConfig, CalderaLinear, save_caldera
-
-    config = CalderaConfig(q_bits=options["q_bits"], lr_bits=options["lr_bits"], rank=options["rank"],
-                           iters=options["iters"], group_size=options["group_size"],
-                           quantizer=options["quantizer"], hadamard=options["hadamard"])
-    for name, linear in model.named_modules():  # a rank too large for any layer fails before any work
-        if isinstance(linear, torch.nn.Linear) and not name.endswith("lm_head"):
-            config.validate(linear.out_features, linear.in_features)
-    modules: dict[str, CalderaLinear] = {}
-    errors: dict[str, dict[str, float]] = {}
-
-    def decompose(name: str, linear: torch.nn.Linear, stats: Any) -> None:
-        module, result = CalderaLinear.from_linear(linear, stats.hessian, config)
-        modules[name] = module
-        errors[name] = {"error": result.best_error, "rtn_error": result.rtn_error}
-        # the dense copy keeps the sequential pass fast; the saved CalderaLinear holds the codes
-        linear.weight.data.copy_(module.factors.dequantize().to(linear.weight.dtype))
-
-    compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
-                          max_batch_tokens=max_batch_tokens)
-    save_caldera(staging / CALDERA_FILE, modules, config)
-    mean = sum(e["error"] for e in errors.values()) / len(errors)
-    rtn = [e["rtn_error"] for e in errors.values() if e["rtn_error"] is not None]
-    return {"mean_activation_error": mean, "mean_rtn_error": sum(rtn) / len(rtn) if rtn else None,
-            "layer_errors": errors}
-
-
-def _measure_saved(output_dir: Path, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    from cola.compress.verify import check_compressed, layer_type, saved_weight_summary, summarize_layers
-
-    if method == "caldera":
-        from cola.compress.caldera import load_caldera
-
-        modules, config = load_caldera(output_dir / CALDERA_FILE)
-        layers = {}
-        for name, module in modules.items():
-            params = module.in_features * module.out_features
-            layers[name] = {"type": layer_type(name + ".weight"), "parameters": params, "sparsity": None,
-                            "stored_bits": module.factors.bits_per_parameter() * params, "quantized": True,
-                            "num_bits": config.q_bits, "group_size": config.group_size}
-        return summarize_layers(layers, "caldera")
-    summary = saved_weight_summary(output_dir)
-    check_compressed(output_dir, method, options, summary)
     return summary
 
 
@@ -217,11 +148,12 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
     lists: a file missing, truncated or with a flipped byte is refused (ColaError, one line) before the model
     loads. `trust_remote_code` lets a model that needs its own Python code run it.
 
+    Each method's `restore` puts back the layers a plain checkpoint cannot hold (CALDERA's codes).
     `caldera_layers=False` keeps the checkpoint's dense Q + L R weights instead: the same function (a test
     checks equal logits), at a dense model's speed in any dtype, where CalderaLinear dequantizes its codes in
     every forward and computes in float32 (about 9x slower to evaluate SmolLM2 on a CPU).
     """
-    from cola.compress.llmc import library_output
+    from cola.compress.llmc.output import library_output
     from cola.models import load_model, resolve_device
 
     path = Path(path)
@@ -239,16 +171,6 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
         # token, so that timings and weight checks after loading see the dense weights
         with torch.no_grad():
             model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
-    if caldera_layers and (path / CALDERA_FILE).is_file():
-        from safetensors import SafetensorError
-
-        from cola.compress.caldera import load_caldera, replace_with_caldera
-
-        try:
-            modules, _config = load_caldera(path / CALDERA_FILE)
-        except (SafetensorError, OSError) as exc:
-            raise ColaError(f"cannot load {path / CALDERA_FILE}: {first_line(exc)}; "
-                            f"{COMPRESS_AGAIN}") from exc
-        replace_with_caldera(model, modules)
+    if caldera_layers and any([method.restore(model, path) for method in METHODS.values()]):
         model.to(device)
     return model, tokenizer

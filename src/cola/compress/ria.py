@@ -1,44 +1,50 @@
-"""RIA pruning (Zhang et al., "Plug-and-Play", ICLR 2024): relative importance times activation norm.
+"""The RIA method (Zhang et al., ICLR 2024): native pruning by relative importance x activation norm^alpha.
 
-score_ij = (|W_ij| / Σ_k |W_ik| + |W_ij| / Σ_k |W_kj|) · ‖X_j‖₂^α
-
-The relative importance compares a weight with the others feeding the same output (its row) and with
-the others reading the same input (its column), so channels with uniformly large weights do not take
-all the budget; α = 0.5 as in the paper. Within each output row the lowest scores are removed
-(unstructured), or the two lowest of every four consecutive inputs (2:4).
+Run by the one sequential driver (`cola.compress.driver`) with per-column input norms; the scores and masks
+are in `cola.compress.pruning`. The pruned model is saved as a plain dense checkpoint.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cola.compress.stats import InputStats
+from cola.compress.base import PruningConfig, PruningMethod, save_dense
+from cola.errors import ColaError
+from cola.settings import option
 
+if TYPE_CHECKING:
+    import torch
 
-def ria_scores(weight: torch.Tensor, input_norms: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    w = weight.detach().abs().to(torch.float32)
-    eps = torch.finfo(torch.float32).tiny
-    relative = w / w.sum(dim=1, keepdim=True).clamp_min(eps) + w / w.sum(dim=0, keepdim=True).clamp_min(eps)
-    return relative * input_norms.to(torch.float32).pow(alpha)
-
-
-def prune_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch.Tensor:
-    """A boolean mask of the weights to zero: the lowest scores per output row, or 2 of every 4 inputs."""
-    rows, cols = scores.shape
-    if pattern == "2:4":
-        if cols % 4:
-            raise ValueError(f"2:4 sparsity needs the input size to be a multiple of 4, got {cols}")
-        groups = scores.reshape(rows, cols // 4, 4)
-        lowest = groups.topk(2, dim=-1, largest=False).indices
-        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
-        return mask.reshape(rows, cols)
-    count = int(round(cols * sparsity))
-    order = torch.argsort(scores, dim=1, stable=True)[:, :count]
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+    from cola.compress.calibration import CalibrationSet
 
 
-def ria_prune_layer(linear: torch.nn.Linear, stats: InputStats, *, sparsity: float, pattern: str,
-                    alpha: float = 0.5) -> None:
-    """Zero the pruned weights of `linear` in place."""
-    mask = prune_mask(ria_scores(linear.weight, stats.input_norms, alpha), sparsity, pattern)
-    linear.weight.data.masked_fill_(mask, 0)
+@dataclass(frozen=True, kw_only=True)
+class RIAConfig(PruningConfig):
+    alpha: float = option(0.5, help="RIA: exponent of the input-activation norm")
+
+    def check(self) -> None:
+        super().check()
+        if self.alpha < 0:
+            raise ColaError(f"--alpha must be >= 0, got {self.alpha}")
+
+
+class RIA(PruningMethod):
+    name = "ria"
+    backend = "native"
+    config = RIAConfig
+    description = "RIA pruning by relative importance x activation norm^alpha (Zhang et al., ICLR 2024)"
+
+    def run(self, model: torch.nn.Module, calibration: CalibrationSet | None, config: RIAConfig, *,
+            tokenizer: Any, output_dir: Path, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
+        from cola.compress.driver import compress_sequentially
+        from cola.compress.pruning import ria_prune_layer
+
+        def prune(_name: str, linear: torch.nn.Linear, stats: Any) -> None:
+            ria_prune_layer(linear, stats, sparsity=config.sparsity, pattern=config.pattern, alpha=config.alpha)
+
+        compress_sequentially(model, calibration, prune, stats_kind="norms", quiet=quiet,
+                              max_batch_tokens=max_batch_tokens)
+        save_dense(model, tokenizer, output_dir)
+        return {}

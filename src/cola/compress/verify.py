@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from cola.compress.methods import method_spec
 from cola.errors import ColaError, first_line
 
 # a decoder block's Linear weights live under "<...>.layers.<i>." (Llama, Qwen, Mistral, ...), "h.<i>." (GPT-2
@@ -212,24 +211,28 @@ def _sparsity_tolerance(in_features: int) -> float:
     return max(SPARSITY_TOLERANCE, 1.0 / in_features)
 
 
-def _check_pruned(output_dir: Path, method: str, options: dict[str, Any], summary: dict[str, Any]) -> None:
+def check_pruned(output_dir: Path, method: str, summary: dict[str, Any], *, sparsity: float, pattern: str) -> None:
+    """Raise a one-line ColaError unless every decoder layer of `summary` is dense and within 0.5 points of
+    `sparsity` (one weight per row for rows shorter than 200) and, for the 2:4 `pattern`, holds at least 2
+    zeros in every group of 4 consecutive input weights."""
     layers = summary["layers"]
-    target = options["sparsity"]
+    if not layers:
+        raise ColaError(f"no decoder Linear weights found in {output_dir}")
     quantized = [n for n, e in layers.items() if e["sparsity"] is None]
     if quantized:
         raise ColaError(f"{method} should save dense pruned weights but {len(quantized)} layers are quantized "
                         f"(e.g. {quantized[0]})")
     if all(e["sparsity"] < 0.01 for e in layers.values()):
         raise ColaError(f"{method} pruned nothing: no decoder layer of the saved model has more than 1 % zeros "
-                        f"(asked {100 * target:.1f} %); the recipe's targets matched no layer")
+                        f"(asked {100 * sparsity:.1f} %); the recipe's targets matched no layer")
     bad = [(n, e) for n, e in layers.items()
-           if abs(e["sparsity"] - target) > _sparsity_tolerance(e["shape"][-1])]
+           if abs(e["sparsity"] - sparsity) > _sparsity_tolerance(e["shape"][-1])]
     if bad:
         name, entry = bad[0]
         raise ColaError(f"{method}: {len(bad)} of {len(layers)} decoder layers miss the asked sparsity "
-                        f"{100 * target:.2f} % by more than 0.5 points, e.g. {name} at "
+                        f"{100 * sparsity:.2f} % by more than 0.5 points, e.g. {name} at "
                         f"{100 * entry['sparsity']:.2f} %")
-    if options.get("pattern") == "2:4":
+    if pattern == "2:4":
         tensors = _Tensors(output_dir)
         modules = _decoder_modules(tensors)
         for name, params in modules.items():
@@ -243,56 +246,33 @@ def _check_pruned(output_dir: Path, method: str, options: dict[str, Any], summar
                                 "non-zeros")
 
 
-def _check_quantized(method: str, options: dict[str, Any], summary: dict[str, Any]) -> None:
+def check_quantized(method: str, summary: dict[str, Any], *, bits: int, group_size: int | None) -> None:
+    """Raise a one-line ColaError unless every decoder layer of `summary` is stored quantized with `bits`-bit
+    codes and one scale per `group_size` input columns (group_size None: one scale per output channel)."""
     layers = summary["layers"]
+    if not layers:
+        raise ColaError("no decoder Linear weights found in the saved model")
     dense = [n for n, e in layers.items() if not e["quantized"]]
     if len(dense) == len(layers):
         raise ColaError(f"{method} quantized nothing: every decoder layer of the saved model is dense; the "
                         "recipe's targets matched no layer")
     if dense:
         raise ColaError(f"{method} left {len(dense)} of {len(layers)} decoder layers unquantized (e.g. {dense[0]})")
-    bits = 8 if method == "smoothquant" else options["bits"]
     wrong_bits = [(n, e) for n, e in layers.items() if e["num_bits"] != bits]
     if wrong_bits:
         name, entry = wrong_bits[0]
         raise ColaError(f"{method}: {len(wrong_bits)} layers are stored with {entry['num_bits']}-bit codes, "
                         f"not the asked {bits} bits (e.g. {name})")
-    if method == "smoothquant":  # W8A8: one scale per output channel
+    if group_size is None:
         wrong = [n for n, e in layers.items() if e["groups_per_row"] != 1]
         what = "one scale per output channel"
     else:
-        group = options.get("group_size")
-        wrong = [n for n, e in layers.items()
-                 if (group is not None and e["group_size"] != group) or e["group_size"] is None]
-        what = f"groups of {group} input columns"
+        wrong = [n for n, e in layers.items() if e["group_size"] != group_size]
+        what = f"groups of {group_size} input columns"
     if wrong:
         entry = layers[wrong[0]]
         raise ColaError(f"{method}: {len(wrong)} layers are not stored with {what} (e.g. {wrong[0]} has "
                         f"{entry['groups_per_row']} scales per row of {entry['shape'][-1]})")
-
-
-def check_compressed(output_dir: Path, method: str, options: dict[str, Any], summary: dict[str, Any], *,
-                     reload: bool = True) -> None:
-    """Raise a one-line ColaError unless the saved weights show `method`'s effect.
-
-    Pruning: every decoder layer within 0.5 points of options["sparsity"] (one weight per row for rows
-    shorter than 200) and, for 2:4, at least 2 zeros in every group of 4 consecutive input weights.
-    Quantization: every decoder layer stored quantized with the asked bits and group size (options as
-    resolved, group size filled in). With `reload`, the checkpoint is also loaded through transformers and
-    run (see `reload_check`). Other kinds (decomposition) are not checked here.
-    """
-    output_dir = Path(output_dir)
-    spec = method_spec(method)
-    if not summary.get("layers"):
-        raise ColaError(f"no decoder Linear weights found in {output_dir}")
-    if spec.kind == "pruning":
-        _check_pruned(output_dir, spec.name, options, summary)
-    elif spec.kind == "quantization":
-        _check_quantized(spec.name, options, summary)
-    else:
-        return
-    if reload:
-        reload_check(output_dir, summary)
 
 
 # ---------------------------------------------------------------------------------------------- reloading
@@ -346,7 +326,7 @@ def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
     Quantized layers must lie on their grid (W / scale integral within 1e-3, codes within the signed range);
     dense layers must hold exactly the zeros the files hold.
     """
-    from cola.compress.llmc import library_output
+    from cola.compress.llmc.output import library_output
 
     output_dir = Path(output_dir)
     layers = summary["layers"]

@@ -119,7 +119,7 @@ class ExperimentConfig:
     confirm_run_unsafe_code: bool = False   # let evaluation tasks execute code the model wrote
 
     def __post_init__(self) -> None:
-        from cola.compress.methods import METHODS, resolve_options
+        from cola.compress.methods import METHODS, configure
         from cola.models import DTYPES
         from cola.strategies import STRATEGIES
 
@@ -148,7 +148,7 @@ class ExperimentConfig:
             if run.method not in METHODS:
                 raise unknown_choice(f"method (in methods.{run.label})", run.method, METHODS)
             try:  # unknown or invalid options fail now, not mid-grid
-                resolve_options(run.method, dict(run.options))
+                configure(run.method, run.options)
             except ColaError as exc:
                 raise ColaError(f"experiment config: methods.{run.label}: {exc}") from exc
 
@@ -212,7 +212,7 @@ CALIBRATION_OWNED = frozenset(f.name for f in dataclasses.fields(CalibrationSett
 
 def _method(label: str, spec: dict[str, Any]) -> MethodSettings:
     """methods.LABEL: `method` and its options, each checked against the option's type (names and values are
-    checked by `resolve_options` when the config is built)."""
+    checked by `cola.compress.methods.configure` when the config is built)."""
     from cola.compress.methods import OPTIONS
 
     where = f"methods.{label}"

@@ -1,0 +1,137 @@
+"""CalderaLinear, the module computing with a layer's stored factors, and the safetensors file that holds them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from cola.compress.caldera.config import CalderaConfig
+from cola.compress.caldera.decompose import CalderaResult, caldera_decompose
+from cola.compress.caldera.factors import CalderaFactors
+from cola.compress.caldera.hadamard import rotate, rotation_seeds
+from cola.errors import ColaError
+
+FORMAT = "cola-caldera/1"
+
+
+class CalderaLinear(torch.nn.Module):
+    """y = x (Q + L R)ᵀ + b, dequantizing Q, L, R from their codes in every forward (no dense cache).
+
+    The codes, scales and the rotation seed are buffers, so `state_dict()` holds exactly what is stored.
+    """
+
+    def __init__(self, factors: CalderaFactors, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = factors.config
+        self.out_features, self.in_features = factors.shape
+        self._keys = tuple(factors.tensors())
+        # Contiguous copies: a fresh module and one reloaded from disk must run the same matmul kernels (a
+        # transposed view takes another kernel on some CPUs, and the outputs then differ in the last bits).
+        for key, tensor in factors.tensors().items():
+            self.register_buffer(key, tensor.detach().clone(memory_format=torch.contiguous_format))
+        self.register_buffer("bias", bias.detach().clone(memory_format=torch.contiguous_format)
+                             if bias is not None else None)
+
+    @property
+    def factors(self) -> CalderaFactors:
+        """The factors, built on the current buffers (no copy)."""
+        return CalderaFactors.from_tensors({k: getattr(self, k) for k in self._keys}, self.config, "a module")
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, H: torch.Tensor,
+                    config: CalderaConfig) -> tuple[CalderaLinear, CalderaResult]:
+        """Decompose a Linear layer against its calibration Hessian H; the module lives on the layer's device."""
+        result = caldera_decompose(linear.weight.detach(), H, config)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls(result.factors, bias).to(linear.weight.device), result
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"in_features={self.in_features}, out_features={self.out_features}, q_bits={c.q_bits}, "
+                f"lr_bits={c.lr_bits}, rank={c.rank}, hadamard={c.hadamard}, bias={self.bias is not None}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factors = self.factors
+        q, left, right = factors.parts()
+        h = x.to(torch.float32)
+        if factors.hadamard_seed is not None:
+            seed_u, seed_v = rotation_seeds(factors.hadamard_seed)
+            h = rotate(h, seed_v)                                  # x Vᵀ
+        y = h @ q.T + (h @ right.T) @ left.T
+        if factors.hadamard_seed is not None:
+            y = rotate(y, seed_u, transpose=True)                  # · U
+        if self.bias is not None:
+            y = y + self.bias.to(torch.float32)
+        return y.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------ save/load
+
+
+def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaConfig) -> None:
+    """Write every module's codes, scales and bias to one safetensors file (config in the metadata), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        if module.config != config:
+            raise ColaError(f"layer {name} was decomposed with {module.config}, not the {config} being saved")
+        tensors.update(module.factors.state_dict(f"{name}."))
+        if module.bias is not None:
+            tensors[f"{name}.bias"] = module.bias.detach().cpu().contiguous()
+    metadata = {"format": FORMAT, "config": json.dumps(asdict(config)), "modules": json.dumps(list(modules))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_caldera(path: Path) -> tuple[dict[str, CalderaLinear], CalderaConfig]:
+    """Read a file written by save_caldera: the CalderaLinear modules by name, and the config."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ColaError(f"CALDERA file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a CALDERA file"
+        raise ColaError(f"cannot read CALDERA file {path}: {exc}") from exc
+    if metadata.get("format") != FORMAT:
+        raise ColaError(f"{path} is not a CALDERA file of this version (format {metadata.get('format')!r}, "
+                        f"expected {FORMAT!r})")
+    config = CalderaConfig(**json.loads(metadata["config"]))  # checked at construction
+    modules = {}
+    for name in json.loads(metadata["modules"]):
+        factors = CalderaFactors.from_state_dict(tensors, f"{name}.", config)
+        modules[name] = CalderaLinear(factors, tensors.get(f"{name}.bias"))
+    return modules, config
+
+
+def replace_with_caldera(model: torch.nn.Module, modules: dict[str, CalderaLinear]) -> None:
+    """Swap the named submodules of `model` (dotted names from named_modules()) for their CalderaLinear."""
+    for name, module in modules.items():
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            old = getattr(parent, child)
+        except AttributeError as exc:
+            raise ColaError(f"the model has no module {name!r} to replace with its CALDERA layer") from exc
+        old_in, old_out = getattr(old, "in_features", None), getattr(old, "out_features", None)
+        if (old_in, old_out) not in ((None, None), (module.in_features, module.out_features)):
+            raise ColaError(f"module {name!r} is {old_out}x{old_in} but its CALDERA layer is "
+                            f"{module.out_features}x{module.in_features}")
+        weight = getattr(old, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            module = module.to(weight.device)
+        setattr(parent, child, module)
