@@ -42,7 +42,7 @@ _EXPORTS = {
     "CALDERA_FILE": "method", "Caldera": "method",
 }
 _QUANT = ("dequantize_codes", "fit_scales", "nf_codebook", "quantize_rtn")  # the shared core, re-exported
-__all__ = sorted([*_EXPORTS, *_QUANT])
+__all__ = [*_EXPORTS, *_QUANT]  # noqa: PLE0604 (built from the name tables above)
 
 
 def __getattr__(name: str) -> Any:

@@ -139,7 +139,8 @@ class CalderaFactors:
         found = {k: tensors[prefix + k] for k in _CODE_KEYS + _FLOAT_KEYS + (_SEED_KEY,) if prefix + k in tensors}
         for key in _CODE_KEYS:
             if key in found:
-                found[key] = unpack_codes(found[key], _code_bits(config, key), tuple(tensors[prefix + key + "_shape"].tolist()))
+                shape = tuple(tensors[prefix + key + "_shape"].tolist())
+                found[key] = unpack_codes(found[key], _code_bits(config, key), shape)
         return cls.from_tensors(found, config, where=repr(prefix))
 
     @classmethod
