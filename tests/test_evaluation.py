@@ -308,7 +308,7 @@ MC_OK = {"question": "Which?", "choices": ["a", "b"], "label": 1}
 @pytest.mark.parametrize("record, message", [
     ({**MC_OK, "choices": []}, "field 'choices' has 0 choices; multiple choice needs at least 2 choices"),
     ({**MC_OK, "choices": ["only"], "label": 0}, "field 'choices' has 1 choice; multiple choice needs at least 2"),
-    ({**MC_OK, "choices": "a b"}, "field 'choices' must be a list of choices, got a string"),
+    ({**MC_OK, "choices": "a b"}, "field 'choices' must be a list of choices, got text"),
     ({**MC_OK, "choices": ["a", None]}, "choice 1 of 'choices' must be text, got null"),
     ({**MC_OK, "label": 7}, "label 7 is out of range for 2 choices (0-based: 0 to 1)"),
     ({**MC_OK, "label": -1}, "label -1 is out of range for 2 choices"),
@@ -322,7 +322,7 @@ MC_OK = {"question": "Which?", "choices": ["a", "b"], "label": 1}
     ({"question": "q", "choices": {"label": ["A", "B"], "text": ["x"]}, "answerKey": "A"},
      "field 'text' has 1 choice"),
     ({"question": "q", "choices": ["x", "y"], "answerKey": "A"}, "field 'choices' must be an object with 'label' "
-                                                                "and 'text' lists, got a list"),
+                                                                "and 'text' lists, got a list of strings"),
 ])
 def test_unusable_multiple_choice_records_are_one_error_naming_file_and_line(tmp_path: Path, record, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [record, record])  # the first record sets the schema
@@ -338,7 +338,7 @@ def test_labels_written_as_digits_or_whole_floats_are_read(tmp_path: Path):
 
 @pytest.mark.parametrize("kind, record, message", [
     ("qa", {"question": "q", "answer": ""}, "question/answer record: field 'answer' is empty"),
-    ("qa", {"question": "q", "answer": ["4"]}, "field 'answer' must be text, got a list"),
+    ("qa", {"question": "q", "answer": ["4"]}, "field 'answer' must be text, got a list of strings"),
     ("qa", {"problem": "p", "solution": "  "}, "MATH record: field 'solution' is empty"),
     ("qa", {"text": "t", "code": None}, "mbpp record: field 'code' must be text, got null"),
     ("gsm8k_em", {"question": "q", "answer": "four"}, "answer has no final number after '####'"),

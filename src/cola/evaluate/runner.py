@@ -144,11 +144,12 @@ ITEM_RUNNERS: dict[str, Callable[[Any, Any, list[Any], Settings], Measured]] = {
 
 @dataclass(frozen=True)
 class TaskInput:
-    """A task's file, read and checked: its text (ppl) or items and their schema, and the seconds reading took."""
+    """A task's file, read and checked: its text (ppl) or items and the reading of its schema that made them
+    (`cola.evaluate.tasks.Reading`), and the seconds reading took."""
 
     text: str = ""
     items: list[Any] = field(default_factory=list)
-    schema: Any = None
+    reading: Any = None
     seconds: float = 0.0
 
 
@@ -157,8 +158,8 @@ def read_task(task: TaskSpec, limit: int | None) -> TaskInput:
     start = time.perf_counter()
     if task.kind == "ppl":
         return TaskInput(text=read_text(task.path), seconds=time.perf_counter() - start)
-    items, schema = load_items(task, limit)
-    return TaskInput(items=items, schema=schema, seconds=time.perf_counter() - start)
+    items, reading = load_items(task, limit)
+    return TaskInput(items=items, reading=reading, seconds=time.perf_counter() - start)
 
 
 def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, settings: Settings,
@@ -172,7 +173,7 @@ def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, sett
         capability = task.capability or "general"
         m = _run_ppl(model, tokenizer, task, data.text, limit, settings)
     else:
-        capability = infer_capability(task, data.schema, data.items)
+        capability = infer_capability(task, data.reading)
         m = ITEM_RUNNERS[task.kind](model, tokenizer, data.items, settings)
     seconds = time.perf_counter() - start + read_before
     result = TaskResult(task=task.name, kind=task.kind, capability=capability, metric=task.metric,
@@ -397,7 +398,7 @@ def retention(results: Any, dense_results: Any) -> dict[str, Any]:
 
 def read_dense_report(path: str | Path) -> dict[str, Any]:
     """A `cola evaluate --output` file (or an experiment's dense.json), checked for what retention reads."""
-    from cola.data.readers import read_mapping
+    from cola.io import read_mapping
 
     report = read_mapping(Path(path), what="--dense", expected="a `cola evaluate --output` report (a JSON "
                               "object with a 'results' list)")
