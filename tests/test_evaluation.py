@@ -196,6 +196,22 @@ def test_retention_per_task_and_capability():
     assert task_retention(2.0, 4.0, higher_is_better=False) == 2.0
 
 
+def test_capability_retention_is_one_function_for_evaluate_and_the_experiment():
+    import pandas as pd
+
+    from cola.evaluate import retention_by_capability
+    from cola.experiment.report import capability_retention
+
+    pairs = [("math", 0.5), ("math", 1.0), ("code", None), ("code", float("nan")), ("general", 0.25)]
+    assert retention_by_capability(pairs) == {"math": 0.75, "general": 0.25}  # tasks without a ratio left out
+    rows = pd.DataFrame([{"strategy": "s", "method": "m", "seed": seed, "capability": c, "retention": r}
+                         for seed in (1, 0) for c, r in pairs])
+    caps = capability_retention(rows)
+    assert caps.to_dict("records") == [
+        {"strategy": "s", "method": "m", "seed": seed, "capability": c, "retention": r}
+        for seed in (0, 1) for c, r in (("general", 0.25), ("math", 0.75))]
+
+
 def test_cli_evaluate_writes_json_and_bad_task_exits_2(tiny_model_dir: Path, tmp_path: Path, capsys):
     from cola.cli import main
 
