@@ -96,6 +96,28 @@ def test_columns_the_old_tables_classified_differently(tmp_path: Path, records, 
     assert formatter_for_columns(records[0]) == formatter
 
 
+def test_openbookqa_curates_and_evaluates_as_commonsense_multiple_choice(tmp_path: Path):
+    """Stage 2 could format OpenBookQA's own schema, but curate refused it and evaluate did not read it."""
+    record = {"id": "7-980", "question_stem": "The sun is responsible for", "fact1": "the sun is a source of energy",
+              "choices": {"text": ["puppies learning", "plants sprouting"], "label": ["A", "B"]}, "answerKey": "B"}
+    path = write_jsonl(tmp_path / "obqa.jsonl", [record])
+    source = load_source(parse_source(str(path)), max_candidates=1, seed=0)
+    assert (source.fields, source.capability) == (("question_stem", "choices"), "commonsense")
+    assert get_formatter(formatter_for_columns(record))(record).text == (
+        "Question: The sun is responsible for\nA. puppies learning\nB. plants sprouting\n\nReasoning:\n"
+        "the sun is a source of energy\n\nAnswer: B. plants sprouting")
+    (item,), reading = load_items(parse_task(f"mc:{path}"), None)
+    assert (reading.name, item.context, item.choices, item.label) == (
+        "openbookqa", "The sun is responsible for", ("puppies learning", "plants sprouting"), 1)
+
+
+def test_hellaswag_without_ctx_formats_from_ctx_a_and_ctx_b():
+    record = {"activity_label": "Baking", "ctx_a": "A man mixes flour.", "ctx_b": "then he",
+              "endings": ["bakes it.", "runs."], "label": 0}
+    assert schema_for_columns(record).name == "hellaswag"
+    assert format_multiple_choice(record).question == "Baking: A man mixes flour. then he\nA. bakes it.\nB. runs."
+
+
 def test_question_answer_is_math_in_evaluate_as_in_curate(tmp_path: Path):
     """evaluate called a question/answer file without gsm8k's `####` capability "qa"; curate called it math."""
     path = write_jsonl(tmp_path / "trivia.jsonl", [{"question": "Capital of France?", "answer": "Paris"}])

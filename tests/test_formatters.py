@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from cola.data.answers import last_boxed
 from cola.data.catalog import CATALOG
+from cola.data.fields import FieldValueError
 from cola.data.formatters import (
     FORMATTERS,
-    FieldValueError,
     Formatted,
     chat_messages,
     format_chat,
@@ -26,7 +27,6 @@ from cola.data.formatters import (
     format_text,
     formatter_for_columns,
     get_formatter,
-    last_boxed,
     mapped_formatter,
     parse_field_mapping,
     qa_text,

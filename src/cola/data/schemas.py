@@ -13,8 +13,8 @@ Each known schema declares
 One matcher, `schema_for_columns`, serves every reader: the catalog (local files inherit a schema from their
 columns), Stage 2's formatter choice, the source loader's fields and capability, and evaluate's item builders.
 Tie-break rule: among the schemas one of whose signatures the columns contain, the one with the largest such
-signature wins; on a tie, the one listed first in SCHEMAS. Multiple-choice schemas are listed first, since multiple-choice files
-often carry an `answer` column beside `question` (LLM-Adapters' parsed files, ARC).
+signature wins; on a tie, the one listed first in SCHEMAS. Multiple-choice schemas are listed first, since
+multiple-choice files often carry an `answer` column beside `question` (LLM-Adapters' parsed files, ARC).
 """
 
 from __future__ import annotations
