@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 from cola.errors import ColaError
 from cola.evaluate.report import TaskResult, result_dicts
 from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
-from cola.evaluate.tasks import EXECUTES_CODE, TaskSpec, infer_capability, load_items, parse_task, read_text
+from cola.evaluate.tasks import (EXECUTES_CODE, Reading, TaskSpec, infer_capability, load_items, parse_task,
+                                 read_text)
 from cola.export import nearest_existing
 from cola.io import read_mapping
 
@@ -118,12 +119,12 @@ ITEM_RUNNERS: dict[str, Callable[[Any, Any, list[Any], Settings], Measured]] = {
 
 @dataclass(frozen=True)
 class TaskInput:
-    """A task's file, read and checked: its text (ppl) or items and the reading of its schema that made them
-    (`cola.evaluate.tasks.Reading`), and the seconds reading took."""
+    """A task's file, read and checked: its text (ppl) or items and the reading of its schema that made them,
+    and the seconds reading took."""
 
     text: str = ""
     items: list[Any] = field(default_factory=list)
-    reading: Any = None
+    reading: Reading | None = None
     seconds: float = 0.0
 
 
