@@ -196,6 +196,22 @@ def test_retention_per_task_and_capability():
     assert task_retention(2.0, 4.0, higher_is_better=False) == 2.0
 
 
+def test_capability_retention_is_one_function_for_evaluate_and_the_experiment():
+    import pandas as pd
+
+    from cola.evaluate import retention_by_capability
+    from cola.experiment.report import capability_retention
+
+    pairs = [("math", 0.5), ("math", 1.0), ("code", None), ("code", float("nan")), ("general", 0.25)]
+    assert retention_by_capability(pairs) == {"math": 0.75, "general": 0.25}  # tasks without a ratio left out
+    rows = pd.DataFrame([{"strategy": "s", "method": "m", "seed": seed, "capability": c, "retention": r}
+                         for seed in (1, 0) for c, r in pairs])
+    caps = capability_retention(rows)
+    assert caps.to_dict("records") == [
+        {"strategy": "s", "method": "m", "seed": seed, "capability": c, "retention": r}
+        for seed in (0, 1) for c, r in (("general", 0.25), ("math", 0.75))]
+
+
 def test_cli_evaluate_writes_json_and_bad_task_exits_2(tiny_model_dir: Path, tmp_path: Path, capsys):
     from cola.cli import main
 
@@ -308,7 +324,7 @@ MC_OK = {"question": "Which?", "choices": ["a", "b"], "label": 1}
 @pytest.mark.parametrize("record, message", [
     ({**MC_OK, "choices": []}, "field 'choices' has 0 choices; multiple choice needs at least 2 choices"),
     ({**MC_OK, "choices": ["only"], "label": 0}, "field 'choices' has 1 choice; multiple choice needs at least 2"),
-    ({**MC_OK, "choices": "a b"}, "field 'choices' must be a list of choices, got a string"),
+    ({**MC_OK, "choices": "a b"}, "field 'choices' must be a list of choices, got text"),
     ({**MC_OK, "choices": ["a", None]}, "choice 1 of 'choices' must be text, got null"),
     ({**MC_OK, "label": 7}, "label 7 is out of range for 2 choices (0-based: 0 to 1)"),
     ({**MC_OK, "label": -1}, "label -1 is out of range for 2 choices"),
@@ -322,7 +338,7 @@ MC_OK = {"question": "Which?", "choices": ["a", "b"], "label": 1}
     ({"question": "q", "choices": {"label": ["A", "B"], "text": ["x"]}, "answerKey": "A"},
      "field 'text' has 1 choice"),
     ({"question": "q", "choices": ["x", "y"], "answerKey": "A"}, "field 'choices' must be an object with 'label' "
-                                                                "and 'text' lists, got a list"),
+                                                                "and 'text' lists, got a list of strings"),
 ])
 def test_unusable_multiple_choice_records_are_one_error_naming_file_and_line(tmp_path: Path, record, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [record, record])  # the first record sets the schema
@@ -338,7 +354,7 @@ def test_labels_written_as_digits_or_whole_floats_are_read(tmp_path: Path):
 
 @pytest.mark.parametrize("kind, record, message", [
     ("qa", {"question": "q", "answer": ""}, "question/answer record: field 'answer' is empty"),
-    ("qa", {"question": "q", "answer": ["4"]}, "field 'answer' must be text, got a list"),
+    ("qa", {"question": "q", "answer": ["4"]}, "field 'answer' must be text, got a list of strings"),
     ("qa", {"problem": "p", "solution": "  "}, "MATH record: field 'solution' is empty"),
     ("qa", {"text": "t", "code": None}, "mbpp record: field 'code' must be text, got null"),
     ("gsm8k_em", {"question": "q", "answer": "four"}, "answer has no final number after '####'"),

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from cola.data.answers import last_boxed
 from cola.data.catalog import CATALOG
+from cola.data.fields import FieldValueError
 from cola.data.formatters import (
     FORMATTERS,
-    FieldValueError,
     Formatted,
     chat_messages,
     format_chat,
@@ -26,7 +27,6 @@ from cola.data.formatters import (
     format_text,
     formatter_for_columns,
     get_formatter,
-    last_boxed,
     mapped_formatter,
     parse_field_mapping,
     qa_text,
@@ -462,8 +462,8 @@ def test_text_formatter_joins_a_list_as_paragraphs():
 
 
 def test_chat_catalog_entries_recognise_chat_files():
-    from cola.data.catalog import entry_for_columns
+    from cola.data.schemas import schema_for_columns
 
-    assert entry_for_columns({"id", "messages"}).name == "ultrachat"
-    assert entry_for_columns({"conversations"}).name == "openhermes"
+    assert schema_for_columns({"id", "messages"}) is CATALOG["ultrachat"].schema
+    assert schema_for_columns({"conversations"}) is CATALOG["openhermes"].schema
     assert {CATALOG[n].formatter for n in ("ultrachat", "openhermes")} == {"chat"}

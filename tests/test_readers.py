@@ -1,4 +1,4 @@
-"""Tests for reading users' data files (cola.data.readers): every value as the file holds it, every layout of
+"""Tests for reading users' data files (cola.io): every value as the file holds it, every layout of
 JSON, and the readers' own errors as one line naming the file and the row."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cola.data.readers import RowNumber, file_format, read_json_records, read_records
+from cola.io import RowNumber, file_format, read_json_records, read_records
 from cola.data.sources import load_source, parse_source
 from cola.errors import ColaError
 
@@ -163,12 +163,12 @@ def test_json_object_with_one_list_of_records_is_read_and_said(tmp_path: Path, c
     """A valid pretty-printed document was reported as 'malformed JSON on line 1'."""
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(SQUAD_LIKE, indent=2), encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="cola.data.readers"):
+    with caplog.at_level(logging.INFO, logger="cola.io"):
         source = load(path)
     assert source.texts == ("The Nile is long.", "Mills grind grain.")
     assert source.records_key == "data" and source.describe()["records_key"] == "data"
     assert source.rows == ("record 1", "record 2")
-    assert [r.getMessage() for r in caplog.records if r.name == "cola.data.readers"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "cola.io"] == [
         f"{path}: reading the 2 records under its top-level key 'data'"]
 
 

@@ -1,4 +1,4 @@
-"""Tests for candidate sources (cola.data.sources) and the dataset catalog (cola.data.catalog)."""
+"""Tests for candidate sources (cola.data.sources, cola.data.specs) and the dataset catalog (cola.data.catalog)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cola.data.catalog import CATALOG, EMBEDDED_SOURCES, entry_for_columns
+from cola.data.catalog import CATALOG, EMBEDDED_SOURCES
 from cola.data.sources import (
     FILE_FORMATS,
     HUB_SHUFFLE_BUFFER,
@@ -26,7 +26,8 @@ from cola.data.sources import (
     render_value,
     reservoir_sample,
 )
-from cola.data.formatters import FieldValueError
+from cola.data.fields import FieldValueError
+from cola.data.schemas import schema_for_columns
 from cola.errors import ColaError
 
 from .conftest import SHARED_DATA, needs_shared_data
@@ -448,7 +449,7 @@ def test_multiple_choice_with_label_and_answer_is_commonsense(tmp_path: Path):
     assert (source.capability, source.fields) == ("commonsense", ("question", "choices"))
     assert source.texts == ("Which factor causes a fever?\n\na leg muscle\nbacteria\nviral particles",
                             "What do algae supply?\n\ncarbon dioxide\nfood")
-    assert entry_for_columns({"question", "choices", "label", "answer"}).capability == "commonsense"
+    assert schema_for_columns({"question", "choices", "label", "answer"}).capability == "commonsense"
 
 
 def test_hub_style_choices_render_with_labels(tmp_path: Path):

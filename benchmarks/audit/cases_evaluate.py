@@ -147,7 +147,8 @@ CASES = [
          match="unknown task kind 'mcq'"),
     # question/answer and generation records
     Case("qa: empty answer", _task("qa", [{"question": "q", "answer": ""}]), match="field 'answer' is empty"),
-    Case("qa: answer a list", _task("qa", [{"question": "q", "answer": ["4"]}]), match="must be text, got a list"),
+    Case("qa: answer a list", _task("qa", [{"question": "q", "answer": ["4"]}]),
+         match="must be text, got a list of strings"),
     Case("qa: MATH solution blank", _task("qa", [{"problem": "p", "solution": "  "}]),
          match="field 'solution' is empty"),
     Case("qa: mbpp code null", _task("qa", [{"text": "t", "code": None}]), match="'code' must be text, got null"),

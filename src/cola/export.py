@@ -412,7 +412,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def read_index(index_file: Path, *, what: str, remedy: str) -> dict[str, Any]:
     """The JSON object in a set's index file; a missing, unreadable or malformed one is a one-line ColaError
     naming `what` was being read and the `remedy`."""
-    from cola.data.readers import read_mapping
+    from cola.io import read_mapping
 
     return read_mapping(index_file, what=what, remedy=remedy)
 

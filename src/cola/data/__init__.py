@@ -1,1 +1,1 @@
-"""Candidate pools and the catalog of known data sets."""
+"""Candidate pools, the one dataset-schema table (schemas.py) and the catalog of known data sets."""

@@ -1,4 +1,6 @@
-"""Run evaluation tasks on a model, collect one TaskResult each, and compare with the dense model (retention).
+"""Run evaluation tasks on a model and collect one TaskResult each; check a dense report against the plan.
+
+Retention and the report are in `cola.evaluate.report`.
 
 >>> model, tok = load_for_evaluation("outputs/gptq")                      # doctest: +SKIP
 >>> results = evaluate(model, tok, ["wikitext2", "hellaswag"], limit={"hellaswag": 500}, data_dir="data")
@@ -8,49 +10,22 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from cola.errors import ColaError
+from cola.evaluate.report import TaskResult, result_dicts
 from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
-from cola.evaluate.tasks import EXECUTES_CODE, TaskSpec, infer_capability, load_items, parse_task, read_text
-from cola.export import nearest_existing, run_environment
+from cola.evaluate.tasks import (EXECUTES_CODE, Reading, TaskSpec, infer_capability, load_items, parse_task,
+                                 read_text)
+from cola.export import nearest_existing
+from cola.io import read_mapping
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """One task's outcome: the primary metric (with its direction) and everything else measured."""
-
-    task: str
-    kind: str
-    capability: str
-    metric: str
-    higher_is_better: bool
-    value: float
-    stderr: float | None
-    n: int                    # items (windows for perplexity)
-    tokens: int               # tokens scored (perplexity: predicted; mc/qa: continuation; generation: generated)
-    forward_tokens: int       # non-padding tokens run through the model: the throughput numerator
-    seconds: float
-    source: str
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    note: str = ""
-    execution: dict[str, Any] | None = None  # tasks that run generated code: the isolation that applied, outcomes
-    limit: int | None = None  # the --limit that applied to this task (None: all items)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.forward_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
 
 
 @dataclass(frozen=True)
@@ -144,11 +119,12 @@ ITEM_RUNNERS: dict[str, Callable[[Any, Any, list[Any], Settings], Measured]] = {
 
 @dataclass(frozen=True)
 class TaskInput:
-    """A task's file, read and checked: its text (ppl) or items and their schema, and the seconds reading took."""
+    """A task's file, read and checked: its text (ppl) or items and the reading of its schema that made them,
+    and the seconds reading took."""
 
     text: str = ""
     items: list[Any] = field(default_factory=list)
-    schema: Any = None
+    reading: Reading | None = None
     seconds: float = 0.0
 
 
@@ -157,8 +133,8 @@ def read_task(task: TaskSpec, limit: int | None) -> TaskInput:
     start = time.perf_counter()
     if task.kind == "ppl":
         return TaskInput(text=read_text(task.path), seconds=time.perf_counter() - start)
-    items, schema = load_items(task, limit)
-    return TaskInput(items=items, schema=schema, seconds=time.perf_counter() - start)
+    items, reading = load_items(task, limit)
+    return TaskInput(items=items, reading=reading, seconds=time.perf_counter() - start)
 
 
 def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, settings: Settings,
@@ -172,7 +148,7 @@ def run_task(model: Any, tokenizer: Any, task: TaskSpec, limit: int | None, sett
         capability = task.capability or "general"
         m = _run_ppl(model, tokenizer, task, data.text, limit, settings)
     else:
-        capability = infer_capability(task, data.schema, data.items)
+        capability = infer_capability(task, data.reading)
         m = ITEM_RUNNERS[task.kind](model, tokenizer, data.items, settings)
     seconds = time.perf_counter() - start + read_before
     result = TaskResult(task=task.name, kind=task.kind, capability=capability, metric=task.metric,
@@ -320,84 +296,8 @@ def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, 
     return plan.run(model, tokenizer)
 
 
-# --- retention -----------------------------------------------------------------------------------------------
-
-RESULT_FIELDS = {"task": "text", "capability": "text", "metric": "text", "higher_is_better": "true/false",
-                 "value": "number"}  # what retention reads from each result
-
-
-def _has_type(value: Any, kind: str) -> bool:
-    if kind == "true/false":
-        return isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, str)
-
-
-def result_dicts(results: Any, what: str = "results") -> list[dict[str, Any]]:
-    """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts; ColaError
-    naming `what` and the entry when one lacks a field retention reads."""
-    if isinstance(results, Mapping):
-        if not isinstance(results.get("results"), list):
-            raise ColaError(f"{what} has no 'results' list (expected a `cola evaluate --output` report)")
-        results = results["results"]
-    elif isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
-        raise ColaError(f"{what} must be a `cola evaluate --output` report or a list of task results, got "
-                        f"{type(results).__name__}")
-    rows = []
-    for index, result in enumerate(results):
-        row = result.as_dict() if isinstance(result, TaskResult) else result
-        if not isinstance(row, Mapping):
-            raise ColaError(f"{what}: results[{index}] is {type(row).__name__}, not a task result")
-        for name, kind in RESULT_FIELDS.items():
-            if not _has_type(row.get(name), kind):
-                raise ColaError(f"{what}: results[{index}] ({row.get('task', 'no task name')}) has no {kind} "
-                                f"{name!r}")
-        rows.append(dict(row))
-    return rows
-
-
-def task_retention(value: float, dense: float, higher_is_better: bool) -> float | None:
-    """compressed/dense for higher-is-better metrics, dense/compressed for lower-is-better: 1.0 = kept."""
-    numerator, denominator = (value, dense) if higher_is_better else (dense, value)
-    return numerator / denominator if denominator > 0 and math.isfinite(numerator) else None
-
-
-def _unmatched(result: Mapping[str, Any], base: Mapping[str, Any] | None) -> str | None:
-    """Why `result` has no retention against `base`, or None when they compare."""
-    if base is None:
-        return "no dense result"
-    if base["metric"] != result["metric"]:
-        return f"dense metric {base['metric']}, here {result['metric']}"
-    if isinstance(base.get("n"), int) and isinstance(result.get("n"), int) and base["n"] != result["n"]:
-        return f"dense scored {base['n']} items, here {result['n']}"
-    return None
-
-
-def retention(results: Any, dense_results: Any) -> dict[str, Any]:
-    """Per task (same name, metric and item count) and per capability (mean over its tasks) retention vs the
-    dense model; `unmatched` says why a task has none (no dense result, another metric, other items)."""
-    dense = {r["task"]: r for r in result_dicts(dense_results, "dense results")}
-    tasks: dict[str, float | None] = {}
-    unmatched: dict[str, str] = {}
-    by_capability: dict[str, list[float]] = {}
-    for r in result_dicts(results):
-        base = dense.get(r["task"])
-        reason = _unmatched(r, base)
-        if reason is not None:
-            unmatched[r["task"]] = reason
-            continue
-        ratio = task_retention(r["value"], base["value"], r["higher_is_better"])
-        tasks[r["task"]] = ratio
-        if ratio is not None:
-            by_capability.setdefault(r["capability"], []).append(ratio)
-    return {"tasks": tasks, "capabilities": {c: sum(v) / len(v) for c, v in by_capability.items()},
-            "unmatched": unmatched}
-
-
 def read_dense_report(path: str | Path) -> dict[str, Any]:
     """A `cola evaluate --output` file (or an experiment's dense.json), checked for what retention reads."""
-    from cola.data.readers import read_mapping
 
     report = read_mapping(Path(path), what="--dense", expected="a `cola evaluate --output` report (a JSON "
                               "object with a 'results' list)")
@@ -457,46 +357,3 @@ def check_output_file(path: str | Path, flag: str = "--output") -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ColaError(f"{flag} {path}: cannot write in {folder}")
     return target
-
-
-# --- report --------------------------------------------------------------------------------------------------
-
-def evaluation_report(model: str, results: Sequence[TaskResult], *, dtype: str, device: str,
-                      limit: int | Mapping[str, int] | None, dense: Any = None, **settings: Any) -> dict[str, Any]:
-    """Everything `--output` writes: the model, settings, per-task results, throughput and retention."""
-    seconds = sum(r.seconds for r in results)
-    forward = sum(r.forward_tokens for r in results)
-    return {"tool": "cola", "command": "evaluate", "model": model, "dtype": dtype, "device": device,
-            "limit": dict(limit) if isinstance(limit, Mapping) else limit, "settings": settings,
-            "tasks": [r.task for r in results], "results": [r.as_dict() for r in results],
-            "seconds": round(seconds, 3), "forward_tokens": forward, **run_environment(),
-            "tokens_per_second": round(forward / seconds, 1) if seconds > 0 else 0.0,
-            "retention": retention(results, dense) if dense is not None else None}
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
-def format_table(report: Mapping[str, Any]) -> str:
-    """A readable table of a report: one row per task, then per-capability retention when known."""
-    kept = (report.get("retention") or {}).get("tasks", {})
-    header = (f"{'task':22} {'capability':12} {'metric':12} {'value':>10} {'± stderr':>10} {'n':>6} "
-              f"{'tokens':>8} {'tok/s':>8} {'seconds':>8}" + (f" {'retention':>9}" if report.get("retention") else ""))
-    lines = [f"{report['model']} ({report['dtype']}, {report['device']})", header]
-    for r in report["results"]:
-        line = (f"{r['task'][:22]:22} {r['capability']:12} {r['metric']:12} {_number(r['value']):>10} "
-                f"{_number(r['stderr'], 2):>10} {r['n']:>6} {r['tokens']:>8} {r['tokens_per_second']:>8.0f} "
-                f"{r['seconds']:>8.1f}")
-        if report.get("retention"):
-            line += f" {_number(kept.get(r['task']), 3):>9}"
-        lines.append(line)
-    lines.append(f"total: {report['seconds']:.1f} s, {report['forward_tokens']} tokens through the model, "
-                 f"{report['tokens_per_second']:.0f} tokens/s")
-    if report.get("retention"):
-        caps = report["retention"]["capabilities"]
-        lines.append("retention by capability: " + (", ".join(f"{c} {v:.3f}" for c, v in caps.items()) or "none"))
-        unmatched = report["retention"].get("unmatched") or {}
-        if unmatched:
-            lines.append("no retention for: " + ", ".join(f"{t} ({why})" for t, why in unmatched.items()))
-    return "\n".join(lines)

@@ -2,23 +2,24 @@
 
 Nothing here touches a model. A built-in name is a file under the data directory (the layout of the
 upstream releases: `wikitext2/wiki.test.raw.txt`, `hellaswag/...`); a user's file is named with its kind.
-Each record schema knows its fields, its prompt format and, for Q&A, its capability (math or code).
+A file's records are matched to a dataset schema by the one table curation uses too (`cola.data.schemas`);
+each task kind has a reading of the schemas it scores: the fields it needs and its prompt format.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from cola.data.formatters import strip_calculator_annotations
-from cola.data.readers import read_text_file
-from cola.data.sources import read_json_records
+from cola.data.answers import strip_calculator_annotations
+from cola.data.schemas import DEFAULT_CAPABILITY, SCHEMAS, schema_for_columns
 from cola.errors import ColaError, unknown_choice
+from cola.io import describe_value, read_json_records, read_text_file
 
 DATA_DIR_ENV = "COLA_DATA_DIR"
 
@@ -26,7 +27,7 @@ DATA_DIR_ENV = "COLA_DATA_DIR"
 KINDS: dict[str, tuple[str, bool, str | None]] = {
     "ppl": ("perplexity", False, "general"),
     "mc": ("acc_norm", True, "commonsense"),
-    "qa": ("nll", False, None),  # math or code, from the file's schema
+    "qa": ("nll", False, None),  # math or code, from the file's schema (cola.data.schemas)
     "gsm8k_em": ("exact_match", True, "math"),
     "humaneval_pass1": ("pass@1", True, "code"),
 }
@@ -143,17 +144,11 @@ def require(record: dict[str, Any], fields: tuple[str, ...], path: Path, line: i
                             f"{', '.join(fields)})")
 
 
-def _json_type(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
-
-
 def text_field(record: dict[str, Any], name: str, *, empty: bool = True) -> str:
     """`record[name]` as text: a string (or a number, written out); None, lists and objects are errors."""
     value = record[name]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RecordError(f"field {name!r} must be text, got {_json_type(value)}")
+        raise RecordError(f"field {name!r} must be text, got {describe_value(value)}")
     text = str(value)
     if not empty and not text.strip():
         raise RecordError(f"field {name!r} is empty")
@@ -204,13 +199,13 @@ def choices_field(record: dict[str, Any], name: str) -> tuple[str, ...]:
     """A list of at least two text choices."""
     value = record[name]
     if not isinstance(value, list):
-        raise RecordError(f"field {name!r} must be a list of choices, got {_json_type(value)}")
+        raise RecordError(f"field {name!r} must be a list of choices, got {describe_value(value)}")
     if len(value) < 2:
         raise RecordError(f"field {name!r} has {len(value)} choice{'s' if len(value) != 1 else ''}; multiple choice "
                           "needs at least 2 choices")
     for index, choice in enumerate(value):
         if isinstance(choice, bool) or not isinstance(choice, (str, int, float)):
-            raise RecordError(f"choice {index} of {name!r} must be text, got {_json_type(choice)}")
+            raise RecordError(f"choice {index} of {name!r} must be text, got {describe_value(choice)}")
     return tuple(map(str, value))
 
 
@@ -247,34 +242,47 @@ def _hellaswag_original(record: dict[str, Any]) -> ChoiceItem:
                         "label")
 
 
-def _commonsenseqa(record: dict[str, Any]) -> ChoiceItem:
+def _labelled_choices(record: dict[str, Any], question: str) -> ChoiceItem:
+    """Choices as `{"label": [...], "text": [...]}` and the gold's label in `answerKey` (CommonsenseQA, ARC,
+    OpenBookQA); `question` names the field holding the question."""
     table = record["choices"]
     if not isinstance(table, dict) or not {"label", "text"} <= set(table):
-        raise RecordError(f"field 'choices' must be an object with 'label' and 'text' lists, got {_json_type(table)}")
+        raise RecordError(f"field 'choices' must be an object with 'label' and 'text' lists, got "
+                          f"{describe_value(table)}")
     letters, texts = choices_field(table, "label"), choices_field(table, "text")
     if len(letters) != len(texts):
         raise RecordError(f"'choices' has {len(letters)} labels but {len(texts)} texts")
     key = text_field(record, "answerKey")
     if key not in letters:
         raise RecordError(f"answerKey {key!r} is not one of the choice labels {', '.join(letters)}")
-    return ChoiceItem(text_field(record, "question"), texts, letters.index(key))
+    return ChoiceItem(text_field(record, question), texts, letters.index(key))
 
 
 @dataclass(frozen=True)
-class Schema:
-    """A record layout: the fields it needs, how a record becomes an item, and (Q&A) its capability."""
+class Reading:
+    """How a task kind reads records of one dataset schema (a `cola.data.schemas` name): the fields it needs,
+    how a record becomes an item, and the name errors give it. Its capability is the schema's."""
 
     name: str
+    schema: str
     fields: tuple[str, ...]
-    build: Any              # record → item
-    capability: str | None = None
+    build: Callable[[dict[str, Any]], Any]  # record → item
+
+    @property
+    def capability(self) -> str | None:
+        return SCHEMAS[self.schema].capability
 
 
-CHOICE_SCHEMAS = (
-    Schema("hellaswag (preprocessed)", ("query", "endings", "label"), _hellaswag_preprocessed),
-    Schema("hellaswag (original)", ("activity_label", "ctx_a", "ctx_b", "endings", "label"), _hellaswag_original),
-    Schema("commonsense_qa", ("question", "choices", "answerKey"), _commonsenseqa),
-    Schema("multiple choice", ("question", "choices", "label"), _generic_choice),
+CHOICE_READINGS = (
+    Reading("hellaswag (preprocessed)", "hellaswag_preprocessed", ("query", "endings", "label"),
+            _hellaswag_preprocessed),
+    Reading("hellaswag (original)", "hellaswag", ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+            _hellaswag_original),
+    Reading("commonsense_qa", "commonsense_qa", ("question", "choices", "answerKey"),
+            lambda record: _labelled_choices(record, "question")),
+    Reading("openbookqa", "openbookqa", ("question_stem", "choices", "answerKey"),
+            lambda record: _labelled_choices(record, "question_stem")),
+    Reading("multiple choice", "multiple_choice", ("question", "choices", "label"), _generic_choice),
 )
 
 
@@ -333,50 +341,50 @@ def _humaneval_program(record: dict[str, Any]) -> AnswerItem:
 
 
 GSM8K_MARKER = "####"
-ANSWER_SCHEMAS = (
-    Schema("MATH", ("problem", "solution"), _math, "math"),
-    Schema("mbpp", ("text", "code"), _mbpp, "code"),
-    Schema("humaneval", ("prompt", "canonical_solution"), _humaneval, "code"),
-    Schema("question/answer", ("question", "answer"), _gsm8k, "qa"),
+ANSWER_READINGS = (
+    Reading("MATH", "math", ("problem", "solution"), _math),
+    Reading("mbpp", "mbpp", ("text", "code"), _mbpp),
+    Reading("humaneval", "humaneval", ("prompt", "canonical_solution"), _humaneval),
+    Reading("question/answer", "gsm8k", ("question", "answer"), _gsm8k),
 )
-SCHEMAS: dict[str, tuple[Schema, ...]] = {
-    "mc": CHOICE_SCHEMAS,
-    "qa": ANSWER_SCHEMAS,
-    "gsm8k_em": (Schema("gsm8k", ("question", "answer"), _gsm8k_final, "math"),),
-    "humaneval_pass1": (Schema("humaneval", ("prompt", "test", "entry_point"), _humaneval_program, "code"),),
+# Per task kind, its readings; the last one also reads a file whose schema the kind has no reading of (so its
+# error names the fields that kind needs).
+READINGS: dict[str, tuple[Reading, ...]] = {
+    "mc": CHOICE_READINGS,
+    "qa": ANSWER_READINGS,
+    "gsm8k_em": (Reading("gsm8k", "gsm8k", ("question", "answer"), _gsm8k_final),),
+    "humaneval_pass1": (Reading("humaneval", "humaneval", ("prompt", "test", "entry_point"), _humaneval_program),),
 }
 
 
-def detect_schema(record: dict[str, Any], schemas: tuple[Schema, ...]) -> Schema:
-    """The first schema whose fields the record has all of, else the last (generic) one."""
-    return next((s for s in schemas if all(f in record for f in s.fields)), schemas[-1])
+def reading_for(kind: str, record: dict[str, Any]) -> Reading:
+    """How `kind` reads a file whose first record is `record`: its reading of the schema the record's columns
+    match (`cola.data.schemas.schema_for_columns`, the matcher curation uses), else the kind's generic one."""
+    schema = schema_for_columns(record)
+    readings = READINGS[kind]
+    return next((r for r in readings if schema is not None and r.schema == schema.name), readings[-1])
 
 
-def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Schema]:
-    """The first `limit` items of a mc/qa/generation task file and the schema the first record matched."""
-    schemas = SCHEMAS[task.kind]
+def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Reading]:
+    """The first `limit` items of a mc/qa/generation task file and the reading its first record chose."""
     items: list[Any] = []
-    schema: Schema | None = None
+    reading: Reading | None = None
     for line, record in islice(_records(task.path), limit):
-        schema = schema or detect_schema(record, schemas)
-        require(record, schema.fields, task.path, line, schema.name)
+        reading = reading or reading_for(task.kind, record)
+        require(record, reading.fields, task.path, line, reading.name)
         if task.plain_answers and isinstance(record.get("answer"), str):
             record = {**record, "answer": strip_calculator_annotations(record["answer"])}
         try:
-            items.append(schema.build(record))
+            items.append(reading.build(record))
         except RecordError as exc:
-            raise ColaError(f"{task.path}:{line}: {schema.name} record: {exc}") from None
+            raise ColaError(f"{task.path}:{line}: {reading.name} record: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ColaError(f"{task.path}:{line}: malformed {schema.name} record ({exc})") from None
-    if schema is None:
+            raise ColaError(f"{task.path}:{line}: malformed {reading.name} record ({exc})") from None
+    if reading is None:
         raise ColaError(f"{task.path}: no records")
-    return items, schema
+    return items, reading
 
 
-def infer_capability(task: TaskSpec, schema: Schema, items: list[Any]) -> str:
-    """The task's own capability, else the schema's: question/answer with gsm8k's `####` is math."""
-    if task.capability:
-        return task.capability
-    if schema.name == "question/answer" and items and GSM8K_MARKER in items[0].answer:
-        return "math"
-    return schema.capability or "qa"
+def infer_capability(task: TaskSpec, reading: Reading) -> str:
+    """The task's own capability (`KIND/CAPABILITY:PATH`, or the kind's), else its schema's."""
+    return task.capability or reading.capability or DEFAULT_CAPABILITY

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cola.data.readers import read_mapping
 from cola.errors import ColaError, unknown_choice
 from cola.experiment.store import plain_name
+from cola.io import read_mapping
 from cola.schema import convert, convert_fields
 
 SOURCE = "experiment config"

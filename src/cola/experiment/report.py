@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cola.evaluate import retention
+from cola.evaluate import retention, retention_by_capability
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,9 +81,15 @@ def _digits(value: float) -> int:
 
 
 def capability_retention(ok: pd.DataFrame) -> pd.DataFrame:
-    """(strategy, method, seed, capability) -> retention: the mean over the capability's tasks."""
-    return (ok.dropna(subset=["retention"]).groupby(["strategy", "method", "seed", "capability"], as_index=False)
-            ["retention"].mean())
+    """(strategy, method, seed, capability) -> retention: per cell, `cola.evaluate.retention_by_capability` of
+    its task rows (the mean over the capability's tasks), sorted by those four keys."""
+    import pandas as pd
+
+    keys = ["strategy", "method", "seed"]
+    rows = [{**dict(zip(keys, cell)), "capability": capability, "retention": value}
+            for cell, tasks in ok.groupby(keys)
+            for capability, value in sorted(retention_by_capability(zip(tasks.capability, tasks.retention)).items())]
+    return pd.DataFrame(rows, columns=[*keys, "capability", "retention"])
 
 
 def paired_differences(caps: pd.DataFrame, baseline: str) -> pd.DataFrame:

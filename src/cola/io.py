@@ -1,4 +1,7 @@
-"""Reading users' data files: each record with the values its file holds, strings staying strings.
+"""Shared I/O: reading data files (curation's sources, evaluation's task files, cola's own JSON and YAML) and
+describing a value in words for error messages (`describe_value`), so every reader says the same.
+
+Each record comes with the values its file holds, strings staying strings.
 
 JSON and JSON lines are read with Python's json module, one line at a time; CSV with the csv module, where
 every cell is the text it holds (`true` and `007` stay as written); text files as paragraphs; parquet with
@@ -31,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cola.data.formatters import describe_value
 from cola.errors import ColaError, first_line
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,30 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv"
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _CSV_FIELD_LIMIT = 2**31 - 1  # a cell may hold a whole document; the csv module's default stops at 131,072 chars
 Record = dict[str, Any]
+_SCALARS = (bool, int, float)
+
+
+def describe_value(value: Any) -> str:
+    """What a value is, in words, for errors: `an object with keys lang, body`, `the number 3`, `text`, never a
+    repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, Mapping):
+        keys = [str(k) for k in value]
+        return (f"an object with keys {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" if keys
+                else "an empty object")
+    if isinstance(value, (list, tuple)):
+        odd = next((v for v in value if v is not None and not isinstance(v, str)), None)
+        kind = ("objects" if isinstance(odd, Mapping) else "lists" if isinstance(odd, (list, tuple))
+                else "numbers" if isinstance(odd, _SCALARS) else "strings")
+        return f"a list of {kind}" if value else "an empty list"
+    return f"a {type(value).__name__} value"
 
 
 class RowNumber(int):
