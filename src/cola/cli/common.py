@@ -1,12 +1,11 @@
-"""What every subcommand's flags share: the model flags made from `ModelConfig`, `--quiet`, flags whose help
-is read only when `--help` prints it, and the logging set-up."""
+"""What every subcommand's flags share: the model flags made from `ModelConfig`, `--quiet`, and the logging
+set-up."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from cola.config import ModelConfig
@@ -28,19 +27,6 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
-
-
-class LazyHelpStore(argparse._StoreAction):
-    """A store action whose help text is computed when `--help` prints it (`help` is a function), so that
-    building the parser imports nothing its help names (the evaluation tasks import torch)."""
-
-    @property  # type: ignore[override]
-    def help(self) -> str | None:
-        return self._help() if callable(self._help) else self._help
-
-    @help.setter
-    def help(self, value: str | Callable[[], str] | None) -> None:
-        self._help = value
 
 
 class ColaFormatter(logging.Formatter):

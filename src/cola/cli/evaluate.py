@@ -5,34 +5,26 @@ from __future__ import annotations
 
 import argparse
 
-from cola.cli.common import LazyHelpStore, add_model_arguments, add_quiet, model_config
+from cola.cli.common import add_model_arguments, add_quiet, model_config
 from cola.config import COMPUTE_DTYPE, EvaluateConfig, ModelConfig
 from cola.errors import ColaError
 from cola.settings import add_arguments, from_arguments
 
 
-def _task_help() -> str:
-    from cola.evaluate.tasks import BUILTINS, KINDS
-
-    return (f"built-in names ({', '.join(BUILTINS)}) or KIND[/CAPABILITY]:PATH with KIND one of "
-            f"{', '.join(KINDS)} (required)")
-
-
-def _data_dir_help() -> str:
-    from cola.evaluate.tasks import DATA_DIR_ENV
-
-    return f"folder of the built-in tasks' files (default: ${DATA_DIR_ENV})"
-
-
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `cola evaluate`; the task names in --help are read only when it prints (they import torch)."""
+    """The flags of `cola evaluate`."""
+    from cola.evaluate.tasks import BUILTINS, DATA_DIR_ENV, KINDS
+
     parser.add_argument("model_positional", nargs="?", metavar="MODEL_OR_DIR", default=None,
                         help="the model, as --model (kept for earlier command lines)")
     add_model_arguments(parser, dtype=COMPUTE_DTYPE)
-    parser.add_argument("--task", nargs="+", required=True, metavar="TASK", action=LazyHelpStore, help=_task_help)
+    parser.add_argument("--task", nargs="+", required=True, metavar="TASK",
+                        help=f"built-in names ({', '.join(BUILTINS)}) or KIND[/CAPABILITY]:PATH with KIND one of "
+                             f"{', '.join(KINDS)} (required)")
     parser.add_argument("--limit", default=None, metavar="N|TASK=N,...",
                         help="first N items of each task (windows for ppl), or per task (default: all)")
-    parser.add_argument("--data_dir", default=None, action=LazyHelpStore, help=_data_dir_help)
+    parser.add_argument("--data_dir", default=None,
+                        help=f"folder of the built-in tasks' files (default: ${DATA_DIR_ENV})")
     parser.add_argument("--dense", metavar="RESULTS.json",
                         help="`cola evaluate --output` of the dense model: adds retention (default: none)")
     parser.add_argument("--output", metavar="FILE.json", help="write every figure to this JSON file (default: none)")
