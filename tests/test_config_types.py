@@ -183,3 +183,19 @@ def test_config_help_and_choices_come_from_the_fields() -> None:
     with pytest.raises(ColaError, match=r"^unknown dtype 'float8'\. .*Valid choices: auto, bfloat16, float16, "
                                         "float32$"):
         ModelConfig(dtype="float8")
+
+
+def test_an_experiment_variant_may_not_set_a_seed(tmp_path) -> None:
+    """A cell's seed is one of the grid's seeds and seeds every stage; a variant cannot set one."""
+    from cola.experiment.config import config_from_dict
+
+    base = {"name": "t", "seeds": [0], "strategies": ["random_c4", "v"], "methods": {"rtn4": {"method": "rtn"}},
+            "evaluation": {"tasks": ["ppl:x.txt"]}}
+    stages = "each cell's seed, one of the grid's `seeds`, seeds every stage"
+    for settings, message in (
+            ({"seed": 3}, f"experiment config: variants.v sets 'seed': {stages}"),
+            ({"selection": {"seed": 3}}, f"experiment config: variants.v sets 'selection.seed': {stages}"),
+            ({"process.filters": {"seed": 3}}, f"experiment config: variants.v sets 'process.filters.seed': {stages}")):
+        with pytest.raises(ColaError) as err:
+            config_from_dict({**base, "variants": {"v": {"strategy": "cola", **settings}}}, base_dir=tmp_path)
+        assert str(err.value) == message

@@ -33,7 +33,7 @@ from dataclasses import MISSING
 from typing import Any, TypeVar
 
 from cola.errors import ColaError, unknown_choice
-from cola.schema import convert_fields
+from cola.schema import convert_fields, join
 
 T = TypeVar("T")
 __all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments",
@@ -103,12 +103,12 @@ def _instantiate(cls: type[T], values: dict[str, Any], *, source: str, path: str
     for field in dataclasses.fields(cls):
         derived = field.metadata.get("derived")
         if nested and derived and field.name in values:
-            raise ColaError(f"{source}: {path}{field.name} is derived from the top-level `{derived}`: set "
+            raise ColaError(f"{source}: {join(path, field.name)} is derived from the top-level `{derived}`: set "
                             f"`{derived}` instead")
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(hint, type) and isinstance(value, dict):
-            values[name] = _instantiate(hint, value, source=source, path=f"{path}{name}.", nested=True)
+            values[name] = _instantiate(hint, value, source=source, path=join(path, name), nested=True)
     return cls(**values)
 
 

@@ -25,7 +25,8 @@ class ModelConfig:
 
     model: str = option("embedded", help="hub id, local model directory, .gguf file, or 'embedded' "
                                          "(SmolLM2-135M-Instruct, shipped offline)")
-    device: str = option("auto", help="auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    device: str = option("auto", help="auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N, mps, "
+                                        "xpu, xpu:N")
     dtype: str = option("auto", help=f"precision the model runs in: {', '.join(DTYPES)} (auto: bfloat16 on CPU "
                                      "and CUDA, float32 elsewhere)")
     trust_remote_code: bool = option(False, help="let a model that needs its own Python code (config.json "
