@@ -151,10 +151,17 @@ def test_one_seed_sets_every_stage_seed_the_same_way_for_every_entry_point() -> 
     assert _stage_seeds(CurateConfig()) == (42, 42, 42, 42, 42)
 
 
-def test_the_stage_seeds_follow_the_top_level_seed_whatever_the_stage_configs_held() -> None:
-    config = CurateConfig(seed=3, selection=SelectionConfig(seed=9, pooling="last"))
+def test_the_stage_seeds_follow_the_top_level_seed() -> None:
+    config = CurateConfig(seed=3, selection=SelectionConfig(seed=3, pooling="last"))
     assert _stage_seeds(config) == (3, 3, 3, 3, 3) and config.selection.pooling == "last"
-    assert _stage_seeds(dataclasses.replace(config, seed=5)) == (5, 5, 5, 5, 5)
+    assert _stage_seeds(dataclasses.replace(config, seed=5)) == (5, 5, 5, 5, 5)  # re-derived
+    assert _stage_seeds(dataclasses.replace(config, seed=5, domain=DomainConfig())) == (5, 5, 5, 5, 5)
+    with pytest.raises(ColaError) as err:  # before, this seeded Stage 3 (and sampling) with 9, the rest with 42
+        CurateConfig(selection=SelectionConfig(seed=9))
+    assert str(err.value) == ("selection.seed 9 is not the run's seed 42: every stage's seed is derived from `seed` "
+                              "(cola.config.stage_seeds); set seed=9 instead")
+    with pytest.raises(ColaError, match="^domain.seed 1 is not the run's seed 3"):
+        dataclasses.replace(config, domain=DomainConfig(seed=1))
 
 
 def test_a_stage_seed_in_a_config_file_is_refused_naming_the_top_level_seed() -> None:

@@ -5,7 +5,8 @@ The rule (`stage_seeds`): every random step of a run (each source's candidate sa
 permutations of Stage 2's filters, reasoning generation, Stage 1's reference clustering, Stage 3's selection)
 uses the run's `seed` itself. `cola curate --seed S`, `COLA(seed=S, ...)`, `COLA.from_config` and an
 experiment cell of seed S therefore draw the same numbers. Stage configs keep a `seed` field, so each stage
-function stays callable on its own, but inside a CurateConfig that field is always set from `seed`.
+function stays callable on its own, but inside a CurateConfig that field is set from `seed` (a stage config
+given with another seed of its own is an error, not silently overridden).
 """
 
 from __future__ import annotations
@@ -116,8 +117,19 @@ class CurateConfig:
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
 
     def _derive_seeds(self) -> None:
-        """Set every nested stage config's seed from `seed` (`stage_seeds`); the stage configs' own seed fields
-        are overwritten, whatever they held. A seed outside [0, 2**32) fails in FilterConfig's check."""
+        """Set every nested stage config's seed from `seed` (`stage_seeds`).
+
+        A stage config that alone holds a seed other than the run's and the default was given that seed by hand
+        (`SelectionConfig(seed=9)`, which once seeded Stage 3 alone): that is a ColaError naming `seed`, not a
+        silent override. Seeds that several stage configs share are an earlier derivation (a config rebuilt by
+        `dataclasses.replace` with another seed) and follow the new seed. A seed outside [0, 2**32) fails in
+        FilterConfig's check."""
+        held = {"selection": self.selection.seed, "process.filters": self.process.filters.seed,
+                "process.reasoning": self.process.reasoning.seed, "domain": self.domain.seed}
+        for name, value in held.items():
+            if value not in (self.seed, DEFAULT_SEED) and list(held.values()).count(value) == 1:
+                raise ColaError(f"{name}.seed {value} is not the run's seed {self.seed}: every stage's seed is "
+                                f"derived from `seed` (cola.config.stage_seeds); set seed={value} instead")
         seeds = stage_seeds(self.seed)
         process = self.process
         if (process.filters.seed, process.reasoning.seed) != (seeds.filters, seeds.reasoning):
