@@ -36,8 +36,7 @@ from cola.errors import ColaError, unknown_choice
 from cola.schema import convert_fields, join
 
 T = TypeVar("T")
-__all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments",
-           "field_default"]
+__all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments"]
 
 
 def option(default: Any = MISSING, *, help: str, choices: Iterable[Any] | None = None,  # noqa: A002
@@ -132,7 +131,7 @@ def _shown(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def field_default(field: dataclasses.Field) -> Any:
+def _field_default(field: dataclasses.Field) -> Any:
     """The default value of a dataclass field (None where it has none)."""
     if field.default is not MISSING:
         return field.default
@@ -173,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             repeated = False  # the caller's type parses the whole text
         elif kind is None:
             continue
-        default = defaults.get(path, field_default(field))
+        default = defaults.get(path, _field_default(field))
         name = meta.get("flag") or field.name
         flag = "--" + name
         shown = "" if kind is bool else f" (default: {meta.get('shown') or _shown(default)})"
