@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from cola.config import CurateConfig, ProcessConfig, SelectionConfig
+from cola.config import CurateConfig, DomainConfig, ProcessConfig, SelectionConfig, stage_seeds
 from cola.errors import ColaError
 from cola.schema import check_field_types, describe
-from cola.stages.domain import DomainConfig
+from cola.settings import build
+
+from .conftest import byte_tokenizer, tiny_llama
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,3 +122,87 @@ def test_configs_accept_their_documented_spellings() -> None:
     assert config.references == (("math", "gsm8k"),)
     assert SelectionConfig(layers=[1, 2]).layers == (1, 2)
     assert CurateConfig().as_dict() == CurateConfig().as_dict()  # the defaults pass unchanged
+
+
+# --- one seed ----------------------------------------------------------------------------------------------------
+
+def _stage_seeds(config: CurateConfig) -> tuple[int, ...]:
+    return (config.seed, config.selection.seed, config.process.filters.seed, config.process.reasoning.seed,
+            config.domain.seed)
+
+
+def test_one_seed_sets_every_stage_seed_the_same_way_for_every_entry_point() -> None:
+    """`cola curate --seed 7`, COLA(seed=7), COLA.from_config and an experiment cell of seed 7 seed every stage
+    with 7 (before, a cell of seed 7 seeded Stage 3 only; the filters, reasoning and Stage 1 kept 42)."""
+    from cola.api import COLA
+    from cola.cli import build_parser, curate_config
+    from cola.strategies import strategy_config
+
+    assert tuple(stage_seeds(7)) == (7, 7, 7, 7, 7)
+    cli = curate_config(build_parser().parse_args(["curate", "--output_dir", "o", "--seed", "7"]))
+    model, tokenizer = tiny_llama(), byte_tokenizer()
+    api = COLA(model=model, tokenizer=tokenizer, seed=7).settings
+    from_config = COLA.from_config(CurateConfig(seed=7), model=model, tokenizer=tokenizer,
+                                   output_dir="cola_output").settings
+    cell = strategy_config("cola", datasets=["embedded"], num_samples=4, sequence_length=32, seed=7)
+    for config in (cli, api, from_config, cell):
+        assert _stage_seeds(config) == (7, 7, 7, 7, 7)
+        assert config.seeds == stage_seeds(7)
+    assert _stage_seeds(CurateConfig()) == (42, 42, 42, 42, 42)
+
+
+def test_the_stage_seeds_follow_the_top_level_seed() -> None:
+    config = CurateConfig(seed=3, selection=SelectionConfig(seed=3, pooling="last"))
+    assert _stage_seeds(config) == (3, 3, 3, 3, 3) and config.selection.pooling == "last"
+    assert _stage_seeds(dataclasses.replace(config, seed=5)) == (5, 5, 5, 5, 5)  # re-derived
+    assert _stage_seeds(dataclasses.replace(config, seed=5, domain=DomainConfig())) == (5, 5, 5, 5, 5)
+    with pytest.raises(ColaError) as err:  # before, this seeded Stage 3 (and sampling) with 9, the rest with 42
+        CurateConfig(selection=SelectionConfig(seed=9))
+    assert str(err.value) == ("selection.seed 9 is not the run's seed 42: every stage's seed is derived from `seed` "
+                              "(cola.config.stage_seeds); set seed=9 instead")
+    with pytest.raises(ColaError, match="^domain.seed 1 is not the run's seed 3"):
+        dataclasses.replace(config, domain=DomainConfig(seed=1))
+
+
+def test_a_stage_seed_in_a_config_file_is_refused_naming_the_top_level_seed() -> None:
+    with pytest.raises(ColaError) as err:
+        build(CurateConfig, {"selection": {"seed": 3}}, source="curation file")
+    assert str(err.value) == "curation file: selection.seed is derived from the top-level `seed`: set `seed` instead"
+    with pytest.raises(ColaError, match=r"^curation file: process\.filters\.seed is derived"):
+        build(CurateConfig, {"process": {"filters": {"seed": 3}}}, source="curation file")
+    assert build(CurateConfig, {"seed": 3, "selection": {"pooling": "last"}}, source="f").selection.seed == 3
+    assert build(SelectionConfig, {"seed": 3}, source="f").seed == 3  # a stage's settings alone keep their seed
+
+
+def test_a_seed_out_of_range_names_the_flag() -> None:
+    with pytest.raises(ColaError) as err:
+        CurateConfig(seed=2**32)
+    assert str(err.value) == "seed must be in [0, 2**32), got 4294967296 (--seed)"
+
+
+def test_config_help_and_choices_come_from_the_fields() -> None:
+    from cola.config import FilterConfig, ModelConfig
+    from cola.settings import choices_of, help_of
+
+    assert choices_of(SelectionConfig, "pooling") == ("mean", "last")
+    assert help_of(FilterConfig, "min_tokens") == "drop documents with fewer tokens"
+    assert choices_of(CurateConfig, "deployment_type") == ("general", "targeted")
+    with pytest.raises(ColaError, match=r"^unknown dtype 'float8'\. .*Valid choices: auto, bfloat16, float16, "
+                                        "float32$"):
+        ModelConfig(dtype="float8")
+
+
+def test_an_experiment_variant_may_not_set_a_seed(tmp_path) -> None:
+    """A cell's seed is one of the grid's seeds and seeds every stage; a variant cannot set one."""
+    from cola.experiment.config import config_from_dict
+
+    base = {"name": "t", "seeds": [0], "strategies": ["random_c4", "v"], "methods": {"rtn4": {"method": "rtn"}},
+            "evaluation": {"tasks": ["ppl:x.txt"]}}
+    stages = "each cell's seed, one of the grid's `seeds`, seeds every stage"
+    for settings, message in (
+            ({"seed": 3}, f"experiment config: variants.v sets 'seed': {stages}"),
+            ({"selection": {"seed": 3}}, f"experiment config: variants.v sets 'selection.seed': {stages}"),
+            ({"process.filters": {"seed": 3}}, f"experiment config: variants.v sets 'process.filters.seed': {stages}")):
+        with pytest.raises(ColaError) as err:
+            config_from_dict({**base, "variants": {"v": {"strategy": "cola", **settings}}}, base_dir=tmp_path)
+        assert str(err.value) == message

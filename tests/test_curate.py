@@ -169,9 +169,9 @@ def test_unwritable_output_and_non_model(tiny_model_dir, pool_files, tmp_path, c
 @pytest.mark.parametrize("text, expected", [("all", None), ("0,5,-1", (0, 5, -1)), ("10-12", (10, 11, 12)),
                                             ("-2", (-2,)), ("0-1,4", (0, 1, 4))])
 def test_layers_option_parses(text: str, expected) -> None:
-    from cola.cli import _layers
+    from cola.cli.curate import parse_layers
 
-    assert _layers(text) == expected
+    assert parse_layers(text) == expected
 
 
 def test_layers_option_rejects_garbage(capsys) -> None:

@@ -71,3 +71,50 @@ def test_flags_are_made_from_the_fields_and_read_back():
 def test_from_arguments_refuses_a_fixed_value_for_no_field():
     with pytest.raises(ColaError, match="Demo has no field 'nope'"):
         from_arguments(Demo, argparse.Namespace(), nope=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    width: int = option(8, help="stage width", flag="stage_width")
+    seed: int = option(42, help="derived", cli=False, derived="seed")
+    spans: tuple[tuple[int, int], ...] = option((), help="spans", shown="all")
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    seed: int = option(42, help="the one seed")
+    on: bool = option(True, help="skip it", flag="no_on", group="ablations")
+    stage: Stage = option(default_factory=Stage, help="a stage", group="stage")
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
+
+def _span(text: str) -> tuple[int, int]:
+    head, _, tail = text.partition("-")
+    return int(head), int(tail)
+
+
+def test_nested_flags_overrides_inverted_switches_and_headings():
+    parser = argparse.ArgumentParser()
+    added = add_arguments(parser, Run, nested=True, overrides={"stage.spans": {"type": _span, "action": "append"}})
+    assert added == ["seed", "on", "stage.width", "stage.spans"]  # the derived seed is not a flag
+    text = " ".join(parser.format_help().split())
+    assert "ablations: --no_on skip it" in text and "stage: --stage_width STAGE_WIDTH stage width (default: 8)" in text
+    assert "spans (default: all)" in text
+    args = parser.parse_args(["--no_on", "--stage_width", "3", "--spans", "1-2", "--spans", "4-5", "--seed", "7"])
+    assert (getattr(args, "stage.width"), args.on) == (3, False)
+    run = from_arguments(Run, args, **{"stage.seed": 7})
+    assert run == Run(seed=7, on=False, stage=Stage(width=3, seed=7, spans=((1, 2), (4, 5))))
+    with pytest.raises(ColaError, match="Stage has no field 'nope'"):
+        from_arguments(Run, args, **{"stage.nope": 1})
+
+
+def test_build_refuses_a_derived_field_inside_enclosing_settings_only():
+    with pytest.raises(ColaError) as err:
+        build(Run, {"stage": {"seed": 3}}, source="run file")
+    assert str(err.value) == "run file: stage.seed is derived from the top-level `seed`: set `seed` instead"
+    assert build(Stage, {"seed": 3}, source="stage file").seed == 3

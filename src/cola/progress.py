@@ -1,28 +1,49 @@
-"""The one progress-bar helper: every long step goes through it, and `quiet` silences all of them."""
+"""The one progress-bar helper: every long step goes through it, and `quiet` silences all of them.
+
+Bars also stay off where a person would not see them draw: when the environment sets `TQDM_DISABLE` (to
+anything but "", "0", "false", "no" or "off"), and when stderr is not a terminal (a log file, a pipe, CI),
+except in a Jupyter notebook, whose bars are widgets. The bars of transformers and datasets follow the same
+rule (`silence_library_progress`).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
+DISABLE_ENV = "TQDM_DISABLE"
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def bars_disabled(quiet: bool, stream: IO[str] | None = None) -> bool:
+    """True where progress bars must not draw: `quiet`, `TQDM_DISABLE` set true, or `stream` (default
+    stderr) not a terminal outside a notebook."""
+    if quiet or os.environ.get(DISABLE_ENV, "").strip().lower() not in _FALSE:
+        return True
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
+        return False
+    isatty = getattr(stream or sys.stderr, "isatty", None)
+    return not (callable(isatty) and isatty())
 
 
 def progress_bar(iterable: Iterable[T] | None = None, *, quiet: bool, desc: str, total: int | None = None,
                  unit: str = "it", **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr, disabled when `quiet` is true."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet, dynamic_ncols=True,
+    """A tqdm bar on stderr, disabled when `quiet` is true or `bars_disabled` says no one would see it."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=bars_disabled(quiet), dynamic_ncols=True,
                 leave=False, **kwargs)
 
 
 def silence_library_progress(quiet: bool) -> None:
-    """Turn the progress bars of transformers and datasets off (or on) to match `quiet`."""
+    """Turn the progress bars of transformers and datasets off (or on) to match `bars_disabled(quiet)`."""
     import datasets
     import transformers
 
-    if quiet:
+    if bars_disabled(quiet):
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     else:

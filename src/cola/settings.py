@@ -10,8 +10,9 @@ are declared with `option(...)`, which records the help text and the valid choic
   shown), and `from_arguments(cls, namespace)` reads them back,
 
 and no settings are described twice. Only plain, bool, int, float and string fields, optional or not, and
-tuples of them, become flags; a field with `cli=False`, or a field of a nested dataclass, is left to the
-caller.
+tuples of them, become flags (others too where the caller gives the flag a `type`); a field with `cli=False`
+is left to the caller, and so are the fields of nested settings unless `add_arguments(..., nested=True)` asks
+for them (their flags are their own names, their destinations dotted paths such as `selection.pooling`).
 
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,7 @@ from dataclasses import MISSING
 from typing import Any, TypeVar
 
 from cola.errors import ColaError, unknown_choice
-from cola.schema import convert_fields
+from cola.schema import convert_fields, join
 
 T = TypeVar("T")
 __all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments"]
@@ -40,12 +41,16 @@ __all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arg
 
 def option(default: Any = MISSING, *, help: str, choices: Iterable[Any] | None = None,  # noqa: A002
            default_factory: Any = MISSING, flag: str | None = None, metavar: str | None = None,
-           cli: bool = True) -> Any:
+           cli: bool = True, group: str | None = None, derived: str | None = None, shown: str | None = None) -> Any:
     """A settings field with its help text and valid choices (a mapping's keys are the choices, its values
-    their descriptions). `flag` renames the command-line flag (default: `--FIELD`); `cli=False` keeps the
-    field off the command line."""
+    their descriptions). `flag` renames the command-line flag (default: `--FIELD`; a `no_...` flag of a bool
+    that defaults to True is a switch that turns it off); `cli=False` keeps the field off the command line;
+    `group` names the `--help` section its flag (or, for nested settings, their flags) appear in; `derived`
+    names the setting of the enclosing settings this field is computed from, so a config file may not set it
+    inside that enclosing settings (`build` refuses it, naming the setting to use); `shown` is how `--help` shows
+    the default where its value would mislead (None meaning "every layer")."""
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag,
-                "metavar": metavar, "cli": cli}
+                "metavar": metavar, "cli": cli, "group": group, "derived": derived, "shown": shown}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -87,16 +92,22 @@ def build(cls: type[T], data: Mapping[str, Any] | T, *, source: str, path: str =
     """
     if isinstance(data, cls):
         return data
-    return _instantiate(cls, convert_fields(data, cls, path, source=source))
+    return _instantiate(cls, convert_fields(data, cls, path, source=source), source=source, path=path)
 
 
-def _instantiate(cls: type[T], values: dict[str, Any]) -> T:
-    """`cls(**values)`, with nested settings (converted to dicts by `convert_fields`) built first."""
+def _instantiate(cls: type[T], values: dict[str, Any], *, source: str, path: str, nested: bool = False) -> T:
+    """`cls(**values)`, with nested settings (converted to dicts by `convert_fields`) built first; inside
+    nested settings a field derived from the enclosing settings is refused."""
     hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        derived = field.metadata.get("derived")
+        if nested and derived and field.name in values:
+            raise ColaError(f"{source}: {join(path, field.name)} is derived from the top-level `{derived}`: set "
+                            f"`{derived}` instead")
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(hint, type) and isinstance(value, dict):
-            values[name] = _instantiate(hint, value)
+            values[name] = _instantiate(hint, value, source=source, path=join(path, name), nested=True)
     return cls(**values)
 
 
@@ -120,48 +131,108 @@ def _shown(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (None where it has none)."""
+    if field.default is not MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not MISSING else None
+
+
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                  exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> list[str]:
+                  exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None, nested: bool = False,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None, prefix: str = "",
+                  group: str | None = None) -> list[str]:
     """Add one flag per flag-able field of settings class `cls` to `parser`, with its help, its choices and
     its default shown; `defaults` overrides some defaults. A bool field that defaults to False becomes a switch
-    (`--FIELD`), one that defaults to True a `--FIELD/--no-FIELD` pair. Returns the fields added."""
+    (`--FIELD`), one that defaults to True a `--FIELD/--no-FIELD` pair, or a `--no_...` switch where its
+    `flag` says so. Returns the fields added (dotted paths for nested ones).
+
+    `nested=True` adds the flags of nested settings too (destination `FIELD.SUBFIELD`); `exclude`,
+    `defaults` and `overrides` take such dotted paths. `overrides[path]` is merged into the field's
+    `add_argument` keywords: a `type` that parses the text (then any field type can be a flag), an `action`
+    such as "append", a `metavar` or a `help`. A field's `group` (inherited by nested settings) puts its
+    flag under that `--help` heading.
+    """
     hints = typing.get_type_hints(cls)
-    skip = set(exclude)
+    skip, overrides, defaults = set(exclude), overrides or {}, defaults or {}
     added = []
     for field in dataclasses.fields(cls):
-        meta = field.metadata
-        if field.name in skip or not field.init or not meta.get("cli", True) or "help" not in meta:
+        meta, path = field.metadata, prefix + field.name
+        if path in skip or not field.init or not meta.get("cli", True) or "help" not in meta:
             continue
-        kind, repeated = _flag_type(hints[field.name])
-        if kind is None:
+        hint = hints[field.name]
+        where = _group(parser, meta.get("group") or group)
+        if nested and dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            added += add_arguments(parser, hint, exclude=skip, defaults=defaults, nested=True, overrides=overrides,
+                                   prefix=path + ".", group=meta.get("group") or group)
             continue
-        default = (defaults or {}).get(field.name, field.default if field.default is not MISSING
-                                       else field.default_factory() if field.default_factory is not MISSING
-                                       else None)
-        flag = "--" + (meta.get("flag") or field.name)
-        help_text = meta["help"] + ("" if kind is bool else f" (default: {_shown(default)})")
-        common: dict[str, Any] = {"dest": field.name, "help": help_text}
-        if kind is bool:
-            action = argparse.BooleanOptionalAction if default else "store_true"
-            parser.add_argument(flag, action=action, default=bool(default), **common)
+        kind, repeated = _flag_type(hint)
+        extra = dict(overrides.get(path, {}))
+        if "type" in extra:
+            repeated = False  # the caller's type parses the whole text
+        elif kind is None:
+            continue
+        default = defaults.get(path, _field_default(field))
+        name = meta.get("flag") or field.name
+        flag = "--" + name
+        shown = "" if kind is bool else f" (default: {meta.get('shown') or _shown(default)})"
+        common: dict[str, Any] = {"dest": path, "help": meta["help"] + shown,
+                                  "metavar": meta.get("metavar") or (name.upper() if prefix else None)}
+        if kind is bool and "type" not in extra:
+            action = (argparse.BooleanOptionalAction if default and not flag.startswith("--no_")
+                      else "store_false" if default else "store_true")
+            del common["metavar"]
+            where.add_argument(flag, action=action, default=bool(default), **{**common, **extra})
         else:
             choices = meta.get("choices")
-            parser.add_argument(flag, type=kind, default=list(default) if repeated and default else default,
-                                choices=list(choices) if choices else None, metavar=meta.get("metavar"),
-                                nargs="+" if repeated else None, **common)
-        added.append(field.name)
+            value = list(default) if repeated and default else default
+            if extra.get("action") == "append":
+                value = list(default or ())
+            if choices:
+                common["metavar"] = None  # argparse shows {a,b,c}
+            where.add_argument(flag, **{"type": kind, "default": value, "choices": list(choices) if choices else None,
+                                        "nargs": "+" if repeated else None, **common, **extra})
+        added.append(path)
     return added
 
 
-def from_arguments(cls: type[T], namespace: argparse.Namespace, **fixed: Any) -> T:
+def _group(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+           title: str | None) -> argparse.ArgumentParser | argparse._ArgumentGroup:
+    """The argument group of `parser` titled `title` (made on first use), or `parser` itself."""
+    if title is None or not isinstance(parser, argparse.ArgumentParser):
+        return parser
+    for existing in parser._action_groups:
+        if existing.title == title:
+            return existing
+    return parser.add_argument_group(title)
+
+
+def from_arguments(cls: type[T], namespace: argparse.Namespace, *, prefix: str = "", **fixed: Any) -> T:
     """An instance of `cls` from the flags `add_arguments` made (those present on `namespace`) and `fixed`
-    values for the other fields (nested settings, derived values); the class's own checks run."""
+    values for the other fields (nested settings, derived values; `process.filters.dedup_exact` names a field
+    of nested settings, which are then built from the flags too); the class's own checks run."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = set(fixed) - names
+    own = {key: value for key, value in fixed.items() if "." not in key}
+    deeper: dict[str, dict[str, Any]] = {}
+    for key, value in fixed.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            deeper.setdefault(head, {})[rest] = value
+    unknown = (set(own) | set(deeper)) - names
     if unknown:
         raise ColaError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
-    values = {name: getattr(namespace, name) for name in names if hasattr(namespace, name) and name not in fixed}
-    for name, value in values.items():
-        if isinstance(value, list):
-            values[name] = tuple(value)
-    return cls(**values, **fixed)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name in names - set(own):
+        hint, dest = hints[name], prefix + name
+        if hasattr(namespace, dest):
+            values[name] = _frozen(getattr(namespace, dest))
+        elif (dataclasses.is_dataclass(hint) and isinstance(hint, type)
+              and (name in deeper or any(key.startswith(dest + ".") for key in vars(namespace)))):
+            values[name] = from_arguments(hint, namespace, prefix=dest + ".", **deeper.get(name, {}))
+    return cls(**values, **own)
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (argparse's nargs and append values) as tuples, nested ones too."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value

@@ -138,7 +138,7 @@ def strategy_config(name: str, *, datasets: Sequence[str], num_samples: int, seq
     if name not in _RECIPES:
         raise unknown_choice("strategy", name, STRATEGIES)
     settings = curation_settings(settings)
-    fixed = {**_RECIPES[name].fixed, "selection.seed": seed}
+    fixed = {**_RECIPES[name].fixed, "seed": seed}  # every stage seed follows (cola.config.curate.stage_seeds)
     for key, value in settings.items():
         if key in fixed and fixed[key] != value:
             raise ColaError(f"strategy {name!r} fixes {key}={fixed[key]!r}; do not pass {key}={value!r}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError
 from cola.progress import progress_bar
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,6 @@ class Perplexity:
         return self.perplexity * math.sqrt(var / n)
 
 
-@torch.no_grad()
 def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int = 512,
                max_windows: int | None = None, batch_size: int = 4, quiet: bool = True) -> Perplexity:
     """exp(mean next-token NLL) over consecutive, non-overlapping `window`-token windows of `text`.
@@ -41,6 +41,8 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
     Each window is scored on its own (no context carried across windows), every token but the first of a
     window is predicted, and a final partial window is dropped so every window has the same length.
     """
+    import torch  # here, so that importing cola.evaluate (and `cola evaluate --help`) loads no torch
+
     if window < 2:
         raise ColaError(f"perplexity window must be at least 2 tokens, got {window}")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -52,11 +54,13 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
     windows = ids[: count * window].reshape(count, window)  # (W, T)
     device = next(model.parameters()).device
     window_nlls: list[float] = []
-    for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):
-        batch = windows[start:start + batch_size].to(device)  # (B, T)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T-1)
-        window_nlls.extend(nll.mean(dim=1).tolist())
+    with torch.no_grad():
+        for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):
+            batch = windows[start:start + batch_size].to(device)  # (B, T)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:],
+                                                    reduction="none")  # (B, T-1)
+            window_nlls.extend(nll.mean(dim=1).tolist())
     mean = sum(window_nlls) / len(window_nlls)
     return Perplexity(perplexity=math.exp(mean), mean_nll=mean, tokens=count * (window - 1), windows=count,
                       window_nlls=tuple(window_nlls))

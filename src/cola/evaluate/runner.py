@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cola.errors import ColaError
+from cola.config import EvaluateConfig
 from cola.evaluate.report import TaskResult, result_dicts
 from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
 from cola.evaluate.tasks import (EXECUTES_CODE, Reading, TaskSpec, infer_capability, load_items, parse_task,
@@ -28,27 +29,17 @@ from cola.io import read_mapping
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How tasks run: ppl window, token budget per forward, generation batch and length, and whether (and under
-    which limits) generated code may run. Checked at construction, so bad values fail before a model loads."""
+@dataclass(frozen=True, kw_only=True)
+class Settings(EvaluateConfig):
+    """How tasks run: `EvaluateConfig` (the ppl window, token budget per forward, generation batch and length,
+    whether generated code may run) plus whether bars show and the limits generated code runs under. Checked
+    at construction, so bad values fail before a model loads."""
 
-    window: int = 512
-    batch_tokens: int = 2048
-    batch_size: int = 8
-    max_new_tokens: int = 256
     quiet: bool = True
-    confirm_run_unsafe_code: bool = False
     execution_limits: ExecutionLimits = field(default_factory=ExecutionLimits)
 
     def __post_init__(self) -> None:
-        for name, least, unit in (("window", 2, "tokens"), ("batch_tokens", 1, "token slots"),
-                                  ("batch_size", 1, "prompts"), ("max_new_tokens", 1, "tokens")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ColaError(f"--{name} must be a whole number of {unit}, at least {least}; got {value!r}")
-        if not isinstance(self.confirm_run_unsafe_code, bool):
-            raise ColaError(f"confirm_run_unsafe_code must be true or false, got {self.confirm_run_unsafe_code!r}")
+        super().__post_init__()
         if not isinstance(self.execution_limits, ExecutionLimits):
             raise ColaError(f"execution_limits must be an ExecutionLimits, got {type(self.execution_limits).__name__}")
 

@@ -4,8 +4,11 @@ An unknown key is an error that lists the valid ones; every value, nested ones i
 its field's type hint (`cola.schema`), so `seeds: "0, 1"` is a one-line error naming `seeds`, the expected
 type and the value; method options are checked against the types of `cola.compress.methods.OPTIONS`, a
 variant's settings against CurateConfig's fields, its generation settings against those of
-`generate_self_calibration`. Labels (the name, strategies, variants, methods) name folders and files in the
-work directory, so each must be a plain name (`store.plain_name`).
+`generate_self_calibration`. The calibration, evaluation and plots sections and a variant's curation
+settings are built by the one strict loader, `cola.settings.build`; a variant's settings may not set a seed
+(each cell's seed, one of `seeds`, seeds every stage: `cola.config.stage_seeds`). Labels (the name,
+strategies, variants, methods) name folders and files in the work directory, so each must be a plain name
+(`store.plain_name`).
 
 ```yaml
 name: smollm2_cpu
@@ -40,6 +43,7 @@ from cola.errors import ColaError, unknown_choice
 from cola.experiment.store import plain_name
 from cola.io import read_mapping
 from cola.schema import convert, convert_fields
+from cola.settings import build
 
 SOURCE = "experiment config"
 
@@ -241,8 +245,28 @@ def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
         if key in CALIBRATION_OWNED:
             raise ColaError(f"{SOURCE}: {where} sets {key!r}, which the `calibration` section sets for every "
                             "strategy alike")
-    convert_fields(_undotted(settings), CurateConfig, where, source=SOURCE)  # types only: the settings go on as given
+    for path in _seed_paths(_undotted(settings)):
+        raise ColaError(f"{SOURCE}: {where} sets {path!r}: each cell's seed, one of the grid's `seeds`, seeds every "
+                        "stage")
+    try:  # the one strict loader; the settings go on as given (the strategy fixes some of them)
+        build(CurateConfig, _undotted(settings), source=SOURCE, path=where)
+    except ColaError as exc:
+        if where in str(exc):
+            raise
+        raise ColaError(f"{SOURCE}: {where}: {exc}") from exc
     return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation)
+
+
+def _seed_paths(settings: Mapping[str, Any], path: str = "") -> list[str]:
+    """The dotted paths of every `seed` key in nested curation settings."""
+    found = []
+    for key, value in settings.items():
+        name = f"{path}{key}"
+        if key == "seed":
+            found.append(name)
+        elif isinstance(value, Mapping):
+            found += _seed_paths(value, name + ".")
+    return found
 
 
 def _undotted(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -312,11 +336,11 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Pa
     calibration["datasets"] = tuple(_data_file(root, base_dir, d) for d in calibration.get("datasets", ()))
     calibration["references"] = {cap: _data_file(root, base_dir, p)
                                  for cap, p in calibration.get("references", {}).items()}
-    top["calibration"] = CalibrationSettings(**calibration)
+    top["calibration"] = build(CalibrationSettings, calibration, source=SOURCE, path="calibration")
     top["methods"] = tuple(_method(label, spec) for label, spec in top.get("methods", {}).items())
     top["variants"] = tuple(_variant(label, spec) for label, spec in (top.get("variants") or {}).items())
-    top["evaluation"] = EvaluationSettings(**top.get("evaluation", {}))
-    top["plots"] = PlotSettings(**top.get("plots", {}))
+    top["evaluation"] = build(EvaluationSettings, top.get("evaluation", {}), source=SOURCE, path="evaluation")
+    top["plots"] = build(PlotSettings, top.get("plots", {}), source=SOURCE, path="plots")
     return ExperimentConfig(**top)
 
 

@@ -18,35 +18,14 @@ from scipy.spatial.distance import cdist
 from scipy.special import rel_entr
 
 from cola.cluster import select_medoids
+from cola.config import DomainConfig
 from cola.errors import ColaError, unknown_choice
-from cola.schema import check_field_types
 
 # Capability weight of the non-targeted capabilities, per deployment type (the seed CLI's 1.0 / 0.2).
 DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}
 TARGETED_SHARPNESS = 4.0     # targeted: within a capability, datasets share by score**4
 COVERAGE_PERCENTILE = 90.0   # a reference cluster's radius: this percentile of its members' distances
 UNIGRAM_EPSILON = 0.01       # add-epsilon pseudo-count per vocabulary entry
-
-
-@dataclass(frozen=True, kw_only=True)
-class DomainConfig:
-    """Stage 1: how the three similarity signals are weighted, how finely a reference set is clustered."""
-
-    semantic_weight: float = 0.4
-    token_weight: float = 0.3
-    coverage_weight: float = 0.3
-    reference_clusters: int = 8     # k for clustering a reference set's features (capped at its size)
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        weights = (self.semantic_weight, self.token_weight, self.coverage_weight)
-        if any(not math.isfinite(w) or w < 0 for w in weights):
-            raise ColaError(f"semantic/token/coverage weights must be finite and >= 0, got {weights}")
-        if sum(weights) == 0:
-            raise ColaError("semantic/token/coverage weights are all 0: at least one must be positive")
-        if self.reference_clusters < 1:
-            raise ColaError(f"reference_clusters must be at least 1, got {self.reference_clusters}")
 
 
 @dataclass(frozen=True)

@@ -31,23 +31,22 @@ and solution).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cola.config import FilterConfig
 from cola.errors import ColaError
-from cola.schema import check_field_types
 from cola.models import context_length
 from cola.progress import progress_bar
 
-if TYPE_CHECKING:  # torch is imported where a model runs, so cola.config (which holds FilterConfig) stays light
+if TYPE_CHECKING:  # torch is imported where a model runs
     import torch
 
 log = logging.getLogger(__name__)
@@ -59,50 +58,6 @@ _SYMBOL = re.compile(r"[^\w\s]|_")  # \w is Unicode letters, digits and "_"; "_"
 _DIGIT = re.compile(r"\d")
 
 
-# `cola curate` options that set FilterConfig fields (cola.cli), named in the fields' errors
-FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_tokens": "--min_length",
-                "max_tokens": "--max_length", "perplexity_drop_fraction": "--perplexity_filter", "seed": "--seed"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class FilterConfig:
-    """Stage 2 quality filters; a share bound of 1.0 turns that heuristic off."""
-
-    dedup_exact: bool = True
-    dedup_near: bool = True
-    near_duplicate_threshold: float = 0.8     # estimated Jaccard similarity of character 5-gram sets
-    num_perm: int = 128                       # MinHash permutations: estimate std ~ sqrt(J(1-J)/num_perm)
-    min_tokens: int = 16                      # bounds on a document's token count, inclusive
-    max_tokens: int | None = None             # None: no upper bound
-    max_symbol_ratio: float = 0.5             # keeps LaTeX math and code (see the module docstring)
-    max_digit_ratio: float = 0.5
-    max_repeated_line_ratio: float = 0.3      # share of non-empty lines repeating an earlier line (Gopher)
-    perplexity_drop_fraction: float = 0.0     # 0: off; needs the model otherwise
-    seed: int = 42                            # MinHash permutations
-
-    def __post_init__(self) -> None:  # the error names the field, the valid range, the value and the CLI flag
-        check_field_types(self)
-
-        def check(name: str, ok: bool, valid: str) -> None:
-            if not ok:
-                flag = f" ({FILTER_FLAGS[name]})" if name in FILTER_FLAGS else ""
-                raise ColaError(f"{name} must be {valid}, got {getattr(self, name)!r}{flag}")
-
-        check("near_duplicate_threshold", 0 < self.near_duplicate_threshold <= 1, "in (0, 1]")
-        check("num_perm", self.num_perm >= 2, "at least 2")
-        check("min_tokens", self.min_tokens >= 1, "at least 1")
-        check("max_tokens", self.max_tokens is None or self.max_tokens >= self.min_tokens,
-              f"None or at least min_tokens ({self.min_tokens})")
-        for name in ("max_symbol_ratio", "max_digit_ratio", "max_repeated_line_ratio"):
-            check(name, 0 <= getattr(self, name) <= 1, "in [0, 1]")
-        check("perplexity_drop_fraction", 0 <= self.perplexity_drop_fraction < 1, "in [0, 1)")
-        check("seed", 0 <= self.seed < 2**32, "in [0, 2**32)")
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready settings for the manifest."""
-        return dataclasses.asdict(self)
-
-
 @dataclass(frozen=True, eq=False)  # holds an array: compare fields, not reports
 class FilterReport:
     """What the filters kept (ascending indices) and how many each removed, in the order applied."""
@@ -111,9 +66,6 @@ class FilterReport:
     removed: dict[str, int]     # each counted on what survived the filters before it
     before: int
     after: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after, "removed": dict(self.removed)}
 
 
 def _normalise(text: str) -> str:  # case-folded, whitespace runs collapsed to one space, stripped

@@ -13,16 +13,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cola.config import ReasoningConfig
 from cola.data.formatters import Formatted, qa_text
 from cola.errors import ColaError
-from cola.schema import check_field_types
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -31,28 +29,6 @@ INSTRUCTION = ("Explain step by step how to reach the given answer to the questi
                "reasoning steps; do not restate the final answer.")
 _ANSWER_LINE = re.compile(r"^[ \t]*Answer:", re.MULTILINE)
 _KEYED_FIELDS = ("max_new_tokens", "temperature", "seed")  # batch_size is left out: it changes speed, not text
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReasoningConfig:
-    """How reasoning chains are generated; `temperature=0` is greedy decoding (deterministic)."""
-
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    temperature: float = 0.0
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        for name in ("max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ColaError(f"reasoning {name} must be an integer of at least 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ColaError(f"reasoning seed must be a non-negative integer, got {self.seed!r}")
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ColaError(f"reasoning temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
 
 
 def reasoning_prompt(question: str, answer: str) -> str:

@@ -1,0 +1,7 @@
+"""`python -m cola`: the `cola` command line."""
+
+import sys
+
+from cola.cli import main
+
+sys.exit(main())

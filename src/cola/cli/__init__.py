@@ -1,0 +1,54 @@
+"""`cola curate | compress | evaluate | experiment | datasets`: the command line, a thin shell over typed
+functions. Each subcommand's flags are made from its settings' fields (cola.config, cola.settings) in
+cola/cli/<subcommand>.py; building the parser imports no torch, so `cola --help` answers at once.
+
+User errors print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cola.cli.common import configure_logging
+from cola.cli.compress import add_compress_arguments, format_compress_summary, run_compress
+from cola.cli.curate import add_curate_arguments, curate_config, run_curate
+from cola.cli.datasets import run_datasets
+from cola.cli.evaluate import add_evaluate_arguments, run_evaluate
+from cola.cli.experiment import add_experiment_arguments, run_experiment
+from cola.errors import ColaError
+
+__all__ = ["build_parser", "curate_config", "format_compress_summary", "main"]
+COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate,
+            "experiment": run_experiment, "datasets": run_datasets}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `cola` parser with every subcommand (torch is not imported)."""
+    from cola import __version__
+
+    parser = argparse.ArgumentParser(prog="cola", description="Curate calibration data for LLM compression "
+                                     "(COLA, arXiv 2510.10618).")
+    parser.add_argument("--version", action="version", version=f"cola {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
+    add_compress_arguments(sub.add_parser("compress", help="compress a model with a curated calibration set"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate a dense or compressed model"))
+    add_experiment_arguments(sub.add_parser(
+        "experiment", help="run a grid of calibration strategies x compression methods x seeds (resumable)"))
+    sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except ColaError as exc:
+        print(f"cola: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cola: interrupted", file=sys.stderr)
+        return 130

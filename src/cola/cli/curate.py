@@ -1,0 +1,129 @@
+"""`cola curate`: its flags are made from `CurateConfig`'s fields (cola.config); this module adds the parsers
+of the flags whose text has a syntax, the flags that set several fields, and the run itself."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cola.cli.common import add_model_arguments, add_quiet, model_config
+from cola.config import CurateConfig
+from cola.config.curate import STAGE1, STAGE2
+from cola.errors import ColaError
+from cola.settings import add_arguments, from_arguments
+
+SIGNALS = ("semantic", "token", "coverage")
+
+
+def parse_layers(value: str) -> tuple[int, ...] | None:
+    """`all`, or comma-separated indices and ranges: `0,5,-1` or `10-20`."""
+    if value.strip().lower() == "all":
+        return None
+    layers: list[int] = []
+    try:
+        for part in value.split(","):
+            part = part.strip()
+            head, sep, tail = part.partition("-") if not part.startswith("-") else (part, "", "")
+            layers.extend(range(int(head), int(tail) + 1) if sep else [int(head)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --layers {value!r}: use 'all', '0,5,-1' or '10-20'") from None
+    return tuple(layers)
+
+
+def parse_field_mapping(value: str) -> tuple[tuple[str, str], ...]:
+    from cola.data.formatters import parse_field_mapping
+
+    try:
+        return tuple(parse_field_mapping(value).items())
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_reference(value: str) -> tuple[str, str]:
+    capability, sep, spec = value.partition("=")
+    if not sep or not capability.strip() or not spec.strip():
+        raise argparse.ArgumentTypeError(f"invalid --reference {value!r}: write CAPABILITY=PATH_OR_DATASET")
+    return capability.strip(), spec.strip()
+
+
+def parse_capability_weights(value: str) -> tuple[tuple[str, float], ...]:
+    from cola.stages.domain import parse_capability_weights
+
+    try:
+        return tuple(parse_capability_weights(value).items())
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_signal_weights(value: str) -> tuple[float, float, float]:
+    from cola.errors import unknown_choice
+    from cola.stages.domain import parse_capability_weights
+
+    defaults = CurateConfig().domain
+    weights = {"semantic": defaults.semantic_weight, "token": defaults.token_weight,
+               "coverage": defaults.coverage_weight}
+    try:
+        given = parse_capability_weights(value)
+        for name in given:
+            if name not in SIGNALS:
+                raise unknown_choice("signal", name, SIGNALS)
+    except ColaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    weights.update(given)
+    return weights["semantic"], weights["token"], weights["coverage"]
+
+
+# Flags whose text has a syntax of its own (parsed here, since cola.config imports no stage).
+PARSED = {"selection.layers": {"type": parse_layers},
+          "process.field_mapping": {"type": parse_field_mapping},
+          "references": {"type": parse_reference, "action": "append"},
+          "capability_weights": {"type": parse_capability_weights}}
+
+
+def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every `CurateConfig` flag (nested stages included), the model flags, and the few flags that set several
+    fields at once: --batch_size (Stage 3's and reasoning's), --no_dedup, --signal_weights."""
+    add_model_arguments(parser)
+    parser.add_argument("--output_dir", required=True, help="where the calibration set and manifest go (required)")
+    stage2, stage1 = parser.add_argument_group(STAGE2), parser.add_argument_group(STAGE1)
+    parser.add_argument_group("ablations")
+    add_arguments(parser, CurateConfig, nested=True, overrides=PARSED)
+    stage2.add_argument("--no_dedup", action="store_true", help="keep exact and near duplicates")
+    d = CurateConfig().domain
+    stage1.add_argument(
+        "--signal_weights", type=parse_signal_weights, metavar="semantic=W,token=W,coverage=W",
+        default=(d.semantic_weight, d.token_weight, d.coverage_weight),
+        help=f"how the three coverage signals combine (default: semantic={d.semantic_weight},"
+             f"token={d.token_weight},coverage={d.coverage_weight})")
+    add_quiet(parser)
+
+
+def curate_config(args: argparse.Namespace) -> CurateConfig:
+    """The validated settings of `cola curate`, built before the model loads so typos fail at once."""
+    semantic, token, coverage = args.signal_weights
+    batch_size = getattr(args, "selection.batch_size")
+    return from_arguments(CurateConfig, args, **{
+        "process.filters.dedup_exact": not args.no_dedup, "process.filters.dedup_near": not args.no_dedup,
+        "process.reasoning.batch_size": batch_size, "domain.semantic_weight": semantic,
+        "domain.token_weight": token, "domain.coverage_weight": coverage})
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from cola.api import COLA, prepare_inputs
+    from cola.models import load_model, resolve_device, resolve_dtype
+
+    config = curate_config(args)
+    model = model_config(args)
+    resolve_dtype(model.dtype, resolve_device(model.device))  # a bad device or dtype fails before anything is read
+    # Sources, reference sets, hub access and the output directory are checked before the model loads.
+    inputs = prepare_inputs(config, args.output_dir)
+    start = time.perf_counter()
+    loaded, tokenizer = load_model(model.model, device=model.device, dtype=model.dtype,
+                                   trust_remote_code=model.trust_remote_code, quiet=args.quiet)
+    cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
+                            model_name_or_path=model.model, quiet=args.quiet,
+                            timings={"load_model": time.perf_counter() - start})
+    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs)
+    print(f"wrote {len(samples)} calibration samples to {args.output_dir} "
+          "(calibration_samples.json, calibration_dataset/, manifest.json)")
+    return 0

@@ -1,0 +1,64 @@
+"""Settings every model-running command shares (which model, where, in what precision) and evaluation's.
+
+The defaults are the same for every subcommand unless the README's defaults table says why not: `dtype` is
+`auto` (bfloat16 on CPU and CUDA) for curation, which only reads activations, and float32 for compression and
+evaluation, whose figures it changes; evaluation's `batch_tokens` is 2048 against 4096 because it holds
+logits over the whole vocabulary for every token slot (2048 x 49,152 x 4 B = 400 MB for SmolLM2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cola.errors import ColaError, unknown_choice
+from cola.models import DTYPES
+from cola.schema import check_field_types
+from cola.settings import option
+
+COMPUTE_DTYPE = "float32"  # compress's and evaluate's default dtype (see the module docstring)
+EVALUATE_BATCH_TOKENS = 2048
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which model a command loads, on which device, in which precision (`cola.models.load_model`)."""
+
+    model: str = option("embedded", help="hub id, local model directory, .gguf file, or 'embedded' "
+                                         "(SmolLM2-135M-Instruct, shipped offline)")
+    device: str = option("auto", help="auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N, mps, "
+                                        "xpu, xpu:N")
+    dtype: str = option("auto", help=f"precision the model runs in: {', '.join(DTYPES)} (auto: bfloat16 on CPU "
+                                     "and CUDA, float32 elsewhere)")
+    trust_remote_code: bool = option(False, help="let a model that needs its own Python code (config.json "
+                                                 "auto_map) run it")
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if self.dtype not in DTYPES:
+            raise unknown_choice("dtype", self.dtype, DTYPES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """How `cola evaluate` runs its tasks: the perplexity window, the token budget per forward pass, the
+    generation batch and length, and whether generated code may run. Checked at construction, so bad values
+    fail before a model loads."""
+
+    window: int = option(512, help="ppl: tokens per window")
+    batch_tokens: int = option(EVALUATE_BATCH_TOKENS, help="padded token slots per forward pass at most (ppl, "
+                                                           "mc, qa)")
+    batch_size: int = option(8, help="generation tasks: prompts per batch")
+    max_new_tokens: int = option(256, help="generation tasks: tokens per answer")
+    confirm_run_unsafe_code: bool = option(
+        False, help="allow tasks that execute model-generated code (humaneval_pass1); each program runs in a child "
+                    "process with limits and, where the OS allows, no network, a read-only file system and its "
+                    "own PID namespace (see the README)")
+
+    def __post_init__(self) -> None:
+        for name, least, unit in (("window", 2, "tokens"), ("batch_tokens", 1, "token slots"),
+                                  ("batch_size", 1, "prompts"), ("max_new_tokens", 1, "tokens")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ColaError(f"--{name} must be a whole number of {unit}, at least {least}; got {value!r}")
+        if not isinstance(self.confirm_run_unsafe_code, bool):
+            raise ColaError(f"confirm_run_unsafe_code must be true or false, got {self.confirm_run_unsafe_code!r}")
