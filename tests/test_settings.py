@@ -118,3 +118,13 @@ def test_build_refuses_a_derived_field_inside_enclosing_settings_only():
         build(Run, {"stage": {"seed": 3}}, source="run file")
     assert str(err.value) == "run file: stage.seed is derived from the top-level `seed`: set `seed` instead"
     assert build(Stage, {"seed": 3}, source="stage file").seed == 3
+
+
+def test_given_only_flags_parse_to_none_unless_given_and_leave_choices_to_the_config():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Demo, given_only=True)
+    assert "weight bits (default: 4)" in parser.format_help()  # the help still shows the field's default
+    args = parser.parse_args(["--bits", "5"])  # not refused by argparse: the config's check names the choices
+    assert (args.bits, args.name, args.layers, args.fast, args.dedup) == (5, None, None, None, None)
+    with pytest.raises(ColaError, match=r"unknown bits 5\. Valid choices: 2, 3, 4, 8"):
+        Demo(bits=args.bits)

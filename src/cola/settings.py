@@ -141,7 +141,7 @@ def _field_default(field: dataclasses.Field) -> Any:
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
                   exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None, nested: bool = False,
                   overrides: Mapping[str, Mapping[str, Any]] | None = None, prefix: str = "",
-                  group: str | None = None) -> list[str]:
+                  group: str | None = None, given_only: bool = False) -> list[str]:
     """Add one flag per flag-able field of settings class `cls` to `parser`, with its help, its choices and
     its default shown; `defaults` overrides some defaults. A bool field that defaults to False becomes a switch
     (`--FIELD`), one that defaults to True a `--FIELD/--no-FIELD` pair, or a `--no_...` switch where its
@@ -151,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
     `defaults` and `overrides` take such dotted paths. `overrides[path]` is merged into the field's
     `add_argument` keywords: a `type` that parses the text (then any field type can be a flag), an `action`
     such as "append", a `metavar` or a `help`. A field's `group` (inherited by nested settings) puts its
-    flag under that `--help` heading.
+    flag under that `--help` heading. `given_only=True` parses every flag to None unless given (the help still
+    shows the field's default), for callers that must tell what the user gave from what a config fills in.
     """
     hints = typing.get_type_hints(cls)
     skip, overrides, defaults = set(exclude), overrides or {}, defaults or {}
@@ -164,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         where = _group(parser, meta.get("group") or group)
         if nested and dataclasses.is_dataclass(hint) and isinstance(hint, type):
             added += add_arguments(parser, hint, exclude=skip, defaults=defaults, nested=True, overrides=overrides,
-                                   prefix=path + ".", group=meta.get("group") or group)
+                                   prefix=path + ".", group=meta.get("group") or group, given_only=given_only)
             continue
         kind, repeated = _flag_type(hint)
         extra = dict(overrides.get(path, {}))
@@ -182,13 +183,18 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             action = (argparse.BooleanOptionalAction if default and not flag.startswith("--no_")
                       else "store_false" if default else "store_true")
             del common["metavar"]
-            where.add_argument(flag, action=action, default=bool(default), **{**common, **extra})
+            where.add_argument(flag, action=action, default=None if given_only else bool(default),
+                               **{**common, **extra})
         else:
             choices = meta.get("choices")
             value = list(default) if repeated and default else default
             if extra.get("action") == "append":
                 value = list(default or ())
-            if choices:
+            if given_only:
+                value = None
+            if choices and given_only:  # the config's own check refuses a bad value, with cola's one-line error
+                common["metavar"], choices = "{" + ",".join(map(str, choices)) + "}", None
+            elif choices:
                 common["metavar"] = None  # argparse shows {a,b,c}
             where.add_argument(flag, **{"type": kind, "default": value, "choices": list(choices) if choices else None,
                                         "nargs": "+" if repeated else None, **common, **extra})

@@ -1,5 +1,6 @@
-"""`cola compress`: the model flags (cola.config.ModelConfig), the method and its options (one flag per entry
-of cola.compress.methods.OPTIONS), and the summary table printed after the run."""
+"""`cola compress`: the model flags (cola.config.ModelConfig), the method and its options (the fields of every
+registered method's config, `cola.compress.methods.METHODS[name].config`, one flag per field name), and the
+summary table printed after the run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ COMPRESS_BATCH_TOKENS = 4096  # as curate's Stage 3 (cola.config.SelectionConfig
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
-    from cola.compress.methods import METHODS, OPTIONS
+    from cola.compress.methods import METHODS
+    from cola.settings import add_arguments, help_of
 
     add_model_arguments(parser, dtype=COMPUTE_DTYPE)
     parser.add_argument("--calibration", metavar="CURATE_OUTPUT_DIR",
@@ -21,14 +23,15 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", required=True, help="where the compressed model goes (required)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output_dir")
     group = parser.add_argument_group("method options (each belongs to some methods only)")
-    for option in OPTIONS.values():  # default None: compress() tells what the user gave from what it fills in
-        users = ", ".join(m.name for m in METHODS.values() if option.name in m.options)
-        default = "" if option.default is None else f"; default: {option.default}"
-        help_text = f"{option.help} [{users}{default}]"
-        if option.type is bool:
-            group.add_argument(f"--{option.name}", action="store_true", default=None, help=help_text)
-        else:
-            group.add_argument(f"--{option.name}", type=option.type, default=None, help=help_text)
+    added: list[str] = []
+    for method in METHODS.values():  # a field several methods share (bits, sparsity, ...) is one flag
+        fields = [name for name in method.options if name not in added]
+        users = {name: ", ".join(m.name for m in METHODS.values() if name in m.options) for name in fields}
+        # given_only: compress() tells the options the user gave (None: not given) from the defaults it fills in
+        added += add_arguments(group, method.config, exclude=added, given_only=True, overrides={
+            name: {"help": f"{help_of(method.config, name)} [{users[name]}{_default(method.config, name)}]"}
+            for name in fields})
+    parser.set_defaults(method_options=tuple(added))
     parser.add_argument("--batch_tokens", type=int, default=COMPRESS_BATCH_TOKENS,
                         help=f"native methods: most tokens per forward batch (default: {COMPRESS_BATCH_TOKENS})")
     add_quiet(parser)
@@ -36,16 +39,23 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compress(args: argparse.Namespace) -> int:
     from cola.compress.api import compress
-    from cola.compress.methods import OPTIONS
     from cola.models import resolve_device
 
     model = model_config(args)
-    given = {name: getattr(args, name) for name in OPTIONS}  # compress checks them before loading the model
+    given = {name: getattr(args, name) for name in args.method_options}  # checked before the model loads
     summary = compress(model.model, args.calibration, args.method, args.output_dir, overwrite=args.overwrite,
                        quiet=args.quiet, dtype=model.dtype, device=resolve_device(model.device),
                        max_batch_tokens=args.batch_tokens, trust_remote_code=model.trust_remote_code, **given)
     print(format_compress_summary(summary))
     return 0
+
+
+def _default(config: type, name: str) -> str:
+    """`; default: X` for the help of a method option, or "" where the method fills it in (group size)."""
+    import dataclasses
+
+    default = next(f.default for f in dataclasses.fields(config) if f.name == name)
+    return "" if default is None else f"; default: {default}"
 
 
 def format_compress_summary(summary: dict) -> str:

@@ -10,11 +10,8 @@ its flags from `METHODS[name].config` with `cola.settings.add_arguments`.
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cola.compress.base import Method, MethodConfig
@@ -63,40 +60,10 @@ def configure(method: str, options: Mapping[str, Any] | MethodConfig) -> MethodC
     return spec.configure(options)
 
 
-# ------------------------------------------------------------------------------- compatibility: one flag table
-
-
-@dataclass(frozen=True)
-class Option:
-    """One command-line option and the methods' field it sets (several methods share one: the same help)."""
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-
-
-def _scalar(hint: Any) -> type:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
-
-
-def _option_table() -> dict[str, Option]:
-    """Every command-line option of every method, in registry and field order, from the config classes."""
-    table: dict[str, Option] = {}
+def option_hint(name: str) -> Any:
+    """The type hint of option `name` in the configs of the methods that have it (methods sharing an option
+    declare it alike), or Any for a name no method has: how a config file's value for it is read."""
     for method in METHODS.values():
-        hints = typing.get_type_hints(method.config)
-        for field in dataclasses.fields(method.config):
-            if field.name in table or not field.metadata.get("cli", True):
-                continue
-            table[field.name] = Option(field.name, _scalar(hints[field.name]), field.default,
-                                       field.metadata["help"], field.metadata.get("choices"))
-    return table
-
-
-# The flag table `cola compress` builds its method flags from (until it makes them with
-# `cola.settings.add_arguments` from each `METHODS[name].config`) and the experiment config's option types.
-OPTIONS: dict[str, Option] = _option_table()
+        if name in method.options:
+            return typing.get_type_hints(method.config)[name]
+    return Any

@@ -2,9 +2,9 @@
 
 An unknown key is an error that lists the valid ones; every value, nested ones included, is checked against
 its field's type hint (`cola.schema`), so `seeds: "0, 1"` is a one-line error naming `seeds`, the expected
-type and the value; method options are checked against the types of `cola.compress.methods.OPTIONS`, a
-variant's settings against CurateConfig's fields, its generation settings against those of
-`generate_self_calibration`. The calibration, evaluation and plots sections and a variant's curation
+type and the value; method options are checked against the types of the methods' configs
+(`compress.methods.option_hint`), a variant's settings against CurateConfig's fields, its generation settings
+against those of `generate_self_calibration`. The calibration, evaluation and plots sections and a variant's curation
 settings are built by the one strict loader, `cola.settings.build`; a variant's settings may not set a seed
 (each cell's seed, one of `seeds`, seeds every stage: `cola.config.stage_seeds`). Labels (the name,
 strategies, variants, methods) name folders and files in the work directory, so each must be a plain name
@@ -217,14 +217,13 @@ CALIBRATION_OWNED = frozenset(f.name for f in dataclasses.fields(CalibrationSett
 def _method(label: str, spec: dict[str, Any]) -> MethodSettings:
     """methods.LABEL: `method` and its options, each checked against the option's type (names and values are
     checked by `cola.compress.methods.configure` when the config is built)."""
-    from cola.compress.methods import OPTIONS
+    from cola.compress.methods import option_hint
 
     where = f"methods.{label}"
     if "method" not in spec:
         raise ColaError(f"{SOURCE}: {where} needs a `method` key")
     method = convert(spec["method"], str, f"{where}.method", source=SOURCE)
-    options = {name: convert(value, OPTIONS[name].type | None if name in OPTIONS else Any, f"{where}.{name}",
-                             source=SOURCE)
+    options = {name: convert(value, option_hint(name) | None, f"{where}.{name}", source=SOURCE)
                for name, value in spec.items() if name != "method"}
     return MethodSettings(label=label, method=method, options=options)
 
