@@ -74,7 +74,7 @@ def peak_rss_mb() -> float:
 
 def compress(model: Any, calibration: str | Path | CalibrationSet | None, method: str,
              output_dir: str | Path, *, tokenizer: Any = None, overwrite: bool = False, quiet: bool = False,
-             dtype: str = "float32", device: str = "cpu", max_batch_tokens: int = 4096,
+             dtype: str = "float32", device: str = "auto", max_batch_tokens: int = 4096,
              trust_remote_code: bool = False, config: MethodConfig | None = None,
              **options: Any) -> dict[str, Any]:
     """Compress `model` with the curated `calibration` set by `method` and save it to `output_dir`.
@@ -91,10 +91,13 @@ def compress(model: Any, calibration: str | Path | CalibrationSet | None, method
 
     >>> compress("embedded", "outputs/demo", "wanda", "outputs/wanda", sparsity=0.5)  # doctest: +SKIP
     """
+    from cola.models import resolve_device
+
     spec = method_named(method)
     if config is not None and any(value is not None for value in options.values()):
         raise ColaError(f"pass {spec.name}'s options either as its config or as keywords, not both")
     config = configure(spec.name, options if config is None else config)
+    device = resolve_device(device)  # auto: the best device here; one this machine lacks fails now
     output_dir = output_directory(output_dir)
     if calibration is None and spec.needs_calibration:
         raise ColaError(f"method {spec.name!r} needs a calibration set (--calibration CURATE_OUTPUT_DIR)")
@@ -139,7 +142,7 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet |
     return summary
 
 
-def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "cpu", quiet: bool = True,
+def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "auto", quiet: bool = True,
                     caldera_layers: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a `cola compress` output (or any model directory); CALDERA layers come back as
     CalderaLinear modules.
@@ -159,7 +162,7 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
-    resolve_device(device)  # a device this machine lacks fails before the files are hashed
+    device = resolve_device(device)  # auto: the best device here; one this machine lacks fails before hashing
     if (path / SUMMARY_FILE).is_file():
         summary = read_index(path / SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
         if "outputs" in summary:  # summaries written before cola recorded hashes have none to check

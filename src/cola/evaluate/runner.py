@@ -261,7 +261,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
     return plan.run(model, tokenizer)
 
 
-def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "cpu",
+def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "auto",
                         quiet: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer): a `cola compress` output directory (CALDERA, RIA, llm-compressor) or any model spec;
     `trust_remote_code` lets a model that needs its own Python code run it."""
@@ -277,7 +277,7 @@ def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", dev
 
 
 def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, dtype: str = "float32",
-                  device: str = "cpu", data_dir: str | Path | None = None, quiet: bool = True,
+                  device: str = "auto", data_dir: str | Path | None = None, quiet: bool = True,
                   trust_remote_code: bool = False, **options: Any) -> list[TaskResult]:
     """Load a dense or compressed model and evaluate it; every input is checked before the model loads.
     `trust_remote_code` lets a model that needs its own Python code run it."""
