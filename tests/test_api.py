@@ -37,7 +37,7 @@ def _cola(model_and_tokenizer, **kwargs) -> COLA:
 @pytest.fixture()
 def no_stage2(monkeypatch):
     """Make any Stage 2 work a test failure: a check that must come first proves it does."""
-    monkeypatch.setattr(COLA, "_process", lambda *a, **k: pytest.fail("Stage 2 started before the check"))
+    monkeypatch.setattr(COLA, "process", lambda *a, **k: pytest.fail("Stage 2 started before the check"))
 
 
 # --- a single string is one item -----------------------------------------------------------------------------

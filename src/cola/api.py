@@ -1,4 +1,15 @@
-"""class COLA: wires the stages into one curation run (the seed's Python interface)."""
+"""class COLA: one curation run as named steps in data-flow order (the seed's Python interface).
+
+    load (`prepare_inputs`: the sources, Stage 1's reference sets; everything checked before the model works)
+    -> process (Stage 2: format, filter, pack; the reference probes made the same way)      -> `Pool`
+    -> embed (the pool's activation features and the probes'; only when a step needs them)  -> `PoolFeatures`
+    -> plan mixture (Stage 1: coverage scores -> per-dataset quotas)                        -> `MixturePlan`
+    -> select (Stage 3: a selection method within the quotas)                               -> `Selection`
+    -> export (`cola.export`: samples, HF dataset, pool table, manifest, written as one set)
+
+Stage 1 runs after Stage 2 on purpose: it scores the processed samples' activations, the same features Stage 3
+then clusters. Each step reads only what the previous ones returned.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +20,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source, SourceSpec, load_source, parse_sources
 from cola.errors import ColaError, unknown_choice
-from cola.export import check_curate_output, output_directory, run_environment, tokenizer_fingerprint, write_outputs
+from cola.export import (Manifest, PoolTable, SampleRecord, check_curate_output, model_record, output_directory,
+                         write_outputs)
 from cola.schema import convert
+
+if TYPE_CHECKING:
+    from cola.activations import ExtractionStats
+    from cola.stages.mixture import MixturePlan
+    from cola.stages.process import TokenizedText
+    from cola.stages.select import Selection
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +77,34 @@ class RunInputs:
     references: dict[str, Source]    # Stage 1: probed capability -> its reference set (empty with Stage 1 off)
     targets: tuple[str, ...] | None  # known now (given, or Stage 1 off); None: Stage 1 decides them
     timings: dict[str, float]        # seconds: load_sources, load_references
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What Stage 2 hands on: the candidates Stage 3 picks from, and Stage 1's probes made the same way."""
+
+    sources: tuple[Source, ...]
+    candidates: tuple[TokenizedText, ...]          # exact token ids, each with its source's index
+    report: dict[str, Any]                         # the manifest's `stage2` entry
+    probes: dict[str, tuple[TokenizedText, ...]]   # probed capability -> its reference set, formatted and cut
+
+    @property
+    def names(self) -> list[str]:
+        """Each candidate's dataset name, row by row."""
+        return [self.sources[c.source].spec.name for c in self.candidates]
+
+    @property
+    def token_ids(self) -> list[np.ndarray]:
+        return [c.input_ids for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class PoolFeatures:
+    """The activation features Stage 1 scores and Stage 3 clusters; None where no step needs them."""
+
+    features: np.ndarray | None        # (N, P) one row per pool candidate
+    stats: ExtractionStats | None      # what extracting the pool's features cost
+    probes: dict[str, np.ndarray]      # probed capability -> (M, P) features of its probes (Stage 1 only)
 
 
 def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> RunInputs:
@@ -120,12 +166,6 @@ def targets_without_stage1(config: CurateConfig, sources: Sequence[Source]) -> t
                         f"carry {', '.join(present)}). Stage 1 is off, so capabilities come only from labels and "
                         f"the catalog: label sources SOURCE@CAPABILITY")
     return config.target_capabilities
-
-
-def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
-    """The manifest's account of the model and tokenizer a calibration set was made with."""
-    return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
-            "tokenizer": tokenizer_fingerprint(tokenizer)}
 
 
 class COLA:
@@ -197,7 +237,7 @@ class COLA:
 
         Everything the run reads is resolved and checked first (`prepare_inputs`; the CLI does it before it
         loads the model and passes the result as `inputs`), then what the model decides (context length,
-        layer indices), and only then does Stage 2 start. A failed run writes nothing.
+        layer indices), and only then does Stage 2 start. A failed run writes nothing. The steps, in order:
         """
         config = self.config(num_samples, sequence_length)
         if inputs is None:
@@ -207,48 +247,12 @@ class COLA:
                             "prepare_inputs with this run's config and output_dir")
         self._check_model(config)
         timings = {**self.timings, **inputs.timings}
-        sources = list(inputs.sources)
-        processed, stage2 = self._process(sources, config, timings)
-        if len(processed) < config.num_samples:
-            raise ColaError(f"num_samples {config.num_samples} is larger than the pool of {len(processed)} "
-                            f"candidates after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
-                            "--candidates_per_source, or shorten --sequence_length")
-        selection, stage1, sources, targets = self._select(processed, sources, inputs, config)
-        owner = [sources[p.source] for p in processed]
+        pool = self.process(inputs.sources, config, timings, references=inputs.references)
+        features = self.embed(pool, config, timings)
+        plan = self.plan_mixture(pool, features, inputs, config, timings)
+        selection = self.select(pool, features, plan, config)
         timings.update(selection.timings)
-        if "seconds" in stage1:
-            timings["stage1_mixture"] = stage1.pop("seconds")
-        coverage = stage1.get("coverage", {})
-
-        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
-            if source.spec.name in coverage:
-                return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in targets}
-            return {cap: float(cap == source.capability) for cap in targets}
-
-        samples = [{"text": processed[i].text, "dataset_name": owner[i].spec.name,
-                    "capability_scores": scores(owner[i]),
-                    "format_enhanced": processed[i].format_enhanced, "selection_index": int(i),
-                    "selection_method": selection.method}
-                   for i in selection.indices]
-        pool = {"pool_index": list(range(len(processed))), "dataset_name": [s.spec.name for s in owner],
-                "capability": [s.capability for s in owner], "num_tokens": [len(p.input_ids) for p in processed],
-                "selected": np.isin(np.arange(len(processed)), selection.indices).tolist(),
-                "cluster": selection.labels.tolist(),
-                "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
-                "feature": selection.features.tolist()}
-        manifest = {
-            "tool": "cola", "command": "curate", **model_record(self.model, self.tokenizer, self.model_name_or_path),
-            "seed": config.selection.seed,
-            "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
-            "sources": [s.describe() for s in sources], "stage1": stage1, "stage2": stage2, "num_samples": len(samples),
-            "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
-            "diagnostics": selection.diagnostics, **run_environment(),
-            "timings": {k: round(v, 3) for k, v in timings.items()}, **self.manifest_extra,
-        }
-        write_outputs(self.output_dir, samples=samples, input_ids=[processed[i].input_ids for i in selection.indices],
-                      pool=pool, manifest=manifest)
-        log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
-        return samples
+        return self.export(pool, plan, selection, config, timings)
 
     @staticmethod
     def source_specs(config: CurateConfig) -> list[SourceSpec]:
@@ -271,30 +275,125 @@ class COLA:
         timings["load_sources"] = time.perf_counter() - start
         return sources
 
-    def candidate_pool(self, config: CurateConfig, timings: dict[str, float] | None = None,
-                       ) -> tuple[list[Source], list[Any], dict[str, Any]]:
-        """The sources and the processed pool that Stage 3 picks from: (sources, candidates, Stage 2 report)."""
-        timings = {} if timings is None else timings
-        sources = self.load_sources(config, timings)
-        return (sources, *self._process(sources, config, timings))
+    def process(self, sources: Sequence[Source], config: CurateConfig, timings: dict[str, float], *,
+                references: dict[str, Source] | None = None, check_size: bool = True) -> Pool:
+        """Stage 2, or (ablation) only each text cut to the sequence length; then each of Stage 1's reference
+        sets formatted and cut as Stage 2 formats and cuts (its probes). Seconds are added to `timings`.
 
-    def _process(self, sources: list[Source], config: CurateConfig,
-                 timings: dict[str, float]) -> tuple[list[Any], dict[str, Any]]:
-        """Stage 2, or (ablation) only each text cut to the sequence length (seconds added to `timings`)."""
-        from cola.stages.process import process_sources, truncate_to_length
+        With `check_size`, a pool smaller than num_samples is a ColaError saying where the candidates went.
+        """
+        from cola.stages.process import process_sources, reference_probes, truncate_to_length
 
         start = time.perf_counter()
         if config.process.enabled:
-            processed, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                                model=self.model, quiet=self.quiet)
+            candidates, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
+                                                 model=self.model, quiet=self.quiet)
         else:
-            processed = []
+            candidates = []
             for index, source in enumerate(sources):
-                processed.extend(dataclasses.replace(p, source=index) for p in truncate_to_length(
+                candidates.extend(dataclasses.replace(p, source=index) for p in truncate_to_length(
                     self.tokenizer, source.texts, config.sequence_length))
             report = {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
         timings["stage2_process"] = time.perf_counter() - start
-        return processed, report
+        if check_size and len(candidates) < config.num_samples:
+            raise ColaError(f"num_samples {config.num_samples} is larger than the pool of {len(candidates)} "
+                            f"candidates after Stage 2 ({_describe_losses(sources, report)}); add datasets, raise "
+                            "--candidates_per_source, or shorten --sequence_length")
+        start = time.perf_counter()
+        probes = {capability: tuple(reference_probes(reference, self.tokenizer, config.sequence_length))
+                  for capability, reference in (references or {}).items()}
+        if probes:
+            timings["stage2_reference_probes"] = time.perf_counter() - start
+        return Pool(sources=tuple(sources), candidates=tuple(candidates), report=report, probes=probes)
+
+    def embed(self, pool: Pool, config: CurateConfig, timings: dict[str, float]) -> PoolFeatures:
+        """The pool's activation features when Stage 1 or the activation method needs them (the expensive part),
+        and with Stage 1 each capability's probes' features in the same projection (seconds to `timings`)."""
+        from cola.stages.select import embed_pool
+
+        if not (config.stage1 or config.selection_method == "activations"):
+            return PoolFeatures(features=None, stats=None, probes={})
+        pad = self.tokenizer.pad_token_id or 0
+
+        def embed(token_ids: list[np.ndarray]) -> tuple[np.ndarray, ExtractionStats]:
+            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
+
+        features, stats = embed(pool.token_ids)
+        start = time.perf_counter()
+        probes = {capability: embed([p.input_ids for p in probes])[0]
+                  for capability, probes in pool.probes.items()} if config.stage1 else {}
+        if probes:
+            timings["stage1_reference_extract"] = time.perf_counter() - start
+        return PoolFeatures(features=features, stats=stats, probes=probes)
+
+    def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
+                     timings: dict[str, float]) -> MixturePlan:
+        """Stage 1: every dataset scored per capability on the pool's and the probes' features, label-less
+        sources given the capability they match best, per-dataset quotas. With Stage 1 off: no quotas, and
+        the targets `prepare_inputs` decided."""
+        from cola.stages.mixture import MixturePlan, plan_mixture
+
+        if not config.stage1:
+            return MixturePlan(sources=pool.sources, targets=inputs.targets or (), quotas=None, table={}, report={})
+        start = time.perf_counter()
+        plan = plan_mixture(features.features, pool.token_ids, pool.names, pool.sources, pool.probes,
+                            features.probes, config, vocab_size=len(self.tokenizer),
+                            texts=[c.text for c in pool.candidates], quiet=self.quiet)
+        timings["stage1_mixture"] = time.perf_counter() - start
+        return plan
+
+    def select(self, pool: Pool, features: PoolFeatures, plan: MixturePlan, config: CurateConfig) -> Selection:
+        """Stage 3 within the plan's quotas: activation medoids, a seeded random pick or a peer method."""
+        from cola.stages.select import select_at_random, select_from_features, select_from_pool, with_extraction
+
+        method, seed, names = config.selection_method, config.selection.seed, pool.names
+        if method == "activations":
+            return with_extraction(select_from_features(features.features, names, config.num_samples,
+                                                        config.selection, quotas=plan.quotas, quiet=self.quiet),
+                                   features.stats)
+        if method == "random":
+            selection = select_at_random(len(pool.candidates), names, config.num_samples, seed=seed,
+                                         quotas=plan.quotas)
+        else:
+            selection = select_from_pool(method, [c.text for c in pool.candidates], pool.token_ids, names,
+                                         config.num_samples, seed=seed, quotas=plan.quotas)
+        if features.stats is not None:  # the pool's activations served Stage 1 alone
+            selection = dataclasses.replace(selection, timings={"stage1_extract": features.stats.seconds,
+                                                                **selection.timings})
+        return selection
+
+    def export(self, pool: Pool, plan: MixturePlan, selection: Selection, config: CurateConfig,
+               timings: dict[str, float]) -> list[dict[str, Any]]:
+        """Write the selected samples, the HF dataset, the pool table and the manifest as one set
+        (`cola.export`); return the samples as calibration_samples.json holds them."""
+        owner = [plan.sources[c.source] for c in pool.candidates]
+        coverage = plan.report.get("coverage", {})
+
+        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
+            if source.spec.name in coverage:
+                return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in plan.targets}
+            return {cap: float(cap == source.capability) for cap in plan.targets}
+
+        chosen = [pool.candidates[i] for i in selection.indices]
+        samples = [SampleRecord(text=c.text, dataset_name=owner[i].spec.name, capability_scores=scores(owner[i]),
+                                format_enhanced=c.format_enhanced, selection_index=int(i),
+                                selection_method=selection.method) for i, c in zip(selection.indices, chosen)]
+        table = PoolTable(dataset_name=[s.spec.name for s in owner], capability=[s.capability for s in owner],
+                          num_tokens=[len(c.input_ids) for c in pool.candidates],
+                          selected=np.isin(np.arange(len(owner)), selection.indices).tolist(),
+                          extra={"cluster": selection.labels.tolist(),
+                                 "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
+                                 "feature": selection.features.tolist()})
+        manifest = Manifest(
+            command="curate", model=model_record(self.model, self.tokenizer, self.model_name_or_path),
+            seed=config.selection.seed, settings=config.as_dict(), target_capabilities=list(plan.targets),
+            stages=stages_run(config), sources=[s.describe() for s in plan.sources], stage1=plan.report,
+            stage2=pool.report, num_samples=len(samples), sample_tokens=sum(len(c.input_ids) for c in chosen),
+            diagnostics=selection.diagnostics, timings=timings, extra=self.manifest_extra)
+        write_outputs(self.output_dir, samples=samples, input_ids=[c.input_ids for c in chosen], pool=table,
+                      manifest=manifest)
+        log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
+        return [s.as_dict() for s in samples]
 
     def _check_model(self, config: CurateConfig) -> None:
         """What the model decides, checked before Stage 2: the context length, and the layer indices when the
@@ -311,45 +410,8 @@ class COLA:
 
             resolve_layers(config.selection.layers, len(find_decoder_layers(self.model)[1]))
 
-    def _select(self, processed: list[Any], sources: list[Source], inputs: RunInputs, config: CurateConfig,
-                ) -> tuple[Any, dict[str, Any], list[Source], tuple[str, ...]]:
-        """Stage 1 quotas (or none) and the Stage-3 method (activation medoids, a seeded random pick or a peer
-        method, within the quotas); (selection, stage1 report, the sources with every capability decided,
-        target capabilities). The pool is embedded only when Stage 1 or the activation method needs it: it is
-        the expensive part."""
-        from cola.stages.mixture import plan_mixture
-        from cola.stages.select import (embed_pool, select_at_random, select_from_features, select_from_pool,
-                                        with_extraction)
 
-        names = [sources[p.source].spec.name for p in processed]
-        method, seed, ids = config.selection_method, config.selection.seed, [p.input_ids for p in processed]
-        pad = self.tokenizer.pad_token_id or 0
-
-        def embed(token_ids: list[Any]) -> Any:
-            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
-
-        features, stats = embed(ids) if config.stage1 or method == "activations" else (None, None)
-        quotas, stage1, targets = None, {}, inputs.targets or ()
-        if config.stage1:
-            start = time.perf_counter()
-            plan = plan_mixture(features, ids, names, sources, inputs.references, config,
-                                embed=lambda token_ids: embed(token_ids)[0], tokenizer=self.tokenizer,
-                                texts=[p.text for p in processed], quiet=self.quiet)
-            quotas, stage1, sources, targets = plan.quotas, plan.report, list(plan.sources), plan.targets
-            stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
-        methods = {
-            "activations": lambda: with_extraction(select_from_features(
-                features, names, config.num_samples, config.selection, quotas=quotas, quiet=self.quiet), stats),
-            "random": lambda: select_at_random(len(processed), names, config.num_samples, seed=seed, quotas=quotas),
-        }
-        selection = methods[method]() if method in methods else select_from_pool(
-            method, [p.text for p in processed], ids, names, config.num_samples, seed=seed, quotas=quotas)
-        if stats is not None and method != "activations":  # the pool's activations served Stage 1 alone
-            selection = dataclasses.replace(selection, timings={"stage1_extract": stats.seconds, **selection.timings})
-        return selection, stage1, sources, targets
-
-
-def _describe_losses(sources: list[Source], stage2: dict[str, Any]) -> str:
+def _describe_losses(sources: Sequence[Source], stage2: dict[str, Any]) -> str:
     """Where candidates went: records per source, what each filter removed, samples per source."""
     if not stage2.get("filters"):
         return ", ".join(f"{s.spec.name}: {len(s.texts)}" for s in sources)

@@ -245,7 +245,7 @@ def calibration_tokens(path: Path) -> int | None:
 def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenizer: Any) -> tuple[Path, float]:
     """The strategy's curated set for this seed: made once, reused by every method; (path, curate seconds)."""
     from cola.export import MANIFEST_FILE
-    from cola.strategies import curate_strategy
+    from cola.experiment.strategies import curate_strategy
 
     config, path = experiment.config, experiment.calibration_dir(cell.strategy, cell.seed)
     timing_file = inside(path, CURATE_TIME_FILE)
