@@ -259,7 +259,7 @@ def test_bad_references_fail_before_the_model_loads(pool_files, tmp_path, monkey
 
 def test_a_capability_without_any_reference_fails_before_reading_sources(tmp_path, monkeypatch, capsys) -> None:
     _offline(monkeypatch)
-    monkeypatch.setattr("cola.api.COLA.load_sources", lambda *a, **k: pytest.fail("sources were read"))
+    monkeypatch.setattr("cola.inputs.load_sources", lambda *a, **k: pytest.fail("sources were read"))
     assert main(["curate", "--output_dir", str(tmp_path / "out"), "--quiet", "--datasets", "embedded",
                  "--target_capabilities", "poetry"]) == 2
     assert capsys.readouterr().err.strip() == (

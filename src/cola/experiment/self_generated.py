@@ -1,7 +1,7 @@
 """Self-generated calibration data (Ji et al., "Beware of Calibration Data for Pruning Large Language Models",
 ICLR 2025): the model writes its own calibration text from short prompts taken from the processed pool, and the
 highest-perplexity share of what it wrote is dropped. The experiment's `self_generated` strategy
-(`cola.experiment.strategies`); it goes through cola's public API (`COLA.load_sources`, `COLA.process`) and
+(`cola.experiment.strategies`); it goes through cola's public API (`cola.inputs.load_sources`, `COLA.process`) and
 writes its set with `cola.export`'s builders, like any curation.
 """
 
@@ -20,6 +20,7 @@ from cola.batching import generate_new_tokens
 from cola.config import CurateConfig
 from cola.errors import ColaError
 from cola.export import Manifest, PoolTable, SampleRecord, check_curate_output, model_record, write_outputs
+from cola.inputs import load_sources
 from cola.models import single_threaded
 from cola.progress import progress_bar
 from cola.stages.packing import cut_to_length
@@ -132,7 +133,7 @@ def write_self_generated(cola: COLA, config: CurateConfig, generation: dict[str,
     seed = config.selection.seed
     check_curate_output(cola.output_dir)
     timings: dict[str, float] = {}
-    pool = cola.process(COLA.load_sources(config, timings), config, timings, check_size=False)
+    pool = cola.process(load_sources(config, timings), config, timings, check_size=False)
     processed = pool.candidates
     if not processed:
         raise ColaError("self_generated needs prompts but Stage 2 left no candidate in the pool")
