@@ -1,4 +1,5 @@
-"""Write a command's outputs as one set that switches at once, and check a set when reading it back.
+"""The export step: a curated set's typed records (`SampleRecord`, `PoolTable`, `Manifest`, used by every writer),
+and every command's outputs written as one set that switches at once (`write_outputs`, `staged_outputs`).
 
 A set (`cola curate`: calibration_samples.json, calibration_dataset/, two parquet files, manifest.json; `cola
 compress`: a model directory with compression_summary.json) is written whole into a staging directory beside the
@@ -13,7 +14,7 @@ Each staging or set-aside directory is locked (flock) while its writer lives, so
 run's leftovers from a live writer's and removes them. Files a user put beside a set are carried into the new
 directory (as hard links), and a non-empty directory that holds no set of that command is refused, never
 replaced. The index file (manifest.json, compression_summary.json) is written last and records every other
-file's sha256; readers check it with `verify_outputs` and refuse a set that does not match.
+file's sha256; readers check it with `verify_outputs` (`cola.output_dir`) and refuse a set that does not match.
 """
 
 from __future__ import annotations

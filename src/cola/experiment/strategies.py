@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from cola.api import COLA
 from cola.config import CurateConfig
 from cola.errors import ColaError, unknown_choice
@@ -166,9 +165,9 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
     `seed` seeds everything: which candidates are sampled from each source, the selection and, for
     self_generated, the prompts and the sampling. `settings` are other CurateConfig fields (e.g.
     target_capabilities, process); `generation` holds keyword arguments of
-    `cola.experiment.self_generated.generate_self_calibration` (prompt_tokens, drop_fraction, temperature, batch_size, …) and is
-    only valid for self_generated. `label` names this configuration of the strategy in the manifest (an
-    experiment's variant); it defaults to `name`.
+    `cola.experiment.self_generated.generate_self_calibration` (prompt_tokens, drop_fraction, temperature,
+    batch_size, …) and is only valid for self_generated. `label` names this configuration of the strategy in
+    the manifest (an experiment's variant); it defaults to `name`.
     """
     check_generation(name, generation)
     config = strategy_config(name, datasets=datasets, num_samples=num_samples, sequence_length=sequence_length,
