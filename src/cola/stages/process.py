@@ -7,6 +7,8 @@
    (or windowed one by one, or each cut to its first `sequence_length` tokens: `ProcessConfig.length`).
 
 `truncate_to_length` is the no-Stage-2 path (ablation): each text cut to at most `sequence_length`.
+`reference_probes` makes Stage 1's probes here too, so Stage 1 (`cola.stages.mixture`), which runs after
+this stage, receives them and never calls back into it.
 """
 
 from __future__ import annotations
