@@ -7,7 +7,8 @@ import torch
 from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
-from cola.activations import extract_projected_features, length_bucketed_batches, masked_mean, pool, resolve_layers
+from cola.activations import extract_projected_features, masked_mean, pool, resolve_layers
+from cola.batching import length_batches
 from cola.cluster import gaussian_projection
 from cola.config import SelectionConfig
 from cola.errors import ColaError
@@ -117,7 +118,7 @@ def test_resolve_layers() -> None:
 
 def test_length_buckets_cover_everything_within_budget() -> None:
     lengths = [5, 300, 7, 120, 6, 128, 90, 1000, 3, 64] * 3
-    batches = length_bucketed_batches(lengths, max_batch_size=4, max_batch_tokens=512)
+    batches = length_batches(lengths, max_batch_size=4, max_batch_tokens=512)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     for batch in batches:

@@ -37,7 +37,7 @@ def _cola(model_and_tokenizer, **kwargs) -> COLA:
 @pytest.fixture()
 def no_stage2(monkeypatch):
     """Make any Stage 2 work a test failure: a check that must come first proves it does."""
-    monkeypatch.setattr(COLA, "_process", lambda *a, **k: pytest.fail("Stage 2 started before the check"))
+    monkeypatch.setattr(COLA, "process", lambda *a, **k: pytest.fail("Stage 2 started before the check"))
 
 
 # --- a single string is one item -----------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_bad_references_fail_before_the_model_loads(pool_files, tmp_path, monkey
 
 def test_a_capability_without_any_reference_fails_before_reading_sources(tmp_path, monkeypatch, capsys) -> None:
     _offline(monkeypatch)
-    monkeypatch.setattr("cola.api.COLA.load_sources", lambda *a, **k: pytest.fail("sources were read"))
+    monkeypatch.setattr("cola.inputs.load_sources", lambda *a, **k: pytest.fail("sources were read"))
     assert main(["curate", "--output_dir", str(tmp_path / "out"), "--quiet", "--datasets", "embedded",
                  "--target_capabilities", "poetry"]) == 2
     assert capsys.readouterr().err.strip() == (

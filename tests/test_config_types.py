@@ -136,7 +136,7 @@ def test_one_seed_sets_every_stage_seed_the_same_way_for_every_entry_point() -> 
     with 7 (before, a cell of seed 7 seeded Stage 3 only; the filters, reasoning and Stage 1 kept 42)."""
     from cola.api import COLA
     from cola.cli import build_parser, curate_config
-    from cola.strategies import strategy_config
+    from cola.experiment.strategies import strategy_config
 
     assert tuple(stage_seeds(7)) == (7, 7, 7, 7, 7)
     cli = curate_config(build_parser().parse_args(["curate", "--output_dir", "o", "--seed", "7"]))

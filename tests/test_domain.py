@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from cola.errors import ColaError
-from cola.stages.domain import (DatasetStats, DomainConfig, activation_coverage, allocate_samples,
-                                capabilities_from_coverage, capability_weights, coverage_table,
-                                parse_capability_weights, semantic_similarity, token_similarity,
-                                unigram_distribution)
+from cola.stages.domain import (DatasetStats, DomainConfig, _features, allocate_samples, capabilities_from_coverage,
+                                capability_weights, coverage_table, parse_capability_weights, reference_balls,
+                                reference_reach, semantic_similarity, token_similarity, unigram_distribution)
 
 DIM, VOCAB = 16, 400
 DOMAINS = {"c4-like": "language", "gsm8k-like": "math", "mbpp-like": "code", "arc-like": "reasoning"}
@@ -89,6 +88,13 @@ def test_semantic_similarity_ranks_near_above_far() -> None:
         semantic_similarity(near[:, :4], reference)
     with pytest.raises(ColaError, match="non-empty"):
         semantic_similarity(near[:0], reference)
+
+
+def activation_coverage(dataset: np.ndarray, reference: np.ndarray, *, clusters: int, seed: int) -> float:
+    """The share of the reference's clusters the dataset reaches by coverage_table's absolute rule (the pieces
+    it uses: reference_balls, reference_reach)."""
+    x, r = _features(dataset, reference)
+    return float(reference_reach(x, *reference_balls(r, clusters, seed))[1].mean())
 
 
 def test_activation_coverage_full_none_and_half() -> None:

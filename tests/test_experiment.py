@@ -226,7 +226,7 @@ def _record_calls(monkeypatch) -> dict[str, dict]:
     import cola.evaluate
     import cola.experiment.spectrum
     import cola.models
-    import cola.strategies
+    import cola.experiment.strategies
 
     calls: dict[str, dict] = {}
 
@@ -245,7 +245,7 @@ def _record_calls(monkeypatch) -> dict[str, dict]:
         return {"weights": {"total": {}}, "calibration": {"num_tokens": 4}, "seconds": 1.0}
 
     monkeypatch.setattr(cola.models, "load_model", recorder("load_model", (None, None)))
-    monkeypatch.setattr(cola.strategies, "curate_strategy", recorder("curate_strategy", curate))
+    monkeypatch.setattr(cola.experiment.strategies, "curate_strategy", recorder("curate_strategy", curate))
     monkeypatch.setattr(cola.compress.api, "compress", recorder("compress", compress))
     monkeypatch.setattr(cola.compress.api, "load_compressed", recorder("load_compressed", (None, None)))
     monkeypatch.setattr(cola.evaluate, "evaluate", recorder("evaluate", []))
@@ -339,7 +339,7 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
 
 
 def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeypatch):
-    import cola.strategies
+    import cola.experiment.strategies
 
     calls = []
 
@@ -348,7 +348,7 @@ def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeyp
         Path(output_dir).mkdir(parents=True)
         (Path(output_dir) / "manifest.json").write_text("{}")
 
-    monkeypatch.setattr(cola.strategies, "curate_strategy", fake_curate)
+    monkeypatch.setattr(cola.experiment.strategies, "curate_strategy", fake_curate)
     config = make_config(tmp_path, strategies=["random_c4", "self_low"], baseline="random_c4", variants={
         "self_low": {"strategy": "self_generated", "generation": {"temperature": 0.3}, "reference_size": 8}})
     experiment = Experiment(config, tmp_path / "work")
@@ -366,7 +366,7 @@ SHIPPED = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.y
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_experiment_configs_are_valid(path: Path):
-    from cola.strategies import strategy_config
+    from cola.experiment.strategies import strategy_config
 
     data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not data_dir.is_dir():

@@ -282,3 +282,30 @@ def test_output_directory_checks(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ColaError, match="is a mount point, and cola replaces its output directory as a whole by "
                                         "renaming it; name a subdirectory of it"):
         check_curate_output(volume)
+
+
+def test_the_typed_builders_give_one_key_order_and_leave_out_what_a_writer_lacks() -> None:
+    from cola.export import Manifest, PoolTable, SampleRecord
+
+    record = SampleRecord(text="t", dataset_name="d", capability_scores={"math": 1.0}, format_enhanced=False,
+                          selection_index=3, selection_method="random")
+    assert list(record.as_dict()) == ["text", "dataset_name", "capability_scores", "format_enhanced",
+                                      "selection_index", "selection_method"]
+    table = PoolTable(dataset_name=["a", "b"], capability=["general"] * 2, num_tokens=[4, 5], selected=[True, False],
+                      extra={"perplexity": [1.5, 2.5]})
+    assert table.columns() == {"pool_index": [0, 1], "dataset_name": ["a", "b"], "capability": ["general"] * 2,
+                               "num_tokens": [4, 5], "selected": [True, False], "perplexity": [1.5, 2.5]}
+    with pytest.raises(ValueError, match=r"pool columns \['perplexity'\] do not have one value for each of the 2"):
+        PoolTable(dataset_name=["a", "b"], capability=["g"] * 2, num_tokens=[1, 2], selected=[True, False],
+                  extra={"perplexity": [1.0]}).columns()
+    common = dict(model={"model": "m"}, seed=1, settings={}, stages={}, sources=[], stage2={}, num_samples=1,
+                  sample_tokens=4, timings={"load": 0.12345}, extra={"strategy": "cola"})
+    curate = Manifest(command="curate", target_capabilities=["math"], stage1={}, diagnostics={}, **common).as_dict()
+    assert [k for k in curate if k not in ("libraries", "cpu", "torch_threads")] == [
+        "tool", "command", "model", "seed", "settings", "target_capabilities", "stages", "sources", "stage1",
+        "stage2", "num_samples", "sample_tokens", "diagnostics", "timings", "strategy"]
+    generated = Manifest(command="curate_strategy", generation_settings={}, generation={}, **common).as_dict()
+    assert [k for k in generated if k not in ("libraries", "cpu", "torch_threads")] == [
+        "tool", "command", "model", "seed", "settings", "generation_settings", "stages", "sources", "stage2",
+        "generation", "num_samples", "sample_tokens", "timings", "strategy"]
+    assert generated["timings"] == {"load": 0.123}

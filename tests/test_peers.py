@@ -7,7 +7,8 @@ import pytest
 
 from cola.config import CurateConfig, SelectionConfig
 from cola.errors import ColaError
-from cola.stages.peers import generate_self_calibration, select_lexical_diversity, select_text_clusters
+from cola.experiment.self_generated import generate_self_calibration
+from cola.stages.peers import select_lexical_diversity, select_text_clusters
 from cola.stages.select import select_at_random, select_from_pool
 
 from .conftest import byte_tokenizer, tiny_llama

@@ -132,10 +132,11 @@ def test_format_error_names_the_file_and_row(tmp_path: Path):
 
 def test_reference_probes_read_conversations_as_plain_turns(tmp_path: Path):
     from cola.config import CurateConfig
-    from cola.stages.mixture import load_references, reference_probes
+    from cola.stages.mixture import load_references
+    from cola.stages.process import reference_probes
 
     path = _chat_file(tmp_path, "sharegpt.jsonl", [{"conversations": [{"from": "human", "value": "Hi?"},
                                                                        {"from": "gpt", "value": "Hello."}]}])
     config = CurateConfig(references=(("general", str(path)),), sequence_length=64)
-    probes = reference_probes(load_references(config, ["general"])["general"], byte_tokenizer(), config)
+    probes = reference_probes(load_references(config, ["general"])["general"], byte_tokenizer(), 64)
     assert [p.text for p in probes] == ["user: Hi?\nassistant: Hello."]

@@ -15,6 +15,7 @@ from cola.data.sources import CAPABILITY_ORIGINS, Source, load_source, parse_sou
 from cola.export import MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
 from cola.stages.domain import DomainConfig
 from cola.stages.mixture import load_references, plan_mixture, probed_capabilities, stage1_targets
+from cola.stages.process import reference_probes
 
 from .conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, write_jsonl
 
@@ -70,7 +71,10 @@ def _plan(config: CurateConfig):
             names.append(source.spec.name)
     embed = _planted_embed(tokenizer)
     references = load_references(config, probed_capabilities(config, sources))
-    return plan_mixture(embed(ids), ids, names, sources, references, config, embed=embed, tokenizer=tokenizer)
+    probes = {c: reference_probes(r, tokenizer, config.sequence_length) for c, r in references.items()}
+    probe_features = {c: embed([p.input_ids for p in samples]) for c, samples in probes.items()}
+    return plan_mixture(embed(ids), ids, names, sources, probes, probe_features, config,
+                        vocab_size=len(tokenizer))
 
 
 def test_label_less_sources_take_the_capability_their_content_matches(planted) -> None:

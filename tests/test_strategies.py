@@ -11,7 +11,7 @@ import pytest
 from cola.compress.calibration import load_calibration
 from cola.errors import ColaError
 from cola.export import MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
-from cola.strategies import STRATEGIES, curate_strategy, strategy_config
+from cola.experiment.strategies import STRATEGIES, curate_strategy, strategy_config
 
 from .conftest import byte_tokenizer, tiny_llama
 

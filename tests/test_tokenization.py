@@ -16,7 +16,7 @@ from cola.data.sources import load_source, parse_source
 from cola.errors import ColaError
 from cola.stages.filters import FilterConfig
 from cola.stages.packing import TokenizedDocument, pack_to_length
-from cola.stages.peers import prompt_ids
+from cola.experiment.self_generated import prompt_ids
 from cola.stages.process import chat_renderer, process_sources, truncate_to_length
 from cola.stages.reasoning import ReasoningConfig, generate_reasoning
 from cola.tokenization import encode, model_bos_id, template_writes_bos

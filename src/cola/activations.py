@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cola.batching import length_batches, pad_batch
 from cola.config import POOLINGS
 from cola.errors import ColaError, unknown_choice
 from cola.models import config_int, find_decoder_layers
@@ -65,26 +66,6 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, 
     if not resolved:
         raise ColaError("--layers is empty: name at least one decoder layer")
     return tuple(sorted(resolved))
-
-
-def length_bucketed_batches(lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Group indices into batches of similar length: sorted by length, each batch within both budgets.
-
-    A batch costs (size x its longest length) token slots; a sequence longer than the token budget still
-    gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = lengths[index]  # sorted ascending: the newcomer is the longest so far
-        if current and (len(current) >= max_batch_size or (len(current) + 1) * longest > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,19 +132,15 @@ def extract_projected_features(
     handles = [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
                for slot, layer in enumerate(chosen)]
     lengths = [len(ids) for ids in token_ids]
-    batches = length_bucketed_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
+    batches = length_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     computed = 0
     start = time.perf_counter()
     bar = progress_bar(total=sum(lengths), quiet=quiet, desc="activations", unit="tok", unit_scale=True)
     try:
         with torch.inference_mode():
             for batch in batches:
-                longest = max(lengths[i] for i in batch)
-                ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), longest), dtype=torch.long)
-                for row, index in enumerate(batch):  # right padding: real tokens never see the pads
-                    ids[row, : lengths[index]] = torch.as_tensor(token_ids[index])
-                    mask[row, : lengths[index]] = 1
+                # right padding: real tokens never see the pads
+                ids, mask = pad_batch([token_ids[i] for i in batch], pad_token_id)  # (B, T) each
                 state["mask"] = mask.to(device)
                 state["acc"] = torch.zeros(len(batch), projection_dim, device=device)
                 try:
@@ -173,7 +150,7 @@ def extract_projected_features(
                 else:
                     raise RuntimeError("the forward pass never reached the deepest chosen layer")
                 features[batch] = (state["acc"] * scale).float().cpu().numpy()
-                computed += len(batch) * longest
+                computed += ids.numel()
                 bar.update(sum(lengths[i] for i in batch))
     finally:
         for handle in handles:

@@ -1,4 +1,15 @@
-"""class COLA: wires the stages into one curation run (the seed's Python interface)."""
+"""class COLA: one curation run as named steps in data-flow order (the seed's Python interface).
+
+    load (`prepare_inputs`: the sources, Stage 1's reference sets; everything checked before the model works)
+    -> process (Stage 2: format, filter, pack; the reference probes made the same way)      -> `Pool`
+    -> embed (the pool's activation features and the probes'; only when a step needs them)  -> `PoolFeatures`
+    -> plan mixture (Stage 1: coverage scores -> per-dataset quotas)                        -> `MixturePlan`
+    -> select (Stage 3: a selection method within the quotas)                               -> `Selection`
+    -> export (`cola.export`: samples, HF dataset, pool table, manifest, written as one set)
+
+Stage 1 runs after Stage 2 on purpose: it scores the processed samples' activations, the same features Stage 3
+then clusters. Each step reads only what the previous ones returned.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +20,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
-from cola.data.sources import Source, SourceSpec, load_source, parse_sources
+from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
-from cola.export import check_curate_output, output_directory, run_environment, tokenizer_fingerprint, write_outputs
+from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
+from cola.inputs import RunInputs as RunInputs, check_output_dir as check_output_dir, prepare_inputs
 from cola.schema import convert
+
+if TYPE_CHECKING:
+    from cola.activations import ExtractionStats
+    from cola.stages.mixture import MixturePlan
+    from cola.stages.process import TokenizedText
+    from cola.stages.select import Selection
 
 log = logging.getLogger(__name__)
 
@@ -34,98 +52,33 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
             "selection_method": config.selection_method}
 
 
-def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:
-    """The output directory as a Path, checked without creating anything (a failed run must leave none).
+@dataclass(frozen=True)
+class Pool:
+    """What Stage 2 hands on: the candidates Stage 3 picks from, and Stage 1's probes made the same way."""
 
-    Errors (`cola.export.check_curate_output`): an empty name (which would mean the current directory), a path
-    that is a file, the current directory itself, a directory holding files that are not a curate output, a
-    nearest existing ancestor that is a file or not writable. The directory is made when the outputs are written.
-    """
-    if not isinstance(output_dir, (str, os.PathLike)):
-        raise ColaError(f"output_dir must be a directory path (a string or a Path), got "
-                        f"{type(output_dir).__name__} {output_dir!r}")
-    path = output_directory(output_dir, "output_dir")
-    check_curate_output(path)
-    return path
+    sources: tuple[Source, ...]
+    candidates: tuple[TokenizedText, ...]          # exact token ids, each with its source's index
+    report: dict[str, Any]                         # the manifest's `stage2` entry
+    probes: dict[str, tuple[TokenizedText, ...]]   # probed capability -> its reference set, formatted and cut
+
+    @property
+    def names(self) -> list[str]:
+        """Each candidate's dataset name, row by row."""
+        return [self.sources[c.source].spec.name for c in self.candidates]
+
+    @property
+    def token_ids(self) -> list[np.ndarray]:
+        return [c.input_ids for c in self.candidates]
 
 
 @dataclass(frozen=True)
-class RunInputs:
-    """What a curation run reads, resolved and checked before any model work (`prepare_inputs`)."""
+class PoolFeatures:
+    """The activation features Stage 1 scores and Stage 3 clusters; None where no step needs them."""
 
-    config: CurateConfig
-    output_dir: Path
-    sources: tuple[Source, ...]      # each dataset's sampled candidates
-    references: dict[str, Source]    # Stage 1: probed capability -> its reference set (empty with Stage 1 off)
-    targets: tuple[str, ...] | None  # known now (given, or Stage 1 off); None: Stage 1 decides them
-    timings: dict[str, float]        # seconds: load_sources, load_references
+    features: np.ndarray | None        # (N, P) one row per pool candidate
+    stats: ExtractionStats | None      # what extracting the pool's features cost
+    probes: dict[str, np.ndarray]      # probed capability -> (M, P) features of its probes (Stage 1 only)
 
-
-def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> RunInputs:
-    """Resolve and check everything a run reads, before any model loads or computes (fail fast).
-
-    In order: the output directory (not created), the dataset specs, Stage 1's reference specs for the given
-    targets, the sentence embedder and reasoning model named, the sources (a hub source first checks that the
-    hub is reachable), then the reference sets of every capability Stage 1 will probe (a hub reference the hub
-    cannot serve names `--reference CAPABILITY=PATH`). Raises ColaError on the first problem; writes nothing.
-    """
-    from cola.stages.mixture import load_references, probed_capabilities, reference_spec
-
-    path = check_output_dir(output_dir)
-    specs = COLA.source_specs(config)
-    if config.stage1:
-        for capability in config.target_capabilities or ():
-            reference_spec(capability, config)  # a capability without any reference set fails before reading
-    _check_side_models(config)
-    timings: dict[str, float] = {}
-    sources = tuple(COLA.load_sources(config, timings, specs=specs))
-    if not config.stage1:
-        return RunInputs(config=config, output_dir=path, sources=sources, references={},
-                         targets=targets_without_stage1(config, sources), timings=timings)
-    start = time.perf_counter()
-    references = load_references(config, probed_capabilities(config, sources))
-    timings["load_references"] = time.perf_counter() - start
-    return RunInputs(config=config, output_dir=path, sources=sources, references=references,
-                     targets=config.target_capabilities, timings=timings)
-
-
-def _check_side_models(config: CurateConfig) -> None:
-    """The optional models a run loads later (Stage 1's sentence embedder, Stage 2's reasoning model) exist or
-    can be fetched: checked now, not after the pool is processed."""
-    from cola.embedder import check_embedder
-    from cola.models import resolve_model_path
-
-    if config.semantic_embedder:
-        check_embedder(config.semantic_embedder)
-    if config.process.enabled and config.process.generate_reasoning and config.process.reasoning_model:
-        try:
-            resolve_model_path(config.process.reasoning_model, quiet=True)
-        except ColaError as exc:
-            raise ColaError(f"--reasoning_model {config.process.reasoning_model}: {exc}") from exc
-
-
-def targets_without_stage1(config: CurateConfig, sources: Sequence[Source]) -> tuple[str, ...]:
-    """With Stage 1 off nothing scores the sources, so capabilities are the hints alone (a label, the catalog,
-    the embedded part, else "general"): the targets are as given, each carried by some source, else theirs."""
-    present = tuple(dict.fromkeys(s.capability for s in sources))
-    if config.target_capabilities is None:
-        return present
-    unserved = [c for c in config.target_capabilities if c not in present]
-    if len(unserved) == 1:
-        raise ColaError(f"{unknown_choice('target capability (no dataset serves it)', unserved[0], present)}. "
-                        f"Stage 1 is off, so capabilities come only from labels and the catalog: label a "
-                        f"source SOURCE@{unserved[0]}")
-    if unserved:
-        raise ColaError(f"no dataset serves the target capabilities {', '.join(map(repr, unserved))} (the datasets "
-                        f"carry {', '.join(present)}). Stage 1 is off, so capabilities come only from labels and "
-                        f"the catalog: label sources SOURCE@CAPABILITY")
-    return config.target_capabilities
-
-
-def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
-    """The manifest's account of the model and tokenizer a calibration set was made with."""
-    return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
-            "tokenizer": tokenizer_fingerprint(tokenizer)}
 
 
 class COLA:
@@ -191,110 +144,154 @@ class COLA:
         """The validated settings of a run (raises ColaError on bad values)."""
         return dataclasses.replace(self.settings, num_samples=num_samples, sequence_length=sequence_length)
 
+    @staticmethod
+    def load(config: CurateConfig, output_dir: str | os.PathLike[str]) -> RunInputs:
+        """The load step (`cola.inputs.prepare_inputs`): sources and reference sets, everything checked."""
+        return prepare_inputs(config, output_dir)
+
     def run(self, num_samples: int = 128, sequence_length: int = 2048, *,
             inputs: RunInputs | None = None) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them.
 
         Everything the run reads is resolved and checked first (`prepare_inputs`; the CLI does it before it
         loads the model and passes the result as `inputs`), then what the model decides (context length,
-        layer indices), and only then does Stage 2 start. A failed run writes nothing.
+        layer indices), and only then does Stage 2 start. A failed run writes nothing. The steps, in data-flow
+        order: load, process, embed, plan_mixture, select, export (see the module docstring).
         """
         config = self.config(num_samples, sequence_length)
         if inputs is None:
-            inputs = prepare_inputs(config, self.output_dir)
+            inputs = self.load(config, self.output_dir)
         elif (inputs.config, inputs.output_dir) != (config, self.output_dir):
             raise ColaError("run(inputs=...) was prepared for other settings or another output_dir: call "
                             "prepare_inputs with this run's config and output_dir")
         self._check_model(config)
         timings = {**self.timings, **inputs.timings}
-        sources = list(inputs.sources)
-        processed, stage2 = self._process(sources, config, timings)
-        if len(processed) < config.num_samples:
-            raise ColaError(f"num_samples {config.num_samples} is larger than the pool of {len(processed)} "
-                            f"candidates after Stage 2 ({_describe_losses(sources, stage2)}); add datasets, raise "
-                            "--candidates_per_source, or shorten --sequence_length")
-        selection, stage1, sources, targets = self._select(processed, sources, inputs, config)
-        owner = [sources[p.source] for p in processed]
+        pool = self.process(inputs.sources, config, timings, references=inputs.references)
+        features = self.embed(pool, config, timings)
+        plan = self.plan_mixture(pool, features, inputs, config, timings)
+        selection = self.select(pool, features, plan, config)
         timings.update(selection.timings)
-        if "seconds" in stage1:
-            timings["stage1_mixture"] = stage1.pop("seconds")
-        coverage = stage1.get("coverage", {})
+        return self.export(pool, plan, selection, config, timings)
 
-        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
-            if source.spec.name in coverage:
-                return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in targets}
-            return {cap: float(cap == source.capability) for cap in targets}
+    def process(self, sources: Sequence[Source], config: CurateConfig, timings: dict[str, float], *,
+                references: dict[str, Source] | None = None, check_size: bool = True) -> Pool:
+        """Stage 2, or (ablation) only each text cut to the sequence length; then each of Stage 1's reference
+        sets formatted and cut as Stage 2 formats and cuts (its probes). Seconds are added to `timings`.
 
-        samples = [{"text": processed[i].text, "dataset_name": owner[i].spec.name,
-                    "capability_scores": scores(owner[i]),
-                    "format_enhanced": processed[i].format_enhanced, "selection_index": int(i),
-                    "selection_method": selection.method}
-                   for i in selection.indices]
-        pool = {"pool_index": list(range(len(processed))), "dataset_name": [s.spec.name for s in owner],
-                "capability": [s.capability for s in owner], "num_tokens": [len(p.input_ids) for p in processed],
-                "selected": np.isin(np.arange(len(processed)), selection.indices).tolist(),
-                "cluster": selection.labels.tolist(),
-                "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
-                "feature": selection.features.tolist()}
-        manifest = {
-            "tool": "cola", "command": "curate", **model_record(self.model, self.tokenizer, self.model_name_or_path),
-            "seed": config.selection.seed,
-            "settings": config.as_dict(), "target_capabilities": list(targets), "stages": stages_run(config),
-            "sources": [s.describe() for s in sources], "stage1": stage1, "stage2": stage2, "num_samples": len(samples),
-            "sample_tokens": sum(len(processed[i].input_ids) for i in selection.indices),
-            "diagnostics": selection.diagnostics, **run_environment(),
-            "timings": {k: round(v, 3) for k, v in timings.items()}, **self.manifest_extra,
-        }
-        write_outputs(self.output_dir, samples=samples, input_ids=[processed[i].input_ids for i in selection.indices],
-                      pool=pool, manifest=manifest)
-        log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
-        return samples
-
-    @staticmethod
-    def source_specs(config: CurateConfig) -> list[SourceSpec]:
-        """The parsed dataset specs; with a field mapping, its fields are the text fields of every file or hub
-        source that names none."""
-        specs = parse_sources(config.datasets)
-        mapping = config.process.field_mapping
-        if mapping:
-            specs = [dataclasses.replace(s, fields=tuple(f for _, f in mapping))
-                     if s.kind != "embedded" and s.fields is None else s for s in specs]
-        return specs
-
-    @staticmethod
-    def load_sources(config: CurateConfig, timings: dict[str, float], *,
-                     specs: list[SourceSpec] | None = None) -> list[Source]:
-        """Each dataset's seeded sample of at most candidates_per_source texts (seconds added to `timings`)."""
-        start = time.perf_counter()
-        sources = [load_source(spec, max_candidates=config.candidates_per_source, seed=config.selection.seed)
-                   for spec in (COLA.source_specs(config) if specs is None else specs)]
-        timings["load_sources"] = time.perf_counter() - start
-        return sources
-
-    def candidate_pool(self, config: CurateConfig, timings: dict[str, float] | None = None,
-                       ) -> tuple[list[Source], list[Any], dict[str, Any]]:
-        """The sources and the processed pool that Stage 3 picks from: (sources, candidates, Stage 2 report)."""
-        timings = {} if timings is None else timings
-        sources = self.load_sources(config, timings)
-        return (sources, *self._process(sources, config, timings))
-
-    def _process(self, sources: list[Source], config: CurateConfig,
-                 timings: dict[str, float]) -> tuple[list[Any], dict[str, Any]]:
-        """Stage 2, or (ablation) only each text cut to the sequence length (seconds added to `timings`)."""
-        from cola.stages.process import process_sources, truncate_to_length
+        With `check_size`, a pool smaller than num_samples is a ColaError saying where the candidates went.
+        """
+        from cola.stages.process import process_sources, reference_probes, truncate_to_length
 
         start = time.perf_counter()
         if config.process.enabled:
-            processed, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                                model=self.model, quiet=self.quiet)
+            candidates, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
+                                                 model=self.model, quiet=self.quiet)
         else:
-            processed = []
+            candidates = []
             for index, source in enumerate(sources):
-                processed.extend(dataclasses.replace(p, source=index) for p in truncate_to_length(
+                candidates.extend(dataclasses.replace(p, source=index) for p in truncate_to_length(
                     self.tokenizer, source.texts, config.sequence_length))
             report = {"enabled": False, "note": "each text cut to at most sequence_length tokens"}
         timings["stage2_process"] = time.perf_counter() - start
-        return processed, report
+        if check_size and len(candidates) < config.num_samples:
+            raise ColaError(f"num_samples {config.num_samples} is larger than the pool of {len(candidates)} "
+                            f"candidates after Stage 2 ({_describe_losses(sources, report)}); add datasets, raise "
+                            "--candidates_per_source, or shorten --sequence_length")
+        start = time.perf_counter()
+        probes = {capability: tuple(reference_probes(reference, self.tokenizer, config.sequence_length))
+                  for capability, reference in (references or {}).items()}
+        if probes:
+            timings["stage2_reference_probes"] = time.perf_counter() - start
+        return Pool(sources=tuple(sources), candidates=tuple(candidates), report=report, probes=probes)
+
+    def embed(self, pool: Pool, config: CurateConfig, timings: dict[str, float]) -> PoolFeatures:
+        """The pool's activation features when Stage 1 or the activation method needs them (the expensive part),
+        and with Stage 1 each capability's probes' features in the same projection (seconds to `timings`)."""
+        from cola.stages.select import embed_pool
+
+        if not (config.stage1 or config.selection_method == "activations"):
+            return PoolFeatures(features=None, stats=None, probes={})
+        pad = self.tokenizer.pad_token_id or 0
+
+        def embed(token_ids: list[np.ndarray]) -> tuple[np.ndarray, ExtractionStats]:
+            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
+
+        features, stats = embed(pool.token_ids)
+        start = time.perf_counter()
+        probes = {capability: embed([p.input_ids for p in probes])[0]
+                  for capability, probes in pool.probes.items()} if config.stage1 else {}
+        if probes:
+            timings["stage1_reference_extract"] = time.perf_counter() - start
+        return PoolFeatures(features=features, stats=stats, probes=probes)
+
+    def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
+                     timings: dict[str, float]) -> MixturePlan:
+        """Stage 1: every dataset scored per capability on the pool's and the probes' features, label-less
+        sources given the capability they match best, per-dataset quotas. With Stage 1 off: no quotas, and
+        the targets `prepare_inputs` decided."""
+        from cola.stages.mixture import MixturePlan, plan_mixture
+
+        if not config.stage1:
+            return MixturePlan(sources=pool.sources, targets=inputs.targets or (), quotas=None, table={}, report={})
+        start = time.perf_counter()
+        plan = plan_mixture(features.features, pool.token_ids, pool.names, pool.sources, pool.probes,
+                            features.probes, config, vocab_size=len(self.tokenizer),
+                            texts=[c.text for c in pool.candidates], quiet=self.quiet)
+        timings["stage1_mixture"] = time.perf_counter() - start
+        return plan
+
+    def select(self, pool: Pool, features: PoolFeatures, plan: MixturePlan, config: CurateConfig) -> Selection:
+        """Stage 3 within the plan's quotas: activation medoids, a seeded random pick or a peer method."""
+        from cola.stages.select import select_at_random, select_from_features, select_from_pool, with_extraction
+
+        method, seed, names = config.selection_method, config.selection.seed, pool.names
+        if method == "activations":
+            return with_extraction(select_from_features(features.features, names, config.num_samples,
+                                                        config.selection, quotas=plan.quotas, quiet=self.quiet),
+                                   features.stats)
+        if method == "random":
+            selection = select_at_random(len(pool.candidates), names, config.num_samples, seed=seed,
+                                         quotas=plan.quotas)
+        else:
+            selection = select_from_pool(method, [c.text for c in pool.candidates], pool.token_ids, names,
+                                         config.num_samples, seed=seed, quotas=plan.quotas)
+        if features.stats is not None:  # the pool's activations served Stage 1 alone
+            selection = dataclasses.replace(selection, timings={"stage1_extract": features.stats.seconds,
+                                                                **selection.timings})
+        return selection
+
+    def export(self, pool: Pool, plan: MixturePlan, selection: Selection, config: CurateConfig,
+               timings: dict[str, float]) -> list[dict[str, Any]]:
+        """Write the selected samples, the HF dataset, the pool table and the manifest as one set
+        (`cola.export`); return the samples as calibration_samples.json holds them."""
+        owner = [plan.sources[c.source] for c in pool.candidates]
+        coverage = plan.report.get("coverage", {})
+
+        def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
+            if source.spec.name in coverage:
+                return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in plan.targets}
+            return {cap: float(cap == source.capability) for cap in plan.targets}
+
+        chosen = [pool.candidates[i] for i in selection.indices]
+        samples = [SampleRecord(text=c.text, dataset_name=owner[i].spec.name, capability_scores=scores(owner[i]),
+                                format_enhanced=c.format_enhanced, selection_index=int(i),
+                                selection_method=selection.method) for i, c in zip(selection.indices, chosen)]
+        table = PoolTable(dataset_name=[s.spec.name for s in owner], capability=[s.capability for s in owner],
+                          num_tokens=[len(c.input_ids) for c in pool.candidates],
+                          selected=np.isin(np.arange(len(owner)), selection.indices).tolist(),
+                          extra={"cluster": selection.labels.tolist(),
+                                 "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
+                                 "feature": selection.features.tolist()})
+        manifest = Manifest(
+            command="curate", model=model_record(self.model, self.tokenizer, self.model_name_or_path),
+            seed=config.seed, settings=config.as_dict(), target_capabilities=list(plan.targets),
+            stages=stages_run(config), sources=[s.describe() for s in plan.sources], stage1=plan.report,
+            stage2=pool.report, num_samples=len(samples), sample_tokens=sum(len(c.input_ids) for c in chosen),
+            diagnostics=selection.diagnostics, timings=timings, extra=self.manifest_extra)
+        write_outputs(self.output_dir, samples=samples, input_ids=[c.input_ids for c in chosen], pool=table,
+                      manifest=manifest)
+        log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
+        return [s.as_dict() for s in samples]
 
     def _check_model(self, config: CurateConfig) -> None:
         """What the model decides, checked before Stage 2: the context length, and the layer indices when the
@@ -311,45 +308,8 @@ class COLA:
 
             resolve_layers(config.selection.layers, len(find_decoder_layers(self.model)[1]))
 
-    def _select(self, processed: list[Any], sources: list[Source], inputs: RunInputs, config: CurateConfig,
-                ) -> tuple[Any, dict[str, Any], list[Source], tuple[str, ...]]:
-        """Stage 1 quotas (or none) and the Stage-3 method (activation medoids, a seeded random pick or a peer
-        method, within the quotas); (selection, stage1 report, the sources with every capability decided,
-        target capabilities). The pool is embedded only when Stage 1 or the activation method needs it: it is
-        the expensive part."""
-        from cola.stages.mixture import plan_mixture
-        from cola.stages.select import (embed_pool, select_at_random, select_from_features, select_from_pool,
-                                        with_extraction)
 
-        names = [sources[p.source].spec.name for p in processed]
-        method, seed, ids = config.selection_method, config.selection.seed, [p.input_ids for p in processed]
-        pad = self.tokenizer.pad_token_id or 0
-
-        def embed(token_ids: list[Any]) -> Any:
-            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
-
-        features, stats = embed(ids) if config.stage1 or method == "activations" else (None, None)
-        quotas, stage1, targets = None, {}, inputs.targets or ()
-        if config.stage1:
-            start = time.perf_counter()
-            plan = plan_mixture(features, ids, names, sources, inputs.references, config,
-                                embed=lambda token_ids: embed(token_ids)[0], tokenizer=self.tokenizer,
-                                texts=[p.text for p in processed], quiet=self.quiet)
-            quotas, stage1, sources, targets = plan.quotas, plan.report, list(plan.sources), plan.targets
-            stage1["seconds"] = time.perf_counter() - start  # moved into the manifest's timings by run()
-        methods = {
-            "activations": lambda: with_extraction(select_from_features(
-                features, names, config.num_samples, config.selection, quotas=quotas, quiet=self.quiet), stats),
-            "random": lambda: select_at_random(len(processed), names, config.num_samples, seed=seed, quotas=quotas),
-        }
-        selection = methods[method]() if method in methods else select_from_pool(
-            method, [p.text for p in processed], ids, names, config.num_samples, seed=seed, quotas=quotas)
-        if stats is not None and method != "activations":  # the pool's activations served Stage 1 alone
-            selection = dataclasses.replace(selection, timings={"stage1_extract": stats.seconds, **selection.timings})
-        return selection, stage1, sources, targets
-
-
-def _describe_losses(sources: list[Source], stage2: dict[str, Any]) -> str:
+def _describe_losses(sources: Sequence[Source], stage2: dict[str, Any]) -> str:
     """Where candidates went: records per source, what each filter removed, samples per source."""
     if not stage2.get("filters"):
         return ", ".join(f"{s.spec.name}: {len(s.texts)}" for s in sources)

@@ -1,4 +1,5 @@
-"""Write a command's outputs as one set that switches at once, and check a set when reading it back.
+"""The export step: a curated set's typed records (`SampleRecord`, `PoolTable`, `Manifest`, used by every writer),
+and every command's outputs written as one set that switches at once (`write_outputs`, `staged_outputs`).
 
 A set (`cola curate`: calibration_samples.json, calibration_dataset/, two parquet files, manifest.json; `cola
 compress`: a model directory with compression_summary.json) is written whole into a staging directory beside the
@@ -13,24 +14,23 @@ Each staging or set-aside directory is locked (flock) while its writer lives, so
 run's leftovers from a live writer's and removes them. Files a user put beside a set are carried into the new
 directory (as hard links), and a non-empty directory that holds no set of that command is refused, never
 replaced. The index file (manifest.json, compression_summary.json) is written last and records every other
-file's sha256; readers check it with `verify_outputs` and refuse a set that does not match.
+file's sha256; readers check it with `verify_outputs` (`cola.output_dir`) and refuse a set that does not match.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,53 +38,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cola.environment import cpu_model as cpu_model, run_environment
 from cola.errors import ColaError
+from cola.output_dir import OLD_MARK, STAGING_MARK, file_sha256, index_names, visible_entries
+from cola.output_dir import check_output_dir as check_output_dir, ensure_writable as ensure_writable
+from cola.output_dir import nearest_existing as nearest_existing, output_directory as output_directory
+from cola.output_dir import read_index as read_index, verify_outputs as verify_outputs
 
 SAMPLES_FILE = "calibration_samples.json"
 DATASET_DIR = "calibration_dataset"
 DATASET_PARQUET = "calibration_dataset.parquet"
 POOL_PARQUET = "pool.parquet"
 MANIFEST_FILE = "manifest.json"
-LIBRARIES = ("cola", "torch", "transformers", "datasets", "scikit-learn", "numpy", "scipy", "safetensors",
-             "gguf", "pyarrow")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape the result."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
-def cpu_model() -> str:
-    """The CPU's `model name` from /proc/cpuinfo (Linux), else platform.processor(), else 'unknown'.
-
-    Results depend on it: bf16 matmuls run about 2,500 GFLOP/s on Intel Xeons with AMX and about 430 on AMD EPYC,
-    and the two take different kernels, so floats differ in their last bits between them."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def run_environment() -> dict[str, Any]:
-    """What shapes a result besides its inputs: library versions, the CPU model, and torch's CPU thread count (bf16
-    sums run in a thread-dependent order: GPTQ W3 g64 of SmolLM2 on one calibration set gave wikitext-2 perplexity
-    178.9 at 1 thread and 164.8 at 2)."""
-    import torch
-
-    return {"libraries": library_versions(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -117,82 +82,7 @@ def _tokens_digest(input_ids: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-STAGING_MARK = ".cola-staging-"  # a set being written, or an old set being removed after the swap
-OLD_MARK = ".cola-old-"          # an old set renamed aside (only where the directories cannot be exchanged)
-PROBE_MARK = ".cola-write-test-"
 CURATE_NAMES = frozenset({SAMPLES_FILE, DATASET_DIR, DATASET_PARQUET, POOL_PARQUET, MANIFEST_FILE})
-
-
-def output_directory(value: str | os.PathLike[str], flag: str = "--output_dir") -> Path:
-    """`value` as a Path; an empty value is refused (Path('') would be the current directory)."""
-    if not str(value).strip():
-        raise ColaError(f"{flag} is empty: name the directory to write to (an empty name would mean the current "
-                        "directory)")
-    return Path(value).expanduser()
-
-
-def is_temporary(name: str) -> bool:
-    """A name cola gives its staging, set-aside and probe folders (also inside an output directory, where cola
-    versions before the set swap staged)."""
-    return any(mark in name for mark in (STAGING_MARK, OLD_MARK, PROBE_MARK)) and name.startswith(".")
-
-
-def visible_entries(directory: Path) -> list[Path]:
-    """The entries of `directory` other than cola's temporary folders, sorted by name."""
-    return sorted(p for p in directory.iterdir() if not is_temporary(p.name))
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path` itself, or its closest ancestor that exists: where a directory about to be made would go."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def ensure_writable(path: Path, *, output_dir: Path | None = None) -> None:
-    """Fail early, before any heavy work and without creating anything, when `path` (a directory to write
-    into) cannot be written: it or its nearest existing parent is a file or refuses a new entry. Messages name
-    `output_dir` (default: `path`)."""
-    output_dir = path if output_dir is None else output_dir
-    probe = nearest_existing(path.absolute())
-    if not probe.is_dir():
-        raise ColaError(f"output directory {output_dir} is not writable: {probe} is a file")
-    try:
-        with tempfile.TemporaryDirectory(prefix=PROBE_MARK, dir=probe):
-            pass
-    except OSError as exc:
-        raise ColaError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from exc
-
-
-def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], what: str) -> None:
-    """Fail early, creating nothing, when `output_dir` cannot take a set: it is a file, it is or contains the
-    current directory (the swap would pull it from under the shell), it is a mount point or its parent is not
-    writable (the swap renames it), it holds files but no set (`what`, as `holds_set` tells), or it cannot be
-    written."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ColaError(f"output directory {output_dir} is a file, not a directory")
-    real, cwd = output_dir.resolve(), Path.cwd().resolve()
-    if real == cwd or real in cwd.parents:
-        raise ColaError(f"output directory {output_dir} is or contains the current directory, and cola replaces "
-                        "its output directory as a whole; name a subdirectory")
-    if not output_dir.is_dir():
-        ensure_writable(real.parent, output_dir=output_dir)
-        return
-    if os.path.ismount(real):
-        raise ColaError(f"output directory {output_dir} is a mount point, and cola replaces its output directory "
-                        "as a whole by renaming it; name a subdirectory of it")
-    entries = visible_entries(output_dir)
-    if entries and not holds_set(output_dir):
-        names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise ColaError(f"output directory {output_dir} holds files that are not {what} ({names}); cola "
-                        "replaces its output directory as a whole: name an empty or new directory")
-    ensure_writable(output_dir)
-    try:
-        ensure_writable(real.parent)
-    except ColaError as exc:
-        raise ColaError(f"output directory {output_dir} cannot be replaced: its parent {real.parent} is not "
-                        f"writable, and cola writes the new set beside the old one; name a subdirectory of it "
-                        f"({exc})") from exc
 
 
 def holds_curate_set(directory: Path) -> bool:
@@ -204,16 +94,6 @@ def holds_curate_set(directory: Path) -> bool:
 def check_curate_output(output_dir: Path) -> None:
     """`check_output_dir` for `cola curate`: an empty, new or earlier curate output directory."""
     check_output_dir(output_dir, holds_set=holds_curate_set, what="a `cola curate` output")
-
-
-def index_names(index_file: Path) -> set[str] | None:
-    """The top-level names of the set whose index (manifest.json, compression_summary.json) is `index_file`,
-    itself included; None when the file is missing or lists no outputs."""
-    try:
-        outputs = json.loads(index_file.read_text(encoding="utf-8"))["outputs"]
-        return {index_file.name, *(str(name).split("/")[0] for name in outputs)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def curate_set_names(directory: Path) -> set[str]:
@@ -407,47 +287,113 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-# --- reading a set back --------------------------------------------------------------------------------------
+# --- the curate set's records ---------------------------------------------------------------------------------
 
-def read_index(index_file: Path, *, what: str, remedy: str) -> dict[str, Any]:
-    """The JSON object in a set's index file; a missing, unreadable or malformed one is a one-line ColaError
-    naming `what` was being read and the `remedy`."""
-    from cola.io import read_mapping
-
-    return read_mapping(index_file, what=what, remedy=remedy)
+def model_record(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
+    """The manifest's account of the model and tokenizer a calibration set was made with."""
+    return {"model": name, "model_class": type(model).__name__, "model_dtype": str(next(model.parameters()).dtype),
+            "tokenizer": tokenizer_fingerprint(tokenizer)}
 
 
-def verify_outputs(directory: Path, index: dict[str, Any], *, index_name: str, what: str, remedy: str) -> None:
-    """Refuse (one line naming the first bad file) a set whose files are missing or differ from the sha256
-    its index recorded under "outputs"."""
-    outputs = index.get("outputs")
-    if not isinstance(outputs, dict) or not outputs:
-        raise ColaError(f"{what} {directory}: {index_name} lists no output hashes, so the set cannot be "
-                        f"checked; {remedy}")
-    for name, digest in sorted(outputs.items()):
-        path = directory / name
-        if not path.is_file():
-            raise ColaError(f"{what} {directory} is incomplete: {name}, listed in its {index_name}, is missing; "
-                            f"{remedy}")
-        if file_sha256(path) != digest:
-            raise ColaError(f"{what} {directory} does not match its {index_name}: {name} changed after it was "
-                            f"written (sha256 differs); {remedy}")
+@dataclass(frozen=True, kw_only=True)
+class SampleRecord:
+    """One entry of calibration_samples.json (the seed's format), in its key order."""
+
+    text: str
+    dataset_name: str
+    capability_scores: dict[str, float]  # Stage 1's score per target capability ({} when none applies)
+    format_enhanced: bool                # a reasoning chain was added to one of its documents
+    selection_index: int                 # its row in pool.parquet
+    selection_method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def write_outputs(output_dir: Path, *, samples: list[dict[str, Any]], input_ids: Sequence[np.ndarray],
-                  pool: dict[str, list[Any]], manifest: dict[str, Any]) -> dict[str, str]:
+@dataclass(frozen=True, kw_only=True)
+class PoolTable:
+    """pool.parquet: one row per candidate the set was chosen from; `extra` holds the columns a selection
+    method adds after the common ones (clusters and features, perplexities), each with one value per row."""
+
+    dataset_name: list[str]
+    capability: list[str]
+    num_tokens: list[int]
+    selected: list[bool]
+    extra: dict[str, list[Any]] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The table's columns in file order, pool_index first; a column of another length is a ValueError."""
+        rows = len(self.dataset_name)
+        columns = {"pool_index": list(range(rows)), "dataset_name": self.dataset_name,
+                   "capability": self.capability, "num_tokens": self.num_tokens, "selected": self.selected,
+                   **self.extra}
+        uneven = [name for name, values in columns.items() if len(values) != rows]
+        if uneven:
+            raise ValueError(f"pool columns {uneven} do not have one value for each of the {rows} rows")
+        return columns
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """manifest.json of a curated set: what made it and how (the `outputs` hashes are added when written).
+
+    The optional entries (None: left out) are those only some writers have: `cola curate` gives
+    target_capabilities, stage1 and diagnostics, self-generation gives generation_settings and generation.
+    Keys come out in one fixed order, so the same run writes the same bytes.
+    """
+
+    command: str                          # "curate", "curate_strategy"
+    model: dict[str, Any]                 # `model_record`
+    seed: int
+    settings: dict[str, Any]              # CurateConfig.as_dict()
+    stages: dict[str, Any]                # what each stage did (`cola.api.stages_run`)
+    sources: list[dict[str, Any]]         # Source.describe() of each dataset
+    stage2: dict[str, Any]                # Stage 2's report
+    num_samples: int
+    sample_tokens: int
+    timings: dict[str, float]             # seconds, rounded to ms when written
+    target_capabilities: list[str] | None = None
+    generation_settings: dict[str, Any] | None = None
+    stage1: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # added last (e.g. the experiment's strategy)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest as written, with the machine's `run_environment` read now."""
+        def given(**entries: Any) -> dict[str, Any]:
+            return {key: value for key, value in entries.items() if value is not None}
+
+        return {"tool": "cola", "command": self.command, **self.model, "seed": self.seed, "settings": self.settings,
+                **given(generation_settings=self.generation_settings, target_capabilities=self.target_capabilities),
+                "stages": self.stages, "sources": self.sources,
+                **given(stage1=self.stage1), "stage2": self.stage2, **given(generation=self.generation),
+                "num_samples": self.num_samples, "sample_tokens": self.sample_tokens,
+                **given(diagnostics=self.diagnostics), **run_environment(),
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}, **self.extra}
+
+
+def write_outputs(output_dir: Path, *, samples: Sequence[SampleRecord | Mapping[str, Any]],
+                  input_ids: Sequence[np.ndarray], pool: PoolTable | Mapping[str, list[Any]],
+                  manifest: Manifest | Mapping[str, Any]) -> dict[str, str]:
     """Write all artefacts as one set that replaces the directory's earlier set at once (see the module
-    docstring) and return {file name: sha256}; the manifest, written last, records the same hashes."""
+    docstring) and return {file name: sha256}; the manifest, written last, records the same hashes.
+
+    cola's writers pass the typed records above; plain mappings are taken as they are (a hand-made set).
+    """
     from datasets import Dataset
 
+    records = [s.as_dict() if isinstance(s, SampleRecord) else dict(s) for s in samples]
+    columns = pool.columns() if isinstance(pool, PoolTable) else dict(pool)
+    index = manifest.as_dict() if isinstance(manifest, Manifest) else dict(manifest)
     check_curate_output(output_dir)
     with staged_outputs(output_dir, set_names=curate_set_names) as staging:
-        _write_json(staging / SAMPLES_FILE, samples)
+        _write_json(staging / SAMPLES_FILE, records)
         table = _token_table(input_ids)
         pq.write_table(table, staging / DATASET_PARQUET)
         # An explicit fingerprint keeps save_to_disk byte-identical between identical runs.
         Dataset(table, fingerprint=_tokens_digest(input_ids)[:16]).save_to_disk(str(staging / DATASET_DIR))
-        pq.write_table(pa.table(pool), staging / POOL_PARQUET)
+        pq.write_table(pa.table(columns), staging / POOL_PARQUET)
         hashes = tree_hashes(staging)
-        _write_json(staging / MANIFEST_FILE, {**manifest, "outputs": hashes})
+        _write_json(staging / MANIFEST_FILE, {**index, "outputs": hashes})
     return hashes

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cola.batching import generate_new_tokens
 from cola.evaluate.proxies import mean_stderr
 from cola.evaluate.sandbox import Sandbox
 from cola.models import single_threaded
@@ -42,24 +43,21 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
 def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, stops: Sequence[str],
                     max_new_tokens: int = 256, batch_size: int = 8, quiet: bool = True,
                     desc: str = "generating") -> Generated:
-    """Greedy continuations of `prompts`, left-padded batches, cut at the first stop string."""
-    device = next(model.parameters()).device
+    """Greedy continuations of `prompts` (`cola.batching.generate_new_tokens`), cut at the first stop string."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str] = []
     forward, new = 0, 0
     for start in progress_bar(range(0, len(prompts), batch_size), quiet=quiet, desc=desc, unit="batch"):
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + batch_size]]
-        width = max(map(len, encoded))
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, T), left-padded
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         with single_threaded():  # token-by-token decoding is many small ops: see models.single_threaded
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad, stop_strings=list(stops), tokenizer=tokenizer)[:, width:]
+            out = generate_new_tokens(model, encoded, pad_token_id=pad, do_sample=False,
+                                      max_new_tokens=max_new_tokens, stop_strings=list(stops),
+                                      tokenizer=tokenizer)  # (B, N)
         for row in out:
             generated = row[row != pad] if pad != tokenizer.eos_token_id else _until_eos(row, pad)
             new += len(generated)
             texts.append(truncate_at_stops(tokenizer.decode(generated, skip_special_tokens=True), stops))
-        forward += int(mask.sum())
+        forward += sum(map(len, encoded))
     return Generated(texts, forward + new, new)
 
 

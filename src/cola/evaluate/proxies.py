@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cola.batching import length_batches, pad_batch
 from cola.progress import progress_bar
 
 
@@ -48,18 +49,6 @@ def _max_length(model: torch.nn.Module) -> int | None:
     return config_int(model, "max_position_embeddings", "n_positions", "seq_length")
 
 
-def _batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first so each batch's padded size (rows x longest) stays within budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 @dataclass(frozen=True)
 class Scored:
     logprobs: list[torch.Tensor]  # per pair: log p(token | prefix) of each continuation token, float32 on CPU
@@ -83,14 +72,10 @@ def continuation_logprobs(model: torch.nn.Module, pairs: Sequence[Pair], *, batc
     keep_tail = _accepts_logits_to_keep(model)
     results: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
     forward_tokens = 0
-    for batch in progress_bar(_batches([len(x) for x in inputs], batch_tokens), quiet=quiet, desc=desc,
-                              unit="batch"):
-        width = len(inputs[batch[0]])
-        ids = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T), right-padded
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, :len(inputs[i])] = torch.tensor(inputs[i])
-            mask[row, :len(inputs[i])] = 1
+    batches = length_batches([len(x) for x in inputs], max_batch_tokens=batch_tokens, longest_first=True)
+    for batch in progress_bar(batches, quiet=quiet, desc=desc, unit="batch"):
+        ids, mask = pad_batch([inputs[i] for i in batch], 0)  # (B, T) each, right-padded
+        width = ids.shape[1]
         # the continuation of row r sits at positions [len_r - n_r, len_r) of its input
         tail = max(width - len(inputs[i]) + len(pairs[i].continuation) for i in batch)
         kwargs = {"logits_to_keep": tail} if keep_tail else {}

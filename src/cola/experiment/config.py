@@ -125,7 +125,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         from cola.compress.methods import METHODS, configure
         from cola.models import DTYPES
-        from cola.strategies import STRATEGIES
+        from cola.experiment.strategies import STRATEGIES
 
         self._check_labels()
         if self.dtype not in DTYPES:
@@ -174,7 +174,7 @@ class ExperimentConfig:
 
     def _check_variant(self, variant: VariantSettings) -> None:
         """Fail now, not mid-grid: the label is new, the strategy exists and its settings make a valid config."""
-        from cola.strategies import STRATEGIES, check_generation, strategy_config
+        from cola.experiment.strategies import STRATEGIES, check_generation, strategy_config
 
         where = f"experiment config: variants.{variant.label}"
         if variant.label in STRATEGIES:
@@ -284,7 +284,7 @@ def _undotted(settings: Mapping[str, Any]) -> dict[str, Any]:
 def generation_settings() -> type:
     """self_generated's settings as a dataclass for the type check: the keyword-only parameters of
     `generate_self_calibration` that the strategy leaves to the user, each typed as its default."""
-    from cola.stages.peers import generate_self_calibration
+    from cola.experiment.self_generated import generate_self_calibration
 
     set_by_strategy = {"seed", "quiet"}
     parameters = inspect.signature(generate_self_calibration).parameters.values()

@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cola.experiment.store import inside, read_json
+from cola.experiment.tables import capability_retention, paired_differences
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cola.experiment.runner import Experiment
+    from cola.experiment.store import WorkDir
 
 
 def _pyplot() -> Any:
@@ -41,8 +44,6 @@ def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str]
                    baseline: str, path: Path) -> Path | None:
     """One column per method: retention per capability, one bar per strategy (± std over seeds), and below it
     each strategy's paired difference in retention against the baseline (same seed)."""
-    from cola.experiment.report import paired_differences
-
     if caps.empty:
         return None
     plt = _pyplot()
@@ -76,14 +77,14 @@ def plot_retention(caps: pd.DataFrame, strategies: list[str], methods: list[str]
     return path
 
 
-def _pool(experiment: Experiment, strategy: str, seed: int) -> pd.DataFrame | None:
+def _pool(experiment: WorkDir, strategy: str, seed: int) -> pd.DataFrame | None:
     import pandas as pd
 
-    path = experiment.calibration_dir(strategy, seed) / "pool.parquet"
+    path = experiment.pool_file(strategy, seed)
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def plot_activation_map(experiment: Experiment, path: Path) -> Path | None:
+def plot_activation_map(experiment: WorkDir, path: Path) -> Path | None:
     """The candidate pool's activation features in 2-D (PCA), coloured by dataset, with each strategy's picks
     marked: one panel per strategy that selected from the same pool (same seed, same processed candidates)."""
     from sklearn.decomposition import PCA
@@ -126,7 +127,7 @@ def plot_activation_map(experiment: Experiment, path: Path) -> Path | None:
     return path
 
 
-def plot_spectrum(experiment: Experiment, dense: dict[str, Any] | None, path: Path) -> Path | None:
+def plot_spectrum(experiment: WorkDir, dense: dict[str, Any] | None, path: Path) -> Path | None:
     """Singular values of one FFN matrix, one column per method: the dense model and each strategy's compressed
     model (first finished seed) on top, each one's ratio to the dense spectrum below (where strategies differ)."""
     config = experiment.config
@@ -157,17 +158,13 @@ def plot_spectrum(experiment: Experiment, dense: dict[str, Any] | None, path: Pa
     return path
 
 
-def make_plots(experiment: Experiment, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    from cola.experiment.report import capability_retention
-    from cola.experiment.runner import DENSE_FILE
-    from cola.experiment.store import inside, read_json
-
+def make_plots(experiment: WorkDir, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ok = frame[(frame.status == "ok") & (frame.strategy != "dense")]
     config = experiment.config
     made = [plot_retention(capability_retention(ok), list(config.strategies), [m.label for m in config.methods],
                            list(dict.fromkeys(ok.capability)), config.baseline, inside(out_dir, "retention.png")),
             plot_activation_map(experiment, inside(out_dir, "activation_map.png")),
-            plot_spectrum(experiment, read_json(experiment.work_dir / DENSE_FILE),
+            plot_spectrum(experiment, read_json(experiment.dense_file()),
                           inside(out_dir, "ffn_spectrum.png"))]
     return [p for p in made if p is not None]

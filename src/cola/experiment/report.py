@@ -13,12 +13,14 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cola.evaluate import retention, retention_by_capability
+from cola.evaluate import retention
+from cola.experiment.store import inside, read_json, write_text
+from cola.experiment.tables import capability_retention, paired_differences
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cola.experiment.runner import Experiment
+    from cola.experiment.store import WorkDir
 
 COLUMNS = ("strategy", "method", "seed", "status", "task", "capability", "metric", "value", "stderr", "n",
            "tokens", "higher_is_better", "retention", "bits_per_parameter", "sparsity", "calibration_tokens",
@@ -53,8 +55,6 @@ def _task_columns(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """The long rows as CSV at `path`, written atomically (another run may be reading it)."""
-    from cola.experiment.store import write_text
-
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -80,27 +80,7 @@ def _digits(value: float) -> int:
     return max(0, 3 - int(math.floor(math.log10(abs(value)))))
 
 
-def capability_retention(ok: pd.DataFrame) -> pd.DataFrame:
-    """(strategy, method, seed, capability) -> retention: per cell, `cola.evaluate.retention_by_capability` of
-    its task rows (the mean over the capability's tasks), sorted by those four keys."""
-    import pandas as pd
-
-    keys = ["strategy", "method", "seed"]
-    rows = [{**dict(zip(keys, cell)), "capability": capability, "retention": value}
-            for cell, tasks in ok.groupby(keys)
-            for capability, value in sorted(retention_by_capability(zip(tasks.capability, tasks.retention)).items())]
-    return pd.DataFrame(rows, columns=[*keys, "capability", "retention"])
-
-
-def paired_differences(caps: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Retention(strategy) - retention(baseline) at the same method, seed and capability."""
-    base = caps[caps.strategy == baseline][["method", "seed", "capability", "retention"]]
-    merged = caps.merge(base, on=["method", "seed", "capability"], suffixes=("", "_baseline"))
-    merged["difference"] = merged["retention"] - merged["retention_baseline"]
-    return merged
-
-
-def render_markdown(frame: pd.DataFrame, experiment: Experiment, *, command: str | None,
+def render_markdown(frame: pd.DataFrame, experiment: WorkDir, *, command: str | None,
                     plots: list[str]) -> str:
     config = experiment.config
     ok = frame[(frame.status == "ok") & (frame.strategy != "dense")].copy()
@@ -216,18 +196,15 @@ def _signed(values: pd.Series) -> str:
     return f"{values.mean():+.3f} ± {values.std(ddof=1):.3f}"
 
 
-def write_report(experiment: Experiment, out_dir: str | Path, *, command: str | None = None,
+def write_report(experiment: WorkDir, out_dir: str | Path, *, command: str | None = None,
                  plots: bool = True) -> dict[str, Path]:
     """results.csv, report.md and (with `plots`) the PNGs in `out_dir`; returns their paths. Each path is
     checked to stay inside `out_dir` (a linked results.csv pointing elsewhere is refused)."""
     import pandas as pd
 
-    from cola.experiment.runner import DENSE_FILE
-    from cola.experiment.store import inside, read_json, write_text
-
     out_dir = inside(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dense = read_json(experiment.work_dir / DENSE_FILE)
+    dense = read_json(experiment.dense_file())
     rows = result_rows(experiment.records(), dense if dense and dense.get("status") == "ok" else None)
     paths = {"results_csv": write_results_csv(rows, inside(out_dir, "results.csv"))}
     frame = pd.read_csv(paths["results_csv"])

@@ -1,13 +1,7 @@
 """`cola experiment`: selection strategies × compression methods × seeds, end to end and resumable.
 
-Work directory layout (everything a cell needs is found again from disk, so a stopped grid resumes):
-
-    calibration/<strategy>/seed<k>/     the curated set (shared by every method of that strategy and seed)
-    models/<strategy>/<method>/seed<k>/ the compressed model, removed once evaluated unless keep_models
-    cells/<strategy>__<method>__seed<k>.json   one cell's record: status, error, figures, spectrum
-    dense.json                          the uncompressed model's evaluation and spectrum
-    results.csv · report.md · plots/    rebuilt after every cell from the records
-    locks/                              OS locks: one per cell, one per calibration set, one for dense.json
+The work directory's layout is `store.WorkDir`'s (calibration sets, compressed models, cell records,
+dense.json, locks).
 
 A record with status "ok" is never run again; a failed cell keeps its error in its record and is tried
 again on the next run. With `isolate_cells` every cell runs in a fresh process of its own process group that
@@ -26,80 +20,28 @@ import multiprocessing
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cola.errors import ColaError
 from cola.experiment.config import ExperimentConfig, MethodSettings
 from cola.experiment.isolation import run_in_process_group, sigterm_exits
-from cola.experiment.store import exclusive_lock, inside, read_json, remove_tree, write_json
+from cola.experiment.store import (CONFIG_FILE, DENSE_FILE, FOLDERS, Cell, WorkDir, exclusive_lock, grid, read_json,
+                                   remove_tree, write_json)
 
-__all__ = ["Cell", "Experiment", "grid", "read_json", "run_experiment", "subset", "write_json"]
+__all__ = ["DENSE_FILE", "Cell", "Experiment", "grid", "read_json", "run_experiment", "subset", "write_json"]
 
 log = logging.getLogger(__name__)
 
-DENSE_FILE = "dense.json"
-CURATE_TIME_FILE = "experiment_curate.json"
-
-
-@dataclass(frozen=True)
-class Cell:
-    strategy: str
-    method: str      # the method label of the config (e.g. wanda50)
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.strategy}__{self.method}__seed{self.seed}"
-
-
-def grid(config: ExperimentConfig) -> list[Cell]:
-    """Seeds outermost: a stopped grid has every strategy and method at the first seed before any second seed."""
-    return [Cell(strategy, run.label, seed) for seed in config.seeds for strategy in config.strategies
-            for run in config.methods]
-
-
-class Experiment:
-    """One grid in one work directory."""
+class Experiment(WorkDir):
+    """One grid in one work directory (its layout: `WorkDir`), run cell by cell."""
 
     def __init__(self, config: ExperimentConfig, work_dir: str | Path, *, quiet: bool = True) -> None:
-        self.config = config
-        self.work_dir = Path(work_dir)
+        super().__init__(config, work_dir)
         self.quiet = quiet
-
-    # ------------------------------------------------------------------------------------------- paths
-    def path(self, *parts: str) -> Path:
-        """The one way to a path the runner writes or deletes: resolved, and refused outside the work directory."""
-        return inside(self.work_dir, *parts)
-
-    def calibration_dir(self, strategy: str, seed: int) -> Path:
-        return self.path("calibration", strategy, f"seed{seed}")
-
-    def model_dir(self, cell: Cell) -> Path:
-        return self.path("models", cell.strategy, cell.method, f"seed{cell.seed}")
-
-    def cell_file(self, cell: Cell) -> Path:
-        return self.path("cells", f"{cell.key}.json")
-
-    def lock_file(self, name: str) -> Path:
-        return self.path("locks", f"{name}.lock")
 
     def method(self, label: str) -> MethodSettings:
         return next(run for run in self.config.methods if run.label == label)
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every cell record on disk, in grid order (cells not run yet are absent). A record written before
-        cells recorded their set's size gets it from the calibration set's manifest, if that is still there."""
-        records = []
-        for cell in grid(self.config):
-            record = read_json(self.cell_file(cell))
-            if record is None:
-                continue
-            if record.get("status") == "ok" and "calibration_tokens" not in record:
-                record["calibration_tokens"] = calibration_tokens(self.calibration_dir(cell.strategy, cell.seed))
-            records.append(record)
-        return records
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, *, on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
@@ -113,9 +55,9 @@ class Experiment:
         from cola.export import ensure_writable
 
         ensure_writable(self.work_dir)
-        for folder in ("calibration", "models", "cells", "locks"):
+        for folder in FOLDERS:
             self.path(folder)  # a linked folder fails here, before any work
-        write_json(self.path("experiment_config.json"), self.config.as_dict())
+        write_json(self.path(CONFIG_FILE), self.config.as_dict())
         counts = {"skipped": 0, "ok": 0, "failed": 0, "busy": 0}
         with sigterm_exits():
             self._ensure_dense()
@@ -143,7 +85,7 @@ class Experiment:
 
     def _ensure_dense(self) -> None:
         """dense.json, evaluated once (a run that finds another one evaluating it waits for that one)."""
-        dense = self.path(DENSE_FILE)
+        dense = self.dense_file()
         if _finished(dense):
             return
         with exclusive_lock(self.lock_file("dense"), what="the dense model's evaluation", wait=True) as lock:
@@ -228,27 +170,18 @@ def _dense_job(config: ExperimentConfig, work_dir: Path, quiet: bool) -> None:
     model, tokenizer = _load_dense(config, quiet)
     results = _evaluate(model, tokenizer, config, quiet)
     name, values = ffn_spectrum(model, config.plots.spectrum_module)
-    write_json(Experiment(config, work_dir).path(DENSE_FILE), {
+    write_json(WorkDir(config, work_dir).dense_file(), {
         "status": "ok", "model": config.model, "results": results,
         "spectrum": {"module": name, "singular_values": values}, "seconds": round(time.perf_counter() - start, 1)})
-
-
-def calibration_tokens(path: Path) -> int | None:
-    """Tokens in the curated set at `path`, as its manifest counts them (None without a manifest); for cell
-    records written before cells took the count from their compression summary."""
-    from cola.export import MANIFEST_FILE
-
-    manifest = read_json(path / MANIFEST_FILE)
-    return None if manifest is None else manifest.get("sample_tokens")
 
 
 def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenizer: Any) -> tuple[Path, float]:
     """The strategy's curated set for this seed: made once, reused by every method; (path, curate seconds)."""
     from cola.export import MANIFEST_FILE
-    from cola.strategies import curate_strategy
+    from cola.experiment.strategies import curate_strategy
 
     config, path = experiment.config, experiment.calibration_dir(cell.strategy, cell.seed)
-    timing_file = inside(path, CURATE_TIME_FILE)
+    timing_file = experiment.curate_time_file(cell.strategy, cell.seed)
     name = f"calibration_{cell.strategy}_seed{cell.seed}"  # not a cell key: those hold '__'
     with exclusive_lock(experiment.lock_file(name), wait=True,
                         what=f"the calibration set of {cell.strategy}, seed {cell.seed}"):

@@ -1,4 +1,16 @@
-"""The work directory's safety rules: plain names, paths confined to the directory, atomic writes, OS locks.
+"""The experiment's work directory: its layout (`WorkDir`), and the rules every path in it follows (plain
+names, paths confined to the directory, atomic writes, OS locks).
+
+Layout (everything a cell needs is found again from disk, so a stopped grid resumes):
+
+    calibration/<strategy>/seed<k>/     the curated set (shared by every method of that strategy and seed),
+                                        with pool.parquet and experiment_curate.json (what curating took)
+    models/<strategy>/<method>/seed<k>/ the compressed model, removed once evaluated unless keep_models
+    cells/<strategy>__<method>__seed<k>.json   one cell's record: status, error, figures, spectrum
+    dense.json                          the uncompressed model's evaluation and spectrum
+    experiment_config.json              the config the grid last ran with
+    results.csv · report.md · plots/    rebuilt after every cell from the records (`report`, `plots`)
+    locks/                              OS locks: one per cell, one per calibration set, one for dense.json
 
 Every path the experiment writes or deletes comes from `inside(root, ...)`, which resolves it (following
 symbolic links) and refuses anything outside `root`; labels that become folder and file names must be plain
@@ -17,10 +29,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError
+
+if TYPE_CHECKING:
+    from cola.experiment.config import ExperimentConfig
 
 try:
     import fcntl
@@ -28,6 +44,11 @@ except ImportError:  # Windows: no flock; runs are not protected against each ot
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+FOLDERS = ("calibration", "models", "cells", "locks")
+DENSE_FILE = "dense.json"
+CONFIG_FILE = "experiment_config.json"
+CURATE_TIME_FILE = "experiment_curate.json"
 
 NAME_CHARS = 64
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -128,3 +149,78 @@ def exclusive_lock(path: Path, *, what: str, wait: bool) -> Iterator[int | None]
         yield fd
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a strategy's calibration set, compressed by one method, at one seed."""
+
+    strategy: str
+    method: str      # the method label of the config (e.g. wanda50)
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy}__{self.method}__seed{self.seed}"
+
+
+def grid(config: ExperimentConfig) -> list[Cell]:
+    """Seeds outermost: a stopped grid has every strategy and method at the first seed before any second seed."""
+    return [Cell(strategy, run.label, seed) for seed in config.seeds for strategy in config.strategies
+            for run in config.methods]
+
+
+class WorkDir:
+    """One grid's work directory: the one place that knows where each of its files lives (see the module
+    docstring). Every path comes from `path`, so it is checked to stay inside the directory."""
+
+    def __init__(self, config: ExperimentConfig, work_dir: str | Path) -> None:
+        self.config = config
+        self.work_dir = Path(work_dir)
+
+    def path(self, *parts: str) -> Path:
+        """The one way to a path the experiment writes or deletes: resolved, refused outside the work directory."""
+        return inside(self.work_dir, *parts)
+
+    def calibration_dir(self, strategy: str, seed: int) -> Path:
+        return self.path("calibration", strategy, f"seed{seed}")
+
+    def curate_time_file(self, strategy: str, seed: int) -> Path:
+        return inside(self.calibration_dir(strategy, seed), CURATE_TIME_FILE)
+
+    def pool_file(self, strategy: str, seed: int) -> Path:
+        from cola.export import POOL_PARQUET
+
+        return self.calibration_dir(strategy, seed) / POOL_PARQUET
+
+    def model_dir(self, cell: Cell) -> Path:
+        return self.path("models", cell.strategy, cell.method, f"seed{cell.seed}")
+
+    def cell_file(self, cell: Cell) -> Path:
+        return self.path("cells", f"{cell.key}.json")
+
+    def lock_file(self, name: str) -> Path:
+        return self.path("locks", f"{name}.lock")
+
+    def dense_file(self) -> Path:
+        return self.path(DENSE_FILE)
+
+    def calibration_tokens(self, strategy: str, seed: int) -> int | None:
+        """Tokens in a curated set, as its manifest counts them (None without a manifest)."""
+        from cola.export import MANIFEST_FILE
+
+        manifest = read_json(self.calibration_dir(strategy, seed) / MANIFEST_FILE)
+        return None if manifest is None else manifest.get("sample_tokens")
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every cell record on disk, in grid order (cells not run yet are absent). A record written before
+        cells recorded their set's size gets it from the calibration set's manifest, if that is still there."""
+        records = []
+        for cell in grid(self.config):
+            record = read_json(self.cell_file(cell))
+            if record is None:
+                continue
+            if record.get("status") == "ok" and "calibration_tokens" not in record:
+                record["calibration_tokens"] = self.calibration_tokens(cell.strategy, cell.seed)
+            records.append(record)
+        return records

@@ -79,8 +79,11 @@ def semantic_similarity(dataset_features: np.ndarray, reference_features: np.nda
     return float(np.clip((cos + 1) / 2, 0.0, 1.0))
 
 
-def _reference_balls(reference: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """k-means the reference set; each non-empty cluster becomes a ball (centroid, radius)."""
+def reference_balls(reference: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-means the reference set (k capped at its size); each non-empty cluster becomes a ball: (k', P) centroids
+    and (k',) radii. The radius is the 90th percentile of its own members' distances to the centroid (robust to
+    one outlier member); a cluster with no spread (a singleton) uses half the distance to the nearest other
+    centroid instead."""
     medoids = select_medoids(reference, min(clusters, len(reference)), seed=seed)
     centroids, labels = medoids.centroids, medoids.labels  # (k, P), (N,)
     own = np.linalg.norm(reference - centroids[labels], axis=1)  # (N,) member-to-own-centroid distances
@@ -92,21 +95,12 @@ def _reference_balls(reference: np.ndarray, clusters: int, seed: int) -> tuple[n
     return centroids[present], np.where((radii == 0) & np.isfinite(half_gap), half_gap, radii)
 
 
-def _reached_share(dataset: np.ndarray, centroids: np.ndarray, radii: np.ndarray) -> float:
+def reference_reach(dataset: np.ndarray, centroids: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each reference cluster (`reference_balls`): the distance from its centroid to the dataset's closest
+    sample, (k,), and whether that sample lies within the cluster's radius, (k,) bool: the absolute half of
+    `coverage_table`'s coverage rule (a cluster is reached when some sample lies within its radius)."""
     nearest = cdist(dataset, centroids).min(axis=0)  # (k,) closest dataset sample to each centroid
-    return float(np.mean(nearest <= radii + 1e-12))
-
-
-def activation_coverage(dataset_features: np.ndarray, reference_features: np.ndarray, *,
-                        clusters: int, seed: int) -> float:
-    """Share of the reference set's k-means clusters (k capped at its size) the dataset reaches, in [0, 1].
-
-    A cluster is reached when some dataset sample lies within its radius of the centroid; the radius is the
-    90th percentile of its own members' distances to the centroid (robust to one outlier member). A
-    cluster with no spread (a singleton) uses half the distance to the nearest other centroid instead.
-    """
-    x, r = _features(dataset_features, reference_features)
-    return _reached_share(x, *_reference_balls(r, clusters, seed))
+    return nearest, nearest <= radii + 1e-12
 
 
 def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str, DatasetStats],
@@ -136,9 +130,10 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
     table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
     for cap, ref in references.items():
         (r,) = _features(ref.features)
-        centroids, radii = _reference_balls(r, config.reference_clusters, config.seed)
-        nearest = np.stack([cdist(x, centroids).min(axis=0) for x in feats])  # (D, k) closest sample per centroid
-        reached = (nearest <= radii + 1e-12) | (nearest <= nearest.min(axis=0) + 1e-12)  # (D, k)
+        centroids, radii = reference_balls(r, config.reference_clusters, config.seed)
+        reach = [reference_reach(x, centroids, radii) for x in feats]
+        nearest = np.stack([n for n, _ in reach])  # (D, k) closest sample per centroid
+        reached = np.stack([w for _, w in reach]) | (nearest <= nearest.min(axis=0) + 1e-12)  # (D, k)
         token = np.array([token_similarity(datasets[n].unigram, ref.unigram) for n in names])  # (D,)
         token_relative = token / token.max() if token.max() > 0 else np.ones_like(token)
         for d, name in enumerate(names):

@@ -177,14 +177,13 @@ def sequence_perplexities(model: torch.nn.Module, token_ids: Sequence[Sequence[i
     """
     import torch
 
-    from cola.activations import length_bucketed_batches
+    from cola.batching import length_batches, pad_batch
 
     limit = context_length(model) or math.inf
     lengths = [int(min(len(ids), limit)) for ids in token_ids]
     perplexities = np.full(len(token_ids), np.nan, dtype=np.float64)
     scored = [i for i, n in enumerate(lengths) if n >= 2]
-    batches = length_bucketed_batches([lengths[i] for i in scored], max_batch_size=batch_size,
-                                      max_batch_tokens=batch_tokens)
+    batches = length_batches([lengths[i] for i in scored], max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     device = next(model.parameters()).device
     bar = progress_bar(total=sum(lengths[i] for i in scored), quiet=quiet, desc="perplexity", unit="tok",
                        unit_scale=True)
@@ -192,12 +191,7 @@ def sequence_perplexities(model: torch.nn.Module, token_ids: Sequence[Sequence[i
         with torch.inference_mode():
             for batch in batches:
                 rows = [scored[j] for j in batch]
-                longest = max(lengths[i] for i in rows)
-                ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)  # (B, T)
-                mask = torch.zeros((len(rows), longest), dtype=torch.long)              # (B, T), 1 = real
-                for row, index in enumerate(rows):
-                    ids[row, : lengths[index]] = torch.as_tensor(token_ids[index][: lengths[index]])
-                    mask[row, : lengths[index]] = 1
+                ids, mask = pad_batch([token_ids[i][: lengths[i]] for i in rows], pad_token_id)  # (B, T) each
                 ids, mask = ids.to(device), mask.to(device)
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
                 for row, index in enumerate(rows):  # one row at a time: only real positions go to float32

@@ -1,8 +1,10 @@
 """Stage 1 wiring: probe each capability with a reference set, score every pool dataset, allocate quotas.
 
-The pool's activation features (the same ones Stage 3 clusters) and token ids are scored against each
-capability's reference set with `cola.stages.domain`; the deployment's capability weights then turn the
-coverage table into per-dataset sample quotas, and Stage 3 picks medoids within each quota. Quotas (rather
+Stage 1 runs after Stage 2 and the embedding step (`cola.api.COLA.run`): the pool's activation features (the
+same ones Stage 3 clusters) and token ids are scored with `cola.stages.domain` against each capability's
+probes (its reference set formatted and cut by Stage 2, embedded by the same step); the deployment's
+capability weights then turn the coverage table into per-dataset sample quotas, and Stage 3 picks within each
+quota. Quotas (rather
 than re-weighting candidates) keep Stage 3's k-means unchanged and make the mixture exact and auditable.
 
 Capabilities come from content: a dataset that carries no capability hint (a plain `{"text": ...}` file, a hub
@@ -94,19 +96,10 @@ def load_references(config: CurateConfig, capabilities: Sequence[str]) -> dict[s
         try:
             references[capability] = load_source(spec, max_candidates=config.reference_size,
                                                  role=f"reference set for {capability}",
-                                                 seed=config.selection.seed)
+                                                 seed=config.seeds.candidates)
         except ColaError as exc:
             raise ColaError(f"{flag}: {exc}") from exc
     return references
-
-
-def reference_probes(reference: Source, tokenizer: Any, config: CurateConfig) -> list[Any]:
-    """A reference set's probes (text + token ids), formatted as Stage 2 formats them, cut to length."""
-    from cola.stages.process import format_records, source_formatter, truncate_to_length
-
-    _, formatter = source_formatter(reference, None)
-    texts = [f.text for _, f in format_records(reference, formatter) if f.text] or list(reference.texts)
-    return truncate_to_length(tokenizer, texts, config.sequence_length)
 
 
 def stage1_targets(config: CurateConfig, sources: Sequence[Source]) -> tuple[str, ...]:
@@ -124,38 +117,40 @@ class MixturePlan:
 
     sources: tuple[Source, ...]   # the given ones, each with its capability decided (label-less: from coverage)
     targets: tuple[str, ...]
-    quotas: dict[str, int]        # dataset name -> samples
+    quotas: dict[str, int] | None  # dataset name -> samples; None: no quotas (Stage 1 off)
     table: dict[str, dict[str, dict[str, float]]]  # dataset -> probed capability -> signals and score
     report: dict[str, Any]        # the manifest's `stage1` entry
 
 
 def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], names: Sequence[str],
-                 sources: Sequence[Source], references: Mapping[str, Source], config: CurateConfig, *,
-                 embed: Any, tokenizer: Any, texts: Sequence[str] = (), quiet: bool = False) -> MixturePlan:
+                 sources: Sequence[Source], probes: Mapping[str, Sequence[Any]],
+                 probe_features: Mapping[str, np.ndarray], config: CurateConfig, *, vocab_size: int,
+                 texts: Sequence[str] = (), quiet: bool = False) -> MixturePlan:
     """Score each pool dataset per probed capability, give label-less sources the capability they match best,
     and turn the deployment's weights over the target capabilities into sample quotas.
 
     `features`, `token_ids`, `names` and `texts` describe the pool row by row (`names`: the row's dataset);
-    `references` maps each probed capability to its reference source (`load_references`). `embed(token_ids) ->
-    (N, P) features` must be the same projection as `features` (same model, seed). With
-    `config.semantic_embedder`, semantic similarity uses sentence embeddings of `texts` instead.
+    `probes` maps each probed capability to its reference set's probes as Stage 2 made them
+    (`cola.stages.process.reference_probes`: text and token ids), and `probe_features` to their (M, P)
+    features in the same projection as `features` (same model, seed). `vocab_size` sizes the unigram
+    distributions. With `config.semantic_embedder`, semantic similarity uses sentence embeddings of the
+    texts instead.
     """
     from cola.embedder import load_embedder
 
-    vocab = len(tokenizer)
+    vocab = vocab_size
     rows = np.asarray(names)
     sentence = load_embedder(config.semantic_embedder, quiet=quiet) if config.semantic_embedder else None
     pool_embeddings = sentence(texts) if sentence is not None else None  # (N, E)
     datasets = {name: DatasetStats(
         features[rows == name], unigram_distribution([token_ids[i] for i in np.flatnonzero(rows == name)], vocab),
         None if pool_embeddings is None else pool_embeddings[rows == name]) for name in dict.fromkeys(names)}
-    probes = {}
-    for capability, reference in references.items():
-        samples = reference_probes(reference, tokenizer, config)
+    probed = {}
+    for capability, samples in probes.items():
         ids = [p.input_ids for p in samples]
-        probes[capability] = DatasetStats(embed(ids), unigram_distribution(ids, vocab),
+        probed[capability] = DatasetStats(probe_features[capability], unigram_distribution(ids, vocab),
                                           None if sentence is None else sentence([p.text for p in samples]))
-    table = coverage_table(datasets, probes, config.domain)
+    table = coverage_table(datasets, probed, config.domain)
     # A source Stage 2 left no sample of is not in the table: it keeps its hint, or the default capability.
     found = capabilities_from_coverage(table, [s.spec.name for s in sources
                                                if not s.capability_given and s.spec.name in table])
@@ -169,7 +164,7 @@ def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], names: S
     log.info("stage 1 coverage (score per capability):\n%s", format_table(table, quotas))
     if found:
         log.info("stage 1 capabilities from content: %s", ", ".join(f"{n} {c}" for n, c in found.items()))
-    report = {"references": {c: reference_spec(c, config) for c in references}, "capability_weights": weights,
+    report = {"references": {c: reference_spec(c, config) for c in probes}, "capability_weights": weights,
               "semantic_space": config.semantic_embedder or "model activations",
               "capabilities": {s.spec.name: {"capability": s.capability, "capability_origin": s.capability_origin}
                                for s in decided},

@@ -103,6 +103,19 @@ def tokenize_documents(tokenizer: Any, texts: Sequence[str], *, bos_id: int | No
     return docs
 
 
+def cut_to_length(ids: Sequence[int] | np.ndarray, length: int, *, bos_id: int | None = None,
+                  ) -> tuple[np.ndarray, int]:
+    """The one "cut to N tokens" rule: `ids`' first tokens as (at most `length`,) int32, and how many tokens were
+    put in front (0 or 1). With `bos_id`, a sequence that does not start with it gets one in front, which takes
+    one of the `length` places, so every cut sequence starts with exactly one BOS. Used by packing's
+    "truncate" mode, the no-Stage-2 cut and Stage 1's probes (`cola.stages.process.truncate_to_length`), and
+    self-generation's prompts.
+    """
+    head = int(bos_id is not None and len(ids) > 0 and ids[0] != bos_id)
+    body = np.asarray(ids[:length - head])
+    return np.concatenate([[bos_id] * head, body]).astype(np.int32, copy=False), head
+
+
 def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, position: np.ndarray, length: int,
              slack: int, bos_id: int | None) -> list[Window]:
     """Consecutive windows of `length` over one stream; each start snaps to a boundary within `slack`.
@@ -146,10 +159,8 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
         windows = []
         for i, doc in enumerate(docs):
             if len(doc.input_ids):
-                head = int(bos_id is not None and doc.input_ids[0] != bos_id)
-                ids = doc.input_ids[:sequence_length - head]
-                windows.append(Window(np.concatenate([[bos_id] * head, ids]).astype(np.int32, copy=False), (i,),
-                                      head, 0, len(ids)))
+                ids, head = cut_to_length(doc.input_ids, sequence_length, bos_id=bos_id)
+                windows.append(Window(ids, (i,), head, 0, len(ids) - head))
         return windows
     pack = mode == "pack"
     slack = int((sequence_length - (bos_id is not None)) * slack_fraction)

@@ -7,6 +7,8 @@
    (or windowed one by one, or each cut to its first `sequence_length` tokens: `ProcessConfig.length`).
 
 `truncate_to_length` is the no-Stage-2 path (ablation): each text cut to at most `sequence_length`.
+`reference_probes` makes Stage 1's probes here too, so Stage 1 (`cola.stages.mixture`), which runs after
+this stage, receives them and never calls back into it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.stages.filters import apply_quality_filters
-from cola.stages.packing import pack_to_length, tokenize_documents, whole_character_end, window_text
+from cola.stages.packing import (cut_to_length, pack_to_length, tokenize_documents, whole_character_end,
+                                window_text)
 from cola.tokenization import check_room_after_bos, encode_texts, model_bos_id, template_writes_bos
 
 log = logging.getLogger(__name__)
@@ -58,13 +61,13 @@ def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
     check_room_after_bos(sequence_length, bos)
     out: list[TokenizedText] = []
     for text, ids, offsets in encode_texts(tokenizer, texts, bos_id=bos, offsets=True, batch_size=batch_size):
-        ids = ids[:sequence_length]
+        ids, _ = cut_to_length(ids, sequence_length, bos_id=bos)  # the BOS is already there: nothing put in front
         if offsets is None:  # slow tokenizers have no offsets: decode the kept ids instead
             kept = tokenizer.decode(ids, skip_special_tokens=True)
         else:
             last_end = max((end for _, end in offsets[:len(ids)]), default=0)
             kept = text[:whole_character_end(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), len(ids), last_end)]
-        out.append(TokenizedText(text=kept, input_ids=np.asarray(ids, dtype=np.int32)))
+        out.append(TokenizedText(text=kept, input_ids=ids))
     return out
 
 
@@ -99,6 +102,15 @@ def format_records(source: Source, formatter: Formatter) -> list[tuple[str, Form
         except FieldValueError as exc:
             raise ColaError(f"{source.origin}: {row}: {exc}") from None
     return formatted
+
+
+def reference_probes(reference: Source, tokenizer: PreTrainedTokenizerBase, sequence_length: int,
+                     ) -> list[TokenizedText]:
+    """Stage 1's probes of one capability: its reference set formatted as Stage 2 formats a source (no chat
+    template, no filters), each text cut to its first `sequence_length` tokens (`truncate_to_length`)."""
+    _, formatter = source_formatter(reference, None)
+    texts = [f.text for _, f in format_records(reference, formatter) if f.text] or list(reference.texts)
+    return truncate_to_length(tokenizer, texts, sequence_length)
 
 
 def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "template",

@@ -95,26 +95,22 @@ def _append_cache(path: Path, model_name: str, entries: dict[str, str]) -> None:
 
 
 def _generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], config: ReasoningConfig) -> list[str]:
-    """Generate for a batch of prompts, left-padded by hand so the tokenizer is never modified.
+    """Generate for a batch of prompts (`cola.batching.generate_new_tokens`: left-padded, the tokenizer is
+    never modified).
 
     Each prompt starts with exactly one BOS where the model's format has one: a chat template's own, or
     the one the tokenizer adds (`cola.tokenization.encode`), never both.
     """
-    import torch
-
+    from cola.batching import generate_new_tokens
     from cola.tokenization import encode, model_bos_id
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = encode(tokenizer, prompts, bos_id=model_bos_id(tokenizer))
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])  # (B, T)
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])  # (B, T)
     sampling = ({"do_sample": True, "temperature": float(config.temperature), "top_k": 0, "top_p": 1.0}
                 if config.temperature > 0 else {"do_sample": False})
-    with torch.inference_mode():
-        output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                                max_new_tokens=config.max_new_tokens, pad_token_id=pad_id, **sampling)
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)  # only the new tokens
+    new_tokens = generate_new_tokens(model, encoded, pad_token_id=pad_id, max_new_tokens=config.max_new_tokens,
+                                     **sampling)  # (B, N)
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 def generate_reasoning(records: Sequence[Formatted], model: Any, tokenizer: Any, config: ReasoningConfig, *,

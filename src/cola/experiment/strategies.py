@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from cola.api import COLA
 from cola.config import CurateConfig
 from cola.errors import ColaError, unknown_choice
+from cola.experiment.self_generated import SELF_GENERATED, write_self_generated
 
 _RANDOM = {"stage1": False, "stage3": False, "process.enabled": True, "selection.method": "random"}
 _ALL_ON = {"stage1": True, "stage3": True, "process.enabled": True, "selection.method": "activations"}
@@ -49,7 +49,6 @@ _RECIPES = {
                                "highest-perplexity 20% dropped", _RANDOM),
 }
 STRATEGIES: dict[str, str] = {name: recipe.description for name, recipe in _RECIPES.items()}
-SELF_GENERATED = "self_generated"
 
 
 def with_fields(config: CurateConfig, fixed: Mapping[str, Any]) -> CurateConfig:
@@ -166,12 +165,10 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
     `seed` seeds everything: which candidates are sampled from each source, the selection and, for
     self_generated, the prompts and the sampling. `settings` are other CurateConfig fields (e.g.
     target_capabilities, process); `generation` holds keyword arguments of
-    `peers.generate_self_calibration` (prompt_tokens, drop_fraction, temperature, batch_size, …) and is
-    only valid for self_generated. `label` names this configuration of the strategy in the manifest (an
-    experiment's variant); it defaults to `name`.
+    `cola.experiment.self_generated.generate_self_calibration` (prompt_tokens, drop_fraction, temperature,
+    batch_size, …) and is only valid for self_generated. `label` names this configuration of the strategy in
+    the manifest (an experiment's variant); it defaults to `name`.
     """
-    from cola.api import COLA
-
     check_generation(name, generation)
     config = strategy_config(name, datasets=datasets, num_samples=num_samples, sequence_length=sequence_length,
                              seed=seed, random_source=random_source, candidates_per_source=candidates_per_source,
@@ -184,47 +181,3 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
     else:
         cola.run(num_samples=num_samples, sequence_length=sequence_length)
     return Path(output_dir)
-
-
-def write_self_generated(cola: Any, config: CurateConfig, generation: dict[str, Any]) -> None:
-    """The self_generated strategy: prompts from a seeded shuffle of the processed pool, the model's sampled
-    continuations, the highest-perplexity ones dropped; written like any curation (pool = all generated)."""
-    from cola.api import model_record, stages_run
-    from cola.export import check_curate_output, run_environment, write_outputs
-    from cola.stages.peers import generate_self_calibration
-
-    seed = config.selection.seed
-    check_curate_output(cola.output_dir)
-    timings: dict[str, float] = {}
-    sources, processed, stage2 = cola.candidate_pool(config, timings)
-    if not processed:
-        raise ColaError("self_generated needs prompts but Stage 2 left no candidate in the pool")
-    order = np.random.default_rng(seed).permutation(len(processed))
-    ids, report = generate_self_calibration(
-        cola.model, cola.tokenizer, [processed[i].input_ids for i in order], config.num_samples,
-        config.sequence_length, seed=seed, quiet=cola.quiet, **generation)
-    for step, seconds in report.pop("seconds").items():
-        timings[f"self_generation_{step}"] = seconds
-    kept = set(report["kept_indices"])
-    samples = [{"text": cola.tokenizer.decode(seq, clean_up_tokenization_spaces=False),
-                "dataset_name": SELF_GENERATED, "capability_scores": {}, "format_enhanced": False,
-                "selection_index": index, "selection_method": "self_generated_low_perplexity"}
-               for index, seq in zip(report["kept_indices"], ids)]
-    generated = report["generated"]
-    pool = {"pool_index": list(range(generated)), "dataset_name": [SELF_GENERATED] * generated,
-            "capability": ["generated"] * generated, "num_tokens": [config.sequence_length] * generated,
-            "selected": [i in kept for i in range(generated)], "perplexity": report["perplexities"],
-            "prompt_pool_index": [int(order[i]) for i in report.pop("prompt_index")]}
-    stages = {**stages_run(config), "stage3_activation_selection": "off: replaced by self-generated text",
-              "selection_method": SELF_GENERATED}
-    manifest = {
-        "tool": "cola", "command": "curate_strategy", **model_record(cola.model, cola.tokenizer,
-                                                                      cola.model_name_or_path),
-        "seed": seed, "settings": config.as_dict(), "generation_settings": generation, "stages": stages,
-        "sources": [s.describe() for s in sources], "stage2": stage2, "generation": report,
-        "num_samples": len(samples), "sample_tokens": sum(len(x) for x in ids), **run_environment(),
-        "timings": {k: round(v, 3) for k, v in timings.items()}, **cola.manifest_extra,
-    }
-    write_outputs(cola.output_dir, samples=samples, input_ids=[np.asarray(x, dtype=np.int32) for x in ids],
-                  pool=pool, manifest=manifest)
-
