@@ -14,7 +14,7 @@ from cola.config import CurateConfig, SelectionConfig
 from cola.errors import ColaError
 from cola.export import MANIFEST_FILE, SAMPLES_FILE
 
-from .conftest import byte_tokenizer, tiny_llama, write_jsonl
+from tests.conftest import byte_tokenizer, tiny_llama, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_inputs_prepared_for_other_settings_are_refused(model_and_tokenizer, pro
 # --- the output directory: checked, never created before there is something to write ---------------------------
 
 def test_check_output_dir_creates_nothing(tmp_path) -> None:
-    """The API's check is export's one output-directory check (tests/test_output_sets.py), after its type."""
+    """The API's check is export's one output-directory check (tests/test_export.py), after its type."""
     target = tmp_path / "a" / "b" / "out"
     assert check_output_dir(target) == target and not (tmp_path / "a").exists()
     assert check_output_dir(str(tmp_path)) == tmp_path

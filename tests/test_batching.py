@@ -7,7 +7,7 @@ import torch
 
 from cola.batching import generate_new_tokens, length_batches, pad_batch
 
-from .conftest import tiny_llama
+from tests.conftest import tiny_llama
 
 
 def test_length_batches_shortest_or_longest_first_within_both_budgets() -> None:

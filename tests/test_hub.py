@@ -17,7 +17,7 @@ from cola.errors import ColaError
 from cola.hub import (DATASET_OFFLINE_VARIABLES, HUB_CHECK_TIMEOUT_S, MODEL_OFFLINE_VARIABLES, RETRY_LOGGERS,
                       hub_unreachable_reason, quiet_hub_retries, require_hub)
 
-from .conftest import REPO, write_jsonl
+from tests.conftest import REPO, write_jsonl
 
 OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 

@@ -12,7 +12,7 @@ import pytest
 from cola.export import MANIFEST_FILE, SAMPLES_FILE
 from cola.models import find_decoder_layers, load_model
 
-from .conftest import REPO, SHARED_DATA, needs_shared_data
+from tests.conftest import REPO, SHARED_DATA, needs_shared_data
 
 pytestmark = pytest.mark.integration
 

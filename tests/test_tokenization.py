@@ -21,7 +21,7 @@ from cola.stages.process import chat_renderer, process_sources, truncate_to_leng
 from cola.stages.reasoning import ReasoningConfig, generate_reasoning
 from cola.tokenization import encode, model_bos_id, template_writes_bos
 
-from .conftest import byte_tokenizer, write_jsonl
+from tests.conftest import byte_tokenizer, write_jsonl
 
 TURNS = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
 GENERATION = "{% if add_generation_prompt %}<|assistant|>{% endif %}"

@@ -33,7 +33,7 @@ from cola.data.formatters import (
 )
 from cola.errors import ColaError
 
-from .conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 # --- the template -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from cola.experiment.self_generated import generate_self_calibration
 from cola.stages.peers import select_lexical_diversity, select_text_clusters
 from cola.stages.select import select_at_random, select_from_pool
 
-from .conftest import byte_tokenizer, tiny_llama
+from tests.conftest import byte_tokenizer, tiny_llama
 
 TOPICS = {
     "fruit": "apple banana cherry mango orchard ripe juice peel harvest sweet",

@@ -18,8 +18,8 @@ from cola.stages.filters import (FilterConfig, apply_quality_filters, character_
                                  character_shingles, exact_duplicate_mask, length_mask, lsh_bands,
                                  near_duplicate_mask, perplexity_mask, sequence_perplexities, word_shingles)
 
-from .conftest import REPO, SHARED_DATA, needs_shared_data, tiny_llama
-from .multilingual_texts import MORNING, MORNING_EDITED, UNSPACED, edit_words, planted_edits
+from tests.conftest import REPO, SHARED_DATA, needs_shared_data, tiny_llama
+from tests.stages.multilingual_texts import MORNING, MORNING_EDITED, UNSPACED, edit_words, planted_edits
 
 # Three distinct 60-word paragraphs on one topic (rivers), sharing vocabulary but not phrasing.
 RIVERS = [

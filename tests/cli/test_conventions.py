@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from cola.cli import build_parser, main
 from cola.cli.common import configure_logging
 from cola.progress import bars_disabled, progress_bar
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("curate", "compress", "evaluate", "experiment", "datasets")
 NEEDS = {"curate": ["--output_dir", "o"], "compress": ["--method", "rtn", "--output_dir", "o"],
          "evaluate": ["--task", "wikitext2"], "experiment": ["grid.yaml"], "datasets": []}
@@ -202,18 +201,3 @@ def test_progress_bars_honour_tqdm_disable_and_a_non_terminal(monkeypatch) -> No
         assert bars_disabled(False, _Terminal()) is disabled
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert progress_bar(range(3), quiet=False, desc="x").disable is True
-
-
-def test_the_modules_of_the_cli_and_config_stay_small() -> None:
-    src = ROOT / "src" / "cola"
-    paths = [*(src / "cli").glob("*.py"), *(src / "config").glob("*.py"), src / "settings.py", src / "progress.py",
-             src / "experiment" / "config.py"]
-    sizes = {p.relative_to(src).as_posix(): len(p.read_text(encoding="utf-8").splitlines()) for p in paths}
-    assert max(sizes.values()) <= 400, sizes
-
-
-def test_filter_report_has_no_dead_as_dict() -> None:
-    from cola.stages.filters import FilterReport
-
-    assert not hasattr(FilterReport, "as_dict")
-    assert re.search(r"\bas_dict\b", (ROOT / "src/cola/stages/filters.py").read_text()) is None

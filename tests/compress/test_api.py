@@ -209,7 +209,7 @@ def test_overwrite_swaps_in_the_new_model_whole_and_keeps_user_files(tiny_model_
 
 def test_a_compress_killed_before_its_swap_leaves_the_earlier_model_whole(tiny_model_dir: Path,
                                                                          calibration_dir: Path, tmp_path):
-    from tests.test_output_sets import kill_mid_write
+    from tests.test_export import kill_mid_write
 
     out = tmp_path / "m"
     compress(str(tiny_model_dir), calibration_dir, "ria", out, sparsity=0.3, quiet=True)

@@ -14,7 +14,7 @@ from cola.data.sources import load_source, parse_sources
 from cola.errors import ColaError
 from cola.stages.process import chat_renderer, format_records, process_sources
 
-from .conftest import byte_tokenizer
+from tests.conftest import byte_tokenizer
 
 DEFAULT_SYSTEM = "<s>system\nYou are a helpful assistant</e>\n"
 # SmolLM2's and Qwen2.5's pattern: a default system turn when the conversation has none

@@ -21,8 +21,8 @@ from cola.errors import ColaError
 from cola.export import (DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE, _lock,
                          check_curate_output, clean_stale, output_directory)
 
-from .conftest import REPO, byte_tokenizer
-from .test_compress_api import truncate_half, write_calibration
+from tests.conftest import REPO, byte_tokenizer
+from tests.compress.test_api import truncate_half, write_calibration
 
 LENGTHS = (32, 32, 20, 32)  # write_calibration's samples
 
@@ -79,7 +79,7 @@ def kill_mid_write(tmp_path: Path, patch: str, run: str) -> None:
 
 WRITE_SEED_1 = """
 from tests.conftest import byte_tokenizer
-from tests.test_compress_api import write_calibration
+from tests.compress.test_api import write_calibration
 write_calibration(Path({out!r}), byte_tokenizer(), seed=1)
 """
 

@@ -15,8 +15,8 @@ from cola.cli import main
 from cola.errors import ColaError
 from cola.models import load_model, resolve_device
 
-from .conftest import byte_tokenizer, tiny_llama, write_jsonl
-from .test_compress_api import truncate_half, write_calibration
+from tests.conftest import byte_tokenizer, tiny_llama, write_jsonl
+from tests.compress.test_api import truncate_half, write_calibration
 
 
 @pytest.fixture()

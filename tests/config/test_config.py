@@ -14,7 +14,7 @@ from cola.errors import ColaError
 from cola.schema import check_field_types, describe
 from cola.settings import build
 
-from .conftest import byte_tokenizer, tiny_llama
+from tests.conftest import byte_tokenizer, tiny_llama
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,7 @@ from cola.cli import main
 from cola.errors import ColaError
 from cola.export import DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
 
-from .conftest import byte_tokenizer, tiny_llama, write_jsonl
+from tests.conftest import byte_tokenizer, tiny_llama, write_jsonl
 
 SEED_KEYS = {"text", "dataset_name", "capability_scores", "format_enhanced", "selection_index", "selection_method"}
 

@@ -19,7 +19,7 @@ from cola.compress.methods import METHODS, configure
 from cola.compress.verify import grid_violation, layer_type, load_saved, saved_weight_summary
 from cola.errors import ColaError
 
-from .conftest import REPO, byte_tokenizer, tiny_llama
+from tests.conftest import REPO, byte_tokenizer, tiny_llama
 
 # lengths deliberately unsorted, with a repeat (two different samples of length 9) and a 1-token sample
 LENGTHS = (9, 23, 4, 31, 9, 1, 16, 16, 16)  # the last three share a batch
@@ -328,7 +328,7 @@ QUIET_RUN = """
 import sys, torch
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from tests.test_llmc import calibration_set, small_llama
+from tests.compress.test_llmc import calibration_set, small_llama
 from tests.conftest import byte_tokenizer
 from cola.compress.llmc.run import run_llmcompressor, save_llmcompressor
 from cola.compress.methods import METHODS, configure

@@ -361,14 +361,14 @@ def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeyp
     assert len(calls) == 1  # made once per strategy and seed
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_experiment_configs_are_valid(path: Path):
     from cola.experiment.strategies import strategy_config
 
-    data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"
+    data_dir = Path(__file__).resolve().parents[3] / "shared" / "data"
     if not data_dir.is_dir():
         pytest.skip(f"shared data folder {data_dir} not found")
     config = config_module.load_experiment_config(path)
@@ -530,7 +530,7 @@ def test_report_renders_from_a_small_results_csv(tmp_path):
 # ----------------------------------------------------------------------------------- end to end (tiny model)
 def test_end_to_end_on_a_tiny_model_then_resume(tmp_path, tiny_model_dir, pool_files, monkeypatch):
     """curate -> compress (RIA) -> evaluate -> record -> report, in process; a second run does nothing."""
-    from .conftest import write_jsonl
+    from tests.conftest import write_jsonl
 
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     write_jsonl(tmp_path / "mc.jsonl", [{"question": f"{i} plus 1 is", "choices": [str(i + 1), "blue"], "label": 0}

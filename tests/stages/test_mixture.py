@@ -17,7 +17,7 @@ from cola.stages.domain import DomainConfig
 from cola.stages.mixture import load_references, plan_mixture, probed_capabilities, stage1_targets
 from cola.stages.process import reference_probes
 
-from .conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, write_jsonl
+from tests.conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, write_jsonl
 
 DIM = 12
 CENTERS = {"general": np.eye(DIM)[0] * 8, "math": np.eye(DIM)[1] * 8, "code": np.eye(DIM)[2] * 8}

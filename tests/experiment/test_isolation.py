@@ -1,6 +1,6 @@
 """cola experiment across processes: an isolated cell dies with its runner, and a cell is locked while it runs.
 
-Each test starts real runners (`tests.experiment_jobs.main`) in child processes on a small grid whose cells
+Each test starts real runners (`tests.experiment.jobs.main`) in child processes on a small grid whose cells
 are stand-in jobs: one blocks until the test releases it, one starts a grandchild and sleeps for minutes.
 """
 
@@ -20,16 +20,16 @@ from cola.experiment import runner
 from cola.experiment.runner import Cell, Experiment
 from cola.experiment.store import exclusive_lock, read_json
 
-from . import experiment_jobs as jobs
+from tests.experiment import jobs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GONE_SECONDS = 5.0
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; process groups")
 
 
 def start_runner(work_dir: Path, job: str, seeds: str = "0") -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    code = "import sys; from tests.experiment_jobs import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from tests.experiment.jobs import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, str(work_dir), job, seeds], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -14,7 +14,7 @@ from cola.data.sources import load_source, parse_source
 from cola.errors import ColaError
 from cola.evaluate.tasks import READINGS, infer_capability, load_items, parse_task, read_text
 
-from .conftest import SHARED_DATA, needs_shared_data, write_jsonl
+from tests.conftest import SHARED_DATA, needs_shared_data, write_jsonl
 
 # --- the table ------------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from cola.errors import ColaError
 from cola.export import MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
 from cola.experiment.strategies import STRATEGIES, curate_strategy, strategy_config
 
-from .conftest import byte_tokenizer, tiny_llama
+from tests.conftest import byte_tokenizer, tiny_llama
 
 EXPECTED_METHOD = {"random_c4": "random", "random_mixed": "random", "cola": "activation_kmeans_medoid",
                    "no_stage1": "activation_kmeans_medoid", "no_stage2": "activation_kmeans_medoid",

@@ -301,7 +301,7 @@ def test_a_caldera_output_directory_is_evaluated_with_its_caldera_layers(tiny_mo
     from cola.compress.api import compress
     from cola.compress.caldera import CalderaLinear
     from cola.evaluate import load_for_evaluation
-    from tests.test_compress_api import write_calibration
+    from tests.compress.test_api import write_calibration
 
     out = tmp_path / "caldera"
     compress(str(tiny_model_dir), write_calibration(tmp_path / "calib", byte_tokenizer()), "caldera", out, rank=4,

@@ -15,7 +15,7 @@ from cola.stages.reasoning import (
     ReasoningConfig, clean_reasoning, generate_reasoning, load_reasoning_model, model_reasoning_prompt,
     reasoning_prompt,
 )
-from .conftest import byte_tokenizer
+from tests.conftest import byte_tokenizer
 
 FAST = ReasoningConfig(max_new_tokens=8, batch_size=4)
 

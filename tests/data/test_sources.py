@@ -30,7 +30,7 @@ from cola.data.fields import FieldValueError
 from cola.data.schemas import schema_for_columns
 from cola.errors import ColaError
 
-from .conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 @pytest.fixture()

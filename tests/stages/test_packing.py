@@ -12,7 +12,7 @@ from cola.errors import ColaError
 from cola.stages.packing import (TokenizedDocument, boundary_token_indices, pack_to_length, tokenize_documents,
                                  window_text)
 
-from .conftest import byte_tokenizer
+from tests.conftest import byte_tokenizer
 
 SEP = 256
 
@@ -217,8 +217,8 @@ def test_stage2_sample_texts_never_start_or_end_inside_a_character(adds_bos: boo
     from cola.data.sources import load_source, parse_source
     from cola.stages.process import process_sources
 
-    from .conftest import write_jsonl
-    from .test_tokenization import special_tokenizer
+    from tests.conftest import write_jsonl
+    from tests.test_tokenization import special_tokenizer
 
     tokenizer = special_tokenizer("<s>", "</s>", adds_bos, None)
     rows = [{"text": f"第{i}段" + "春天来了花开了鸟儿在唱歌" * (3 + i % 4)} for i in range(8)]  # no sentence ends
@@ -242,7 +242,7 @@ def test_smollm2_window_texts_over_chinese_japanese_and_thai_hold_whole_characte
 
     from cola.models import resolve_model_path
 
-    from .multilingual_texts import UNSPACED
+    from tests.stages.multilingual_texts import UNSPACED
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded", quiet=True))
     docs = tokenize_documents(tokenizer, UNSPACED)
