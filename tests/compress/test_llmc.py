@@ -311,7 +311,7 @@ def test_layer_type():
 # ------------------------------------------------------------------------------------------------ output
 
 
-def test_quiet_prints_nothing_and_loud_prints_to_stderr_only(tmp_path, capfd):
+def test_quiet_prints_nothing_and_loud_prints_to_stderr_only(tmp_path, capfd, monkeypatch):
     model = small_llama()
     options = configure("rtn", {"group_size": 32})
     run_llmcompressor(model, byte_tokenizer(), None, METHODS["rtn"], options, quiet=True)
@@ -319,9 +319,31 @@ def test_quiet_prints_nothing_and_loud_prints_to_stderr_only(tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
     model = small_llama()
     run_llmcompressor(model, byte_tokenizer(), None, METHODS["rtn"], options, quiet=False)
+    save_llmcompressor(model, byte_tokenizer(), tmp_path / "piped")
+    out, err = capfd.readouterr()
+    assert out == "" and "it/s]" not in err  # stderr is no terminal here: the library's bars stay off too
+    monkeypatch.setattr("cola.progress.bars_disabled", lambda quiet, stream=None: quiet)  # as on a terminal
+    model = small_llama()
+    run_llmcompressor(model, byte_tokenizer(), None, METHODS["rtn"], options, quiet=False)
     save_llmcompressor(model, byte_tokenizer(), tmp_path / "loud")
     out, err = capfd.readouterr()
-    assert out == "" and err  # progress bars (and warnings) on stderr, stdout left to cola
+    assert out == "" and "it/s]" in err  # progress bars on stderr, stdout left to cola
+
+
+def test_library_bars_follow_tqdm_disable_even_where_the_library_enables_them(monkeypatch):
+    """compressed-tensors' dispatch bar passes disable= itself, so tqdm alone would ignore TQDM_DISABLE."""
+    import compressed_tensors.offload.dispatch as dispatch
+
+    from cola.compress.llmc.output import library_output
+
+    monkeypatch.setattr("cola.progress.bars_disabled", lambda quiet, stream=None: quiet)  # as on a terminal
+    with library_output(False):
+        assert dispatch.tqdm(range(2), disable=False).disable is False
+    monkeypatch.undo()
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    with library_output(False):
+        assert dispatch.tqdm(range(2), disable=False).disable is True
+    assert dispatch.tqdm(range(2), disable=False).disable is False  # put back after the run
 
 
 QUIET_RUN = """
@@ -408,3 +430,17 @@ def test_readme_handoff_snippet_feeds_oneshot_the_whole_set_in_order(tmp_path, m
     for start in range(0, len(real), 128):  # each pass over the set (calibration, error propagation)
         assert all(torch.equal(a[0], b) for a, b in zip(real[start:start + 128], expected))
     assert (model.model.layers[0].mlp.down_proj.weight == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_llm_compressor_metric_lines_stay_off_unless_a_log_level_is_chosen(capsys):
+    """Its METRIC level (7 timing lines a layer) ranks above WARNING in loguru; cola shows it only on request."""
+    from loguru import logger
+
+    from cola.compress.llmc.output import import_llmcompressor
+
+    import_llmcompressor()
+    library = logger.patch(lambda record: record.update(name="llmcompressor.utils.metric_logging"))
+    library.log("METRIC", "time 0.17s")
+    library.warning("a real warning")
+    err = capsys.readouterr().err
+    assert "a real warning" in err and "METRIC" not in err

@@ -1,5 +1,6 @@
 """Output silencing for llm-compressor and compressed-tensors: their loguru log goes to stderr (never to stdout,
-where cola prints its results), and a quiet run shows none of their warnings, log lines or progress bars."""
+where cola prints its results), a quiet run shows none of their warnings, log lines or progress bars, and their
+bars follow cola's rule (`cola.progress.bars_disabled`: not on a non-terminal stderr, not under TQDM_DISABLE)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,15 @@ def import_llmcompressor() -> None:
         if "METRIC" not in logger._core.levels:  # noqa: SLF001 - llm-compressor logs GPTQ errors at this level
             logger.level("METRIC", no=38)
         # resolve sys.stderr at each message, so a replaced stderr (pytest's capture) is never held on to
-        level = os.environ.get("LLM_COMPRESSOR_LOG_LEVEL", "WARNING").upper()
-        logger.add(lambda message: sys.stderr.write(message), level=level, filter=support_log_once,
+        chosen = os.environ.get("LLM_COMPRESSOR_LOG_LEVEL")
+        level = (chosen or "WARNING").upper()
+
+        def shown(record: Any) -> bool:
+            # METRIC (per-layer timings and GPTQ errors, 7 lines a layer) sits above WARNING in loguru's
+            # order; it is shown only when the user chose a log level
+            return support_log_once(record) and (chosen is not None or record["level"].name != "METRIC")
+
+        logger.add(lambda message: sys.stderr.write(message), level=level, filter=shown,
                    format="{time:HH:mm:ss} | {name}:{function} | {level} - {message}")
         for name in LOGGED_LIBRARIES:
             logger.enable(name)
@@ -112,18 +120,20 @@ def _quiet_library_bars() -> Iterator[None]:
 
 @contextlib.contextmanager
 def library_output(quiet: bool) -> Iterator[None]:
-    """While llm-compressor runs: nothing on screen when quiet; its warnings and bars (on stderr) otherwise.
+    """While llm-compressor runs: nothing on screen when quiet; otherwise its warnings on stderr, and its bars
+    where `cola.progress.bars_disabled` lets bars draw (a terminal, no TQDM_DISABLE).
 
     Everything switched off here is switched back on at the end, so a later non-quiet run shows it again.
     """
     from loguru import logger
 
-    from cola.progress import silence_library_progress
+    from cola.progress import bars_disabled, silence_library_progress
 
     import_llmcompressor()
     silence_library_progress(quiet)
     if not quiet:
-        yield
+        with _quiet_library_bars() if bars_disabled(quiet) else contextlib.nullcontext():
+            yield
         return
     import transformers
 
