@@ -201,3 +201,20 @@ def test_progress_bars_honour_tqdm_disable_and_a_non_terminal(monkeypatch) -> No
         assert bars_disabled(False, _Terminal()) is disabled
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert progress_bar(range(3), quiet=False, desc="x").disable is True
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["curate", "--output_dir", "x", "--num_samples", "x"],
+     "cola curate: error: argument --num_samples: invalid int value: 'x' (see `cola curate --help`)"),
+    (["curate", "--output_dir", "x", "--sed", "3"],
+     "cola curate: error: unrecognized argument --sed (did you mean --seed or --fields?) (see `cola curate --help`)"),
+    (["compress", "--method", "wanda", "--output_dir", "x", "--sparsity", "half"],
+     "cola compress: error: argument --sparsity: invalid float value: 'half' (see `cola compress --help`)"),
+])
+def test_argparse_errors_are_one_line_naming_the_subcommand(argv, expected, capsys) -> None:
+    from cola.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"

@@ -8,8 +8,10 @@ User errors print one line and exit 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cola.cli.common import configure_logging
 from cola.cli.compress import add_compress_arguments, format_compress_summary, run_compress
@@ -24,12 +26,20 @@ COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_eval
             "experiment": run_experiment, "datasets": run_datasets}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with cola's error convention: a bad value or flag is one line naming it and where the flags are
+    listed (argparse prints its whole usage block first, 27 lines for `curate`), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `cola` parser with every subcommand (torch is not imported)."""
     from cola import __version__
 
-    parser = argparse.ArgumentParser(prog="cola", description="Curate calibration data for LLM compression "
-                                     "(COLA, arXiv 2510.10618).")
+    parser = OneLineParser(prog="cola", description="Curate calibration data for LLM compression "
+                           "(COLA, arXiv 2510.10618).")
     parser.add_argument("--version", action="version", version=f"cola {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
@@ -41,8 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, but a flag the subcommand lacks is reported by that subcommand, with the closest
+    flags it has: `cola curate: error: unrecognized argument --sed (did you mean --seed?)`."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        sub = subcommands.choices[args.command]
+        flags = [flag for action in sub._actions for flag in action.option_strings]  # noqa: SLF001
+        unknown = [e for e in extra if e.startswith("-")] or extra  # the flags, not the values after them
+        close = difflib.get_close_matches(unknown[0], flags, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        sub.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}{hint}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     configure_logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
