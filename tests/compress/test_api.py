@@ -245,18 +245,22 @@ def test_a_compressed_model_that_does_not_match_its_summary_is_refused(tiny_mode
 
 def test_readme_adding_a_method_is_one_module_and_one_registration_line(tiny_model_dir: Path, tmp_path,
                                                                         monkeypatch):
-    """The README's example method, as written, registered by one entry in METHODS: its options are checked
+    """The README's example method, as written, registered by its one line (`load_method`): its options are checked
     before the model loads, it runs, and the check its kind inherits sees its effect on the saved weights."""
     import re
 
     from cola.compress.methods import METHODS
     from tests.conftest import REPO
 
+    from cola.compress.methods import load_method
+
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     snippet = re.search(r"<!-- adding-a-method -->\n```python\n(.*?)```", readme, re.S).group(1)
-    namespace: dict = {}
-    exec(snippet, namespace)  # noqa: S102 - the README's own code
-    monkeypatch.setitem(METHODS, "magnitude", namespace["Magnitude"]())
+    line = re.search(r"one line in `REGISTERED`: `\"cola\.compress\.(\w+):(\w+)\",`", readme)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / f"{line.group(1)}.py").write_text(snippet)  # the README's module, as written
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    monkeypatch.setitem(METHODS, "magnitude", load_method(f"{line.group(1)}:{line.group(2)}"))  # its line
     with pytest.raises(ColaError, match="option --rank does not apply to method 'magnitude'"):
         compress(str(tiny_model_dir), None, "magnitude", tmp_path / "never", rank=4)
     summary = compress(str(tiny_model_dir), None, "magnitude", tmp_path / "m", pattern="2:4", quiet=True)

@@ -1,7 +1,7 @@
 """The registry of compression methods: one registration line per method, and the validation of a user's choice.
 
 Adding a method means one module (a `cola.compress.base.Method` subclass with its config class) and one line in
-`METHODS` below. `configure` turns what a user gave (CLI flags, the Python API's keyword options, an experiment's
+`REGISTERED` below. `configure` turns what a user gave (CLI flags, the Python API's keyword options, an experiment's
 `methods:` entry) into the method's checked config before any model loads, so a typo fails at once.
 
 This module loads no torch (the method modules import their heavy parts when they run), so the CLI can build
@@ -10,26 +10,38 @@ its flags from `METHODS[name].config` with `cola.settings.add_arguments`.
 
 from __future__ import annotations
 
+import importlib
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 from cola.compress.base import Method, MethodConfig
-from cola.compress.caldera.method import Caldera
-from cola.compress.llmc.recipes import AWQ, GPTQ, RTN, SmoothQuant, SparseGPT, Wanda
-from cola.compress.ria import RIA
 from cola.errors import ColaError, unknown_choice
 
-METHODS: dict[str, Method] = {method.name: method for method in (
-    RTN(),
-    GPTQ(),
-    AWQ(),
-    SmoothQuant(),
-    SparseGPT(),
-    Wanda(),
-    RIA(),
-    Caldera(),
-)}
+# The registry: one line per method, "module:Class" of its `Method` subclass. A method module imports its heavy
+# parts (torch, llm-compressor) only when it runs, so building the registry loads no torch.
+REGISTERED = (
+    "cola.compress.llmc.recipes:RTN",
+    "cola.compress.llmc.recipes:GPTQ",
+    "cola.compress.llmc.recipes:AWQ",
+    "cola.compress.llmc.recipes:SmoothQuant",
+    "cola.compress.llmc.recipes:SparseGPT",
+    "cola.compress.llmc.recipes:Wanda",
+    "cola.compress.ria:RIA",
+    "cola.compress.caldera.method:Caldera",
+)
+
+
+def load_method(path: str) -> Method:
+    """The method a registry line names ("module:Class"), instantiated."""
+    module, _, name = path.partition(":")
+    method = getattr(importlib.import_module(module), name)()
+    if not isinstance(method, Method):
+        raise TypeError(f"{path} is not a cola.compress.base.Method")
+    return method
+
+
+METHODS: dict[str, Method] = {method.name: method for method in map(load_method, REGISTERED)}
 
 NOT_SUPPORTED = {"llm-pruner": "structured pruning with gradient importance and LoRA recovery",
                  "flatquant": "learned affine transforms before quantization"}
