@@ -82,7 +82,7 @@ PARSED = {"selection.layers": {"type": parse_layers},
 
 def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     """Every `CurateConfig` flag (nested stages included), the model flags, and the few flags that set several
-    fields at once: --batch_size (Stage 3's and reasoning's), --no_dedup, --signal_weights."""
+    fields at once: --no_dedup, --signal_weights."""
     add_model_arguments(parser)
     parser.add_argument("--output_dir", required=True, help="where the calibration set and manifest go (required)")
     stage2, stage1 = parser.add_argument_group(STAGE2), parser.add_argument_group(STAGE1)
@@ -101,11 +101,9 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
 def curate_config(args: argparse.Namespace) -> CurateConfig:
     """The validated settings of `cola curate`, built before the model loads so typos fail at once."""
     semantic, token, coverage = args.signal_weights
-    batch_size = getattr(args, "selection.batch_size")
     return from_arguments(CurateConfig, args, **{
         "process.filters.dedup_exact": not args.no_dedup, "process.filters.dedup_near": not args.no_dedup,
-        "process.reasoning.batch_size": batch_size, "domain.semantic_weight": semantic,
-        "domain.token_weight": token, "domain.coverage_weight": coverage})
+        "domain.semantic_weight": semantic, "domain.token_weight": token, "domain.coverage_weight": coverage})
 
 
 def run_curate(args: argparse.Namespace) -> int:

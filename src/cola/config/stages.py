@@ -113,7 +113,7 @@ class ReasoningConfig:
 
     max_new_tokens: int = option(256, help="most tokens of a generated reasoning chain",
                                  flag="reasoning_max_new_tokens")
-    batch_size: int = option(8, help="prompts per generation batch (the CLI's --batch_size)", cli=False)
+    batch_size: int = option(8, help="prompts per reasoning-generation batch", flag="reasoning_batch_size")
     temperature: float = option(0.0, help="sampling temperature; 0 = greedy (deterministic)", cli=False)
     seed: int = option(42, help=f"sampling seed; {SEED_HELP}", cli=False, derived="seed")
 
