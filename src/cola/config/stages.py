@@ -139,7 +139,7 @@ class SelectionConfig:
                               "lexical_diversity (greedy distinct-token coverage, as ZipCal); only activations "
                               "runs the model")
     layers: tuple[int, ...] | None = option(None, shown="all", help="decoder layers whose activations are used: "
-                                                                    "all, '0,5,-1', '10-20' (None: all)")
+                                                                    "all, '0,5,-1', '10-20' (in Python: None = all)")
     pooling: str = option("mean", choices=POOLINGS, help="how a layer's token states become one vector: mean over "
                                                           "real tokens or the last real token's state")
     projection_dim: int = option(64, help="dimensions of the random projection of the activation features")
