@@ -82,8 +82,8 @@ def test_curate_help_shows_every_default_in_words(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("(default: embedded)", "tokens per sample, exactly (documents are packed or split to it) "
                   "(default: 2048)", "calibration samples to select (default: 128)", "(default: 42)",
-                  "(default: auto)", "decoder layers whose activations are used: all, '0,5,-1', '10-20' (None: "
-                  "all) (default: all)", "drop documents with fewer tokens (default: 16)",
+                  "(default: auto)", "decoder layers whose activations are used: all, '0,5,-1', '10-20' (in "
+                  "Python: None = all) (default: all)", "drop documents with fewer tokens (default: 16)",
                   "(default: semantic=0.4,token=0.3,coverage=0.3)", "most tokens of a generated reasoning chain "
                   "(default: 256)", "probe texts per capability (default: 64)"):
         assert shown in text
