@@ -266,6 +266,7 @@ def test_readme_adding_a_method_is_one_module_and_one_registration_line(tiny_mod
     summary = compress(str(tiny_model_dir), None, "magnitude", tmp_path / "m", pattern="2:4", quiet=True)
     assert (summary["method"], summary["kind"], summary["backend"]) == ("magnitude", "pruning", "native")
     assert summary["options"] == {"sparsity": 0.5, "pattern": "2:4"} and summary["calibration"] is None
+    assert (summary["device"], summary["dtype"]) == ("cpu", "float32")  # what it ran on, `auto` resolved
     assert summary["weights"]["total"]["sparsity"] == 0.5
 
 

@@ -134,6 +134,7 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet |
         weights = spec.check(staging, config)
         summary = {"tool": "cola", "command": "compress", "model": model_name, "method": spec.name,
                    "kind": spec.kind, "backend": spec.backend, "options": dataclasses.asdict(config),
+                   "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
                    "calibration": calibration.describe() if calibration is not None else None,
                    "weights": weights, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
                    "peak_rss_mb": round(peak_rss_mb(), 1), **run_environment(), "details": details,
