@@ -73,15 +73,19 @@ def _field(cls: type, name: str) -> dataclasses.Field:
     raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
-def check_choices(config: Any, *, what: str | None = None) -> None:
-    """Raise ColaError (`unknown_choice`) for the first field of `config` whose value is not among the choices
-    its `option(choices=...)` declares. Call it in `__post_init__` after `check_field_types`."""
+def check_choices(config: Any, *, what: str | None = None, as_flag: bool = False) -> None:
+    """Raise ColaError for the first field of `config` whose value is not among the choices its
+    `option(choices=...)` declares: `unknown_choice`'s message (close matches, the choices sorted), or with
+    `as_flag` the flag's (`--bits 5 is not supported. Valid choices: 2, 3, 4, 8`, in declared order), as a
+    compression method's options read. Call it in `__post_init__` after `check_field_types`."""
     for field in dataclasses.fields(config):
         valid = field.metadata.get("choices")
         value = getattr(config, field.name)
-        if valid is not None and value is not None and value not in valid:
-            kind = what or field.name.replace("_", " ")
-            raise unknown_choice(kind, value, [str(v) for v in valid])
+        if valid is None or value is None or value in valid:
+            continue
+        if as_flag:
+            raise ColaError(f"--{field.name} {value!r} is not supported. Valid choices: {', '.join(map(str, valid))}")
+        raise unknown_choice(what or field.name.replace("_", " "), value, [str(v) for v in valid])
 
 
 def build(cls: type[T], data: Mapping[str, Any] | T, *, source: str, path: str = "") -> T:

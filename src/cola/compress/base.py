@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from cola.errors import ColaError
 from cola.schema import check_field_types
-from cola.settings import build, option
+from cola.settings import build, check_choices, option
 
 if TYPE_CHECKING:
     import torch
@@ -46,17 +46,11 @@ class MethodConfig:
     """Base of every method's config: field types, choices and ranges are checked at construction, each
     failure one ColaError line naming the option (as its flag) and what it takes.
 
-    Choices are listed in their declared order ("2, 3, 4, 8, 16"; "unstructured, 2:4"), which is why they are
-    checked here rather than by `cola.settings.check_choices` (it sorts them as text: "16, 2, 3, 4, 8")."""
+    Choices are listed in their declared order ("2, 3, 4, 8, 16"; "unstructured, 2:4")."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        for field in dataclasses.fields(self):
-            valid = field.metadata.get("choices")
-            value = getattr(self, field.name)
-            if valid is not None and value not in valid:  # choices listed in their declared order
-                raise ColaError(f"--{field.name} {value!r} is not supported. "
-                                f"Valid choices: {', '.join(map(str, valid))}")
+        check_choices(self, as_flag=True)
         self.check()
 
     def check(self) -> None:
