@@ -3,7 +3,7 @@
 MinHash over word 5-shingles sees a Chinese, Japanese or Thai paragraph as one or a few "words", so a
 one-word edit leaves nothing in common and near duplicates survive. This measures, at the default
 threshold (0.8) and 128 permutations, for each shingle kind:
-  1. recall of planted near duplicates: unspaced paragraphs (tests/multilingual_texts.py: 20 Chinese,
+  1. recall of planted near duplicates: unspaced paragraphs (tests/stages/multilingual_texts.py: 20 Chinese,
      12 Japanese, 3 Thai) with one small edit each (a two-character word replaced, inserted, or two to four
      characters deleted), and English texts from ../shared/data (c4 documents, gsm8k question + answer)
      with one word replaced, inserted or deleted;
@@ -32,7 +32,7 @@ from cola.stages.filters import character_shingles, near_duplicate_mask, word_sh
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.multilingual_texts import MORNING, MORNING_EDITED, UNSPACED, edit_words, planted_edits  # noqa: E402
+from tests.stages.multilingual_texts import MORNING, MORNING_EDITED, UNSPACED, edit_words, planted_edits  # noqa: E402
 
 
 SMOLLM2_CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"

@@ -26,7 +26,7 @@ def _nothing_written(tmp: Path) -> str | None:
 
 def _multilingual():
     sys.path.insert(0, str(REPO))
-    from tests import multilingual_texts
+    from tests.stages import multilingual_texts
 
     return multilingual_texts
 
