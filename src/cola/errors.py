@@ -14,10 +14,15 @@ class ColaError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+def close_matches(value: object, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The valid names closest to a mistyped one (difflib, at most `n`), for a "did you mean" hint."""
+    return difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.6)
+
+
 def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> ColaError:
     """Build the error for an unknown name: suggests close matches and lists the valid choices."""
     valid = sorted(choices)
-    close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.6)
+    close = close_matches(value, valid)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     if isinstance(value, bool):
         hint = YAML_BOOLEAN_HINT

@@ -36,7 +36,7 @@ from cola.errors import ColaError, unknown_choice
 from cola.schema import convert_fields, join
 
 T = TypeVar("T")
-__all__ = ["option", "choices_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments"]
+__all__ = ["option", "choices_of", "default_of", "help_of", "build", "check_choices", "add_arguments", "from_arguments"]
 
 
 def option(default: Any = MISSING, *, help: str, choices: Iterable[Any] | None = None,  # noqa: A002
@@ -64,6 +64,11 @@ def help_of(cls: type, name: str) -> str:
 def choices_of(cls: type, name: str) -> tuple[Any, ...] | None:
     """The valid choices of field `name` of settings class `cls`, or None where any value of its type goes."""
     return _field(cls, name).metadata.get("choices")
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field `name` of settings class `cls` (None where it has none)."""
+    return _field_default(_field(cls, name))
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:

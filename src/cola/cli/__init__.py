@@ -8,7 +8,6 @@ User errors print one line and exit 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -19,7 +18,7 @@ from cola.cli.curate import add_curate_arguments, curate_config, run_curate
 from cola.cli.datasets import run_datasets
 from cola.cli.evaluate import add_evaluate_arguments, run_evaluate
 from cola.cli.experiment import add_experiment_arguments, run_experiment
-from cola.errors import ColaError
+from cola.errors import ColaError, close_matches
 
 __all__ = ["build_parser", "curate_config", "format_compress_summary", "main"]
 COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate,
@@ -60,7 +59,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         sub = subcommands.choices[args.command]
         flags = [flag for action in sub._actions for flag in action.option_strings]  # noqa: SLF001
         unknown = [e for e in extra if e.startswith("-")] or extra  # the flags, not the values after them
-        close = difflib.get_close_matches(unknown[0], flags, n=2, cutoff=0.6)
+        close = close_matches(unknown[0], flags, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         sub.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}{hint}")
     return args

@@ -29,7 +29,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
         users = {name: ", ".join(m.name for m in METHODS.values() if name in m.options) for name in fields}
         # given_only: compress() tells the options the user gave (None: not given) from the defaults it fills in
         added += add_arguments(group, method.config, exclude=added, given_only=True, overrides={
-            name: {"help": f"{help_of(method.config, name)} [{users[name]}{_default(method.config, name)}]"}
+            name: {"help": f"{help_of(method.config, name)} [{users[name]}{_shown_default(method.config, name)}]"}
             for name in fields})
     parser.set_defaults(method_options=tuple(added))
     parser.add_argument("--batch_tokens", type=int, default=COMPRESS_BATCH_TOKENS,
@@ -50,11 +50,11 @@ def run_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default(config: type, name: str) -> str:
+def _shown_default(config: type, name: str) -> str:
     """`; default: X` for the help of a method option, or "" where the method fills it in (group size)."""
-    import dataclasses
+    from cola.settings import default_of
 
-    default = next(f.default for f in dataclasses.fields(config) if f.name == name)
+    default = default_of(config, name)
     return "" if default is None else f"; default: {default}"
 
 
