@@ -23,6 +23,7 @@ from cola.batching import length_batches, pad_batch
 from cola.config import POOLINGS
 from cola.errors import ColaError, unknown_choice
 from cola.models import config_int, find_decoder_layers
+from cola.moments import MomentSketches, Site, triangle_size, triangle_weights
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,44 @@ def extract_projected_features(
     pooling: str = "mean",
     quiet: bool = False,
 ) -> tuple[np.ndarray, ExtractionStats]:
-    """Return (N, projection_dim) projected activation features of each token sequence, and what it cost.
+    """Return (N, projection_dim) projected activation features of each token sequence, and what it cost
+    (`extract_features` without moment sketches)."""
+    found = extract_features(model, token_ids, layers=layers, projection_dim=projection_dim, seed=seed,
+                             batch_size=batch_size, batch_tokens=batch_tokens, pad_token_id=pad_token_id,
+                             pooling=pooling, quiet=quiet)
+    return found.features, found.stats
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What one pass over the sequences gave: projected features, moment sketches if asked for, the cost."""
+
+    features: np.ndarray               # (N, projection_dim)
+    stats: ExtractionStats
+    sketches: MomentSketches | None    # per-candidate second-moment sketches of the linear layers' inputs
+
+
+def extract_features(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    layers: Sequence[int] | None,
+    projection_dim: int,
+    seed: int,
+    batch_size: int = 32,
+    batch_tokens: int = 16384,
+    pad_token_id: int = 0,
+    pooling: str = "mean",
+    sketch_dim: int | None = None,
+    quiet: bool = False,
+) -> Extraction:
+    """One forward pass over the sequences: (N, projection_dim) projected activation features and, given
+    `sketch_dim` m, the second-moment sketches of every linear layer's input in the chosen layers
+    (`cola.moments`), from the same forward.
 
     Feature = sum over chosen layers l of normalize(pool(h_l)) @ R_l / sqrt(#layers), where R is one
     seeded Gaussian projection of the concatenated per-layer vectors, split per layer; `pooling` is one of
-    POOLINGS.
+    POOLINGS. Raises ColaError for an empty sequence, an unknown pooling or layer index.
     """
     from cola.cluster import gaussian_projection
 
@@ -131,6 +165,10 @@ def extract_projected_features(
 
     handles = [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
                for slot, layer in enumerate(chosen)]
+    sketcher = None
+    if sketch_dim is not None:
+        sketcher = _Sketcher(len(token_ids), sketch_dim, seed, state)
+        handles += sketcher.attach(blocks, chosen)
     lengths = [len(ids) for ids in token_ids]
     batches = length_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     computed = 0
@@ -143,6 +181,7 @@ def extract_projected_features(
                 ids, mask = pad_batch([token_ids[i] for i in batch], pad_token_id)  # (B, T) each
                 state["mask"] = mask.to(device)
                 state["acc"] = torch.zeros(len(batch), projection_dim, device=device)
+                state["rows"] = batch
                 try:
                     model(input_ids=ids.to(device), attention_mask=state["mask"], use_cache=False)
                 except _StopForward:
@@ -150,6 +189,8 @@ def extract_projected_features(
                 else:
                     raise RuntimeError("the forward pass never reached the deepest chosen layer")
                 features[batch] = (state["acc"] * scale).float().cpu().numpy()
+                if sketcher is not None:
+                    sketcher.end_batch()
                 computed += ids.numel()
                 bar.update(sum(lengths[i] for i in batch))
     finally:
@@ -160,7 +201,8 @@ def extract_projected_features(
                             seconds=time.perf_counter() - start, batches=len(batches))
     log.info("activations: %d candidates, %d tokens, %.0f useful tokens/s, %.1f%% padding", len(token_ids),
              stats.real_tokens, stats.tokens_per_second, 100 * (1 - stats.real_tokens / max(computed, 1)))
-    return features, stats
+    sketches = sketcher.result(lengths) if sketcher is not None else None
+    return Extraction(features=features, stats=stats, sketches=sketches)
 
 
 def _hidden_size(model: torch.nn.Module) -> int:
@@ -168,3 +210,78 @@ def _hidden_size(model: torch.nn.Module) -> int:
     if size is None:
         raise ColaError(f"cannot tell the hidden size of {type(model).__name__} from its config")
     return size
+
+
+class _Sketcher:
+    """Forward pre-hooks on every nn.Linear of the chosen decoder layers, writing each candidate's moment
+    sketches (`cola.moments`). Linears called one after another on the same tensor (q/k/v, gate/up) are one
+    site. A site's G (d, m) and diagonal projection (d, 2m) are seeded by the run's seed and the site's number."""
+
+    def __init__(self, num_candidates: int, sketch_dim: int, seed: int, state: dict) -> None:
+        if sketch_dim < 1:
+            raise ColaError(f"sketch_dim must be at least 1, got {sketch_dim}")
+        self.m, self.seed, self.state, self.n = sketch_dim, seed, state, num_candidates
+        self.sites: list[Site] = []
+        self.columns: list[np.ndarray] = []                  # per site (N, m(m+1)/2 + 2m)
+        self.maps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.site = -1                                       # the current site's number in this batch
+        self.last: torch.Tensor | None = None               # the input the previous linear read
+        self.first_batch = True
+        rows, cols = np.triu_indices(sketch_dim)
+        self.triangle = (torch.as_tensor(rows), torch.as_tensor(cols))
+        self.weights = torch.as_tensor(triangle_weights(sketch_dim), dtype=torch.float32)
+
+    def attach(self, blocks: torch.nn.ModuleList, chosen: Sequence[int]) -> list:
+        handles = []
+        for layer in chosen:
+            for name, module in blocks[layer].named_modules():
+                if isinstance(module, torch.nn.Linear):
+                    handles.append(module.register_forward_pre_hook(self._hook(layer, name)))
+        return handles
+
+    def _hook(self, layer: int, name: str):
+        def hook(_module: torch.nn.Module, inputs: tuple) -> None:
+            x = inputs[0]  # (B, T, d)
+            if x is self.last:  # another reader of the same input (k/v after q, up after gate)
+                if self.first_batch:
+                    site = self.sites[self.site]
+                    self.sites[self.site] = Site(site.layer, site.modules + (name,), site.width)
+                return
+            self.last = x
+            self.site += 1
+            if self.first_batch:
+                self._new_site(layer, name, x.shape[-1])
+            self._sketch(x)
+        return hook
+
+    def _new_site(self, layer: int, name: str, width: int) -> None:
+        from cola.cluster import gaussian_projection
+
+        number = len(self.sites)
+        self.sites.append(Site(layer, (name,), width))
+        self.columns.append(np.zeros((self.n, triangle_size(self.m) + 2 * self.m), dtype=np.float32))
+        seed = self.seed * 1_000_003 + 2 * number + 1
+        self.maps.append((gaussian_projection(width, self.m, seed) * self.m ** 0.5,
+                          gaussian_projection(width, 2 * self.m, seed + 1)))
+
+    def _sketch(self, x: torch.Tensor) -> None:
+        if self.site >= len(self.sites):
+            raise RuntimeError("the model read more linear-layer inputs in this batch than in the first one")
+        directions, diagonal = (t.to(x.device) for t in self.maps[self.site])
+        mask = self.state["mask"].to(torch.float32).unsqueeze(-1)            # (B, T, 1)
+        counts = mask.sum(dim=1).clamp_min(1.0)                              # (B, 1)
+        real = x.to(torch.float32) * mask                                    # (B, T, d)
+        y = real @ directions                                                # (B, T, m)
+        cov = torch.einsum("btm,btn->bmn", y, y) / counts.unsqueeze(-1)      # (B, m, m)
+        tri = cov[:, self.triangle[0], self.triangle[1]] * self.weights.to(x.device)
+        squares = (real * real).sum(dim=1) / counts                          # (B, d)
+        block = torch.cat([tri, squares @ diagonal], dim=1)
+        self.columns[self.site][self.state["rows"]] = block.cpu().numpy()
+
+    def end_batch(self) -> None:
+        self.first_batch, self.site, self.last = False, -1, None
+
+    def result(self, lengths: Sequence[int]) -> MomentSketches:
+        values = np.concatenate(self.columns, axis=1) if self.columns else np.zeros((self.n, 0), np.float32)
+        return MomentSketches(values=values, tokens=np.asarray(lengths, dtype=np.int64), sites=tuple(self.sites),
+                              sketch_dim=self.m)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cola.config import LENGTH_MODES, SELECTION_METHODS, CurateConfig
+from cola.config import LENGTH_MODES, MODEL_SELECTION_METHODS, SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
@@ -33,6 +33,7 @@ from cola.schema import convert
 
 if TYPE_CHECKING:
     from cola.activations import ExtractionStats
+    from cola.moments import MomentSketches
     from cola.stages.mixture import MixturePlan
     from cola.stages.process import TokenizedText
     from cola.stages.select import Selection
@@ -78,6 +79,7 @@ class PoolFeatures:
     features: np.ndarray | None        # (N, P) one row per pool candidate
     stats: ExtractionStats | None      # what extracting the pool's features cost
     probes: dict[str, np.ndarray]      # probed capability -> (M, P) features of its probes (Stage 1 only)
+    sketches: MomentSketches | None = None  # the pool's moment sketches (moments selection only)
 
 
 
@@ -205,24 +207,23 @@ class COLA:
         return Pool(sources=tuple(sources), candidates=tuple(candidates), report=report, probes=probes)
 
     def embed(self, pool: Pool, config: CurateConfig, timings: dict[str, float]) -> PoolFeatures:
-        """The pool's activation features when Stage 1 or the activation method needs them (the expensive part),
-        and with Stage 1 each capability's probes' features in the same projection (seconds to `timings`)."""
+        """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
+        with `moments`, its moment sketches from the same pass), and with Stage 1 each capability's probes'
+        features in the same projection (seconds to `timings`)."""
         from cola.stages.select import embed_pool
 
-        if not (config.stage1 or config.selection_method == "activations"):
+        if not (config.stage1 or config.selection_method in MODEL_SELECTION_METHODS):
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
-
-        def embed(token_ids: list[np.ndarray]) -> tuple[np.ndarray, ExtractionStats]:
-            return embed_pool(self.model, token_ids, config.selection, pad_token_id=pad, quiet=self.quiet)
-
-        features, stats = embed(pool.token_ids)
+        found = embed_pool(self.model, pool.token_ids, config.selection, pad_token_id=pad,
+                           sketches=config.selection_method == "moments", quiet=self.quiet)
         start = time.perf_counter()
-        probes = {capability: embed([p.input_ids for p in probes])[0]
+        probes = {capability: embed_pool(self.model, [p.input_ids for p in probes], config.selection,
+                                         pad_token_id=pad, quiet=self.quiet).features
                   for capability, probes in pool.probes.items()} if config.stage1 else {}
         if probes:
             timings["stage1_reference_extract"] = time.perf_counter() - start
-        return PoolFeatures(features=features, stats=stats, probes=probes)
+        return PoolFeatures(features=found.features, stats=found.stats, probes=probes, sketches=found.sketches)
 
     def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
                      timings: dict[str, float]) -> MixturePlan:
@@ -242,12 +243,17 @@ class COLA:
 
     def select(self, pool: Pool, features: PoolFeatures, plan: MixturePlan, config: CurateConfig) -> Selection:
         """Stage 3 within the plan's quotas: activation medoids, a seeded random pick or a peer method."""
-        from cola.stages.select import select_at_random, select_from_features, select_from_pool, with_extraction
+        from cola.stages.select import (select_at_random, select_by_moments, select_from_features, select_from_pool,
+                                        with_extraction)
 
         method, seed, names = config.selection_method, config.selection.seed, pool.names
         if method == "activations":
             return with_extraction(select_from_features(features.features, names, config.num_samples,
                                                         config.selection, quotas=plan.quotas, quiet=self.quiet),
+                                   features.stats)
+        if method == "moments":
+            return with_extraction(select_by_moments(features.sketches, features.features, names,
+                                                     config.num_samples, config.selection, quotas=plan.quotas),
                                    features.stats)
         if method == "random":
             selection = select_at_random(len(pool.candidates), names, config.num_samples, seed=seed,
@@ -302,7 +308,8 @@ class COLA:
         if limit is not None and config.sequence_length > limit:
             raise ColaError(f"sequence_length {config.sequence_length} is beyond the model's context of {limit} "
                             "tokens")
-        if config.selection.layers is not None and (config.stage1 or config.selection_method == "activations"):
+        if config.selection.layers is not None and (config.stage1
+                                                    or config.selection_method in MODEL_SELECTION_METHODS):
             from cola.activations import resolve_layers
             from cola.models import find_decoder_layers
 

@@ -309,6 +309,10 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
         "cola_plain": {"strategy": "cola", "process": {"chat_template": "off"}},
         "cola_general": {"strategy": "cola", "capability_weights": {"general": 3.0}, "selection.layers": [2, 4]}})
     assert config.recipe("cola") == ("cola", {}, {})
+    assert config.num_samples("cola") == config.num_samples("cola_plain") == config.calibration.num_samples
+    sized = make_config(tmp_path, strategies=["random_c4", "cola_n3"], variants={"cola_n3": {"strategy": "cola",
+                                                                                            "num_samples": 3}})
+    assert (sized.num_samples("cola_n3"), sized.recipe("cola_n3")) == (3, ("cola", {}, {}))
     assert config.recipe("cola_plain") == ("cola", {"process": {"chat_template": "off"}}, {})
     assert [c.strategy for c in grid(config)][:4] == ["random_c4", "random_c4", "cola", "cola"]
     assert {c.strategy for c in grid(config)} == {"random_c4", "cola", "cola_plain", "cola_general"}
@@ -326,7 +330,10 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
          r"variants.v.process.chat_template must be a string, got False \(a boolean\) \(YAML reads an unquoted "
          r"off.*quote it\)"),
         ({"v": {"strategy": "cola", "stage1": False}}, "variants.v: strategy 'cola' fixes stage1=True"),
-        ({"v": {"strategy": "cola", "num_samples": 8}}, "variants.v sets 'num_samples', which the `calibration`"),
+        ({"v": {"strategy": "cola", "sequence_length": 64}},
+         "variants.v sets 'sequence_length', which the `calibration`"),
+        ({"v": {"strategy": "cola", "num_samples": 0}}, "variants.v.num_samples must be at least 1, got 0"),
+        ({"v": {"strategy": "cola", "num_samples": "8"}}, "variants.v.num_samples must be an integer"),
         ({"v": {"strategy": "cola", "generation": {"temperature": 1.0}}},
          "variants.v: generation settings only apply to self_generated, not to 'cola'"),
     ]

@@ -18,7 +18,8 @@ from tests.conftest import byte_tokenizer, tiny_llama
 EXPECTED_METHOD = {"random_c4": "random", "random_mixed": "random", "cola": "activation_kmeans_medoid",
                    "no_stage1": "activation_kmeans_medoid", "no_stage2": "activation_kmeans_medoid",
                    "no_stage3": "random", "text_clusters": "tfidf_kmeans_medoid",
-                   "lexical_diversity": "greedy_token_coverage", "self_generated": "self_generated_low_perplexity"}
+                   "lexical_diversity": "greedy_token_coverage", "self_generated": "self_generated_low_perplexity",
+                   "moments": "moment_matching", "cola_moments": "moment_matching"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,10 @@ def test_every_strategy_writes_a_loadable_calibration_set(pool_files, tmp_path, 
         if name == "random_c4":
             assert {s["dataset_name"] for s in samples} == {"prose"}
             assert manifest["settings"]["process"]["chat_template"] == "off"
+        if name in ("moments", "cola_moments"):
+            assert manifest["stages"]["selection_method"] == "moments"
+            assert manifest["stages"]["stage1_dataset_selection"].startswith("off") == (name == "moments")
+            assert manifest["diagnostics"]["moment_match"]["sites"] == 2 * 4  # tiny_llama: 2 layers x 4 inputs
         if name in ("text_clusters", "lexical_diversity"):
             assert manifest["stages"]["selection_method"] == name
             assert manifest["stages"]["stage1_dataset_selection"].startswith("off")

@@ -29,14 +29,20 @@ LENGTH_MODES = {"pack": "a source's documents joined and cut into windows of exa
 POOLINGS = {"mean": "the mean over real tokens", "last": "the last real token's state"}
 # Stage 3's methods and what each does (the manifest's account of Stage 3; peers in stages/peers.py).
 SELECTION_METHODS = {"activations": "on: activation k-means medoids",
+                     "moments": "on: the set whose linear-layer input second moments (the Hessians GPTQ, "
+                                "SparseGPT and Wanda read) best match the pool's",
                      "random": "off: seeded random pick",
                      "text_clusters": "off: replaced by text_clusters (TF-IDF k-means, the text nearest each "
                                       "centroid)",
                      "lexical_diversity": "off: replaced by lexical_diversity (greedy coverage of distinct tokens)"}
+# The Stage 3 methods that run the uncompressed model over the pool.
+MODEL_SELECTION_METHODS = ("activations", "moments")
 # `cola curate` options that set FilterConfig fields (cola.cli), named in the fields' errors
 FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_tokens": "--min_length",
                 "max_tokens": "--max_length", "perplexity_drop_fraction": "--perplexity_filter", "seed": "--seed"}
 SEED_HELP = "derived from CurateConfig.seed (cola.config.curate.stage_seeds)"
+# The Stage 3 methods that run the uncompressed model over the pool.
+MODEL_SELECTION_METHODS = ("activations", "moments")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,14 +141,16 @@ class SelectionConfig:
     """Stage 3: which method; for activations, which layers, how far to project, how to batch; which seed."""
 
     method: str = option("activations", flag="selection_method", choices=SELECTION_METHODS,
-                         help="Stage 3: activations (COLA), random, text_clusters (TF-IDF k-means, as COLA-Zero), "
-                              "lexical_diversity (greedy distinct-token coverage, as ZipCal); only activations "
-                              "runs the model")
+                         help="Stage 3: activations (COLA), moments (match the pool's per-layer input second "
+                              "moments), random, text_clusters (TF-IDF k-means, as COLA-Zero), lexical_diversity "
+                              "(greedy distinct-token coverage, as ZipCal); activations and moments run the model")
     layers: tuple[int, ...] | None = option(None, shown="all", help="decoder layers whose activations are used: "
                                                                     "all, '0,5,-1', '10-20' (in Python: None = all)")
     pooling: str = option("mean", choices=POOLINGS, help="how a layer's token states become one vector: mean over "
                                                           "real tokens or the last real token's state")
     projection_dim: int = option(64, help="dimensions of the random projection of the activation features")
+    sketch_dim: int = option(16, help="moments: random directions per linear-layer input in its second-moment "
+                                      "sketch (m; m(m+1)/2 + 2m numbers per input and candidate)")
     batch_size: int = option(16, help="sequences per forward pass at most")
     batch_tokens: int = option(4096, help="padded token slots per forward pass at most")
     kmeans_init: int = option(3, help="k-means restarts (best inertia kept)", cli=False)
@@ -153,7 +161,7 @@ class SelectionConfig:
         if self.method not in SELECTION_METHODS:
             raise unknown_choice("selection method", self.method, SELECTION_METHODS)
         check_choices(self)
-        for name in ("projection_dim", "batch_size", "batch_tokens", "kmeans_init"):
+        for name in ("projection_dim", "sketch_dim", "batch_size", "batch_tokens", "kmeans_init"):
             if getattr(self, name) < 1:
                 raise ColaError(f"{name} must be at least 1, got {getattr(self, name)}")
 

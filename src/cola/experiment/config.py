@@ -19,6 +19,7 @@ strategies: [random_c4, random_mixed, cola, text_clusters]
 baseline: random_c4                  # paired differences are taken against this strategy
 variants:                            # optional: a built-in strategy with other curation settings, by label
   cola_plain: {strategy: cola, process: {chat_template: "off"}}
+  cola_n32: {strategy: cola, num_samples: 32}   # a variant may also set its own calibration set size
 calibration: {num_samples: 128, sequence_length: 512, candidates_per_source: 300,
               datasets: [c4/c4_en_train_first1000.jsonl, gsm8k/train.jsonl]}
 methods:
@@ -81,6 +82,7 @@ class VariantSettings:
     strategy: str
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     generation: dict[str, Any] = dataclasses.field(default_factory=dict)  # self_generated's sampling
+    num_samples: int | None = None          # the calibration set's size, if not the calibration section's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,7 +187,8 @@ class ExperimentConfig:
         try:
             check_generation(variant.strategy, variant.generation)
             strategy_config(variant.strategy, datasets=calibration.datasets or ("embedded",),
-                            num_samples=calibration.num_samples, sequence_length=calibration.sequence_length,
+                            num_samples=self.num_samples(variant.label),
+                            sequence_length=calibration.sequence_length,
                             seed=0, random_source=calibration.random_source, **variant.settings)
         except ColaError as exc:
             raise ColaError(f"{where}: {exc}") from exc
@@ -194,6 +197,13 @@ class ExperimentConfig:
         """(built-in strategy, curation settings, generation settings) of a strategy or variant label."""
         variant = next((v for v in self.variants if v.label == name), None)
         return (variant.strategy, dict(variant.settings), dict(variant.generation)) if variant else (name, {}, {})
+
+    def num_samples(self, name: str) -> int:
+        """The calibration set size of a strategy or variant label: the variant's own, else the calibration
+        section's."""
+        variant = next((v for v in self.variants if v.label == name), None)
+        own = variant.num_samples if variant else None
+        return self.calibration.num_samples if own is None else own
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -239,7 +249,11 @@ def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
     strategy = convert(spec["strategy"], str, f"{where}.strategy", source=SOURCE)
     generation = convert_fields(spec.get("generation") or {}, generation_settings(), f"{where}.generation",
                                 source=SOURCE)
-    settings = {k: v for k, v in spec.items() if k not in ("strategy", "generation")}
+    settings = {k: v for k, v in spec.items() if k not in ("strategy", "generation", "num_samples")}
+    num_samples = convert(spec["num_samples"], int, f"{where}.num_samples", source=SOURCE) \
+        if "num_samples" in spec else None
+    if num_samples is not None:
+        _at_least(1, num_samples=num_samples, where=where)
     for key in settings:
         if key in CALIBRATION_OWNED:
             raise ColaError(f"{SOURCE}: {where} sets {key!r}, which the `calibration` section sets for every "
@@ -253,7 +267,8 @@ def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
         if where in str(exc):
             raise
         raise ColaError(f"{SOURCE}: {where}: {exc}") from exc
-    return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation)
+    return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation,
+                           num_samples=num_samples)
 
 
 def _seed_paths(settings: Mapping[str, Any], path: str = "") -> list[str]:

@@ -192,7 +192,7 @@ def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenize
         settings = config.calibration
         strategy, variant_settings, generation = config.recipe(cell.strategy)
         curate_strategy(strategy, model=model, tokenizer=tokenizer, datasets=list(settings.datasets),
-                        num_samples=settings.num_samples, sequence_length=settings.sequence_length,
+                        num_samples=config.num_samples(cell.strategy), sequence_length=settings.sequence_length,
                         seed=cell.seed, output_dir=path, random_source=settings.random_source,
                         candidates_per_source=settings.candidates_per_source,
                         references=tuple(settings.references.items()), quiet=experiment.quiet,

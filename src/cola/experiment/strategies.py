@@ -41,6 +41,11 @@ _RECIPES = {
     "no_stage2": Strategy("COLA without Stage 2: texts only cut to length", {**_ALL_ON, "process.enabled": False}),
     "no_stage3": Strategy("COLA without Stage 3: a seeded random pick within Stage 1's quotas",
                           {**_ALL_ON, "stage3": False, "selection.method": "random"}),
+    "moments": Strategy("cola's compression-aware Stage 3 over the mixed pool: the set whose linear-layer input "
+                        "second moments best match the pool's (no Stage 1)",
+                        {**_ALL_ON, "stage1": False, "selection.method": "moments"}),
+    "cola_moments": Strategy("Stage 1 mixture, Stage 2 processing, Stage 3 second-moment matching within the quotas",
+                             {**_ALL_ON, "selection.method": "moments"}),
     "text_clusters": Strategy("COLA-Zero style: TF-IDF k-means over the processed mixed pool, nearest to each "
                               "centroid", {**_ALL_ON, "stage1": False, "selection.method": "text_clusters"}),
     "lexical_diversity": Strategy("ZipCal style: greedy coverage of distinct tokens over the processed mixed pool",

@@ -1,8 +1,10 @@
-"""Stage 3: activation-space sample selection (COLA, arXiv 2510.10618 Sec. 4.2).
+"""Stage 3: sample selection in the uncompressed model's activation space (COLA, arXiv 2510.10618 Sec. 4.2).
 
-Candidates are embedded by the uncompressed model (pooled, normalised, projected layer activations),
+`activations` (COLA's): candidates are embedded by the model (pooled, normalised, projected layer activations),
 clustered with k-means (k = number of samples), and the candidate nearest each centroid is kept: the
 selection covers the pool's activation space (representative) without piling up in one region (diverse).
+`moments` (cola's compression-aware method, `cola.moments`): the candidates whose summed second moments of every
+linear layer's input best match the pool's, the statistics GPTQ, SparseGPT and Wanda actually read.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cola.activations import ExtractionStats, extract_projected_features
+from cola.activations import Extraction, ExtractionStats, extract_features
 from cola.cluster import mean_pairwise_distance, nearest_selected_distance, select_medoids
 from cola.config import SelectionConfig
+from cola.moments import MomentSketches, match_moments, relative_errors, summarise_errors, token_weighted_mean
 from cola.errors import unknown_choice
 from cola.progress import progress_bar
 
@@ -46,12 +49,13 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 
 def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], config: SelectionConfig, *,
-               pad_token_id: int = 0, quiet: bool = False) -> tuple[np.ndarray, ExtractionStats]:
-    """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters."""
-    return extract_projected_features(
+               pad_token_id: int = 0, sketches: bool = False, quiet: bool = False) -> Extraction:
+    """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters; with
+    `sketches`, the moment sketches `moments` selection matches, from the same forward pass."""
+    return extract_features(
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id,
-        pooling=config.pooling, quiet=quiet)
+        pooling=config.pooling, sketch_dim=config.sketch_dim if sketches else None, quiet=quiet)
 
 
 def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
@@ -110,9 +114,56 @@ def select_by_activations(model: torch.nn.Module, token_ids: Sequence[Sequence[i
                           num_samples: int, config: SelectionConfig, *, pad_token_id: int = 0,
                           quiet: bool = False) -> Selection:
     """Embed the pool and pick `num_samples` k-means medoids over all of it (Stage 3 without quotas)."""
-    features, stats = embed_pool(model, token_ids, config, pad_token_id=pad_token_id, quiet=quiet)
-    selection = select_from_features(features, sources, num_samples, config, quiet=quiet)
-    return with_extraction(selection, stats)
+    found = embed_pool(model, token_ids, config, pad_token_id=pad_token_id, quiet=quiet)
+    selection = select_from_features(found.features, sources, num_samples, config, quiet=quiet)
+    return with_extraction(selection, found.stats)
+
+
+def quota_target(sketches: MomentSketches, sources: Sequence[str], num_samples: int,
+                 quotas: Mapping[str, int] | None = None) -> np.ndarray:
+    """(D,) the sketch a selection within `quotas` should reproduce: each quota group's token-weighted mean
+    weighted by its share of the samples (the pool's mean when there are no quotas)."""
+    groups = quota_groups(sources, num_samples, quotas)
+    return sum(count / num_samples * token_weighted_mean(sketches.values[rows], sketches.tokens[rows])
+               for rows, count in groups)
+
+
+def select_by_moments(sketches: MomentSketches, features: np.ndarray, sources: Sequence[str], num_samples: int,
+                      config: SelectionConfig, *, quotas: Mapping[str, int] | None = None) -> Selection:
+    """Pick `num_samples` distinct candidates whose token-weighted second-moment sketches best match the pool's
+    (`cola.moments.match_moments`), within each of Stage 1's quotas if any (each group matches its own mean).
+
+    features: (N, P) the projected activation features, kept for the pool table and the distance diagnostics.
+    The diagnostics give the sketch's relative error per site (mean and max over sites) of this pick and of a
+    seeded random pick within the same quotas, against the quotas' target (`quota_target`).
+    """
+    start = time.perf_counter()
+    indices = pick_within_quotas(lambda rows, count: match_moments(sketches.subset(rows), count), sources,
+                                 num_samples, quotas)
+    seconds = time.perf_counter() - start
+    rng = np.random.default_rng(config.seed)
+    random_pick = pick_within_quotas(lambda rows, count: rng.choice(len(rows), count, replace=False), sources,
+                                     num_samples, quotas)
+    target = quota_target(sketches, sources, num_samples, quotas)
+    errors = relative_errors(sketches, indices, target)
+    nearest = nearest_selected_distance(features, indices)
+    diagnostics = {
+        "moment_match": {"sites": len(sketches.sites), "sketch_dim": sketches.sketch_dim,
+                         "relative_error": summarise_errors(errors),
+                         "random_selection_same_size": summarise_errors(relative_errors(sketches, random_pick,
+                                                                                        target))},
+        "representativeness": {"distance_to_nearest_selected": _summary(nearest),
+                               "random_selection_same_size": _summary(
+                                   nearest_selected_distance(features, random_pick))},
+        "candidates_per_source": dict(Counter(sources)),
+        "selected_per_source": dict(Counter(sources[i] for i in indices)),
+    }
+    log.info("stage 3 (moments): %d of %d candidates selected; mean relative covariance error %.4f (random %.4f)",
+             num_samples, len(features), diagnostics["moment_match"]["relative_error"]["covariance_mean"],
+             diagnostics["moment_match"]["random_selection_same_size"]["covariance_mean"])
+    return Selection(indices=indices, features=features, labels=np.full(len(features), -1, dtype=np.int64),
+                     nearest_distance=nearest, diagnostics=diagnostics, timings={"stage3_select": seconds},
+                     method="moment_matching")
 
 
 def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:

@@ -1,0 +1,148 @@
+"""Second-moment sketches of linear-layer inputs, and calibration sets chosen by matching them.
+
+GPTQ, SparseGPT, CALDERA (LDLQ) and Wanda see calibration data only through each linear layer's input
+statistics: the Hessian H = sum_t x_t x_t^T over calibration tokens (GPTQ, Frantar et al. 2023 Sec. 3; SparseGPT
+Sec. 3), or its diagonal, the column norms ||X_j||^2 (Wanda, Sun et al. 2024 Eq. 1). A candidate i with n_i real
+tokens X_i (n_i, d) adds H_i = X_i^T X_i; a set S gives the per-token Hessian H_S = sum_S H_i / sum_S n_i.
+cola's `moments` selection picks the k candidates whose H_S best matches a target's (the pool's, by default):
+the calibration set then hands the method the statistics it would have seen on the whole pool.
+
+Exact H_i is d x d per site per candidate (too big), so each candidate keeps a sketch per *site* (one distinct
+linear-layer input: q/k/v share one, gate/up another, o_proj and down_proj their own):
+- C_i = G^T H_i G / n_i for one seeded Gaussian G (d, m): its upper triangle, off-diagonals times sqrt 2, so the
+  Euclidean distance of two sketches is the Frobenius distance of the m x m matrices. For Gaussian G and
+  symmetric A, E ||G^T A G||_F^2 = m(m+1) ||A||_F^2 + m (tr A)^2: matching C matches H in Frobenius norm and trace.
+- the per-channel mean squares diag(H_i) / n_i (what Wanda and AWQ-style scales use), seeded-projected to 2m
+  dimensions (Johnson-Lindenstrauss: distances kept within about 1/sqrt(2m)).
+`SketchLayout` says which columns hold which site's part; `match_moments` is the selection (pure numpy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cola.errors import ColaError
+
+
+@dataclass(frozen=True)
+class Site:
+    """One distinct linear-layer input: its decoder layer, the linear modules reading it, its width d."""
+
+    layer: int
+    modules: tuple[str, ...]   # module names inside the decoder layer, e.g. ("self_attn.q_proj", "self_attn.k_proj")
+    width: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer}:{'+'.join(m.rsplit('.', 1)[-1] for m in self.modules)}"
+
+
+def triangle_size(m: int) -> int:
+    return m * (m + 1) // 2
+
+
+@dataclass(frozen=True)
+class MomentSketches:
+    """Per-candidate sketches: `values` (N, D) float32 per-token means, `tokens` (N,) real tokens of each,
+    and per site its columns: the covariance sketch C (m(m+1)/2 columns) then the projected diagonal (2m)."""
+
+    values: np.ndarray                 # (N, D)
+    tokens: np.ndarray                 # (N,) int64
+    sites: tuple[Site, ...]
+    sketch_dim: int                    # m
+
+    @property
+    def site_width(self) -> int:
+        return triangle_size(self.sketch_dim) + 2 * self.sketch_dim
+
+    def blocks(self) -> list[slice]:
+        """Column slices normalised separately when matching: per site, its covariance part and its diagonal part."""
+        tri, step = triangle_size(self.sketch_dim), self.site_width
+        out = []
+        for s in range(len(self.sites)):
+            out += [slice(s * step, s * step + tri), slice(s * step + tri, (s + 1) * step)]
+        return out
+
+    def subset(self, rows: np.ndarray) -> MomentSketches:
+        return MomentSketches(values=self.values[rows], tokens=self.tokens[rows], sites=self.sites,
+                              sketch_dim=self.sketch_dim)
+
+
+def triangle_weights(m: int) -> np.ndarray:
+    """(m(m+1)/2,) weights of the upper triangle, row-major: 1 on the diagonal, sqrt 2 off it."""
+    rows, cols = np.triu_indices(m)
+    return np.where(rows == cols, 1.0, np.sqrt(2.0))
+
+
+def token_weighted_mean(values: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """(D,) the per-token mean of a set: sum_i n_i v_i / sum_i n_i. values (N, D), tokens (N,)."""
+    weights = np.asarray(tokens, np.float64)
+    return (weights @ np.asarray(values, np.float64)) / max(weights.sum(), 1.0)
+
+
+def _normalised(values: np.ndarray, target: np.ndarray, blocks: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Values and target with every block divided by the target block's norm (each block weighs the same)."""
+    scale = np.ones(target.shape[0])
+    for block in blocks:
+        norm = np.linalg.norm(target[block])
+        scale[block] = 1.0 / norm if norm > 0 else 1.0
+    return np.asarray(values, np.float64) * scale, target * scale
+
+
+def match_moments(sketches: MomentSketches, k: int, *, target: np.ndarray | None = None) -> np.ndarray:
+    """(k,) distinct candidate rows, in the order picked, whose token-weighted mean sketch best matches `target`.
+
+    target: (D,) a sketch of the statistics to reproduce; None = the token-weighted mean of all candidates. Each
+    block (per site: covariance part, diagonal part) is divided by the target's norm in it, so every site counts
+    the same, whatever its scale. Greedy forward selection (kernel herding with the linear kernel on sketches,
+    Chen, Welling & Smola 2010): each step adds the candidate that brings the running token-weighted mean
+    closest to the target; the error of such greedy mean matching falls as O(1/k). Ties go to the lower row,
+    so the result is deterministic; identical candidates are still picked at most once each.
+    Raises ColaError if k is not between 1 and N or the target's length is not D.
+    """
+    n = sketches.values.shape[0]
+    if not 1 <= k <= n:
+        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")
+    tokens = np.asarray(sketches.tokens, np.float64)
+    target = token_weighted_mean(sketches.values, tokens) if target is None else np.asarray(target, np.float64)
+    if target.shape != (sketches.values.shape[1],):
+        raise ColaError(f"the target sketch has shape {target.shape}; the candidates' sketches have "
+                        f"{sketches.values.shape[1]} columns")
+    values, target = _normalised(sketches.values, target, sketches.blocks())
+    offsets = values - target                    # (N, D): each candidate's own error
+    own = np.einsum("nd,nd->n", offsets, offsets)  # (N,)
+    chosen = np.zeros(n, dtype=bool)
+    picks = np.empty(k, dtype=np.int64)
+    error = np.zeros_like(target)                # running mean minus target
+    total = 0.0                                  # tokens picked so far
+    for step in range(k):
+        # mean after adding c: (total * mean + n_c v_c) / (total + n_c); its error = a * error + b * offsets[c]
+        a = total / (total + tokens)
+        b = tokens / (total + tokens)
+        cost = a * a * (error @ error) + b * b * own + 2 * a * b * (offsets @ error)
+        cost[chosen] = np.inf
+        pick = int(np.argmin(cost))
+        picks[step], chosen[pick] = pick, True
+        error = (total * error + tokens[pick] * offsets[pick]) / (total + tokens[pick])
+        total += tokens[pick]
+    return picks
+
+
+def relative_errors(sketches: MomentSketches, rows: np.ndarray, target: np.ndarray | None = None,
+                    ) -> dict[str, list[float]]:
+    """Per site, ||mean_S - target|| / ||target|| of the covariance sketch ("covariance") and of the projected
+    diagonal ("diagonal") for the set `rows`; target None = the token-weighted mean of all candidates."""
+    target = token_weighted_mean(sketches.values, sketches.tokens) if target is None else np.asarray(target)
+    mean = token_weighted_mean(sketches.values[rows], sketches.tokens[rows])
+    blocks = sketches.blocks()
+    errors = [float(np.linalg.norm(mean[b] - target[b]) / max(np.linalg.norm(target[b]), 1e-30)) for b in blocks]
+    return {"covariance": errors[0::2], "diagonal": errors[1::2]}
+
+
+def summarise_errors(errors: dict[str, list[float]]) -> dict[str, float]:
+    """Mean and max over sites of each part's relative error, rounded for the manifest."""
+    return {f"{part}_{stat}": round(float(fn(values)), 6) for part, values in errors.items()
+            for stat, fn in (("mean", np.mean), ("max", np.max))}
