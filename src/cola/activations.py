@@ -23,7 +23,7 @@ from cola.batching import length_batches, pad_batch
 from cola.config import POOLINGS
 from cola.errors import ColaError, unknown_choice
 from cola.models import config_int, find_decoder_layers
-from cola.moments import MomentSketches, Site, triangle_size, triangle_weights
+from cola.moments import MomentSketches, Site, site_maps, sketch_tokens, triangle_size
 from cola.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,8 @@ def _hidden_size(model: torch.nn.Module) -> int:
 
 class _Sketcher:
     """Forward pre-hooks on every nn.Linear of the chosen decoder layers, writing each candidate's moment
-    sketches (`cola.moments`). Linears called one after another on the same tensor (q/k/v, gate/up) are one
-    site. A site's G (d, m) and diagonal projection (d, 2m) are seeded by the run's seed and the site's number."""
+    sketches (`cola.moments.sketch_tokens`). Linears called one after another on the same tensor (q/k/v,
+    gate/up) are one site. A site's maps are seeded by the run's seed and the site's number (`site_maps`)."""
 
     def __init__(self, num_candidates: int, sketch_dim: int, seed: int, state: dict) -> None:
         if sketch_dim < 1:
@@ -227,9 +227,6 @@ class _Sketcher:
         self.site = -1                                       # the current site's number in this batch
         self.last: torch.Tensor | None = None               # the input the previous linear read
         self.first_batch = True
-        rows, cols = np.triu_indices(sketch_dim)
-        self.triangle = (torch.as_tensor(rows), torch.as_tensor(cols))
-        self.weights = torch.as_tensor(triangle_weights(sketch_dim), dtype=torch.float32)
 
     def attach(self, blocks: torch.nn.ModuleList, chosen: Sequence[int]) -> list:
         handles = []
@@ -250,33 +247,14 @@ class _Sketcher:
             self.last = x
             self.site += 1
             if self.first_batch:
-                self._new_site(layer, name, x.shape[-1])
-            self._sketch(x)
+                self.sites.append(Site(layer, (name,), x.shape[-1]))
+                self.columns.append(np.zeros((self.n, triangle_size(self.m) + 2 * self.m), dtype=np.float32))
+                self.maps.append(site_maps(x.shape[-1], self.m, self.seed * 1_000_003 + 2 * self.site + 1))
+            if self.site >= len(self.sites):
+                raise RuntimeError("the model read more linear-layer inputs in this batch than in the first one")
+            sketch = sketch_tokens(x, self.state["mask"], *self.maps[self.site])
+            self.columns[self.site][self.state["rows"]] = sketch.cpu().numpy()
         return hook
-
-    def _new_site(self, layer: int, name: str, width: int) -> None:
-        from cola.cluster import gaussian_projection
-
-        number = len(self.sites)
-        self.sites.append(Site(layer, (name,), width))
-        self.columns.append(np.zeros((self.n, triangle_size(self.m) + 2 * self.m), dtype=np.float32))
-        seed = self.seed * 1_000_003 + 2 * number + 1
-        self.maps.append((gaussian_projection(width, self.m, seed) * self.m ** 0.5,
-                          gaussian_projection(width, 2 * self.m, seed + 1)))
-
-    def _sketch(self, x: torch.Tensor) -> None:
-        if self.site >= len(self.sites):
-            raise RuntimeError("the model read more linear-layer inputs in this batch than in the first one")
-        directions, diagonal = (t.to(x.device) for t in self.maps[self.site])
-        mask = self.state["mask"].to(torch.float32).unsqueeze(-1)            # (B, T, 1)
-        counts = mask.sum(dim=1).clamp_min(1.0)                              # (B, 1)
-        real = x.to(torch.float32) * mask                                    # (B, T, d)
-        y = real @ directions                                                # (B, T, m)
-        cov = torch.einsum("btm,btn->bmn", y, y) / counts.unsqueeze(-1)      # (B, m, m)
-        tri = cov[:, self.triangle[0], self.triangle[1]] * self.weights.to(x.device)
-        squares = (real * real).sum(dim=1) / counts                          # (B, d)
-        block = torch.cat([tri, squares @ diagonal], dim=1)
-        self.columns[self.site][self.state["rows"]] = block.cpu().numpy()
 
     def end_batch(self) -> None:
         self.first_batch, self.site, self.last = False, -1, None

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cola.errors import ColaError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,34 @@ def triangle_weights(m: int) -> np.ndarray:
     """(m(m+1)/2,) weights of the upper triangle, row-major: 1 on the diagonal, sqrt 2 off it."""
     rows, cols = np.triu_indices(m)
     return np.where(rows == cols, 1.0, np.sqrt(2.0))
+
+
+def site_maps(width: int, sketch_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A site's seeded maps: G (d, m) with N(0, 1) entries and the diagonal's projection (d, 2m), N(0, 1/2m)."""
+    from cola.cluster import gaussian_projection
+
+    return (gaussian_projection(width, sketch_dim, seed) * sketch_dim ** 0.5,
+            gaussian_projection(width, 2 * sketch_dim, seed + 1))
+
+
+def sketch_tokens(x: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor, diagonal: torch.Tensor,
+                  ) -> torch.Tensor:
+    """(B, m(m+1)/2 + 2m) float32 sketches of B candidates' inputs to one site: x (B, T, d), mask (B, T) of 0/1
+    (1 = a real token), directions G (d, m), diagonal projection (d, 2m). Row b: the upper triangle of
+    G^T (X_b^T X_b / n_b) G, off-diagonals times sqrt 2, then (sum_t x_t^2 / n_b) projected; padding ignored."""
+    import torch
+
+    m = directions.shape[1]
+    weights = mask.to(torch.float32).unsqueeze(-1)                    # (B, T, 1)
+    counts = weights.sum(dim=1).clamp_min(1.0)                        # (B, 1)
+    real = x.to(torch.float32) * weights                              # (B, T, d)
+    y = real @ directions.to(real.device)                             # (B, T, m)
+    cov = torch.einsum("btm,btn->bmn", y, y) / counts.unsqueeze(-1)   # (B, m, m)
+    rows, cols = np.triu_indices(m)
+    scale = torch.as_tensor(triangle_weights(m), dtype=torch.float32, device=real.device)
+    tri = cov[:, torch.as_tensor(rows), torch.as_tensor(cols)] * scale
+    squares = (real * real).sum(dim=1) / counts                       # (B, d)
+    return torch.cat([tri, squares @ diagonal.to(real.device)], dim=1)
 
 
 def token_weighted_mean(values: np.ndarray, tokens: np.ndarray) -> np.ndarray:
