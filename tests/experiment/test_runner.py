@@ -496,6 +496,16 @@ def test_report_tables_paired_differences_and_plots(tmp_path, fake_jobs):
     assert "Command: `cola experiment t.yaml`" in text
     assert (tmp_path / "report" / "plots" / "retention.png").stat().st_size > 1000
     assert (tmp_path / "report" / "plots" / "ffn_spectrum.png").stat().st_size > 1000
+    assert "against `cola`" not in text
+    # compare_to: the same table against a second strategy (its signs flip; the baseline itself is listed)
+    other = Experiment(make_config(tmp_path, compare_to=["cola"]), tmp_path / "work")
+    text = write_report(other, tmp_path / "report2", plots=False)["report"].read_text()
+    assert text.count("Paired difference in retention against `cola` at the same seed") == 2
+    assert "| random_c4 | -0.014 ± 0.001 [2] | -0.100 ± 0.000 [2] |" in text
+    for compare_to, message in ((["colla"], r"unknown strategy 'colla'"),
+                                (["no_stage3"], r"compare_to 'no_stage3' is not among the strategies")):
+        with pytest.raises(ColaError, match=message):
+            make_config(tmp_path, compare_to=compare_to)
 
 
 @pytest.mark.parametrize(("width", "entries"), [(4.5, 5), (4.5, 9), (18.0, 9)])

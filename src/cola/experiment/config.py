@@ -17,6 +17,7 @@ data_dir: ../../shared/data          # relative paths are relative to this file
 seeds: [0, 1, 2]
 strategies: [random_c4, random_mixed, cola, text_clusters]
 baseline: random_c4                  # paired differences are taken against this strategy
+compare_to: [random_mixed]           # optional: and against these
 variants:                            # optional: a built-in strategy with other curation settings, by label
   cola_plain: {strategy: cola, process: {chat_template: "off"}}
   cola_n32: {strategy: cola, num_samples: 32}   # a variant may also set its own calibration set size
@@ -114,6 +115,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     strategies: tuple[str, ...] = ("random_c4", "cola")
     baseline: str = "random_c4"
+    compare_to: tuple[str, ...] = ()        # further strategies the report takes paired differences against
     calibration: CalibrationSettings = dataclasses.field(default_factory=CalibrationSettings)
     methods: tuple[MethodSettings, ...] = ()
     variants: tuple[VariantSettings, ...] = ()
@@ -142,12 +144,13 @@ class ExperimentConfig:
         for variant in self.variants:
             self._check_variant(variant)
         names = [*STRATEGIES, *(v.label for v in self.variants)]
-        for name in (*self.strategies, self.baseline):
+        for name in (*self.strategies, self.baseline, *self.compare_to):
             if name not in names:
                 raise unknown_choice("strategy", name, names)
-        if self.baseline not in self.strategies:
-            raise ColaError(f"experiment config: baseline {self.baseline!r} is not among the strategies "
-                            f"({', '.join(self.strategies)})")
+        for key, name in [("baseline", self.baseline), *(("compare_to", c) for c in self.compare_to)]:
+            if name not in self.strategies:
+                raise ColaError(f"experiment config: {key} {name!r} is not among the strategies "
+                                f"({', '.join(self.strategies)})")
         if not self.methods:
             raise ColaError("experiment config: `methods` is empty")
         for run in self.methods:

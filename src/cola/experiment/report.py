@@ -139,22 +139,8 @@ def render_markdown(frame: pd.DataFrame, experiment: WorkDir, *, command: str | 
             cells_ += [_mean_std(cap_rows[cap_rows.capability == c].retention, 3) for c in capabilities]
             lines.append("| " + " | ".join(cells_) + " |")
         lines.append("")
-        diffs = paired_differences(caps[caps.method == run.label], config.baseline)
-        diffs = diffs[diffs.strategy != config.baseline]
-        if not diffs.empty:
-            lines += [f"Paired difference in retention against `{config.baseline}` at the same seed "
-                      "(positive: the strategy kept more), mean ± std over seeds [n]:", "",
-                      "| strategy | " + " | ".join(capabilities) + " |", "|---|" + "---|" * len(capabilities)]
-            for strategy in config.strategies:
-                s = diffs[diffs.strategy == strategy]
-                if s.empty:
-                    continue
-                values = []
-                for c in capabilities:
-                    d = s[s.capability == c].difference
-                    values.append(f"{_signed(d)} [{len(d)}]" if len(d) else "—")
-                lines.append(f"| {strategy} | " + " | ".join(values) + " |")
-            lines.append("")
+        for baseline in (config.baseline, *config.compare_to):
+            lines += _paired_table(caps[caps.method == run.label], baseline, list(config.strategies), capabilities)
     if not failed.empty:
         lines += ["## Failed cells", ""]
         lines += [f"- {r.strategy} × {r.method} × seed {int(r.seed)}: {r.error}" for _, r in failed.iterrows()]
@@ -162,6 +148,27 @@ def render_markdown(frame: pd.DataFrame, experiment: WorkDir, *, command: str | 
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _paired_table(caps: pd.DataFrame, baseline: str, strategies: list[str], capabilities: list[str]) -> list[str]:
+    """Markdown lines: each strategy's paired difference in retention against `baseline` per capability."""
+    diffs = paired_differences(caps, baseline)
+    diffs = diffs[diffs.strategy != baseline]
+    if diffs.empty:
+        return []
+    lines = [f"Paired difference in retention against `{baseline}` at the same seed "
+             "(positive: the strategy kept more), mean ± std over seeds [n]:", "",
+             "| strategy | " + " | ".join(capabilities) + " |", "|---|" + "---|" * len(capabilities)]
+    for strategy in strategies:
+        s = diffs[diffs.strategy == strategy]
+        if s.empty:
+            continue
+        values = []
+        for c in capabilities:
+            d = s[s.capability == c].difference
+            values.append(f"{_signed(d)} [{len(d)}]" if len(d) else "—")
+        lines.append(f"| {strategy} | " + " | ".join(values) + " |")
+    return [*lines, ""]
 
 
 def _calibration_sets(ok: pd.DataFrame, strategies: list[str]) -> list[str]:
