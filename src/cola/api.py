@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from cola.inputs import RunInputs as RunInputs, check_output_dir as check_output
 from cola.schema import convert
 
 if TYPE_CHECKING:
-    from cola.activations import ExtractionStats
+    from cola.activations import Extraction, ExtractionStats
     from cola.moments import MomentSketches
     from cola.stages.mixture import MixturePlan
     from cola.stages.process import TokenizedText
@@ -95,9 +95,11 @@ class COLA:
                  target_capabilities: str | Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
-                 **settings: Any) -> None:
+                 feature_cache: str | Path | None = None, **settings: Any) -> None:
         """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …);
-        `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it).
+        `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it);
+        `feature_cache` is a folder where the pool's activation features are kept and reused by later runs with
+        the same model, pool and settings (`cola.feature_cache`; None: none kept).
 
         Every argument is checked here (ColaError naming it): `available_datasets` and `target_capabilities`
         take one name or a list of names (a dataset may be a Path), settings take their CurateConfig types
@@ -120,6 +122,8 @@ class COLA:
         quiet = check(quiet, bool, "quiet")
         timings = check(timings, dict[str, float] | None, "timings")
         manifest_extra = check(manifest_extra, dict[str, Any] | None, "manifest_extra")
+        self.feature_cache = check(feature_cache, Path | str | None, "feature_cache")
+        self._model_key: str | None = None
         self.model = model
         self.tokenizer = tokenizer
         datasets = tuple(map(os.fspath, check(available_datasets, tuple[str | Path, ...], "available_datasets")))
@@ -215,15 +219,37 @@ class COLA:
         if not (config.stage1 or config.selection_method in MODEL_SELECTION_METHODS):
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
-        found = embed_pool(self.model, pool.token_ids, config.selection, pad_token_id=pad,
-                           sketches=config.selection_method == "moments", quiet=self.quiet)
+
+        def extract(token_ids: list[np.ndarray], sketches: bool = False) -> Extraction:
+            found, hit = self._cached(token_ids, config, pad, sketches, lambda: embed_pool(
+                self.model, token_ids, config.selection, pad_token_id=pad, sketches=sketches, quiet=self.quiet))
+            if hit:  # the extraction's seconds are then those of the run that computed it
+                timings["feature_cache_hits"] = timings.get("feature_cache_hits", 0) + 1
+            return found
+
+        found = extract(pool.token_ids, sketches=config.selection_method == "moments")
         start = time.perf_counter()
-        probes = {capability: embed_pool(self.model, [p.input_ids for p in probes], config.selection,
-                                         pad_token_id=pad, quiet=self.quiet).features
+        probes = {capability: extract([p.input_ids for p in probes]).features
                   for capability, probes in pool.probes.items()} if config.stage1 else {}
         if probes:
             timings["stage1_reference_extract"] = time.perf_counter() - start
         return PoolFeatures(features=found.features, stats=found.stats, probes=probes, sketches=found.sketches)
+
+    def _cached(self, token_ids: list[np.ndarray], config: CurateConfig, pad: int, sketches: bool,
+                compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
+        """(`compute()` or the feature cache's entry, whether it came from the cache), keyed by every setting
+        extraction reads."""
+        from cola.feature_cache import cached_extraction, model_digest
+
+        if self.feature_cache is None:
+            return compute(), False
+        if self._model_key is None:
+            self._model_key = model_digest(self.model)
+        s = config.selection
+        settings = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
+                    "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad,
+                    "sketch_dim": s.sketch_dim if sketches else None}
+        return cached_extraction(self.feature_cache, self._model_key, token_ids, settings, compute)
 
     def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
                      timings: dict[str, float]) -> MixturePlan:

@@ -26,8 +26,8 @@ from typing import Any
 from cola.errors import ColaError
 from cola.experiment.config import ExperimentConfig, MethodSettings
 from cola.experiment.isolation import run_in_process_group, sigterm_exits
-from cola.experiment.store import (CONFIG_FILE, DENSE_FILE, FOLDERS, Cell, WorkDir, exclusive_lock, grid, read_json,
-                                   remove_tree, write_json)
+from cola.experiment.store import (CONFIG_FILE, DENSE_FILE, FEATURE_CACHE, FOLDERS, Cell, WorkDir, exclusive_lock,
+                                   grid, read_json, remove_tree, write_json)
 
 __all__ = ["DENSE_FILE", "Cell", "Experiment", "grid", "read_json", "run_experiment", "subset", "write_json"]
 
@@ -196,7 +196,8 @@ def _ensure_calibration(experiment: Experiment, cell: Cell, model: Any, tokenize
                         seed=cell.seed, output_dir=path, random_source=settings.random_source,
                         candidates_per_source=settings.candidates_per_source,
                         references=tuple(settings.references.items()), quiet=experiment.quiet,
-                        generation=generation or None, label=cell.strategy, **variant_settings)
+                        generation=generation or None, label=cell.strategy,
+                        feature_cache=experiment.path(FEATURE_CACHE), **variant_settings)
         seconds = round(time.perf_counter() - start, 1)
         write_json(timing_file, {"seconds": seconds})
     return path, seconds

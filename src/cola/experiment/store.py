@@ -8,6 +8,8 @@ Layout (everything a cell needs is found again from disk, so a stopped grid resu
     models/<strategy>/<method>/seed<k>/ the compressed model, removed once evaluated unless keep_models
     cells/<strategy>__<method>__seed<k>.json   one cell's record: status, error, figures, spectrum
     dense.json                          the uncompressed model's evaluation and spectrum
+    feature_cache/                      the pools' activation features (`cola.feature_cache`), read by every
+                                        strategy curated from the same pool with the same model and settings
     experiment_config.json              the config the grid last ran with
     results.csv · report.md · plots/    rebuilt after every cell from the records (`report`, `plots`)
     locks/                              OS locks: one per cell, one per calibration set, one for dense.json
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 FOLDERS = ("calibration", "models", "cells", "locks")
 DENSE_FILE = "dense.json"
 CONFIG_FILE = "experiment_config.json"
+FEATURE_CACHE = "feature_cache"  # the pools' activation features, shared by the strategies curated from them
 CURATE_TIME_FILE = "experiment_curate.json"
 
 NAME_CHARS = 64

@@ -164,7 +164,7 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
                     sequence_length: int, seed: int, output_dir: str | Path, random_source: str = "c4",
                     candidates_per_source: int = 1000, references: Sequence[tuple[str, str]] = (),
                     quiet: bool = True, generation: Mapping[str, Any] | None = None, label: str | None = None,
-                    **settings: Any) -> Path:
+                    feature_cache: str | Path | None = None, **settings: Any) -> Path:
     """Write the calibration set of strategy `name` (see STRATEGIES) to `output_dir` and return the directory.
 
     `seed` seeds everything: which candidates are sampled from each source, the selection and, for
@@ -172,13 +172,15 @@ def curate_strategy(name: str, *, model: Any, tokenizer: Any, datasets: Sequence
     target_capabilities, process); `generation` holds keyword arguments of
     `cola.experiment.self_generated.generate_self_calibration` (prompt_tokens, drop_fraction, temperature,
     batch_size, …) and is only valid for self_generated. `label` names this configuration of the strategy in
-    the manifest (an experiment's variant); it defaults to `name`.
+    the manifest (an experiment's variant); it defaults to `name`. `feature_cache`: a folder where the pool's
+    activation features are kept for the next strategy curated from the same pool (`cola.feature_cache`).
     """
     check_generation(name, generation)
     config = strategy_config(name, datasets=datasets, num_samples=num_samples, sequence_length=sequence_length,
                              seed=seed, random_source=random_source, candidates_per_source=candidates_per_source,
                              references=tuple(tuple(r) for r in references), **settings)
     cola = COLA.from_config(config, model=model, tokenizer=tokenizer, output_dir=output_dir, quiet=quiet,
+                            feature_cache=feature_cache,
                             manifest_extra={"strategy": name, "strategy_description": STRATEGIES[name],
                                             "strategy_label": label or name})
     if name == SELF_GENERATED:

@@ -1,0 +1,100 @@
+"""A disk cache of activation extractions, so runs over the same pool with the same model run the model once.
+
+An experiment curates many sets from one pool per seed (COLA's and cola's Stage 3 methods at several sizes); each
+would otherwise run the model over the whole pool again. An entry is keyed by a digest of the model's weights
+(`model_digest`), of the exact token ids, and of every setting the extraction reads; it holds the arrays
+exactly as computed (`np.savez`, no compression), so a run that reads the cache writes byte-identical outputs.
+Entries are written to a temporary file and renamed, so a killed run leaves no half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cola.activations import Extraction, ExtractionStats
+from cola.moments import MomentSketches, Site
+
+log = logging.getLogger(__name__)
+
+_SAMPLE = 4096  # values read from each end of every parameter for the model digest
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """A hex digest of the model's parameters: names, shapes, dtypes and the first and last 4,096 values of each
+    (reading every weight of a large model would cost more than it saves)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            flat = parameter.detach().reshape(-1)
+            ends = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).to("cpu", torch.float32)
+            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype};".encode())
+            digest.update(ends.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokens_digest(token_ids: Sequence[Sequence[int]]) -> str:
+    digest = hashlib.sha256()
+    for ids in token_ids:
+        array = np.asarray(ids, dtype=np.int64)
+        digest.update(len(array).to_bytes(8, "little"))
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, token_ids: Sequence[Sequence[int]],
+                      settings: Mapping[str, Any], compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
+    """(`compute()`, False), or (the entry it stored before under the same model, token ids and settings, True);
+    cache_dir None = no cache. A hit's stats are the computing run's, its seconds included.
+    """
+    if cache_dir is None:
+        return compute(), False
+    key = hashlib.sha256(json.dumps({"model": model_key, "tokens": tokens_digest(token_ids),
+                                     "settings": dict(settings)}, sort_keys=True, default=str).encode()).hexdigest()
+    path = Path(cache_dir) / f"{key[:32]}.npz"
+    if path.is_file():
+        log.info("activations: read from the feature cache (%s)", path.name)
+        return _read(path), True
+    found = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, found)
+    return found, False
+
+
+def _write(path: Path, found: Extraction) -> None:
+    arrays: dict[str, Any] = {"features": found.features, "stats": np.asarray(json.dumps(asdict(found.stats)))}
+    if found.sketches is not None:
+        sketches = found.sketches
+        arrays.update(sketch_values=sketches.values, sketch_tokens=sketches.tokens,
+                      sketch_meta=np.asarray(json.dumps({"sketch_dim": sketches.sketch_dim,
+                                                         "sites": [asdict(s) for s in sketches.sites]})))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path) -> Extraction:
+    with np.load(path, allow_pickle=False) as data:
+        stats = ExtractionStats(**json.loads(str(data["stats"])))
+        sketches = None
+        if "sketch_values" in data:
+            meta = json.loads(str(data["sketch_meta"]))
+            sites = tuple(Site(layer=s["layer"], modules=tuple(s["modules"]), width=s["width"]) for s in meta["sites"])
+            sketches = MomentSketches(values=data["sketch_values"], tokens=data["sketch_tokens"], sites=sites,
+                                      sketch_dim=meta["sketch_dim"])
+        return Extraction(features=data["features"], stats=stats, sketches=sketches)

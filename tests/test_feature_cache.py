@@ -1,0 +1,61 @@
+"""The feature cache: a second run over the same pool reads the model's features instead of recomputing them,
+and writes byte-identical outputs; any change of model, pool or setting misses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cola.api import COLA
+from cola.config import SelectionConfig
+from cola.feature_cache import model_digest
+from cola.export import MANIFEST_FILE, SAMPLES_FILE
+
+from tests.conftest import byte_tokenizer, tiny_llama
+
+MOMENTS = SelectionConfig(method="moments")
+
+
+def curate(tmp_path: Path, pool_files, name: str, cache: Path, model=None, **settings) -> dict:
+    out = tmp_path / name
+    cola = COLA(model=model or tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[
+        str(p) for p in pool_files.values()], output_dir=out, quiet=True, candidates_per_source=8,
+        feature_cache=cache, reference_size=8, **settings)
+    cola.run(num_samples=4, sequence_length=32)
+    return {"samples": (out / SAMPLES_FILE).read_bytes(), "pool": (out / "pool.parquet").read_bytes(),
+            "manifest": json.loads((out / MANIFEST_FILE).read_text())}
+
+
+def test_a_second_run_reads_the_cache_and_writes_the_same_bytes(tmp_path, pool_files) -> None:
+    cache = tmp_path / "cache"
+    first = curate(tmp_path, pool_files, "first", cache, selection=MOMENTS)
+    entries = sorted(cache.iterdir())
+    assert len(entries) >= 2 and all(p.suffix == ".npz" for p in entries)  # the pool and Stage 1's probes
+    assert "feature_cache_hits" not in first["manifest"]["timings"]
+    second = curate(tmp_path, pool_files, "second", cache, selection=MOMENTS)
+    assert sorted(cache.iterdir()) == entries
+    assert second["manifest"]["timings"]["feature_cache_hits"] == len(entries)
+    assert second["samples"] == first["samples"] and second["pool"] == first["pool"]
+    assert second["manifest"]["diagnostics"] == first["manifest"]["diagnostics"]
+
+
+def test_other_settings_seeds_and_weights_miss(tmp_path, pool_files) -> None:
+    cache = tmp_path / "cache"
+    curate(tmp_path, pool_files, "a", cache, selection=MOMENTS)
+    count = len(list(cache.iterdir()))
+    activations = curate(tmp_path, pool_files, "b", cache)  # no sketches: the pool's entry differs
+    assert activations["manifest"]["timings"].get("feature_cache_hits", 0) >= 1  # the probes are the same
+    assert len(list(cache.iterdir())) == count + 1
+    other_seed = curate(tmp_path, pool_files, "c", cache, seed=5, selection=MOMENTS)
+    assert "feature_cache_hits" not in other_seed["manifest"]["timings"]
+    model = tiny_llama()
+    before = model_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    assert model_digest(model) != before
+    changed = curate(tmp_path, pool_files, "d", cache, model=model, selection=MOMENTS)
+    assert "feature_cache_hits" not in changed["manifest"]["timings"]
+    assert np.isfinite(changed["manifest"]["diagnostics"]["moment_match"]["relative_error"]["covariance_mean"])
