@@ -138,3 +138,35 @@ def test_the_model_pass_finds_every_linear_input_once_and_batching_does_not_chan
     assert [s.layer for s in last.sites] == [1, 1, 1, 1]
     other_seed = extract_features(model, seqs, batch_tokens=400, **{**kw, "seed": 1}).sketches
     assert not np.allclose(other_seed.values, together.values)
+
+
+def test_gpt2_conv1d_layers_are_sites_and_a_block_without_linear_layers_is_an_error() -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64,
+                                                       n_positions=64)).eval()
+    seqs = [[1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]
+    sketches = extract_features(gpt2, seqs, layers=[0], projection_dim=4, seed=0, sketch_dim=2, quiet=True).sketches
+    # GPT-2's Conv1D: c_attn (the fused q/k/v), attention's c_proj, the MLP's c_fc and c_proj
+    assert [s.name for s in sketches.sites] == ["0:c_attn", "0:c_proj", "0:c_fc", "0:c_proj"]
+    assert [s.width for s in sketches.sites] == [32, 32, 32, 128]
+    model = tiny_llama()
+    for block in model.model.layers:  # swap every linear for a plain function of the same shape
+        for name, module in list(block.named_modules()):
+            if isinstance(module, torch.nn.Linear):
+                parent = block.get_submodule(name.rsplit(".", 1)[0])
+                setattr(parent, name.rsplit(".", 1)[1], _NotLinear(module))
+    with pytest.raises(ColaError, match="moments selection found no linear layer in the chosen decoder layers of "
+                                        "LlamaDecoderLayer; use --selection_method activations"):
+        extract_features(model, seqs, layers=None, projection_dim=4, seed=0, sketch_dim=2, quiet=True)
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())
+
+
+class _NotLinear(torch.nn.Module):
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T

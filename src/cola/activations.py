@@ -163,12 +163,12 @@ def extract_features(
                 raise _StopForward
         return hook
 
-    handles = [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
-               for slot, layer in enumerate(chosen)]
-    sketcher = None
-    if sketch_dim is not None:
+    sketcher, handles = None, []
+    if sketch_dim is not None:  # first: it raises, having hooked nothing, when there is no linear layer
         sketcher = _Sketcher(len(token_ids), sketch_dim, seed, state)
-        handles += sketcher.attach(blocks, chosen)
+        handles = sketcher.attach(blocks, chosen)
+    handles += [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
+                for slot, layer in enumerate(chosen)]
     lengths = [len(ids) for ids in token_ids]
     batches = length_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     computed = 0
@@ -229,11 +229,18 @@ class _Sketcher:
         self.first_batch = True
 
     def attach(self, blocks: torch.nn.ModuleList, chosen: Sequence[int]) -> list:
+        """Hook every linear layer (torch Linear, or transformers' Conv1D as GPT-2 has) of the chosen blocks;
+        raises ColaError if there is none."""
+        from transformers.pytorch_utils import Conv1D
+
         handles = []
         for layer in chosen:
             for name, module in blocks[layer].named_modules():
-                if isinstance(module, torch.nn.Linear):
+                if isinstance(module, (torch.nn.Linear, Conv1D)):
                     handles.append(module.register_forward_pre_hook(self._hook(layer, name)))
+        if not handles:
+            raise ColaError(f"moments selection found no linear layer in the chosen decoder layers of "
+                            f"{type(blocks[chosen[0]]).__name__}; use --selection_method activations")
         return handles
 
     def _hook(self, layer: int, name: str):
