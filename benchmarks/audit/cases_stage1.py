@@ -104,6 +104,14 @@ CASES = [
         match="malformed JSON on line 2", check=_no_output),
     Case("curate: a layer index the model lacks fails before Stage 2", _curate("--layers", "0,7"),
          match="unknown layer index 7", check=_no_output),
+    Case("curate: --selection_method moments --no_stage3", _curate("--selection_method", "moments", "--no_stage3"),
+         match="selection method 'moments' needs stage3 on", check=_no_output),
+    Case("curate: --sketch_dim 0", _curate("--selection_method", "moments", "--sketch_dim", "0"),
+         match="sketch_dim must be at least 1, got 0", check=_no_output),
+    Case("curate: --selection_method moments runs", _curate("--selection_method", "moments"), expect="ok"),
+    Case("api: feature_cache=3 (not a folder)", _api("""
+        COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out, feature_cache=3)
+        """), api=True, match="feature_cache must be", check=_no_output),
     # --- the Python API boundary -------------------------------------------------------------------------------
     Case("api: target_capabilities='general' (a string) is one capability", _api("""
         samples = COLA(model=model, tokenizer=tokenizer, available_datasets=texts, target_capabilities="general",
