@@ -263,3 +263,20 @@ def test_the_real_gemma3_270m_loads_tokenizes_and_answers() -> None:
         logits = model(inputs["input_ids"]).logits
     assert tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).startswith(" Paris")
     assert np.isfinite(logits.float().numpy()).all()
+
+
+def test_system_prompt_none_leaves_gemma_records_as_the_template_renders_them(gemma_cache, monkeypatch) -> None:
+    """Gemma has no default system turn to drop, and folds an empty one into the first user turn as "\\n\\n":
+    `--system_prompt none` used to put those two newlines in front of every question."""
+    from transformers import AutoTokenizer
+
+    from cola.data.formatters import Formatted
+    from cola.gguf_models import convert_gguf
+    from cola.stages.process import chat_renderer
+
+    tokenizer = AutoTokenizer.from_pretrained(convert_gguf(gemma_cache[1], chat_template=GEMMA_CHAT_TEMPLATE,
+                                                           quiet=True))
+    record = Formatted(text="Q: the? A: 4", question="the?", answer="4")
+    want = "<bos><start_of_turn>user\nthe?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n"
+    assert chat_renderer(tokenizer, "none")(record) == want
+    assert chat_renderer(tokenizer, "template")(record) == want
