@@ -280,3 +280,56 @@ def test_system_prompt_none_leaves_gemma_records_as_the_template_renders_them(ge
     want = "<bos><start_of_turn>user\nthe?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n"
     assert chat_renderer(tokenizer, "none")(record) == want
     assert chat_renderer(tokenizer, "template")(record) == want
+
+
+# --- evaluation puts Gemma's BOS in front of every input, as its tokenizer does (and lm-eval does for Gemma) ---
+
+class RecordingModel(torch.nn.Module):
+    """Wraps a causal LM and keeps every input_ids it is called with."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, input_ids, **kwargs):
+        self.calls.append(input_ids.clone())
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_perplexity_windows_start_with_gemmas_bos(gemma_cache) -> None:
+    from transformers import AutoTokenizer
+
+    from cola.evaluate.perplexity import perplexity
+
+    reference, path, _ = gemma_cache
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(path), quiet=True))
+    model = RecordingModel(reference)
+    text = "the and " * 20
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[:4] == [ID["the"], ID["▁and"], ID["▁the"], ID["▁and"]] and len(ids) == 41
+    result = perplexity(model, tokenizer, text, window=8, batch_size=2)
+    windows = torch.cat(model.calls)
+    assert windows.shape == (5, 8) and windows[:, 0].tolist() == [BOS] * 5  # BOS + 7 text tokens each
+    assert windows[:, 1:].flatten().tolist() == ids[:35]
+    assert (result.windows, result.tokens) == (5, 35)
+
+
+def test_answer_and_choice_contexts_and_generation_prompts_start_with_gemmas_bos(gemma_cache, monkeypatch) -> None:
+    from transformers import AutoTokenizer
+
+    from cola.evaluate import generation
+    from cola.evaluate.proxies import encode_pair
+
+    _, path, _ = gemma_cache
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(path), quiet=True))
+    pair = encode_pair(tokenizer, "the", " and", BOS)
+    assert (pair.context, pair.continuation) == ((BOS, ID["the"]), (ID["▁and"],))
+    seen = []
+
+    def fake_generate(model, encoded, **kwargs):
+        seen.extend(encoded)
+        return torch.zeros((len(encoded), 0), dtype=torch.long)
+
+    monkeypatch.setattr(generation, "generate_new_tokens", fake_generate)
+    generation.greedy_generate(None, tokenizer, ["the", "and"], stops=["\n"])
+    assert seen == [[BOS, ID["the"]], [BOS, ID["an"], ID["d"]]]
