@@ -333,3 +333,42 @@ def test_answer_and_choice_contexts_and_generation_prompts_start_with_gemmas_bos
     monkeypatch.setattr(generation, "generate_new_tokens", fake_generate)
     generation.greedy_generate(None, tokenizer, ["the", "and"], stops=["\n"])
     assert seen == [[BOS, ID["the"]], [BOS, ID["an"], ID["d"]]]
+
+
+# --- the native methods' block driver runs each Gemma block with its own attention kind's arguments ----------
+
+def test_the_block_driver_sees_what_the_model_sees_in_sliding_and_global_blocks() -> None:
+    """Gemma 3's global blocks get their own mask and rotary base: run with block 0's (sliding-window) arguments,
+    as the driver did, block 5 attended through a 4-token window with local positions, and every input statistic
+    from block 5's attention output on was wrong."""
+    from cola.compress.calibration import CalibrationSet
+    from cola.compress.driver import argument_sources, block_linears, compress_sequentially
+
+    model = tiny_gemma3(seed=2)
+    assert argument_sources(model, 6) == [0, 0, 0, 0, 0, 5]
+    generator = torch.Generator().manual_seed(0)
+    calibration = CalibrationSet(input_ids=[torch.randint(264, len(TOKENS), (12,), generator=generator)
+                                            for _ in range(3)])  # 12 tokens: past the 4-token window
+    want: dict[str, torch.Tensor] = {}
+    handles = []
+    for index, block in enumerate(model.model.layers):
+        for name, linear in block_linears(block).items():
+            def record(_module, args, key=f"model.layers.{index}.{name}"):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                want[key] = want.get(key, 0) + x.T @ x
+            handles.append(linear.register_forward_pre_hook(record))
+    with torch.no_grad():
+        model(input_ids=torch.stack(calibration.input_ids), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name, linear, stats):
+        got[name] = stats.hessian.double()
+        return None
+
+    compress_sequentially(model, calibration, keep, stats_kind="hessian", quiet=True)
+    assert sorted(got) == sorted(want) and len(got) == 6 * 7
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4 * float(want[name].abs().max()),
+                                   msg=lambda m, name=name: f"{name}: {m}")
