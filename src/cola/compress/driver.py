@@ -31,27 +31,51 @@ class _Captured(Exception):
 @dataclass
 class _Batch:
     hidden: torch.Tensor
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # block index -> its call's arguments
 
 
 def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     return {name: mod for name, mod in block.named_modules() if isinstance(mod, torch.nn.Linear)}
 
 
+def argument_sources(model: torch.nn.Module, count: int) -> list[int]:
+    """For each of the `count` blocks, the block whose call arguments (attention mask, rotary embeddings) it
+    shares: the first block of its kind in the config's `layer_types`, else block 0.
+
+    Gemma 2/3 alternate sliding-window and global attention layers, which get their own mask and their own
+    rotary base (10,000 local, 1,000,000 global for Gemma 3): a global block run with block 0's arguments
+    would attend through a 512-token window with the wrong positions.
+    """
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kinds = getattr(config, "layer_types", None)
+    if not isinstance(kinds, (list, tuple)) or len(kinds) != count:
+        return [0] * count
+    first: dict[str, int] = {}
+    return [first.setdefault(kind, index) for index, kind in enumerate(kinds)]
+
+
 @torch.no_grad()
-def _first_block_inputs(model: torch.nn.Module, block: torch.nn.Module, calibration: CalibrationSet,
-                        max_batch_tokens: int) -> list[_Batch]:
-    """Run the model up to the first block for every batch and keep that block's arguments."""
+def _first_block_inputs(model: torch.nn.Module, blocks: torch.nn.ModuleList, sources: list[int],
+                        calibration: CalibrationSet, max_batch_tokens: int) -> list[_Batch]:
+    """Run the model up to the last block in `sources` for every batch; keep block 0's input and the call
+    arguments of every block in `sources`."""
     device = next(model.parameters()).device
     captured: list[_Batch] = []
+    last = max(sources)
 
-    def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
-        captured.append(_Batch(hidden.detach(), rest))
-        raise _Captured
+    def grab(index: int):
+        def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
+            if index == 0:
+                captured.append(_Batch(hidden.detach()))
+            captured[-1].kwargs[index] = rest
+            if index == last:
+                raise _Captured
+        return hook
 
-    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in sorted(set(sources))]
     try:
         for batch in calibration.batches(max_batch_tokens):  # equal lengths: nothing padded
             ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
@@ -60,12 +84,13 @@ def _first_block_inputs(model: torch.nn.Module, block: torch.nn.Module, calibrat
             except _Captured:
                 pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
 
 
-def _block_output(block: torch.nn.Module, batch: _Batch) -> torch.Tensor:
-    out = block(batch.hidden, **batch.kwargs)
+def _block_output(block: torch.nn.Module, batch: _Batch, source: int) -> torch.Tensor:
+    out = block(batch.hidden, **batch.kwargs[source])
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -74,14 +99,15 @@ def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, l
                           stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096) -> dict[str, int]:
     """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}."""
     prefix, blocks = find_decoder_layers(model)
-    batches = _first_block_inputs(model, blocks[0], calibration, max_batch_tokens)
+    sources = argument_sources(model, len(blocks))
+    batches = _first_block_inputs(model, blocks, sources, calibration, max_batch_tokens)
     seen: dict[str, int] = {}
     for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks", unit="block"):
         block = blocks[index]
         linears = block_linears(block)
         with collect_input_stats(linears, stats_kind) as stats:
             for batch in batches:
-                _block_output(block, batch)
+                _block_output(block, batch, sources[index])
         for name, linear in linears.items():
             full_name = f"{prefix}.{index}.{name}"
             replacement = layer_fn(full_name, linear, stats[name])
@@ -91,5 +117,5 @@ def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, l
         del stats
         if index + 1 < len(blocks):
             for batch in batches:
-                batch.hidden = _block_output(block, batch)
+                batch.hidden = _block_output(block, batch, sources[index])
     return seen

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cola.errors import ColaError, unknown_choice
+from cola.gguf_models import shipped_models_help
 from cola.models import DTYPES
 from cola.schema import check_field_types
 from cola.settings import option
@@ -23,8 +24,8 @@ EVALUATE_BATCH_TOKENS = 2048
 class ModelConfig:
     """Which model a command loads, on which device, in which precision (`cola.models.load_model`)."""
 
-    model: str = option("embedded", help="hub id, local model directory, .gguf file, or 'embedded' "
-                                         "(SmolLM2-135M-Instruct, shipped offline)")
+    model: str = option("embedded", help="hub id, local model directory, .gguf file, or a shipped model: "
+                                         f"{shipped_models_help()}")
     device: str = option("auto", help="auto (cuda when available, else mps, else cpu), cpu, cuda, cuda:N, mps, "
                                         "xpu, xpu:N")
     dtype: str = option("auto", help=f"precision the model runs in: {', '.join(DTYPES)} (auto: bfloat16 on CPU "

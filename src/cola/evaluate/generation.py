@@ -21,6 +21,7 @@ from cola.evaluate.proxies import mean_stderr
 from cola.evaluate.sandbox import Sandbox
 from cola.models import single_threaded
 from cola.progress import progress_bar
+from cola.tokenization import model_bos_id
 
 GSM8K_STOPS = ("\n\nQuestion:", "Question:", "\n\n\n")
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the HumanEval paper's stop sequences
@@ -45,10 +46,13 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, stops
                     desc: str = "generating") -> Generated:
     """Greedy continuations of `prompts` (`cola.batching.generate_new_tokens`), cut at the first stop string."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    bos = model_bos_id(tokenizer)  # Gemma's prompts start with its BOS, as every input it was trained on
+    head = [] if bos is None else [bos]
     texts: list[str] = []
     forward, new = 0, 0
     for start in progress_bar(range(0, len(prompts), batch_size), quiet=quiet, desc=desc, unit="batch"):
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + batch_size]]
+        batch = prompts[start:start + batch_size]
+        encoded = [head + tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
         with single_threaded():  # token-by-token decoding is many small ops: see models.single_threaded
             out = generate_new_tokens(model, encoded, pad_token_id=pad, do_sample=False,
                                       max_new_tokens=max_new_tokens, stop_strings=list(stops),

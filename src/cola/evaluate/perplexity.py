@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError
 from cola.progress import progress_bar
+from cola.tokenization import model_bos_id
 
 if TYPE_CHECKING:
     import torch
@@ -39,19 +40,25 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
     """exp(mean next-token NLL) over consecutive, non-overlapping `window`-token windows of `text`.
 
     Each window is scored on its own (no context carried across windows), every token but the first of a
-    window is predicted, and a final partial window is dropped so every window has the same length.
+    window is predicted, and a final partial window is dropped so every window has the same length. A model
+    whose tokenizer puts a BOS in front of every input (Gemma: without it its perplexity is meaningless) gets
+    windows of the BOS and `window - 1` text tokens, so `window - 1` tokens are predicted either way.
     """
     import torch  # here, so that importing cola.evaluate (and `cola evaluate --help`) loads no torch
 
     if window < 2:
         raise ColaError(f"perplexity window must be at least 2 tokens, got {window}")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    count = len(ids) // window
+    bos = model_bos_id(tokenizer)
+    width = window if bos is None else window - 1  # text tokens per window
+    count = len(ids) // width
     if max_windows is not None:
         count = min(count, max_windows)
     if count == 0:
         raise ColaError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
-    windows = ids[: count * window].reshape(count, window)  # (W, T)
+    windows = ids[: count * width].reshape(count, width)  # (W, T) or (W, T-1)
+    if bos is not None:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)  # (W, T)
     device = next(model.parameters()).device
     window_nlls: list[float] = []
     with torch.no_grad():

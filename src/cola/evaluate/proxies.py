@@ -18,6 +18,7 @@ import torch
 
 from cola.batching import length_batches, pad_batch
 from cola.progress import progress_bar
+from cola.tokenization import model_bos_id
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,18 @@ class Pair:
     continuation: tuple[int, ...]
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> Pair:
-    """Token ids of `context` and of what `context + continuation` adds after it (lm-eval's `_encode_pair`)."""
+def encode_pair(tokenizer: Any, context: str, continuation: str, bos_id: int | None = None) -> Pair:
+    """Token ids of `context` and of what `context + continuation` adds after it (lm-eval's `_encode_pair`).
+
+    The context starts with the BOS when the tokenizer puts one in front of every input (Gemma, Llama; lm-eval
+    adds it for Gemma too): `bos_id` is `cola.tokenization.model_bos_id(tokenizer)`, read once by the caller.
+    """
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    head = [] if bos_id is None else [bos_id]
+    whole = head + tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = head + tokenizer(context, add_special_tokens=False)["input_ids"]
     if not context_ids:  # nothing to condition on: start from the BOS (or EOS) token, as lm-eval does
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         return Pair((start,), tuple(whole))
@@ -123,9 +129,10 @@ def score_choices(model: torch.nn.Module, tokenizer: Any, items: Sequence[Any], 
     Each item has `.context`, `.choices` and `.label`; the continuation is `" " + choice`.
     """
     pairs, owners = [], []
+    bos = model_bos_id(tokenizer)
     for index, item in enumerate(items):
         for choice in item.choices:
-            pairs.append(encode_pair(tokenizer, item.context, " " + choice))
+            pairs.append(encode_pair(tokenizer, item.context, " " + choice, bos))
             owners.append(index)
     scored = continuation_logprobs(model, pairs, batch_tokens=batch_tokens, quiet=quiet, desc="multiple choice")
     sums: list[list[float]] = [[] for _ in items]
@@ -167,7 +174,8 @@ def ratio_stderr(totals: Sequence[float], counts: Sequence[int]) -> float | None
 def answer_nll(model: torch.nn.Module, tokenizer: Any, items: Sequence[Any], *, batch_tokens: int = 2048,
                quiet: bool = True) -> AnswerNLL:
     """Mean per-token NLL of each item's `.answer` given its `.prompt`; only the answer's tokens are scored."""
-    pairs = [encode_pair(tokenizer, item.prompt, item.answer) for item in items]
+    bos = model_bos_id(tokenizer)
+    pairs = [encode_pair(tokenizer, item.prompt, item.answer, bos) for item in items]
     scored = continuation_logprobs(model, pairs, batch_tokens=batch_tokens, quiet=quiet, desc="answer NLL")
     totals = [-float(lp.sum()) for lp in scored.logprobs]
     counts = [len(p.continuation) for p in pairs]

@@ -123,7 +123,9 @@ def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "temp
     packed Q&A calibration set): each exchange is rendered after an empty system turn, which stops the default,
     and that empty turn's own rendering (made once, here) is cut off the front, all but the BOS a template writes
     first (Llama-3, Gemma), which every record keeps. A template that refuses a system turn, or renders it
-    elsewhere, keeps its plain rendering; so does a conversation with its own system turn.
+    elsewhere, keeps its plain rendering; so does a conversation with its own system turn, and so does a template
+    with no default system turn to drop (Gemma folds even an empty system turn into the first user turn as
+    "\n\n": the plain rendering is the shorter one).
     """
     empty = [{"role": "system", "content": ""}]
     head = ""  # the empty system turn's rendering; "" keeps the template's own behaviour
@@ -138,11 +140,12 @@ def chat_renderer(tokenizer: PreTrainedTokenizerBase, system_prompt: str = "temp
 
     def render(formatted: Formatted) -> str:
         messages = chat_messages(formatted)
+        plain = tokenizer.apply_chat_template(messages, tokenize=False)
         if head and messages[0]["role"] != "system":  # a conversation's own system turn stays as it is
             text = tokenizer.apply_chat_template(empty + messages, tokenize=False)
-            if text.startswith(head):
+            if text.startswith(head) and len(bos) + len(text) - len(head) < len(plain):  # a default turn went
                 return bos + text[len(head):]
-        return tokenizer.apply_chat_template(messages, tokenize=False)
+        return plain
 
     return render
 
