@@ -89,7 +89,7 @@ def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> 
         return RunInputs(config=config, output_dir=path, sources=sources, references={},
                          targets=targets_without_stage1(config, sources), timings=timings)
     start = time.perf_counter()
-    references = load_references(config, probed_capabilities(config, sources))
+    references = load_references(config, probed_capabilities(config, sources), sources)
     timings["load_references"] = time.perf_counter() - start
     return RunInputs(config=config, output_dir=path, sources=sources, references=references,
                      targets=config.target_capabilities, timings=timings)

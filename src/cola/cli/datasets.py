@@ -27,4 +27,6 @@ def run_datasets(_args: argparse.Namespace) -> int:
         offline = ("yes (embedded)" if reference.startswith("embedded") else
                    f"no: hub dataset; offline, give --reference {capability}=PATH")
         print(f"{capability:12} {reference:18} {offline}")
+    print("general: held-out records of the datasets' free-text prose sources come first (cola.stages.mixture."
+          "general_reference_sources); the embedded part is the fallback")
     return 0

@@ -68,8 +68,9 @@ class CurateConfig:
                           help="skip Stage 1: the named datasets are selected from as one pool")
     references: tuple[tuple[str, str], ...] = option(
         (), flag="reference", metavar="CAPABILITY=SOURCE", group=STAGE1,
-        help="probe texts for a capability (repeatable); defaults: embedded pool for general, math, code "
-             "(offline); commonsense_qa for commonsense (hub only: offline, give a file)")
+        help="probe texts for a capability (repeatable); defaults: general: held-out records of the datasets' "
+             "free-text prose (else the embedded pool); math, code: the embedded pool (offline); commonsense_qa "
+             "for commonsense (hub only: offline, give a file)")
     reference_size: int = option(64, help="probe texts per capability", group=STAGE1)
     capability_weights: tuple[tuple[str, float], ...] = option(
         (), metavar="CAP=W,...", group=STAGE1,

