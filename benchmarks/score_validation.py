@@ -118,7 +118,7 @@ def _validate(args: argparse.Namespace) -> int:
                           "dtype": args.dtype, "settings": score_settings(selection)}, sort_keys=True)
         if cached.get("key") != key:
             cached = {"key": key, "sets": {}}
-        scorer = None
+        scorer = _Scorer(args, references, selection) if args.follow else None  # ready when the first set is
         while True:
             # every curated set, finished cells or not (a set is whole once its manifest is there)
             todo = [f"{m.parent.parent.name}/{m.parent.name}" for m in sorted(layout.path("calibration").glob(
