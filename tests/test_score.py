@@ -219,3 +219,20 @@ def test_a_model_with_another_vocabulary_or_none_named_is_refused(scored_inputs,
     unnamed = write_set(tmp_path / "unnamed", token_ids(texts(prose, 2, seed=5)), None)
     assert _error(["score", str(unnamed), *ref], capsys) == (
         f"cola: error: {unnamed / MANIFEST_FILE} names no model: give one with --model")
+
+
+@pytest.mark.parametrize(("references", "message"), [
+    ("general=x.jsonl", "references must map each capability to its source (a file or a dataset name), e.g. "
+                        "{'math': 'gsm8k'}, got text"),
+    ({"general": " "}, "--reference general= : write CAPABILITY=SOURCE, the source a file or a dataset name"),
+    ([("general", "a", "b")], "references must map each capability to its source (a file or a dataset name), "
+                              "e.g. {'math': 'gsm8k'}, got a list of lists"),
+    ({}, "no reference set given: name at least one with --reference CAPABILITY=SOURCE"),
+    ({"": "x.jsonl"}, "an empty --reference capability name: ''"),
+])
+def test_api_refuses_malformed_references_before_the_model_loads(scored_inputs, references, message):
+    manifest = (scored_inputs["good"] / MANIFEST_FILE).read_bytes()
+    with pytest.raises(ColaError) as exc:
+        score_calibration(scored_inputs["good"], references, model="no/such-model", quiet=True)
+    assert str(exc.value) == message
+    assert (scored_inputs["good"] / MANIFEST_FILE).read_bytes() == manifest

@@ -167,8 +167,20 @@ def read_references(references: Mapping[str, str] | Sequence[tuple[str, str]], *
 
 
 def reference_pairs(references: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The (capability, source) pairs of a mapping or of a sequence of pairs, in their order."""
-    return tuple(references.items() if isinstance(references, Mapping) else references)
+    """The (capability, source) pairs of a mapping or of a sequence of pairs, in their order; anything else,
+    or a source that is not a non-empty string, is a ColaError."""
+    from cola.io import describe_value
+
+    pairs = (tuple(references.items()) if isinstance(references, Mapping)
+             else tuple(references) if isinstance(references, (list, tuple)) else None)
+    if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise ColaError(f"references must map each capability to its source (a file or a dataset name), e.g. "
+                        f"{{'math': 'gsm8k'}}, got {describe_value(references)}")
+    for capability, source in pairs:
+        if not isinstance(capability, str) or not isinstance(source, str) or not source.strip():
+            raise ColaError(f"--reference {capability}={source}: write CAPABILITY=SOURCE, the source a file or a "
+                            "dataset name")
+    return tuple((capability, source) for capability, source in pairs)
 
 
 def reference_token_ids(sources: Mapping[str, Any], tokenizer: Any, sequence_length: int,
