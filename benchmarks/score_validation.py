@@ -184,7 +184,7 @@ def _print_correlations(cells: list[dict[str, Any]], dense: dict[str, Any], scor
             if score is not None:
                 rows.append((cell["method"], capability, cell["strategy"], cell["seed"], value, score))
     print(f"\nSpearman rho(-score, retention) per method and capability over finished cells "
-          f"({len(scores)} calibration sets); positive = a better score goes with more retention")
+          f"({len(scores)} calibration set(s) scored); positive = a better score goes with more retention")
     print(f"{'method':12} {'capability':12} {'n':>3}  " + "  ".join(f"{f:>24}" for f in FIGURES))
     for method, capability in sorted({(r[0], r[1]) for r in rows}):
         group = [r for r in rows if r[0] == method and r[1] == capability]
