@@ -17,9 +17,10 @@ from cola.cli.common import configure_logging
 from cola.progress import bars_disabled, progress_bar
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ("curate", "compress", "evaluate", "experiment", "datasets")
+SUBCOMMANDS = ("curate", "compress", "evaluate", "score", "experiment", "datasets")
 NEEDS = {"curate": ["--output_dir", "o"], "compress": ["--method", "rtn", "--output_dir", "o"],
-         "evaluate": ["--task", "wikitext2"], "experiment": ["grid.yaml"], "datasets": []}
+         "evaluate": ["--task", "wikitext2"], "score": ["d", "--reference", "math=m.jsonl"],
+         "experiment": ["grid.yaml"], "datasets": []}
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

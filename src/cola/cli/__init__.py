@@ -1,4 +1,4 @@
-"""`cola curate | compress | evaluate | experiment | datasets`: the command line, a thin shell over typed
+"""`cola curate | compress | evaluate | score | experiment | datasets`: the command line, a thin shell over typed
 functions. Each subcommand's flags are made from its settings' fields (cola.config, cola.settings) in
 cola/cli/<subcommand>.py; building the parser imports no torch, so `cola --help` answers at once.
 
@@ -18,10 +18,11 @@ from cola.cli.curate import add_curate_arguments, curate_config, run_curate
 from cola.cli.datasets import run_datasets
 from cola.cli.evaluate import add_evaluate_arguments, run_evaluate
 from cola.cli.experiment import add_experiment_arguments, run_experiment
+from cola.cli.score import add_score_arguments, run_score
 from cola.errors import ColaError, close_matches
 
 __all__ = ["build_parser", "curate_config", "format_compress_summary", "main"]
-COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate,
+COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate, "score": run_score,
             "experiment": run_experiment, "datasets": run_datasets}
 
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_curate_arguments(sub.add_parser("curate", help="curate a calibration set"))
     add_compress_arguments(sub.add_parser("compress", help="compress a model with a curated calibration set"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate a dense or compressed model"))
+    add_score_arguments(sub.add_parser(
+        "score", help="score a calibration set against reference texts per capability, without compressing"))
     add_experiment_arguments(sub.add_parser(
         "experiment", help="run a grid of calibration strategies x compression methods x seeds (resumable)"))
     sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")
