@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from cola.activations import extract_projected_features
+from cola.activations import extract_features
 from cola.cluster import nearest_selected_distance
 from cola.compress.calibration import load_calibration
 from cola.errors import ColaError
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = {**{f"calibration:{k}": v for k, v in calibration.items()}, **evaluation}
     ids = [x for texts in groups.values() for x in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    features, _ = extract_projected_features(model, ids, layers=None, projection_dim=args.projection_dim, seed=0,
-                                             batch_size=16, batch_tokens=4096, pad_token_id=pad, quiet=args.quiet)
+    features = extract_features(model, ids, layers=None, projection_dim=args.projection_dim, seed=0, batch_size=16,
+                                batch_tokens=4096, pad_token_id=pad, quiet=args.quiet).features
     rows, start = {}, 0
     for name, texts in groups.items():
         rows[name] = np.arange(start, start + len(texts))

@@ -7,7 +7,7 @@ import torch
 from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
                           Qwen2Config)
 
-from cola.activations import extract_projected_features, masked_mean, pool, resolve_layers
+from cola.activations import extract_features, masked_mean, pool, resolve_layers
 from cola.batching import length_batches
 from cola.cluster import gaussian_projection
 from cola.config import SelectionConfig
@@ -19,7 +19,8 @@ SEQS = [[5, 9, 13, 2, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [40, 41, 42],
 
 def _features(model, seqs, **kw):
     defaults = dict(layers=None, projection_dim=16, seed=0, quiet=True)
-    return extract_projected_features(model, seqs, **{**defaults, **kw})
+    found = extract_features(model, seqs, **{**defaults, **kw})
+    return found.features, found.stats
 
 
 def test_masked_mean_ignores_padding() -> None:

@@ -85,27 +85,6 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise unknown_choice("pooling", pooling, POOLINGS)
 
 
-def extract_projected_features(
-    model: torch.nn.Module,
-    token_ids: Sequence[Sequence[int]],
-    *,
-    layers: Sequence[int] | None,
-    projection_dim: int,
-    seed: int,
-    batch_size: int = 32,
-    batch_tokens: int = 16384,
-    pad_token_id: int = 0,
-    pooling: str = "mean",
-    quiet: bool = False,
-) -> tuple[np.ndarray, ExtractionStats]:
-    """Return (N, projection_dim) projected activation features of each token sequence, and what it cost
-    (`extract_features` without moment sketches)."""
-    found = extract_features(model, token_ids, layers=layers, projection_dim=projection_dim, seed=seed,
-                             batch_size=batch_size, batch_tokens=batch_tokens, pad_token_id=pad_token_id,
-                             pooling=pooling, quiet=quiet)
-    return found.features, found.stats
-
-
 @dataclass(frozen=True)
 class Extraction:
     """What one pass over the sequences gave: projected features, moment sketches if asked for, the cost."""

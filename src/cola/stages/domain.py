@@ -3,7 +3,7 @@
 Each candidate dataset is compared with a small reference set per target capability on three signals —
 semantic (activation centroids), token (unigram distributions) and activation-space coverage — and the
 weighted score decides how many of the calibration samples each dataset contributes. Pure functions on
-arrays: features come from `cola.activations.extract_projected_features`, token ids from the tokenizer.
+arrays: features come from `cola.activations.extract_features`, token ids from the tokenizer.
 """
 
 from __future__ import annotations
