@@ -141,9 +141,7 @@ def select_by_moments(sketches: MomentSketches, features: np.ndarray, sources: S
     indices = pick_within_quotas(lambda rows, count: match_moments(sketches.subset(rows), count), sources,
                                  num_samples, quotas)
     seconds = time.perf_counter() - start
-    rng = np.random.default_rng(config.seed)
-    random_pick = pick_within_quotas(lambda rows, count: rng.choice(len(rows), count, replace=False), sources,
-                                     num_samples, quotas)
+    random_pick = select_at_random(len(features), sources, num_samples, seed=config.seed, quotas=quotas).indices
     target = quota_target(sketches, sources, num_samples, quotas)
     errors = relative_errors(sketches, indices, target)
     nearest = nearest_selected_distance(features, indices)
