@@ -603,3 +603,30 @@ def test_cli_experiment_bad_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key in experiment config `top level` 'stratgies'" in err
     assert "strategies" in err
+
+
+def test_report_selection_table_against_a_random_pick_of_the_same_pool(tmp_path):
+    # cola vs random_mixed over seeds 0-2 on general (wiki) and math (gsm); random_mixed_n8 is a variant of 8
+    head = ("strategy,method,seed,status,task,capability,metric,value,stderr,n,tokens,higher_is_better,retention,"
+            "bits_per_parameter,sparsity,calibration_tokens,curate_seconds,compress_seconds,eval_seconds,error\n")
+    rows = ["dense,dense,,ok,wiki,general,perplexity,10,,,100,False,1.0,,,,,,,",
+            "dense,dense,,ok,gsm,math,nll,1,,,100,False,1.0,,,,,,,"]
+    retained = {"random_mixed": ([0.50, 0.52, 0.48], [0.60, 0.62, 0.58], 100),
+                "cola": ([0.50, 0.50, 0.50], [0.66, 0.63, 0.609], 90),      # math +10 %, +1.6 %, +5 %
+                "random_mixed_n8": ([0.40, 0.41, 0.42], [0.57, 0.64, 0.59], 20)}  # general below the spread
+    for strategy, (general, math_, seconds) in retained.items():
+        for seed in range(3):
+            rows.append(f"{strategy},ria50,{seed},ok,wiki,general,perplexity,{10 / general[seed]},,,100,False,"
+                        f"{general[seed]},,0.5,4096,1,{seconds},5,")
+            rows.append(f"{strategy},ria50,{seed},ok,gsm,math,nll,{1 / math_[seed]},,,100,False,{math_[seed]},,0.5,"
+                        f"4096,1,{seconds},5,")
+    csv = tmp_path / "results.csv"
+    csv.write_text(head + "\n".join(rows) + "\n")
+    config = make_config(tmp_path, seeds=[0, 1, 2], strategies=["random_c4", "random_mixed", "cola",
+                                                                   "random_mixed_n8"],
+                         compare_to=["random_mixed"], methods={"ria50": {"method": "ria", "sparsity": 0.5}},
+                         variants={"random_mixed_n8": {"strategy": "random_mixed", "num_samples": 8}})
+    text = render_markdown(pd.read_csv(csv), Experiment(config, tmp_path), command=None, plots=[])
+    assert "| cola | 128 | +10.0 / +1.6 / +5.0 | +5.5 | yes | +0.000 ± 0.020 | yes | 90 |" in text
+    assert "| random_mixed_n8 | 8 | -5.0 / +3.2 / +1.7 | -0.0 | no | -0.090 ± 0.026 | no | 20 |" in text
+    assert "| random_mixed | 128 |" not in text  # the baseline is not compared to itself

@@ -141,6 +141,8 @@ def render_markdown(frame: pd.DataFrame, experiment: WorkDir, *, command: str | 
         lines.append("")
         for baseline in (config.baseline, *config.compare_to):
             lines += _paired_table(caps[caps.method == run.label], baseline, list(config.strategies), capabilities)
+        for baseline in config.compare_to:
+            lines += _selection_table(caps[caps.method == run.label], sub, baseline, experiment)
     if not failed.empty:
         lines += ["## Failed cells", ""]
         lines += [f"- {r.strategy} × {r.method} × seed {int(r.seed)}: {r.error}" for _, r in failed.iterrows()]
@@ -169,6 +171,53 @@ def _paired_table(caps: pd.DataFrame, baseline: str, strategies: list[str], capa
             values.append(f"{_signed(d)} [{len(d)}]" if len(d) else "—")
         lines.append(f"| {strategy} | " + " | ".join(values) + " |")
     return [*lines, ""]
+
+
+GENERAL = "general"  # the capability the targeted mean leaves out (cola.data.schemas' general-text one)
+
+
+def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, experiment: WorkDir) -> list[str]:
+    """Markdown lines: each strategy against `baseline` (a random pick of the same pool, issue 19) at the same
+    seed: its set size; the relative change of its mean retention over the targeted capabilities (every one but
+    general), per seed and on average, and whether that sign held on every seed; the paired difference on
+    general text; whether it *matches* the baseline (on every capability its mean retention is at least the
+    baseline's mean minus the baseline's seed-to-seed std); and its mean compression seconds. Only seeds both
+    finished count."""
+    config = experiment.config
+    targeted = sorted(set(caps.capability) - {GENERAL})
+    base = caps[caps.strategy == baseline]
+    if not targeted or base.empty:
+        return []
+    spread = base.groupby("capability").retention.agg(["mean", "std"]).fillna(0.0)
+    seconds = cells.drop_duplicates(["strategy", "seed"]).groupby("strategy").compress_seconds.mean()
+    lines = [f"Against `{baseline}` (the same seeds): Δ targeted = relative change of the mean retention over "
+             f"{', '.join(targeted)} per seed, in %; general = paired difference in general-text retention; "
+             f"matches = on every capability the mean retention is at least `{baseline}`'s mean minus its "
+             "seed-to-seed std:", "",
+             "| strategy | samples | Δ targeted per seed (%) | mean | same sign | general | matches | "
+             "compress s |", "|---|---|---|---|---|---|---|---|"]
+    for strategy in config.strategies:
+        own = caps[caps.strategy == strategy]
+        seeds = sorted(set(own.seed) & set(base.seed))
+        if strategy == baseline or not seeds:
+            continue
+        changes = []
+        for seed in seeds:
+            mine = own[(own.seed == seed) & own.capability.isin(targeted)].retention.mean()
+            theirs = base[(base.seed == seed) & base.capability.isin(targeted)].retention.mean()
+            changes.append(100.0 * (mine / theirs - 1.0))
+        signs = {math.copysign(1.0, c) for c in changes}
+        general = paired_differences(caps[caps.seed.isin(seeds)], baseline)
+        general = general[(general.strategy == strategy) & (general.capability == GENERAL)].difference
+        means = own[own.seed.isin(seeds)].groupby("capability").retention.mean()
+        matches = all(means.get(c, -math.inf) >= spread.loc[c, "mean"] - spread.loc[c, "std"]
+                      for c in spread.index)
+        lines.append(f"| {strategy} | {config.num_samples(strategy)} | "
+                     f"{' / '.join(f'{c:+.1f}' for c in changes)} | {sum(changes) / len(changes):+.1f} | "
+                     f"{'yes' if len(signs) == 1 and len(seeds) > 1 else 'no' if len(signs) > 1 else '—'} | "
+                     f"{_signed(general) if len(general) else '—'} | {'yes' if matches else 'no'} | "
+                     f"{seconds.get(strategy, math.nan):.0f} |")
+    return [*lines, ""] if len(lines) > 4 else []
 
 
 def _calibration_sets(ok: pd.DataFrame, strategies: list[str]) -> list[str]:
