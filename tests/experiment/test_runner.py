@@ -345,6 +345,25 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
                     variants={"cola_plain": {"strategy": "cola", "process": {"chat_template": "off"}}})
 
 
+def test_calibration_settings_reach_every_strategy_and_variants_override_them_key_by_key(tmp_path):
+    shared = {"process": {"chat_template": "off", "system_prompt": "none"}, "selection.sketch_dim": 8}
+    config = make_config(tmp_path, strategies=["random_c4", "cola", "cola_templated"],
+                         calibration={"settings": shared},
+                         variants={"cola_templated": {"strategy": "cola", "process.chat_template": "on"}})
+    plain = {"process": {"chat_template": "off", "system_prompt": "none"}, "selection": {"sketch_dim": 8}}
+    assert config.recipe("cola") == ("cola", plain, {})
+    assert config.recipe("random_c4") == ("random_c4", plain, {})
+    assert config.recipe("cola_templated") == ("cola", {**plain, "process": {"chat_template": "on",
+                                                                             "system_prompt": "none"}}, {})
+    for settings, message in (
+            ({"process": {"chat_templat": "off"}}, r"`calibration.settings.process` 'chat_templat'"),
+            ({"selection.seed": 3}, r"calibration.settings sets 'selection.seed': each cell's seed"),
+            ({"num_samples": 8}, r"calibration.settings sets 'num_samples', which the `calibration` section"),
+            ({"process": {"chat_template": "of"}}, r"calibration.settings: unknown chat template mode 'of'")):
+        with pytest.raises(ColaError, match=message):
+            make_config(tmp_path, calibration={"settings": settings})
+
+
 def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeypatch):
     import cola.experiment.strategies
 

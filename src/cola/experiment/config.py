@@ -5,8 +5,9 @@ its field's type hint (`cola.schema`), so `seeds: "0, 1"` is a one-line error na
 type and the value; method options are checked against the types of the methods' configs
 (`compress.methods.option_hint`), a variant's settings against CurateConfig's fields, its generation settings
 against those of `generate_self_calibration`. The calibration, evaluation and plots sections and a variant's curation
-settings are built by the one strict loader, `cola.settings.build`; a variant's settings may not set a seed
-(each cell's seed, one of `seeds`, seeds every stage: `cola.config.stage_seeds`). Labels (the name,
+settings are built by the one strict loader, `cola.settings.build`. `calibration.settings` are curation settings
+every strategy gets (a variant's own override them, key by key); neither may set a seed (each cell's seed, one
+of `seeds`, seeds every stage: `cola.config.stage_seeds`) nor a key the calibration section owns. Labels (the name,
 strategies, variants, methods) name folders and files in the work directory, so each must be a plain name
 (`store.plain_name`).
 
@@ -22,7 +23,8 @@ variants:                            # optional: a built-in strategy with other 
   cola_plain: {strategy: cola, process: {chat_template: "off"}}
   cola_n32: {strategy: cola, num_samples: 32}   # a variant may also set its own calibration set size
 calibration: {num_samples: 128, sequence_length: 512, candidates_per_source: 300,
-              datasets: [c4/c4_en_train_first1000.jsonl, gsm8k/train.jsonl]}
+              datasets: [c4/c4_en_train_first1000.jsonl, gsm8k/train.jsonl],
+              settings: {process.chat_template: "off"}}  # optional: every strategy's curation settings
 methods:
   wanda50: {method: wanda, sparsity: 0.5}
 evaluation: {tasks: [wikitext2, hellaswag], limits: {hellaswag: 500}}
@@ -60,6 +62,7 @@ class CalibrationSettings:
     datasets: tuple[str, ...] = ()          # file paths (relative to data_dir) or dataset names
     references: dict[str, str] = dataclasses.field(default_factory=dict)  # capability -> probe file
     random_source: str = "c4"               # the one source `random_c4` draws from
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # CurateConfig settings of every strategy
 
     def __post_init__(self) -> None:
         _at_least(1, num_samples=self.num_samples, sequence_length=self.sequence_length,
@@ -192,14 +195,18 @@ class ExperimentConfig:
             strategy_config(variant.strategy, datasets=calibration.datasets or ("embedded",),
                             num_samples=self.num_samples(variant.label),
                             sequence_length=calibration.sequence_length,
-                            seed=0, random_source=calibration.random_source, **variant.settings)
+                            seed=0, random_source=calibration.random_source,
+                            **self.recipe(variant.label)[1])
         except ColaError as exc:
             raise ColaError(f"{where}: {exc}") from exc
 
     def recipe(self, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """(built-in strategy, curation settings, generation settings) of a strategy or variant label."""
         variant = next((v for v in self.variants if v.label == name), None)
-        return (variant.strategy, dict(variant.settings), dict(variant.generation)) if variant else (name, {}, {})
+        shared = _undotted(self.calibration.settings)
+        if variant is None:
+            return name, shared, {}
+        return variant.strategy, _merged(shared, _undotted(variant.settings)), dict(variant.generation)
 
     def num_samples(self, name: str) -> int:
         """The calibration set size of a strategy or variant label: the variant's own, else the calibration
@@ -244,8 +251,6 @@ def _method(label: str, spec: dict[str, Any]) -> MethodSettings:
 def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
     """variants.LABEL: a built-in `strategy`, CurateConfig settings (types checked against CurateConfig's
     fields, nested ones as a mapping or a dotted name) and self_generated's `generation` settings."""
-    from cola.config import CurateConfig
-
     where = f"variants.{label}"
     if "strategy" not in spec:
         raise ColaError(f"{SOURCE}: {where} needs a `strategy` key (a built-in strategy)")
@@ -257,8 +262,18 @@ def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
         if "num_samples" in spec else None
     if num_samples is not None:
         _at_least(1, num_samples=num_samples, where=where)
+    _check_curate_settings(settings, where)
+    return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation,
+                           num_samples=num_samples)
+
+
+def _check_curate_settings(settings: Mapping[str, Any], where: str) -> None:
+    """Curation settings (a variant's, or `calibration.settings`) make a valid CurateConfig, set no seed and
+    no key the calibration section owns; else a one-line ColaError naming `where`."""
+    from cola.config import CurateConfig
+
     for key in settings:
-        if key in CALIBRATION_OWNED:
+        if str(key).partition(".")[0] in CALIBRATION_OWNED:
             raise ColaError(f"{SOURCE}: {where} sets {key!r}, which the `calibration` section sets for every "
                             "strategy alike")
     for path in _seed_paths(_undotted(settings)):
@@ -270,8 +285,16 @@ def _variant(label: str, spec: dict[str, Any]) -> VariantSettings:
         if where in str(exc):
             raise
         raise ColaError(f"{SOURCE}: {where}: {exc}") from exc
-    return VariantSettings(label=label, strategy=strategy, settings=settings, generation=generation,
-                           num_samples=num_samples)
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested settings `base` with `override`'s values put over them, key by key at every depth."""
+    merged = dict(base)
+    for key, value in override.items():
+        inner = merged.get(key)
+        merged[key] = (_merged(inner, value) if isinstance(value, Mapping) and isinstance(inner, Mapping)
+                       else value)
+    return merged
 
 
 def _seed_paths(settings: Mapping[str, Any], path: str = "") -> list[str]:
@@ -354,6 +377,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path, data_dir: str | Pa
     calibration["references"] = {cap: _data_file(root, base_dir, p)
                                  for cap, p in calibration.get("references", {}).items()}
     top["calibration"] = build(CalibrationSettings, calibration, source=SOURCE, path="calibration")
+    _check_curate_settings(top["calibration"].settings, "calibration.settings")
     top["methods"] = tuple(_method(label, spec) for label, spec in top.get("methods", {}).items())
     top["variants"] = tuple(_variant(label, spec) for label, spec in (top.get("variants") or {}).items())
     top["evaluation"] = build(EvaluationSettings, top.get("evaluation", {}), source=SOURCE, path="evaluation")
