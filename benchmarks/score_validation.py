@@ -7,6 +7,9 @@ activation-coverage distance) are computed against one reference set per capabil
 one forward pass per set; each cell's retention per capability comes from its record and dense.json
 (`cola.evaluate.retention`). Printed per method and capability: n (cells), Spearman's rho between -score and
 retention (positive: a better score goes with more retention) and its two-sided p-value.
+Where the grid sweeps set sizes (variants' num_samples), each method and capability gets one row over every
+size ("all": a smaller set scores and keeps worse, so size alone drives much of that rho) and one per size
+(strategies of one size ranked against each other: the question selection asks).
 
 Default references (from --data_dir; texts that the evaluation does not score):
   general      wikitext-2 validation paragraphs (the folder has no train split; the evaluation reads test)
@@ -135,7 +138,7 @@ def _validate(args: argparse.Namespace) -> int:
     dense = read_json(args.work_dir / "dense.json")
     if not cells or dense is None:
         raise ColaError(f"{args.work_dir} has no finished cell or no dense.json yet")
-    _print_correlations(cells, dense, cached["sets"], args.verbose)
+    _print_correlations(cells, dense, cached["sets"], args.verbose, set_sizes(args.work_dir))
     return 0
 
 
@@ -172,31 +175,43 @@ class _Scorer:
         return {cap: {f: getattr(s, f) for f in FIGURES} for cap, s in scores.items()}
 
 
+def set_sizes(work_dir: Path) -> dict[str, int]:
+    """strategy or variant label -> its calibration set size, from the grid's experiment_config.json."""
+    config = read_json(work_dir / "experiment_config.json") or {}
+    default = (config.get("calibration") or {}).get("num_samples")
+    sizes = {name: default for name in config.get("strategies") or ()}
+    for variant in config.get("variants") or ():
+        sizes[variant["label"]] = variant.get("num_samples") or default
+    return sizes
+
+
 def _print_correlations(cells: list[dict[str, Any]], dense: dict[str, Any], scores: dict[str, Any],
-                        verbose: bool) -> None:
+                        verbose: bool, sizes: dict[str, int]) -> None:
     from cola.evaluate import retention
 
-    rows = []  # (method, capability, strategy, seed, retention, {figure: score})
+    rows = []  # (method, capability, size, strategy, seed, retention, {figure: score})
     for cell in cells:
         kept = retention(cell.get("results", []), dense.get("results", []))["capabilities"]
         for capability, value in kept.items():
             score = scores.get(f"{cell['strategy']}/seed{cell['seed']}", {}).get(capability)
             if score is not None:
-                rows.append((cell["method"], capability, cell["strategy"], cell["seed"], value, score))
+                rows.append((cell["method"], capability, sizes.get(cell["strategy"]), cell["strategy"], cell["seed"],
+                             value, score))
     print(f"\nSpearman rho(-score, retention) per method and capability over finished cells "
-          f"({len(scores)} calibration set(s) scored); positive = a better score goes with more retention")
-    print(f"{'method':12} {'capability':12} {'n':>3}  " + "  ".join(f"{f:>24}" for f in FIGURES))
-    for method, capability in sorted({(r[0], r[1]) for r in rows}):
-        group = [r for r in rows if r[0] == method and r[1] == capability]
-        cells_ = []
-        for figure in FIGURES:
-            rho, p = spearman([r[5][figure] for r in group], [r[4] for r in group])
-            cells_.append(f"rho {rho:+.2f} (p {p:.2f})".rjust(24))
-        print(f"{method:12} {capability:12} {len(group):3d}  " + "  ".join(cells_))
-        for _, _, strategy, seed, value, score in sorted(group, key=lambda r: r[4]) if verbose else ():
-            print(f"    {strategy}/seed{seed}: retention {value:.4f}, " + ", ".join(
-                f"{f} {score[f]:.4f}" for f in FIGURES))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+          f"({len(scores)} calibration set(s) scored); positive = a better score goes with more retention. "
+          "size 'all' pools every set size (size alone then drives much of rho); each size's own row ranks "
+          "strategies of one size")
+    print(f"{'method':12} {'capability':12} {'size':>5} {'n':>3}  " + "  ".join(f"{f:>24}" for f in FIGURES))
+    groups = sorted({(r[0], r[1]) for r in rows})
+    all_sizes = sorted({r[2] for r in rows if r[2] is not None})
+    for method, capability in groups:
+        for size in ["all", *all_sizes] if len(all_sizes) > 1 else ["all"]:
+            group = [r for r in rows if r[0] == method and r[1] == capability and size in ("all", r[2])]
+            cells_ = []
+            for figure in FIGURES:
+                rho, p = spearman([r[6][figure] for r in group], [r[5] for r in group])
+                cells_.append(f"rho {rho:+.2f} (p {p:.2f})".rjust(24))
+            print(f"{method:12} {capability:12} {size!s:>5} {len(group):3d}  " + "  ".join(cells_))
+            for *_, strategy, seed, value, score in sorted(group, key=lambda r: r[5]) if verbose else ():
+                print(f"    {strategy}/seed{seed}: retention {value:.4f}, " + ", ".join(
+                    f"{f} {score[f]:.4f}" for f in FIGURES))
