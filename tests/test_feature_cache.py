@@ -46,9 +46,9 @@ def test_other_settings_seeds_and_weights_miss(tmp_path, pool_files) -> None:
     cache = tmp_path / "cache"
     curate(tmp_path, pool_files, "a", cache, selection=MOMENTS)
     count = len(list(cache.iterdir()))
-    activations = curate(tmp_path, pool_files, "b", cache)  # no sketches: the pool's entry differs
-    assert activations["manifest"]["timings"].get("feature_cache_hits", 0) >= 1  # the probes are the same
-    assert len(list(cache.iterdir())) == count + 1
+    other_dim = curate(tmp_path, pool_files, "b", cache, selection=SelectionConfig(method="moments", sketch_dim=3))
+    assert other_dim["manifest"]["timings"].get("feature_cache_hits", 0) >= 1  # the probes are the same
+    assert len(list(cache.iterdir())) == count + 1  # the pool's entry is not: its sketches differ
     other_seed = curate(tmp_path, pool_files, "c", cache, seed=5, selection=MOMENTS)
     assert "feature_cache_hits" not in other_seed["manifest"]["timings"]
     model = tiny_llama()
@@ -59,3 +59,16 @@ def test_other_settings_seeds_and_weights_miss(tmp_path, pool_files) -> None:
     changed = curate(tmp_path, pool_files, "d", cache, model=model, selection=MOMENTS)
     assert "feature_cache_hits" not in changed["manifest"]["timings"]
     assert np.isfinite(changed["manifest"]["diagnostics"]["moment_match"]["relative_error"]["covariance_mean"])
+
+
+def test_an_entry_with_sketches_serves_a_run_without_them(tmp_path, pool_files) -> None:
+    # moments first: its pool entry (features + sketches) is the one the activations run reads
+    cache = tmp_path / "cache"
+    curate(tmp_path, pool_files, "moments", cache, selection=MOMENTS)
+    entries = sorted(cache.iterdir())
+    served = curate(tmp_path, pool_files, "served", cache)
+    assert sorted(cache.iterdir()) == entries  # nothing new computed: the pool and the probes were both there
+    assert served["manifest"]["timings"]["feature_cache_hits"] == len(entries)
+    alone = curate(tmp_path, pool_files, "alone", tmp_path / "cache2")  # the same run with a cache of its own
+    assert served["samples"] == alone["samples"]
+    assert served["manifest"]["diagnostics"] == alone["manifest"]["diagnostics"]

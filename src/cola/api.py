@@ -249,7 +249,10 @@ class COLA:
         settings = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
                     "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad,
                     "sketch_dim": s.sketch_dim if sketches else None}
-        return cached_extraction(self.feature_cache, self._model_key, token_ids, settings, compute)
+        # without sketches, an entry with them serves (the same pass: the same features and stats)
+        also = () if sketches else [{**settings, "sketch_dim": s.sketch_dim}]
+        found, hit = cached_extraction(self.feature_cache, self._model_key, token_ids, settings, compute, also=also)
+        return (dataclasses.replace(found, sketches=None) if hit and not sketches else found), hit
 
     def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
                      timings: dict[str, float]) -> MixturePlan:

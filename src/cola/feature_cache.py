@@ -5,6 +5,8 @@ would otherwise run the model over the whole pool again. An entry is keyed by a 
 (`model_digest`), of the exact token ids, and of every setting the extraction reads; it holds the arrays
 exactly as computed (`np.savez`, no compression), so a run that reads the cache writes byte-identical outputs.
 Entries are written to a temporary file and renamed, so a killed run leaves no half-written entry.
+An entry with moment sketches also serves a run that needs only the features (the sketches are read off the
+same pass, so `moments` and `activations` runs over one pool embed it once).
 """
 
 from __future__ import annotations
@@ -53,22 +55,35 @@ def tokens_digest(token_ids: Sequence[Sequence[int]]) -> str:
 
 
 def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, token_ids: Sequence[Sequence[int]],
-                      settings: Mapping[str, Any], compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
+                      settings: Mapping[str, Any], compute: Callable[[], Extraction], *,
+                      also: Sequence[Mapping[str, Any]] = ()) -> tuple[Extraction, bool]:
     """(`compute()`, False), or (the entry it stored before under the same model, token ids and settings, True);
     cache_dir None = no cache. A hit's stats are the computing run's, its seconds included.
+
+    `also`: other settings whose entry serves as well (looked up in order after `settings`; e.g. an extraction
+    with moment sketches serves one without: the same pass computes the same features, the sketches are dropped
+    by the caller). A miss computes and stores under `settings`.
     """
     if cache_dir is None:
         return compute(), False
-    key = hashlib.sha256(json.dumps({"model": model_key, "tokens": tokens_digest(token_ids),
-                                     "settings": dict(settings)}, sort_keys=True, default=str).encode()).hexdigest()
-    path = Path(cache_dir) / f"{key[:32]}.npz"
-    if path.is_file():
-        log.info("activations: read from the feature cache (%s)", path.name)
-        return _read(path), True
+    for candidate in (settings, *also):
+        path = entry_path(cache_dir, model_key, token_ids, candidate)
+        if path.is_file():
+            log.info("activations: read from the feature cache (%s)", path.name)
+            return _read(path), True
     found = compute()
+    path = entry_path(cache_dir, model_key, token_ids, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write(path, found)
     return found, False
+
+
+def entry_path(cache_dir: str | os.PathLike[str], model_key: str, token_ids: Sequence[Sequence[int]],
+               settings: Mapping[str, Any]) -> Path:
+    """The file that holds (or would hold) the extraction of `token_ids` by model `model_key` with `settings`."""
+    key = hashlib.sha256(json.dumps({"model": model_key, "tokens": tokens_digest(token_ids),
+                                     "settings": dict(settings)}, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cache_dir) / f"{key[:32]}.npz"
 
 
 def _write(path: Path, found: Extraction) -> None:
