@@ -10,6 +10,8 @@ max|x| in the pool (AWQ/SmoothQuant read activation ranges). It also times one e
 the moment sketches, and each method's selection step, in the same run.
 
     python benchmarks/hessian_match.py --data_dir ../shared/data --sizes 8 32 128 --layers 0 15 -1
+    python benchmarks/hessian_match.py --data_dir ../shared/data --model gemma3-270m --chat_template off \
+        --layers 0 9 -1
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 15, -1], help="layers whose exact H is kept")
     parser.add_argument("--random_draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat_template", choices=["auto", "on", "off"], default="auto",
+                        help="Stage 2's chat template mode (off for a pretrained model, as the Gemma grid curates)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     print(machine_line())
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         datasets = [str(Path(args.data_dir) / d) for d in args.datasets]
         with tempfile.TemporaryDirectory() as out:
             cola = COLA(model=model, tokenizer=tokenizer, available_datasets=datasets, output_dir=out, stage1=False,
-                        candidates_per_source=args.candidates_per_source, seed=args.seed, quiet=args.quiet)
+                        candidates_per_source=args.candidates_per_source, seed=args.seed, quiet=args.quiet,
+                        process={"chat_template": args.chat_template})
             config = cola.config(max(args.sizes), args.sequence_length)
             pool = cola.process(cola.load(config, out).sources, config, {})
         token_ids = pool.token_ids
