@@ -30,6 +30,7 @@ from cola.activations import extract_features, resolve_layers
 from cola.api import COLA
 from cola.batching import length_batches, pad_batch
 from cola.cluster import select_medoids
+from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.models import find_decoder_layers, load_model
 from cola.moments import match_moments
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as out:
             cola = COLA(model=model, tokenizer=tokenizer, available_datasets=datasets, output_dir=out, stage1=False,
                         candidates_per_source=args.candidates_per_source, seed=args.seed, quiet=args.quiet,
-                        process={"chat_template": args.chat_template})
+                        process=ProcessConfig(chat_template=args.chat_template))
             config = cola.config(max(args.sizes), args.sequence_length)
             pool = cola.process(cola.load(config, out).sources, config, {})
         token_ids = pool.token_ids
