@@ -215,3 +215,7 @@ def _print_correlations(cells: list[dict[str, Any]], dense: dict[str, Any], scor
             for *_, strategy, seed, value, score in sorted(group, key=lambda r: r[5]) if verbose else ():
                 print(f"    {strategy}/seed{seed}: retention {value:.4f}, " + ", ".join(
                     f"{f} {score[f]:.4f}" for f in FIGURES))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
