@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cola.data.schemas import DEFAULT_CAPABILITY as GENERAL
 from cola.evaluate import retention
 from cola.experiment.store import inside, read_json, write_text
 from cola.experiment.tables import capability_retention, paired_differences
@@ -173,9 +174,6 @@ def _paired_table(caps: pd.DataFrame, baseline: str, strategies: list[str], capa
     return [*lines, ""]
 
 
-GENERAL = "general"  # the capability the targeted mean leaves out (cola.data.schemas' general-text one)
-
-
 def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, experiment: WorkDir) -> list[str]:
     """Markdown lines: each strategy against `baseline` (a random pick of the same pool, issue 19) at the same
     seed: its set size; the relative change of its mean retention over the targeted capabilities (every one but
@@ -184,12 +182,14 @@ def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, exp
     baseline's mean minus the baseline's seed-to-seed std); and its mean compression seconds. Only seeds both
     finished count."""
     config = experiment.config
-    targeted = sorted(set(caps.capability) - {GENERAL})
+    targeted = sorted(set(caps.capability) - {GENERAL})  # every capability but general text
     base = caps[caps.strategy == baseline]
     if not targeted or base.empty:
         return []
     spread = base.groupby("capability").retention.agg(["mean", "std"]).fillna(0.0)
     seconds = cells.drop_duplicates(["strategy", "seed"]).groupby("strategy").compress_seconds.mean()
+    diffs = paired_differences(caps, baseline)  # only seeds both finished pair up
+    general = diffs[diffs.capability == GENERAL]
     lines = [f"Against `{baseline}` (the same seeds): Δ targeted = relative change of the mean retention over "
              f"{', '.join(targeted)} per seed, in %; general = paired difference in general-text retention; "
              f"matches = on every capability the mean retention is at least `{baseline}`'s mean minus its "
@@ -207,15 +207,14 @@ def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, exp
             theirs = base[(base.seed == seed) & base.capability.isin(targeted)].retention.mean()
             changes.append(100.0 * (mine / theirs - 1.0))
         signs = {math.copysign(1.0, c) for c in changes}
-        general = paired_differences(caps[caps.seed.isin(seeds)], baseline)
-        general = general[(general.strategy == strategy) & (general.capability == GENERAL)].difference
+        own_general = general[general.strategy == strategy].difference
         means = own[own.seed.isin(seeds)].groupby("capability").retention.mean()
         matches = all(means.get(c, -math.inf) >= spread.loc[c, "mean"] - spread.loc[c, "std"]
                       for c in spread.index)
         lines.append(f"| {strategy} | {config.num_samples(strategy)} | "
                      f"{' / '.join(f'{c:+.1f}' for c in changes)} | {sum(changes) / len(changes):+.1f} | "
                      f"{'yes' if len(signs) == 1 and len(seeds) > 1 else 'no' if len(signs) > 1 else '—'} | "
-                     f"{_signed(general) if len(general) else '—'} | {'yes' if matches else 'no'} | "
+                     f"{_signed(own_general) if len(own_general) else '—'} | {'yes' if matches else 'no'} | "
                      f"{seconds.get(strategy, math.nan):.0f} |")
     return [*lines, ""] if len(lines) > 4 else []
 
