@@ -66,22 +66,23 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
     """
     if cache_dir is None:
         return compute(), False
+    tokens = tokens_digest(token_ids)
     for candidate in (settings, *also):
-        path = entry_path(cache_dir, model_key, token_ids, candidate)
+        path = entry_path(cache_dir, model_key, tokens, candidate)
         if path.is_file():
             log.info("activations: read from the feature cache (%s)", path.name)
             return _read(path), True
     found = compute()
-    path = entry_path(cache_dir, model_key, token_ids, settings)
+    path = entry_path(cache_dir, model_key, tokens, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write(path, found)
     return found, False
 
 
-def entry_path(cache_dir: str | os.PathLike[str], model_key: str, token_ids: Sequence[Sequence[int]],
-               settings: Mapping[str, Any]) -> Path:
-    """The file that holds (or would hold) the extraction of `token_ids` by model `model_key` with `settings`."""
-    key = hashlib.sha256(json.dumps({"model": model_key, "tokens": tokens_digest(token_ids),
+def entry_path(cache_dir: str | os.PathLike[str], model_key: str, tokens: str, settings: Mapping[str, Any]) -> Path:
+    """The file that holds (or would hold) the extraction of the token ids digested as `tokens`
+    (`tokens_digest`) by model `model_key` with `settings`."""
+    key = hashlib.sha256(json.dumps({"model": model_key, "tokens": tokens,
                                      "settings": dict(settings)}, sort_keys=True, default=str).encode()).hexdigest()
     return Path(cache_dir) / f"{key[:32]}.npz"
 
