@@ -348,7 +348,7 @@ def test_variants_are_strategies_with_other_settings_checked_up_front(tmp_path):
 def test_calibration_settings_reach_every_strategy_and_variants_override_them_key_by_key(tmp_path):
     shared = {"process": {"chat_template": "off", "system_prompt": "none"}, "selection.sketch_dim": 8}
     config = make_config(tmp_path, strategies=["random_c4", "cola", "cola_templated"],
-                         calibration={"settings": shared},
+                         calibration={"datasets": ["c4", "gsm8k"], "settings": shared},
                          variants={"cola_templated": {"strategy": "cola", "process.chat_template": "on"}})
     plain = {"process": {"chat_template": "off", "system_prompt": "none"}, "selection": {"sketch_dim": 8}}
     assert config.recipe("cola") == ("cola", plain, {})
@@ -361,7 +361,11 @@ def test_calibration_settings_reach_every_strategy_and_variants_override_them_ke
             ({"num_samples": 8}, r"calibration.settings sets 'num_samples', which the `calibration` section"),
             ({"process": {"chat_template": "of"}}, r"calibration.settings: unknown chat template mode 'of'")):
         with pytest.raises(ColaError, match=message):
-            make_config(tmp_path, calibration={"settings": settings})
+            make_config(tmp_path, calibration={"datasets": ["c4", "gsm8k"], "settings": settings})
+    # a shared setting a built-in strategy fixes otherwise fails when the YAML loads, not when its cell curates
+    with pytest.raises(ColaError, match=r"calibration.settings \(strategy cola\): strategy 'cola' fixes "
+                                        r"stage1=True"):
+        make_config(tmp_path, calibration={"datasets": ["c4", "gsm8k"], "settings": {"stage1": False}})
 
 
 def test_a_variant_cell_curates_its_strategy_with_its_settings(tmp_path, monkeypatch):

@@ -150,6 +150,9 @@ class ExperimentConfig:
         for name in (*self.strategies, self.baseline, *self.compare_to):
             if name not in names:
                 raise unknown_choice("strategy", name, names)
+        for name in self.strategies:  # the built-in ones with the shared settings (variants were checked above)
+            if name in STRATEGIES and self.calibration.settings:
+                self._check_curation(name, f"experiment config: calibration.settings (strategy {name})")
         for key, name in [("baseline", self.baseline), *(("compare_to", c) for c in self.compare_to)]:
             if name not in self.strategies:
                 raise ColaError(f"experiment config: {key} {name!r} is not among the strategies "
@@ -182,21 +185,27 @@ class ExperimentConfig:
 
     def _check_variant(self, variant: VariantSettings) -> None:
         """Fail now, not mid-grid: the label is new, the strategy exists and its settings make a valid config."""
-        from cola.experiment.strategies import STRATEGIES, check_generation, strategy_config
+        from cola.experiment.strategies import STRATEGIES
 
         where = f"experiment config: variants.{variant.label}"
         if variant.label in STRATEGIES:
             raise ColaError(f"{where}: the label is a built-in strategy; name the variant differently")
         if variant.strategy not in STRATEGIES:
             raise unknown_choice(f"strategy (in variants.{variant.label})", variant.strategy, STRATEGIES)
+        self._check_curation(variant.label, where)
+
+    def _check_curation(self, name: str, where: str) -> None:
+        """Fail now, not mid-grid: strategy or variant `name`, with the curation settings `recipe` gives it
+        (`calibration.settings` and a variant's own), makes a valid config for its built-in strategy."""
+        from cola.experiment.strategies import check_generation, strategy_config
+
+        strategy, settings, generation = self.recipe(name)
         calibration = self.calibration
         try:
-            check_generation(variant.strategy, variant.generation)
-            strategy_config(variant.strategy, datasets=calibration.datasets or ("embedded",),
-                            num_samples=self.num_samples(variant.label),
-                            sequence_length=calibration.sequence_length,
-                            seed=0, random_source=calibration.random_source,
-                            **self.recipe(variant.label)[1])
+            check_generation(strategy, generation)
+            strategy_config(strategy, datasets=calibration.datasets or ("embedded",),
+                            num_samples=self.num_samples(name), sequence_length=calibration.sequence_length,
+                            seed=0, random_source=calibration.random_source, **settings)
         except ColaError as exc:
             raise ColaError(f"{where}: {exc}") from exc
 
