@@ -150,9 +150,8 @@ class ExperimentConfig:
         for name in (*self.strategies, self.baseline, *self.compare_to):
             if name not in names:
                 raise unknown_choice("strategy", name, names)
-        for name in self.strategies:  # the built-in ones with the shared settings (variants were checked above)
-            if name in STRATEGIES and self.calibration.settings:
-                self._check_curation(name, f"experiment config: calibration.settings (strategy {name})")
+        for name in (n for n in self.strategies if n in STRATEGIES and self.calibration.settings):  # variants: above
+            self._check_curation(name, f"experiment config: calibration.settings (strategy {name})")
         for key, name in [("baseline", self.baseline), *(("compare_to", c) for c in self.compare_to)]:
             if name not in self.strategies:
                 raise ColaError(f"experiment config: {key} {name!r} is not among the strategies "
@@ -195,8 +194,7 @@ class ExperimentConfig:
         self._check_curation(variant.label, where)
 
     def _check_curation(self, name: str, where: str) -> None:
-        """Fail now, not mid-grid: strategy or variant `name`, with the curation settings `recipe` gives it
-        (`calibration.settings` and a variant's own), makes a valid config for its built-in strategy."""
+        """Fail now, not mid-grid: strategy or variant `name` with the settings `recipe` gives it is valid."""
         from cola.experiment.strategies import check_generation, strategy_config
 
         strategy, settings, generation = self.recipe(name)
@@ -301,8 +299,7 @@ def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, A
     merged = dict(base)
     for key, value in override.items():
         inner = merged.get(key)
-        merged[key] = (_merged(inner, value) if isinstance(value, Mapping) and isinstance(inner, Mapping)
-                       else value)
+        merged[key] = _merged(inner, value) if isinstance(value, Mapping) and isinstance(inner, Mapping) else value
     return merged
 
 
