@@ -29,6 +29,7 @@ as a running experiment curates them, with one model load and one reference extr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -117,7 +118,9 @@ def _validate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="score-references-") as folder:
         given = dict(spec.split("=", 1) for spec in args.references)
         references = {**default_references(args.data_dir, Path(folder), args.skip_hellaswag), **given}
-        key = json.dumps({"references": references, "size": args.reference_size, "model": args.model,
+        # keyed by the references' contents: the generated ones sit in a fresh temporary folder every run
+        contents = {name: hashlib.sha256(Path(path).read_bytes()).hexdigest() for name, path in references.items()}
+        key = json.dumps({"references": contents, "size": args.reference_size, "model": args.model,
                           "dtype": args.dtype, "settings": score_settings(selection)}, sort_keys=True)
         if cached.get("key") != key:
             cached = {"key": key, "sets": {}}
