@@ -1,13 +1,15 @@
 """How well does each Stage 3 method's set reproduce the pool's exact per-layer Hessians, and what does it cost?
 
 Builds the processed mixed pool as `cola curate --no_stage1` does, then for each calibration size k picks k
-candidates with `moments` (second-moment matching), `activations` (k-means medoids, COLA's) and seeded random
-picks (several draws), and in one more forward pass accumulates the exact per-token Hessian H = sum x x^T / n of
-every linear-layer input (site) in a few decoder layers, for the whole pool (the target) and for every pick. It
+candidates with `moments` (second-moment matching), `outlier_coverage` (covering the per-channel maxima),
+`activations` (k-means medoids, COLA's) and seeded random picks (several draws), and in one more forward pass
+accumulates the exact per-token Hessian H = sum x x^T / n of every linear-layer input (site) in a few decoder
+layers, for the whole pool (the target) and for every pick. It
 prints, per size, method and site, the relative Frobenius error ||H_set - H_pool||_F / ||H_pool||_F, the same for
 the diagonal (Wanda's column norms), and the outlier coverage: the mean over channels of max|x| in the set over
-max|x| in the pool (AWQ/SmoothQuant read activation ranges). It also times one extraction pass without and with
-the moment sketches, and each method's selection step, in the same run.
+max|x| in the pool (AWQ/SmoothQuant read activation ranges). It also times one extraction pass without the
+moment sketches, with them, and with them and the per-channel maxima, and each method's selection step, in the
+same run.
 
     python benchmarks/hessian_match.py --data_dir ../shared/data --sizes 8 32 128 --layers 0 15 -1
     python benchmarks/hessian_match.py --data_dir ../shared/data --model gemma3-270m --chat_template off \
@@ -33,7 +35,7 @@ from cola.cluster import select_medoids
 from cola.config import ProcessConfig
 from cola.errors import ColaError
 from cola.models import find_decoder_layers, load_model
-from cola.moments import match_moments
+from cola.moments import cover_maxima, match_moments
 
 from machine import machine_line
 
@@ -140,18 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         extract_features(model, token_ids, **kw)
         plain = time.perf_counter() - start
         start = time.perf_counter()
-        found = extract_features(model, token_ids, sketch_dim=selection.sketch_dim, **kw)
+        extract_features(model, token_ids, sketch_dim=selection.sketch_dim, **kw)
         sketched = time.perf_counter() - start
+        start = time.perf_counter()
+        found = extract_features(model, token_ids, sketch_dim=selection.sketch_dim, channel_maxima=True, **kw)
+        maxima = time.perf_counter() - start
         print(f"pool: {len(token_ids)} candidates, {sum(map(len, token_ids))} tokens; one extraction pass "
-              f"{plain:.1f} s without sketches, {sketched:.1f} s with ({sketched / plain:.2f}x)")
+              f"{plain:.1f} s without sketches, {sketched:.1f} s with ({sketched / plain:.2f}x), {maxima:.1f} s "
+              f"with sketches and channel maxima ({maxima / plain:.2f}x)")
+        pickers = {"moments": lambda k: match_moments(found.sketches, k),
+                   "outlier_coverage": lambda k: cover_maxima(found.sketches, k),
+                   "activations": lambda k: select_medoids(found.features, k, seed=args.seed).indices}
         subsets, seconds = {}, {}
         for k in args.sizes:
-            start = time.perf_counter()
-            subsets[f"moments_{k}"] = match_moments(found.sketches, k)
-            seconds[f"moments_{k}"] = time.perf_counter() - start
-            start = time.perf_counter()
-            subsets[f"activations_{k}"] = select_medoids(found.features, k, seed=args.seed).indices
-            seconds[f"activations_{k}"] = time.perf_counter() - start
+            for name, pick in pickers.items():
+                start = time.perf_counter()
+                subsets[f"{name}_{k}"] = pick(k)
+                seconds[f"{name}_{k}"] = time.perf_counter() - start
             rng = np.random.default_rng(args.seed)
             for draw in range(args.random_draws):
                 subsets[f"random{draw}_{k}"] = rng.choice(len(token_ids), k, replace=False)
@@ -163,29 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     except ColaError as exc:
         print(f"hessian_match: {exc}", file=sys.stderr)
         return 1
+    methods = [*pickers, "random"]
     for k in args.sizes:
-        print(f"\n## k = {k}: relative error of H (Frobenius), of diag(H), and channel-max coverage; "
-              f"selection seconds: moments {seconds[f'moments_{k}']:.2f}, activations "
-              f"{seconds[f'activations_{k}']:.2f}")
-        print("| site | moments H | activations H | random H (mean ± std) | moments diag | activations diag | "
-              "random diag | moments max | activations max | random max |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        moments, medoids = exact.errors(f"moments_{k}"), exact.errors(f"activations_{k}")
+        print(f"\n## k = {k}: relative error of H (Frobenius), of diag(H), and channel-max coverage per site; "
+              "selection seconds: " + ", ".join(f"{name} {seconds[f'{name}_{k}']:.2f}" for name in pickers))
+        errors = {name: exact.errors(f"{name}_{k}") for name in pickers}
         draws = [exact.errors(f"random{d}_{k}") for d in range(args.random_draws)]
-        summary = {"moments": [], "activations": [], "random": []}
-        for site in moments:
-            r = np.array([d[site] for d in draws])  # (draws, 3)
-            summary["moments"].append(moments[site])
-            summary["activations"].append(medoids[site])
-            summary["random"].append(tuple(r.mean(0)))
-            print(f"| {site} | {moments[site][0]:.4f} | {medoids[site][0]:.4f} | {r[:, 0].mean():.4f} ± "
-                  f"{r[:, 0].std():.4f} | {moments[site][1]:.4f} | {medoids[site][1]:.4f} | {r[:, 1].mean():.4f} | "
-                  f"{moments[site][2]:.3f} | {medoids[site][2]:.3f} | {r[:, 2].mean():.3f} |")
-        means = {name: np.mean(values, axis=0) for name, values in summary.items()}
-        print("| **mean over sites** | " + " | ".join(
-            f"{means[n][0]:.4f}" for n in ("moments", "activations", "random")) + " | " + " | ".join(
-            f"{means[n][1]:.4f}" for n in ("moments", "activations", "random")) + " | " + " | ".join(
-            f"{means[n][2]:.3f}" for n in ("moments", "activations", "random")) + " |")
+        for part, (label, digits) in enumerate((("H", 4), ("diag", 4), ("max", 3))):
+            print("\n| site | " + " | ".join(f"{name} {label}" for name in methods) + " |")
+            print("|---" * (len(methods) + 1) + "|")
+            rows = []
+            for site in draws[0]:
+                randoms = np.array([d[site][part] for d in draws])
+                rows.append([errors[name][site][part] for name in pickers] + [randoms.mean()])
+                print(f"| {site} | " + " | ".join(f"{v:.{digits}f}" for v in rows[-1][:-1]) +
+                      f" | {randoms.mean():.{digits}f} ± {randoms.std():.{digits}f} |")
+            print("| **mean over sites** | " + " | ".join(f"{v:.{digits}f}" for v in np.mean(rows, axis=0)) + " |")
     return 0
 
 

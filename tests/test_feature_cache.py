@@ -72,3 +72,16 @@ def test_an_entry_with_sketches_serves_a_run_without_them(tmp_path, pool_files) 
     alone = curate(tmp_path, pool_files, "alone", tmp_path / "cache2")  # the same run with a cache of its own
     assert served["samples"] == alone["samples"]
     assert served["manifest"]["diagnostics"] == alone["manifest"]["diagnostics"]
+
+
+def test_an_entry_with_channel_maxima_serves_moments_and_activations_runs(tmp_path, pool_files) -> None:
+    cache = tmp_path / "cache"
+    coverage = curate(tmp_path, pool_files, "coverage", cache, selection=SelectionConfig(method="outlier_coverage"))
+    assert "range_coverage" in coverage["manifest"]["diagnostics"]
+    entries = sorted(cache.iterdir())
+    for name, selection in (("moments", MOMENTS), ("activations", SelectionConfig())):
+        served = curate(tmp_path, pool_files, name, cache, selection=selection)
+        assert sorted(cache.iterdir()) == entries, name  # served by the maxima entry: nothing new computed
+        alone = curate(tmp_path, pool_files, f"{name}-alone", tmp_path / f"cache-{name}", selection=selection)
+        assert served["samples"] == alone["samples"], name
+        assert served["manifest"]["diagnostics"] == alone["manifest"]["diagnostics"], name  # maxima trimmed

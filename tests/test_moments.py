@@ -9,8 +9,8 @@ import torch
 from cola.activations import extract_features
 from cola.batching import pad_batch
 from cola.errors import ColaError
-from cola.moments import (MomentSketches, Site, match_moments, relative_errors, site_maps, sketch_tokens,
-                          token_weighted_mean, triangle_size)
+from cola.moments import (MomentSketches, Site, cover_maxima, match_moments, range_coverage, relative_errors,
+                          site_maps, sketch_tokens, token_weighted_mean, triangle_size)
 
 from tests.conftest import tiny_llama
 
@@ -170,3 +170,68 @@ class _NotLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T
+
+
+def maxima_pool(n: int = 60, width: int = 16, spikes: int = 6, seed: int = 0) -> tuple[MomentSketches, list[int]]:
+    """Two sites of `width` channels; every candidate's max|x| is about 1 per channel, except `spikes`
+    candidates that each hold one outlier channel (50x) of the first site: the rows holding them."""
+    rng = np.random.default_rng(seed)
+    maxima = rng.uniform(0.5, 1.0, size=(n, 2 * width)).astype(np.float32)
+    holders = rng.choice(n, spikes, replace=False).tolist()
+    for channel, row in enumerate(holders):
+        maxima[row, channel] = 50.0
+    sites = (Site(0, ("a",), width), Site(0, ("b",), width))
+    return MomentSketches(values=np.zeros((n, 1), np.float32), tokens=np.full(n, 10), sites=sites, sketch_dim=1,
+                          maxima=maxima), holders
+
+
+def test_outlier_coverage_recovers_the_candidates_holding_planted_outlier_channels() -> None:
+    sketches, holders = maxima_pool()
+    picks = cover_maxima(sketches, len(holders) + 4)
+    assert set(holders) <= set(picks.tolist())          # every outlier channel reached
+    covered = range_coverage(sketches, picks)
+    assert len(covered) == 2 and covered[0] > 0.95
+    rng = np.random.default_rng(1)
+    random_first = [range_coverage(sketches, rng.choice(60, len(picks), replace=False))[0] for _ in range(30)]
+    assert covered[0] > max(random_first)
+    # a given target is what is covered: the holders' own maxima are reached exactly by the holders
+    target = sketches.maxima[holders].max(axis=0)
+    assert sorted(cover_maxima(sketches, len(holders), target=target).tolist()) == sorted(holders)
+
+
+def test_outlier_coverage_picks_k_distinct_rows_deterministically_and_fails_cleanly() -> None:
+    sketches, _ = maxima_pool(n=10)
+    doubled = MomentSketches(values=np.zeros((30, 1), np.float32), tokens=np.full(30, 10), sites=sketches.sites,
+                             sketch_dim=1, maxima=np.concatenate([sketches.maxima] * 3))
+    for k in (1, 7, 30):
+        picks = cover_maxima(doubled, k)
+        assert len(picks) == k and len(set(picks.tolist())) == k
+        assert np.array_equal(picks, cover_maxima(doubled, k))
+    assert set(cover_maxima(doubled, 10).tolist()) <= set(range(10))  # a copy adds nothing: the first ones win
+    with pytest.raises(ColaError, match="cannot select 31 samples from a pool of 30"):
+        cover_maxima(doubled, 31)
+    with pytest.raises(ColaError, match=r"target maxima have shape \(3,\); the candidates' maxima have 32 columns"):
+        cover_maxima(doubled, 2, target=np.ones(3))
+    no_maxima = MomentSketches(values=doubled.values, tokens=doubled.tokens, sites=doubled.sites, sketch_dim=1)
+    with pytest.raises(ColaError, match="needs per-channel maxima"):
+        cover_maxima(no_maxima, 2)
+
+
+def test_the_model_pass_records_each_inputs_per_channel_maxima_over_real_tokens_only() -> None:
+    model = tiny_llama()
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(3, 200, size=int(rng.integers(5, 40))).tolist() for _ in range(6)]
+    kw = dict(layers=None, projection_dim=8, seed=0, sketch_dim=4, channel_maxima=True, quiet=True)
+    batched = extract_features(model, seqs, batch_tokens=400, **kw).sketches
+    assert batched.maxima.shape == (6, sum(site.width for site in batched.sites))
+    seen = []  # the first site (layer 0's q/k/v input), each sequence alone: no padding at all
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(
+        lambda _m, inputs: seen.append(inputs[0][0].abs().amax(dim=0).float().numpy()))
+    with torch.inference_mode():
+        for ids in seqs:
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+    handle.remove()
+    first = batched.site_columns()[0]
+    np.testing.assert_allclose(batched.maxima[:, first], np.stack(seen), rtol=1e-3, atol=1e-5)
+    with pytest.raises(ColaError, match="channel maxima are read with the moment sketches: give sketch_dim"):
+        extract_features(model, seqs, **{**kw, "sketch_dim": None})

@@ -106,11 +106,13 @@ def extract_features(
     pad_token_id: int = 0,
     pooling: str = "mean",
     sketch_dim: int | None = None,
+    channel_maxima: bool = False,
     quiet: bool = False,
 ) -> Extraction:
     """One forward pass over the sequences: (N, projection_dim) projected activation features and, given
     `sketch_dim` m, the second-moment sketches of every linear layer's input in the chosen layers
-    (`cola.moments`), from the same forward.
+    (`cola.moments`), from the same forward; with `channel_maxima` as well, each candidate's per-channel max|x|
+    of those inputs (`MomentSketches.maxima`, N x the sum of the inputs' widths float32, for range coverage).
 
     Feature = sum over chosen layers l of normalize(pool(h_l)) @ R_l / sqrt(#layers), where R is one
     seeded Gaussian projection of the concatenated per-layer vectors, split per layer; `pooling` is one of
@@ -143,8 +145,10 @@ def extract_features(
         return hook
 
     sketcher, handles = None, []
+    if channel_maxima and sketch_dim is None:
+        raise ColaError("channel maxima are read with the moment sketches: give sketch_dim too")
     if sketch_dim is not None:  # first: it raises, having hooked nothing, when there is no linear layer
-        sketcher = _Sketcher(len(token_ids), sketch_dim, seed, state)
+        sketcher = _Sketcher(len(token_ids), sketch_dim, seed, state, maxima=channel_maxima)
         handles = sketcher.attach(blocks, chosen)
     handles += [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
                 for slot, layer in enumerate(chosen)]
@@ -194,15 +198,17 @@ def _hidden_size(model: torch.nn.Module) -> int:
 class _Sketcher:
     """Forward pre-hooks on every nn.Linear of the chosen decoder layers, writing each candidate's moment
     sketches (`cola.moments.sketch_tokens`). Linears called one after another on the same tensor (q/k/v,
-    gate/up) are one site. A site's maps are seeded by the run's seed and the site's number (`site_maps`)."""
+    gate/up) are one site. A site's maps are seeded by the run's seed and the site's number (`site_maps`).
+    With `maxima`, also each candidate's per-channel max|x| over its real tokens, per site."""
 
-    def __init__(self, num_candidates: int, sketch_dim: int, seed: int, state: dict) -> None:
+    def __init__(self, num_candidates: int, sketch_dim: int, seed: int, state: dict, *, maxima: bool = False) -> None:
         if sketch_dim < 1:
             raise ColaError(f"sketch_dim must be at least 1, got {sketch_dim}")
         self.m, self.seed, self.state, self.n = sketch_dim, seed, state, num_candidates
         self.sites: list[Site] = []
         self.columns: list[np.ndarray] = []                  # per site (N, m(m+1)/2 + 2m)
         self.maps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.maxima: list[np.ndarray] | None = [] if maxima else None  # per site (N, d)
         self.site = -1                                       # the current site's number in this batch
         self.last: torch.Tensor | None = None               # the input the previous linear read
         self.first_batch = True
@@ -236,10 +242,15 @@ class _Sketcher:
                 self.sites.append(Site(layer, (name,), x.shape[-1]))
                 self.columns.append(np.zeros((self.n, triangle_size(self.m) + 2 * self.m), dtype=np.float32))
                 self.maps.append(site_maps(x.shape[-1], self.m, self.seed * 1_000_003 + 2 * self.site + 1))
+                if self.maxima is not None:
+                    self.maxima.append(np.zeros((self.n, x.shape[-1]), dtype=np.float32))
             if self.site >= len(self.sites):
                 raise RuntimeError("the model read more linear-layer inputs in this batch than in the first one")
             sketch = sketch_tokens(x, self.state["mask"], *self.maps[self.site])
             self.columns[self.site][self.state["rows"]] = sketch.cpu().numpy()
+            if self.maxima is not None:  # |x| >= 0, so zeroing the padding leaves every real token's max
+                real = x.abs().to(torch.float32) * self.state["mask"].to(torch.float32).unsqueeze(-1)
+                self.maxima[self.site][self.state["rows"]] = real.amax(dim=1).cpu().numpy()
         return hook
 
     def end_batch(self) -> None:
@@ -247,5 +258,8 @@ class _Sketcher:
 
     def result(self, lengths: Sequence[int]) -> MomentSketches:
         values = np.concatenate(self.columns, axis=1) if self.columns else np.zeros((self.n, 0), np.float32)
+        maxima = None
+        if self.maxima is not None:
+            maxima = np.concatenate(self.maxima, axis=1) if self.maxima else np.zeros((self.n, 0), np.float32)
         return MomentSketches(values=values, tokens=np.asarray(lengths, dtype=np.int64), sites=tuple(self.sites),
-                              sketch_dim=self.m)
+                              sketch_dim=self.m, maxima=maxima)

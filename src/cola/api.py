@@ -220,14 +220,17 @@ class COLA:
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
 
-        def extract(token_ids: list[np.ndarray], sketches: bool = False) -> Extraction:
-            found, hit = self._cached(token_ids, config, pad, sketches, lambda: embed_pool(
-                self.model, token_ids, config.selection, pad_token_id=pad, sketches=sketches, quiet=self.quiet))
+        def extract(token_ids: list[np.ndarray], sketches: bool = False, maxima: bool = False) -> Extraction:
+            found, hit = self._cached(token_ids, config, pad, sketches, maxima, lambda: embed_pool(
+                self.model, token_ids, config.selection, pad_token_id=pad, sketches=sketches, maxima=maxima,
+                quiet=self.quiet))
             if hit:  # the extraction's seconds are then those of the run that computed it
                 timings["feature_cache_hits"] = timings.get("feature_cache_hits", 0) + 1
             return found
 
-        found = extract(pool.token_ids, sketches=config.selection_method == "moments")
+        method = config.selection_method
+        found = extract(pool.token_ids, sketches=method in ("moments", "outlier_coverage"),
+                        maxima=method == "outlier_coverage")
         start = time.perf_counter()
         probes = {capability: extract([p.input_ids for p in probes]).features
                   for capability, probes in pool.probes.items()} if config.stage1 else {}
@@ -235,10 +238,10 @@ class COLA:
             timings["stage1_reference_extract"] = time.perf_counter() - start
         return PoolFeatures(features=found.features, stats=found.stats, probes=probes, sketches=found.sketches)
 
-    def _cached(self, token_ids: list[np.ndarray], config: CurateConfig, pad: int, sketches: bool,
+    def _cached(self, token_ids: list[np.ndarray], config: CurateConfig, pad: int, sketches: bool, maxima: bool,
                 compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
         """(`compute()` or the feature cache's entry, whether it came from the cache), keyed by every setting
-        extraction reads."""
+        extraction reads; an entry holding more than asked for (sketches, maxima) serves, trimmed."""
         from cola.feature_cache import cached_extraction, model_digest
 
         if self.feature_cache is None:
@@ -249,10 +252,18 @@ class COLA:
         settings = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
                     "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad,
                     "sketch_dim": s.sketch_dim if sketches else None}
-        # without sketches, an entry with them serves (the same pass: the same features and stats)
-        also = () if sketches else [{**settings, "sketch_dim": s.sketch_dim}]
+        richer = [{**settings, "sketch_dim": s.sketch_dim}, {**settings, "sketch_dim": s.sketch_dim,
+                                                              "channel_maxima": True}]
+        if maxima:  # the key names maxima only when asked for, so entries written before them still serve
+            settings, richer = richer[1], []
+        # an entry with more serves (the same pass: the same features, stats and sketches), trimmed below
+        also = richer[1:] if sketches else richer
         found, hit = cached_extraction(self.feature_cache, self._model_key, token_ids, settings, compute, also=also)
-        return (dataclasses.replace(found, sketches=None) if hit and not sketches else found), hit
+        if hit and not sketches:
+            found = dataclasses.replace(found, sketches=None)
+        elif hit and not maxima and found.sketches is not None and found.sketches.maxima is not None:
+            found = dataclasses.replace(found, sketches=dataclasses.replace(found.sketches, maxima=None))
+        return found, hit
 
     def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
                      timings: dict[str, float]) -> MixturePlan:
@@ -280,7 +291,7 @@ class COLA:
             return with_extraction(select_from_features(features.features, names, config.num_samples,
                                                         config.selection, quotas=plan.quotas, quiet=self.quiet),
                                    features.stats)
-        if method == "moments":
+        if method in ("moments", "outlier_coverage"):
             return with_extraction(select_by_moments(features.sketches, features.features, names,
                                                      config.num_samples, config.selection, quotas=plan.quotas),
                                    features.stats)

@@ -5,8 +5,9 @@ would otherwise run the model over the whole pool again. An entry is keyed by a 
 (`model_digest`), of the exact token ids, and of every setting the extraction reads; it holds the arrays
 exactly as computed (`np.savez`, no compression), so a run that reads the cache writes byte-identical outputs.
 Entries are written to a temporary file and renamed, so a killed run leaves no half-written entry.
-An entry with moment sketches also serves a run that needs only the features (the sketches are read off the
-same pass, so `moments` and `activations` runs over one pool embed it once).
+An entry with moment sketches also serves a run that needs only the features, and one with per-channel maxima a
+run that needs only the sketches (all are read off the same pass, so `outlier_coverage`, `moments` and
+`activations` runs over one pool embed it once).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _write(path: Path, found: Extraction) -> None:
         arrays.update(sketch_values=sketches.values, sketch_tokens=sketches.tokens,
                       sketch_meta=np.asarray(json.dumps({"sketch_dim": sketches.sketch_dim,
                                                          "sites": [asdict(s) for s in sketches.sites]})))
+        if sketches.maxima is not None:
+            arrays["sketch_maxima"] = sketches.maxima
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -112,5 +115,6 @@ def _read(path: Path) -> Extraction:
             meta = json.loads(str(data["sketch_meta"]))
             sites = tuple(Site(layer=s["layer"], modules=tuple(s["modules"]), width=s["width"]) for s in meta["sites"])
             sketches = MomentSketches(values=data["sketch_values"], tokens=data["sketch_tokens"], sites=sites,
-                                      sketch_dim=meta["sketch_dim"])
+                                      sketch_dim=meta["sketch_dim"],
+                                      maxima=data["sketch_maxima"] if "sketch_maxima" in data else None)
         return Extraction(features=data["features"], stats=stats, sketches=sketches)

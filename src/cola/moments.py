@@ -14,11 +14,17 @@ linear-layer input: q/k/v share one, gate/up another, o_proj and down_proj their
   symmetric A, E ||G^T A G||_F^2 = m(m+1) ||A||_F^2 + m (tr A)^2: matching C matches H in Frobenius norm and trace.
 - the per-channel mean squares diag(H_i) / n_i (what Wanda and AWQ-style scales use), seeded-projected to 2m
   dimensions (Johnson-Lindenstrauss: distances kept within about 1/sqrt(2m)).
-`SketchLayout` says which columns hold which site's part; `match_moments` is the selection (pure numpy).
+`MomentSketches.blocks` says which columns hold which site's part; `match_moments` is the selection (pure numpy).
+
+SmoothQuant (Xiao et al. 2023, Eq. 4) and AWQ-style scales read activation *ranges*, the per-channel max|x|,
+which second moments do not pin down: a set matching H can still miss the pool's outlier tokens. With
+`maxima`, each candidate also keeps its per-channel max|x| of every site, and `cover_maxima` (the
+`outlier_coverage` selection) picks the set reaching the largest share of the pool's per-channel maxima.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,12 +57,15 @@ def triangle_size(m: int) -> int:
 @dataclass(frozen=True)
 class MomentSketches:
     """Per-candidate sketches: `values` (N, D) float32 per-token means, `tokens` (N,) real tokens of each,
-    and per site its columns: the covariance sketch C (m(m+1)/2 columns) then the projected diagonal (2m)."""
+    and per site its columns: the covariance sketch C (m(m+1)/2 columns) then the projected diagonal (2m).
+    `maxima` (N, sum of the sites' widths) float32, when extracted: each candidate's max|x| per channel, site
+    after site (None otherwise)."""
 
     values: np.ndarray                 # (N, D)
     tokens: np.ndarray                 # (N,) int64
     sites: tuple[Site, ...]
     sketch_dim: int                    # m
+    maxima: np.ndarray | None = None   # (N, C) with C = sum of site widths
 
     @property
     def site_width(self) -> int:
@@ -72,7 +81,12 @@ class MomentSketches:
 
     def subset(self, rows: np.ndarray) -> MomentSketches:
         return MomentSketches(values=self.values[rows], tokens=self.tokens[rows], sites=self.sites,
-                              sketch_dim=self.sketch_dim)
+                              sketch_dim=self.sketch_dim, maxima=None if self.maxima is None else self.maxima[rows])
+
+    def site_columns(self) -> list[slice]:
+        """Per site, its columns in `maxima`."""
+        ends = np.cumsum([0] + [site.width for site in self.sites])
+        return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
 
 
 def triangle_weights(m: int) -> np.ndarray:
@@ -136,8 +150,7 @@ def match_moments(sketches: MomentSketches, k: int, *, target: np.ndarray | None
     Raises ColaError if k is not between 1 and N or the target's length is not D.
     """
     n = sketches.values.shape[0]
-    if not 1 <= k <= n:
-        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")
+    _check_pick(k, n)
     tokens = np.asarray(sketches.tokens, np.float64)
     target = token_weighted_mean(sketches.values, tokens) if target is None else np.asarray(target, np.float64)
     if target.shape != (sketches.values.shape[1],):
@@ -178,3 +191,71 @@ def summarise_errors(errors: dict[str, list[float]]) -> dict[str, float]:
     """Mean and max over sites of each part's relative error, rounded for the manifest."""
     return {f"{part}_{stat}": round(float(fn(values)), 6) for part, values in errors.items()
             for stat, fn in (("mean", np.mean), ("max", np.max))}
+
+
+def _check_pick(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")
+
+
+def channel_weights(target: np.ndarray, columns: Sequence[slice]) -> np.ndarray:
+    """(C,) weight of each channel in the range coverage: 1 / (target max x channels of its site x sites), so
+    every site counts the same and a channel's share is its reached fraction of the target; 0 where the
+    target's max is 0 (a channel nothing reaches)."""
+    weights = np.zeros(target.shape[0])
+    for block in columns:
+        part = np.asarray(target[block], np.float64)
+        weights[block] = np.divide(1.0, part * (block.stop - block.start) * len(columns),
+                                   out=np.zeros_like(part), where=part > 0)
+    return weights
+
+
+def range_coverage(sketches: MomentSketches, rows: np.ndarray, target: np.ndarray | None = None) -> list[float]:
+    """Per site, the mean over its channels of min(1, max|x| over the set `rows` / the target's max|x|): 1 when
+    the set reaches every channel's range. target (C,) None = the maxima over all candidates.
+    Raises ColaError if the sketches hold no maxima."""
+    if sketches.maxima is None:
+        raise ColaError("range coverage needs per-channel maxima: extract with channel_maxima=True")
+    target = sketches.maxima.max(axis=0) if target is None else np.asarray(target)
+    reached = sketches.maxima[np.asarray(rows)].max(axis=0)
+    return [float(np.mean(np.minimum(1.0, np.divide(reached[b], target[b], out=np.ones(b.stop - b.start),
+                                                     where=target[b] > 0))))
+            for b in sketches.site_columns()]
+
+
+def cover_maxima(sketches: MomentSketches, k: int, *, target: np.ndarray | None = None) -> np.ndarray:
+    """(k,) distinct candidate rows, in the order picked, that together reach the largest share of the target's
+    per-channel activation ranges: maximise f(S) = sum_c w_c min(max_{i in S} a_ic, t_c) with a_ic the
+    candidate's max|x| in channel c, t the target (None = the maxima over all candidates) and w
+    (`channel_weights`) making every site count the same.
+
+    f is monotone submodular (a weighted sum of capped maxima), so greedy forward selection reaches at least
+    1 - 1/e of the best k-set (Nemhauser, Wolsey & Fisher 1978), and a lazy greedy (Minoux 1978) re-scores
+    only candidates whose stale gain still leads. Ties go to the lower row, so the result is deterministic;
+    once nothing adds coverage the rest follow in row order. Identical candidates are picked at most once each.
+    Raises ColaError if k is not between 1 and N, the sketches hold no maxima or the target's length is wrong.
+    """
+    if sketches.maxima is None:
+        raise ColaError("outlier_coverage selection needs per-channel maxima: extract with channel_maxima=True")
+    maxima = np.asarray(sketches.maxima, np.float32)  # (N, C); float32 keeps a big pool's copy small
+    n, width = maxima.shape
+    _check_pick(k, n)
+    target = maxima.max(axis=0) if target is None else np.asarray(target, np.float32)
+    if target.shape != (width,):
+        raise ColaError(f"the target maxima have shape {target.shape}; the candidates' maxima have {width} columns")
+    weights = channel_weights(target, sketches.site_columns())
+    capped = np.minimum(maxima, target)              # (N, C): what each candidate can add per channel
+    reached = np.zeros(width, dtype=np.float32)
+    bounds = np.concatenate([capped[start:start + 256].astype(np.float64) @ weights for start in range(0, n, 256)])
+    heap = [(-float(bound), i) for i, bound in enumerate(bounds)]  # (-gain upper bound, row)
+    heapq.heapify(heap)
+    picks: list[int] = []
+    while len(picks) < k:
+        _, row = heapq.heappop(heap)
+        key = (-float(np.maximum(capped[row] - reached, 0.0).astype(np.float64) @ weights), row)
+        if heap and key > heap[0]:   # a stale bound: another candidate may now add more
+            heapq.heappush(heap, key)
+            continue
+        picks.append(row)
+        reached = np.maximum(reached, capped[row])
+    return np.asarray(picks, dtype=np.int64)

@@ -19,7 +19,8 @@ EXPECTED_METHOD = {"random_c4": "random", "random_mixed": "random", "cola": "act
                    "no_stage1": "activation_kmeans_medoid", "no_stage2": "activation_kmeans_medoid",
                    "no_stage3": "random", "text_clusters": "tfidf_kmeans_medoid",
                    "lexical_diversity": "greedy_token_coverage", "self_generated": "self_generated_low_perplexity",
-                   "moments": "moment_matching", "cola_moments": "moment_matching"}
+                   "moments": "moment_matching", "cola_moments": "moment_matching",
+                   "outlier_coverage": "channel_maxima_coverage"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,12 @@ def test_every_strategy_writes_a_loadable_calibration_set(pool_files, tmp_path, 
             assert manifest["stages"]["selection_method"] == "moments"
             assert manifest["stages"]["stage1_dataset_selection"].startswith("off") == (name == "moments")
             assert manifest["diagnostics"]["moment_match"]["sites"] == 2 * 4  # tiny_llama: 2 layers x 4 inputs
+            assert "range_coverage" not in manifest["diagnostics"]
+        if name == "outlier_coverage":
+            assert manifest["stages"]["selection_method"] == "outlier_coverage"
+            coverage = manifest["diagnostics"]["range_coverage"]
+            for pick in ("selected", "random_selection_same_size"):  # shares of the pool's maxima reached
+                assert 0 < coverage[pick]["min"] <= coverage[pick]["mean"] <= 1
         if name in ("text_clusters", "lexical_diversity"):
             assert manifest["stages"]["selection_method"] == name
             assert manifest["stages"]["stage1_dataset_selection"].startswith("off")

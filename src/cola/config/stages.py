@@ -31,18 +31,19 @@ POOLINGS = {"mean": "the mean over real tokens", "last": "the last real token's 
 SELECTION_METHODS = {"activations": "on: activation k-means medoids",
                      "moments": "on: the set whose linear-layer input second moments (the Hessians GPTQ, "
                                 "SparseGPT and Wanda read) best match the pool's",
+                     "outlier_coverage": "on: the set reaching the largest share of the pool's per-channel "
+                                         "max|activation| of every linear-layer input (the ranges SmoothQuant and "
+                                         "AWQ read)",
                      "random": "off: seeded random pick",
                      "text_clusters": "off: replaced by text_clusters (TF-IDF k-means, the text nearest each "
                                       "centroid)",
                      "lexical_diversity": "off: replaced by lexical_diversity (greedy coverage of distinct tokens)"}
-# The Stage 3 methods that run the uncompressed model over the pool.
-MODEL_SELECTION_METHODS = ("activations", "moments")
 # `cola curate` options that set FilterConfig fields (cola.cli), named in the fields' errors
 FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_tokens": "--min_length",
                 "max_tokens": "--max_length", "perplexity_drop_fraction": "--perplexity_filter", "seed": "--seed"}
 SEED_HELP = "derived from CurateConfig.seed (cola.config.curate.stage_seeds)"
 # The Stage 3 methods that run the uncompressed model over the pool.
-MODEL_SELECTION_METHODS = ("activations", "moments")
+MODEL_SELECTION_METHODS = ("activations", "moments", "outlier_coverage")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,15 +143,16 @@ class SelectionConfig:
 
     method: str = option("activations", flag="selection_method", choices=SELECTION_METHODS,
                          help="Stage 3: activations (COLA), moments (match the pool's per-layer input second "
-                              "moments), random, text_clusters (TF-IDF k-means, as COLA-Zero), lexical_diversity "
-                              "(greedy distinct-token coverage, as ZipCal); activations and moments run the model")
+                              "moments), outlier_coverage (reach the pool's per-channel input maxima), random, "
+                              "text_clusters (TF-IDF k-means, as COLA-Zero), lexical_diversity (greedy "
+                              "distinct-token coverage, as ZipCal); the first three run the model")
     layers: tuple[int, ...] | None = option(None, shown="all", help="decoder layers whose activations are used: "
                                                                     "all, '0,5,-1', '10-20' (in Python: None = all)")
     pooling: str = option("mean", choices=POOLINGS, help="how a layer's token states become one vector: mean over "
                                                           "real tokens or the last real token's state")
     projection_dim: int = option(64, help="dimensions of the random projection of the activation features")
-    sketch_dim: int = option(16, help="moments: random directions per linear-layer input in its second-moment "
-                                      "sketch (m; m(m+1)/2 + 2m numbers per input and candidate)")
+    sketch_dim: int = option(16, help="moments, outlier_coverage: random directions per linear-layer input in its "
+                                      "second-moment sketch (m; m(m+1)/2 + 2m numbers per input and candidate)")
     batch_size: int = option(16, help="sequences per forward pass at most")
     batch_tokens: int = option(4096, help="padded token slots per forward pass at most")
     kmeans_init: int = option(3, help="k-means restarts (best inertia kept)", cli=False)

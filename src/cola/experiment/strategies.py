@@ -46,6 +46,9 @@ _RECIPES = {
                         {**_ALL_ON, "stage1": False, "selection.method": "moments"}),
     "cola_moments": Strategy("Stage 1 mixture, Stage 2 processing, Stage 3 second-moment matching within the quotas",
                              {**_ALL_ON, "selection.method": "moments"}),
+    "outlier_coverage": Strategy("cola's range-aware Stage 3 over the mixed pool: the set reaching the largest share "
+                                 "of the pool's per-channel linear-layer input maxima (no Stage 1)",
+                                 {**_ALL_ON, "stage1": False, "selection.method": "outlier_coverage"}),
     "text_clusters": Strategy("COLA-Zero style: TF-IDF k-means over the processed mixed pool, nearest to each "
                               "centroid", {**_ALL_ON, "stage1": False, "selection.method": "text_clusters"}),
     "lexical_diversity": Strategy("ZipCal style: greedy coverage of distinct tokens over the processed mixed pool",

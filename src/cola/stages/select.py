@@ -5,6 +5,8 @@ clustered with k-means (k = number of samples), and the candidate nearest each c
 selection covers the pool's activation space (representative) without piling up in one region (diverse).
 `moments` (cola's compression-aware method, `cola.moments`): the candidates whose summed second moments of every
 linear layer's input best match the pool's, the statistics GPTQ, SparseGPT and Wanda actually read.
+`outlier_coverage`: the candidates that together reach the largest share of the pool's per-channel max|x| of
+those inputs, the activation ranges SmoothQuant and AWQ-style scales read.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 from cola.activations import Extraction, ExtractionStats, extract_features
 from cola.cluster import mean_pairwise_distance, nearest_selected_distance, select_medoids
 from cola.config import SelectionConfig
-from cola.moments import MomentSketches, match_moments, relative_errors, summarise_errors, token_weighted_mean
+from cola.moments import (MomentSketches, cover_maxima, match_moments, range_coverage, relative_errors,
+                          summarise_errors, token_weighted_mean)
 from cola.errors import unknown_choice
 from cola.progress import progress_bar
 
@@ -49,13 +52,16 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 
 def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], config: SelectionConfig, *,
-               pad_token_id: int = 0, sketches: bool = False, quiet: bool = False) -> Extraction:
+               pad_token_id: int = 0, sketches: bool = False, maxima: bool = False, quiet: bool = False,
+               ) -> Extraction:
     """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters; with
-    `sketches`, the moment sketches `moments` selection matches, from the same forward pass."""
+    `sketches`, the moment sketches `moments` selection matches, and with `maxima` also the per-channel
+    maxima `outlier_coverage` covers, from the same forward pass."""
     return extract_features(
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id,
-        pooling=config.pooling, sketch_dim=config.sketch_dim if sketches else None, quiet=quiet)
+        pooling=config.pooling, sketch_dim=config.sketch_dim if sketches or maxima else None,
+        channel_maxima=maxima, quiet=quiet)
 
 
 def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
@@ -128,40 +134,56 @@ def quota_target(sketches: MomentSketches, sources: Sequence[str], num_samples: 
                for rows, count in groups)
 
 
+def _coverage_summary(values: list[float]) -> dict[str, float]:
+    return {"mean": round(float(np.mean(values)), 6), "min": round(float(np.min(values)), 6)}
+
+
 def select_by_moments(sketches: MomentSketches, features: np.ndarray, sources: Sequence[str], num_samples: int,
                       config: SelectionConfig, *, quotas: Mapping[str, int] | None = None) -> Selection:
-    """Pick `num_samples` distinct candidates whose token-weighted second-moment sketches best match the pool's
-    (`cola.moments.match_moments`), within each of Stage 1's quotas if any (each group matches its own mean).
+    """Pick `num_samples` distinct candidates by their linear-layer input statistics, within each of Stage 1's
+    quotas if any (each group against its own target): `config.method` "moments" matches the pool's
+    token-weighted second-moment sketches (`cola.moments.match_moments`), "outlier_coverage" covers the pool's
+    per-channel maxima (`cola.moments.cover_maxima`; the sketches must hold maxima).
 
     features: (N, P) the projected activation features, kept for the pool table and the distance diagnostics.
     The diagnostics give the sketch's relative error per site (mean and max over sites) of this pick and of a
-    seeded random pick within the same quotas, against the quotas' target (`quota_target`).
+    seeded random pick within the same quotas, against the quotas' target (`quota_target`), and with maxima the
+    range coverage (`cola.moments.range_coverage`, mean and min over sites) of both.
+    Raises ColaError for outlier_coverage on sketches without maxima.
     """
+    coverage = config.method == "outlier_coverage"
+    pick = cover_maxima if coverage else match_moments
     start = time.perf_counter()
-    indices = pick_within_quotas(lambda rows, count: match_moments(sketches.subset(rows), count), sources,
-                                 num_samples, quotas)
+    indices = pick_within_quotas(lambda rows, count: pick(sketches.subset(rows), count), sources, num_samples,
+                                 quotas)
     seconds = time.perf_counter() - start
     random_pick = select_at_random(len(features), sources, num_samples, seed=config.seed, quotas=quotas).indices
     target = quota_target(sketches, sources, num_samples, quotas)
     errors = relative_errors(sketches, indices, target)
     nearest = nearest_selected_distance(features, indices)
-    diagnostics = {
+    diagnostics: dict[str, Any] = {
         "moment_match": {"sites": len(sketches.sites), "sketch_dim": sketches.sketch_dim,
                          "relative_error": summarise_errors(errors),
                          "random_selection_same_size": summarise_errors(relative_errors(sketches, random_pick,
-                                                                                        target))},
+                                                                                        target))}}
+    if sketches.maxima is not None:
+        diagnostics["range_coverage"] = {"selected": _coverage_summary(range_coverage(sketches, indices)),
+                                         "random_selection_same_size": _coverage_summary(
+                                             range_coverage(sketches, random_pick))}
+    diagnostics |= {
         "representativeness": {"distance_to_nearest_selected": _summary(nearest),
                                "random_selection_same_size": _summary(
                                    nearest_selected_distance(features, random_pick))},
         "candidates_per_source": dict(Counter(sources)),
         "selected_per_source": dict(Counter(sources[i] for i in indices)),
     }
-    log.info("stage 3 (moments): %d of %d candidates selected; mean relative covariance error %.4f (random %.4f)",
-             num_samples, len(features), diagnostics["moment_match"]["relative_error"]["covariance_mean"],
+    log.info("stage 3 (%s): %d of %d candidates selected; mean relative covariance error %.4f (random %.4f)",
+             config.method, num_samples, len(features),
+             diagnostics["moment_match"]["relative_error"]["covariance_mean"],
              diagnostics["moment_match"]["random_selection_same_size"]["covariance_mean"])
     return Selection(indices=indices, features=features, labels=np.full(len(features), -1, dtype=np.int64),
                      nearest_distance=nearest, diagnostics=diagnostics, timings={"stage3_select": seconds},
-                     method="moment_matching")
+                     method="channel_maxima_coverage" if coverage else "moment_matching")
 
 
 def with_extraction(selection: Selection, stats: ExtractionStats) -> Selection:
