@@ -42,7 +42,8 @@ import numpy as np
 from machine import machine_line
 
 from cola.errors import ColaError
-from cola.experiment.store import WorkDir, read_json, write_json
+from cola.atomic import read_json, write_json
+from cola.experiment.store import WorkDir
 
 FIGURES = ("h_match_error", "coverage_distance")
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from cola.activations import Extraction, ExtractionStats
+from cola.atomic import atomic_path
 from cola.moments import MomentSketches, Site
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,8 @@ def _write(path: Path, found: Extraction) -> None:
                                                          "sites": [asdict(s) for s in sketches.sites]})))
         if sketches.maxima is not None:
             arrays["sketch_maxima"] = sketches.maxima
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, **arrays)
 
 
 def _read(path: Path) -> Extraction:

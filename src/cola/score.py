@@ -275,7 +275,7 @@ def _read_manifest(path: Path, read: Mapping[str, Any]) -> bytes:
 def record_score(manifest_path: Path, read_bytes: bytes, score: QualityScore) -> None:
     """Rewrite manifest.json with `score` under "quality_score", atomically (a reader sees the old file or the
     new one); refused (ColaError) when the file is no longer the one scored (`read_bytes`)."""
-    from cola.experiment.store import write_text
+    from cola.atomic import write_text
 
     try:
         current = manifest_path.read_bytes()

@@ -12,7 +12,8 @@ from typing import Any
 
 from cola.experiment import runner
 from cola.experiment.config import ExperimentConfig, config_from_dict
-from cola.experiment.runner import Cell, Experiment, write_json
+from cola.atomic import write_json
+from cola.experiment.runner import Cell, Experiment
 
 RELEASE_FILE = "release"     # blocking_cell waits for this file in the work directory
 STARTS_FILE = "starts.jsonl"  # one line per cell start: key, pid, process group, parent pid

@@ -18,7 +18,8 @@ import pytest
 
 from cola.experiment import runner
 from cola.experiment.runner import Cell, Experiment
-from cola.experiment.store import exclusive_lock, read_json
+from cola.atomic import read_json
+from cola.experiment.store import exclusive_lock
 
 from tests.experiment import jobs
 

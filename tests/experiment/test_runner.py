@@ -14,7 +14,8 @@ from cola.experiment import config as config_module
 from cola.experiment import runner, store
 from cola.experiment.config import config_from_dict
 from cola.experiment.report import render_markdown, write_report
-from cola.experiment.runner import Cell, Experiment, grid, read_json, write_json
+from cola.atomic import read_json, write_json
+from cola.experiment.runner import Cell, Experiment, grid
 
 BASE = {"name": "t", "seeds": [0, 1], "strategies": ["random_c4", "cola"], "baseline": "random_c4",
         "methods": {"ria50": {"method": "ria", "sparsity": 0.5}, "rtn4": {"method": "rtn", "bits": 4}},

@@ -46,7 +46,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from cola.evaluate import evaluate_path, evaluation_report, format_table
     from cola.evaluate.runner import (check_dense, check_output_file, parse_limit, plan_evaluation,
                                       read_dense_report)
-    from cola.experiment.store import write_json
+    from cola.atomic import write_json
     from cola.models import resolve_device
 
     model = model_config(args)

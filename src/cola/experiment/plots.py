@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cola.experiment.store import inside, read_json
+from cola.atomic import read_json
+from cola.experiment.store import inside
 from cola.experiment.tables import capability_retention, paired_differences
 
 if TYPE_CHECKING:

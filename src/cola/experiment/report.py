@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from cola.data.schemas import DEFAULT_CAPABILITY as GENERAL
 from cola.evaluate import retention
-from cola.experiment.store import inside, read_json, write_text
+from cola.atomic import read_json, write_text
+from cola.experiment.store import inside
 from cola.experiment.tables import capability_retention, paired_differences
 
 if TYPE_CHECKING:

@@ -23,13 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cola.atomic import read_json, write_json
 from cola.errors import ColaError
 from cola.experiment.config import ExperimentConfig, MethodSettings
 from cola.experiment.isolation import run_in_process_group, sigterm_exits
 from cola.experiment.store import (CONFIG_FILE, DENSE_FILE, FEATURE_CACHE, FOLDERS, Cell, WorkDir, exclusive_lock,
-                                   grid, read_json, remove_tree, write_json)
+                                   grid, remove_tree)
 
-__all__ = ["DENSE_FILE", "Cell", "Experiment", "grid", "read_json", "run_experiment", "subset", "write_json"]
+__all__ = ["DENSE_FILE", "Cell", "Experiment", "grid", "run_experiment", "subset"]
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,16 @@ left by a killed run never blocks the next one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cola.atomic import read_json
 from cola.errors import ColaError
 
 if TYPE_CHECKING:
@@ -96,28 +95,6 @@ def remove_tree(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> N
     if target == Path(root).resolve():
         raise ColaError(f"refusing to delete the work directory {target} itself")
     shutil.rmtree(target, ignore_errors=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a reader (another run included) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """`data` as indented JSON, written atomically (`write_text`)."""
-    write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object at `path`, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 @contextlib.contextmanager

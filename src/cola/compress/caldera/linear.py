@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from cola.atomic import atomic_path
 from cola.compress.caldera.config import CalderaConfig
 from cola.compress.caldera.decompose import CalderaResult, caldera_decompose
 from cola.compress.caldera.factors import CalderaFactors
@@ -85,13 +85,8 @@ def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaC
         if module.bias is not None:
             tensors[f"{name}.bias"] = module.bias.detach().cpu().contiguous()
     metadata = {"format": FORMAT, "config": json.dumps(asdict(config)), "modules": json.dumps(list(modules))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
 
 
 def load_caldera(path: Path) -> tuple[dict[str, CalderaLinear], CalderaConfig]:
