@@ -351,6 +351,17 @@ def test_selection_method_flag_picks_a_peer_method(tiny_model_dir, pool_files, t
     assert exc.value.code == 2
 
 
+def test_outlier_coverage_from_the_cli_reports_the_ranges_it_reached(tiny_model_dir, pool_files, tmp_path) -> None:
+    out = tmp_path / "oc"  # with Stage 1: each dataset's quota covers that dataset's own maxima
+    assert curate(tiny_model_dir, pool_files, out, "--selection_method", "outlier_coverage") == 0
+    samples = json.loads((out / SAMPLES_FILE).read_text())
+    assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"channel_maxima_coverage"}
+    assert len({s["selection_index"] for s in samples}) == 6
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["stages"]["selection_method"] == "outlier_coverage"
+    assert set(manifest["diagnostics"]["range_coverage"]) == {"selected", "random_selection_same_size"}
+
+
 def test_run_environment_records_the_thread_count():
     """Results depend on torch's thread count (bf16 sums in a thread-dependent order), so outputs record it."""
     from cola.export import run_environment
