@@ -34,3 +34,9 @@ def first_line(exc: BaseException) -> str:
     error quotes from a library's exception."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_pick(k: int, n: int) -> None:
+    """Raise ColaError unless k samples can be picked from a pool of n (1 <= k <= n)."""
+    if not 1 <= k <= n:
+        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cola.errors import ColaError
+from cola.errors import ColaError, check_pick
 
 if TYPE_CHECKING:
     import torch
@@ -150,7 +150,7 @@ def match_moments(sketches: MomentSketches, k: int, *, target: np.ndarray | None
     Raises ColaError if k is not between 1 and N or the target's length is not D.
     """
     n = sketches.values.shape[0]
-    _check_pick(k, n)
+    check_pick(k, n)
     tokens = np.asarray(sketches.tokens, np.float64)
     target = token_weighted_mean(sketches.values, tokens) if target is None else np.asarray(target, np.float64)
     if target.shape != (sketches.values.shape[1],):
@@ -191,11 +191,6 @@ def summarise_errors(errors: dict[str, list[float]]) -> dict[str, float]:
     """Mean and max over sites of each part's relative error, rounded for the manifest."""
     return {f"{part}_{stat}": round(float(fn(values)), 6) for part, values in errors.items()
             for stat, fn in (("mean", np.mean), ("max", np.max))}
-
-
-def _check_pick(k: int, n: int) -> None:
-    if not 1 <= k <= n:
-        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")
 
 
 def channel_weights(target: np.ndarray, columns: Sequence[slice]) -> np.ndarray:
@@ -239,7 +234,7 @@ def cover_maxima(sketches: MomentSketches, k: int, *, target: np.ndarray | None 
         raise ColaError("outlier_coverage selection needs per-channel maxima: extract with channel_maxima=True")
     maxima = np.asarray(sketches.maxima, np.float32)  # (N, C); float32 keeps a big pool's copy small
     n, width = maxima.shape
-    _check_pick(k, n)
+    check_pick(k, n)
     target = maxima.max(axis=0) if target is None else np.asarray(target, np.float32)
     if target.shape != (width,):
         raise ColaError(f"the target maxima have shape {target.shape}; the candidates' maxima have {width} columns")

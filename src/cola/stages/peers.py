@@ -15,16 +15,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cola.errors import ColaError
+from cola.errors import ColaError, check_pick
 
 log = logging.getLogger(__name__)
 
 TFIDF_SVD_DIMS = 128  # LSA dimensions for k-means on TF-IDF (sklearn's text-clustering example uses 100)
-
-
-def _check_k(k: int, n: int) -> None:
-    if not 1 <= k <= n:
-        raise ColaError(f"cannot select {k} samples from a pool of {n}: k must be between 1 and the pool size")
 
 
 def tfidf_features(texts: Sequence[str], *, seed: int, dims: int = TFIDF_SVD_DIMS) -> np.ndarray:
@@ -59,7 +54,7 @@ def select_text_clusters(texts: Sequence[str], k: int, seed: int) -> np.ndarray:
     """
     from cola.cluster import select_medoids
 
-    _check_k(k, len(texts))
+    check_pick(k, len(texts))
     return np.sort(select_medoids(tfidf_features(texts, seed=seed), k, seed=seed).indices)
 
 
@@ -70,7 +65,7 @@ def select_lexical_diversity(token_ids: Sequence[Sequence[int]], k: int, seed: i
     grows: a lazy greedy keeps stale gains in a heap as upper bounds and re-scores only the top. Ties go to
     a seeded random order of the candidates. Once every type is covered, the rest follow that order.
     """
-    _check_k(k, len(token_ids))
+    check_pick(k, len(token_ids))
     types = [frozenset(np.unique(np.asarray(ids)).tolist()) for ids in token_ids]
     rank = np.random.default_rng(seed).permutation(len(types))  # tie-break order
     heap = [(-len(t), int(rank[i]), i) for i, t in enumerate(types)]  # (-gain upper bound, rank, index)
