@@ -249,19 +249,18 @@ class COLA:
         if self._model_key is None:
             self._model_key = model_digest(self.model)
         s = config.selection
-        settings = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
-                    "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad,
-                    "sketch_dim": s.sketch_dim if sketches else None}
-        richer = [{**settings, "sketch_dim": s.sketch_dim}, {**settings, "sketch_dim": s.sketch_dim,
-                                                              "channel_maxima": True}]
-        if maxima:  # the key names maxima only when asked for, so entries written before them still serve
-            settings, richer = richer[1], []
-        # an entry with more serves (the same pass: the same features, stats and sketches), trimmed below
-        also = richer[1:] if sketches else richer
-        found, hit = cached_extraction(self.feature_cache, self._model_key, token_ids, settings, compute, also=also)
-        if hit and not sketches:
+        base = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
+                "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad}
+        # keys from lean to rich; maxima are named only when read, so entries written before them keep their keys
+        levels = [{**base, "sketch_dim": None}, {**base, "sketch_dim": s.sketch_dim},
+                  {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
+        asked = 2 if maxima else 1 if sketches else 0
+        # a richer entry serves (the same pass: the same features, stats and sketches), trimmed to what was asked
+        found, hit = cached_extraction(self.feature_cache, self._model_key, token_ids, levels[asked], compute,
+                                       also=levels[asked + 1:])
+        if hit and asked == 0:
             found = dataclasses.replace(found, sketches=None)
-        elif hit and not maxima and found.sketches is not None and found.sketches.maxima is not None:
+        elif hit and asked == 1 and found.sketches is not None:
             found = dataclasses.replace(found, sketches=dataclasses.replace(found.sketches, maxima=None))
         return found, hit
 

@@ -74,9 +74,7 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
             log.info("activations: read from the feature cache (%s)", path.name)
             return _read(path), True
     found = compute()
-    path = entry_path(cache_dir, model_key, tokens, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, found)
+    _write(entry_path(cache_dir, model_key, tokens, settings), found)  # atomic_path makes the folder
     return found, False
 
 
