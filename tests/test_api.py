@@ -67,7 +67,7 @@ def test_a_single_string_is_one_dataset_and_one_capability(model_and_tokenizer, 
     (dict(target_capabilities=b"math"), "COLA: target_capabilities must be a list of strings or None, got b'math'"),
     (dict(selection={"method": "random"}),
      "CurateConfig: selection must be a SelectionConfig, got {'method': 'random'} (a mapping)"),
-    (dict(stage1="off"), "CurateConfig: stage1 must be True or False, got 'off' (a string)"),
+    (dict(stage1="off"), "CurateConfig: stage1 must be True or False or None, got 'off' (a string)"),
     (dict(candidates_per_source=2.5), "CurateConfig: candidates_per_source must be an integer, got 2.5 (a number)"),
     (dict(output_dir=""), "output_dir is empty: name the directory to write to (an empty name would mean the "
                           "current directory)"),
@@ -209,7 +209,7 @@ def test_a_declared_commonsense_source_without_targets_fails_as_early(tmp_path, 
     arc = write_jsonl(tmp_path / "arc.jsonl", [
         {"question": f"Which is heavier, item {i}?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
          "answerKey": "A"} for i in range(10)])
-    assert main(["curate", "--output_dir", str(tmp_path / "out"), "--quiet", "--datasets", str(arc)]) == 2
+    assert main(["curate", "--output_dir", str(tmp_path / "out"), "--quiet", "--datasets", str(arc), "--stage1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"cola: error: {COMMONSENSE_OFFLINE}"]
 
 
@@ -270,7 +270,7 @@ def test_a_capability_without_any_reference_fails_before_reading_sources(tmp_pat
 
 def test_bad_layers_fail_before_stage2(model_and_tokenizer, prose, tmp_path, no_stage2) -> None:
     cola = _cola(model_and_tokenizer, available_datasets=str(prose), output_dir=tmp_path / "out",
-                 selection=SelectionConfig(layers=(0, 7)))
+                 selection=SelectionConfig(method="activations", layers=(0, 7)))
     with pytest.raises(ColaError, match="unknown layer index 7: the model has 2 decoder layers"):
         cola.run(4, 32)
 

@@ -17,13 +17,14 @@ from cola.export import MANIFEST_FILE, SAMPLES_FILE
 from tests.conftest import byte_tokenizer, tiny_llama
 
 MOMENTS = SelectionConfig(method="moments")
+ACTIVATIONS = SelectionConfig(method="activations")
 
 
 def curate(tmp_path: Path, pool_files, name: str, cache: Path, model=None, **settings) -> dict:
     out = tmp_path / name
     cola = COLA(model=model or tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[
         str(p) for p in pool_files.values()], output_dir=out, quiet=True, candidates_per_source=8,
-        feature_cache=cache, reference_size=8, **settings)
+        feature_cache=cache, reference_size=8, **{"stage1": True, **settings})  # Stage 1's probes: cache entries
     cola.run(num_samples=4, sequence_length=32)
     return {"samples": (out / SAMPLES_FILE).read_bytes(), "pool": (out / "pool.parquet").read_bytes(),
             "manifest": json.loads((out / MANIFEST_FILE).read_text())}
@@ -66,10 +67,10 @@ def test_an_entry_with_sketches_serves_a_run_without_them(tmp_path, pool_files) 
     cache = tmp_path / "cache"
     curate(tmp_path, pool_files, "moments", cache, selection=MOMENTS)
     entries = sorted(cache.iterdir())
-    served = curate(tmp_path, pool_files, "served", cache)
+    served = curate(tmp_path, pool_files, "served", cache, selection=ACTIVATIONS)
     assert sorted(cache.iterdir()) == entries  # nothing new computed: the pool and the probes were both there
     assert served["manifest"]["timings"]["feature_cache_hits"] == len(entries)
-    alone = curate(tmp_path, pool_files, "alone", tmp_path / "cache2")  # the same run with a cache of its own
+    alone = curate(tmp_path, pool_files, "alone", tmp_path / "cache2", selection=ACTIVATIONS)  # a cache of its own
     assert served["samples"] == alone["samples"]
     assert served["manifest"]["diagnostics"] == alone["manifest"]["diagnostics"]
 
@@ -79,7 +80,7 @@ def test_an_entry_with_channel_maxima_serves_moments_and_activations_runs(tmp_pa
     coverage = curate(tmp_path, pool_files, "coverage", cache, selection=SelectionConfig(method="outlier_coverage"))
     assert "range_coverage" in coverage["manifest"]["diagnostics"]
     entries = sorted(cache.iterdir())
-    for name, selection in (("moments", MOMENTS), ("activations", SelectionConfig())):
+    for name, selection in (("moments", MOMENTS), ("activations", ACTIVATIONS)):
         served = curate(tmp_path, pool_files, name, cache, selection=selection)
         assert sorted(cache.iterdir()) == entries, name  # served by the maxima entry: nothing new computed
         alone = curate(tmp_path, pool_files, f"{name}-alone", tmp_path / f"cache-{name}", selection=selection)

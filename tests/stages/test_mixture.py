@@ -209,7 +209,7 @@ def test_targeted_math_over_label_less_text_files_runs(tiny_model_dir, tmp_path)
 def test_labels_and_catalog_still_win(tiny_model_dir, tmp_path, pool_files) -> None:
     out = tmp_path / "out"
     c4, gsm8k, _ = _text_files(tmp_path)
-    assert _curate(tiny_model_dir, out, [f"{c4}@general", f"{gsm8k}@math", pool_files["code"]]) == 0
+    assert _curate(tiny_model_dir, out, [f"{c4}@general", f"{gsm8k}@math", pool_files["code"]], "--stage1") == 0
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert [(s["name"], s["capability"], s["capability_origin"]) for s in manifest["sources"]] == [
         ("c4", "general", "label"), ("gsm8k", "math", "label"), ("code", "code", "catalog")]

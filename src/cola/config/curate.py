@@ -64,8 +64,12 @@ class CurateConfig:
     targeted_capability: str | None = option(None, help="the capability a targeted deployment serves first")
     seed: int = option(DEFAULT_SEED, help="seeds every random step: candidate sampling, filters, reasoning, "
                                           "Stage 1 and Stage 3 (cola.config.curate.stage_seeds)")
-    stage1: bool = option(True, flag="no_stage1", group="ablations",
-                          help="skip Stage 1: the named datasets are selected from as one pool")
+    stage1: bool | None = option(
+        None, group=STAGE1, shown="auto",
+        help="run Stage 1, per-dataset quotas from coverage scores (default: on for a targeted deployment or given "
+             "capability weights, target capabilities, references or a semantic embedder, else off: the named "
+             "datasets are one pool. A general run's quotas kept no more than a random pick of the mixed pool on "
+             "both measured models, docs/results/selection_*)")
     references: tuple[tuple[str, str], ...] = option(
         (), flag="reference", metavar="CAPABILITY=SOURCE", group=STAGE1,
         help="probe texts for a capability (repeatable); defaults: general: held-out records of the datasets' "
@@ -112,11 +116,27 @@ class CurateConfig:
                             "needs stage3 on")
         if self.deployment_type not in DEPLOYMENT_TYPES:
             raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
+        self._decide_stage1()
         if self.deployment_type == "targeted" and not self.targeted_capability:
             raise ColaError("--deployment_type targeted needs --targeted_capability")
         if (self.targeted_capability and self.target_capabilities is not None
                 and self.targeted_capability not in self.target_capabilities):
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
+
+    def _decide_stage1(self) -> None:
+        """Stage 1 unset (None) runs where the run asks for what only it does: a targeted deployment or capability
+        weights (its quotas weight the capabilities; set off there, it is a ColaError), target capabilities,
+        reference probes or a semantic embedder (what it scores against, and how); else not, because a general
+        run's quotas kept no more than a random pick of the mixed pool (docs/results/selection_smollm2,
+        selection_gemma3)."""
+        needs = ("--deployment_type targeted" if self.deployment_type == "targeted"
+                 else "--capability_weights" if self.capability_weights else None)
+        if self.stage1 is None:
+            wanted = (needs is not None or self.target_capabilities is not None or bool(self.references)
+                      or self.semantic_embedder is not None)
+            object.__setattr__(self, "stage1", wanted)  # frozen: set once, during construction
+        elif not self.stage1 and needs:
+            raise ColaError(f"{needs} needs Stage 1 (its quotas weight the capabilities): drop --no_stage1")
 
     def _derive_seeds(self) -> None:
         """Set every nested stage config's seed from `seed` (`stage_seeds`).

@@ -141,11 +141,13 @@ class ReasoningConfig:
 class SelectionConfig:
     """Stage 3: which method; for activations, which layers, how far to project, how to batch; which seed."""
 
-    method: str = option("activations", flag="selection_method", choices=SELECTION_METHODS,
-                         help="Stage 3: activations (COLA), moments (match the pool's per-layer input second "
-                              "moments), outlier_coverage (reach the pool's per-channel input maxima), random, "
-                              "text_clusters (TF-IDF k-means, as COLA-Zero), lexical_diversity (greedy "
-                              "distinct-token coverage, as ZipCal); the first three run the model")
+    method: str = option("random", flag="selection_method", choices=SELECTION_METHODS,
+                         help="Stage 3: random (the default: no selection method kept more than a seeded random "
+                              "pick on both measured models, docs/results/selection_*), activations (COLA's "
+                              "medoids), moments (match the pool's per-layer input second moments), "
+                              "outlier_coverage (reach the pool's per-channel input maxima), text_clusters "
+                              "(TF-IDF k-means, as COLA-Zero), lexical_diversity (greedy distinct-token coverage, "
+                              "as ZipCal); activations, moments and outlier_coverage run the model")
     layers: tuple[int, ...] | None = option(None, shown="all", help="decoder layers whose activations are used: "
                                                                     "all, '0,5,-1', '10-20' (in Python: None = all)")
     pooling: str = option("mean", choices=POOLINGS, help="how a layer's token states become one vector: mean over "
