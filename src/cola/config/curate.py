@@ -125,18 +125,14 @@ class CurateConfig:
 
     def _decide_stage1(self) -> None:
         """Stage 1 unset (None) runs where the run asks for what only it does: a targeted deployment or capability
-        weights (its quotas weight the capabilities; set off there, it is a ColaError), target capabilities,
-        reference probes or a semantic embedder (what it scores against, and how); else not, because a general
-        run's quotas kept no more than a random pick of the mixed pool (docs/results/selection_smollm2,
-        selection_gemma3)."""
-        needs = ("--deployment_type targeted" if self.deployment_type == "targeted"
-                 else "--capability_weights" if self.capability_weights else None)
+        weights (its quotas weight the capabilities), target capabilities, reference probes or a semantic embedder
+        (what it scores against, and how); else not, because a general run's quotas kept no more than a random
+        pick of the mixed pool (docs/results/selection_smollm2, selection_gemma3). Set off, it stays off: the
+        ablation, and an experiment's random baselines beside a targeted deployment."""
         if self.stage1 is None:
-            wanted = (needs is not None or self.target_capabilities is not None or bool(self.references)
-                      or self.semantic_embedder is not None)
+            wanted = (self.deployment_type == "targeted" or bool(self.capability_weights) or bool(self.references)
+                      or self.target_capabilities is not None or self.semantic_embedder is not None)
             object.__setattr__(self, "stage1", wanted)  # frozen: set once, during construction
-        elif not self.stage1 and needs:
-            raise ColaError(f"{needs} needs Stage 1 (its quotas weight the capabilities): drop --no_stage1")
 
     def _derive_seeds(self) -> None:
         """Set every nested stage config's seed from `seed` (`stage_seeds`).
