@@ -82,16 +82,33 @@ def _tree_bytes(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != MANIFEST_FILE}
 
 
-def test_same_seed_gives_byte_identical_outputs(tiny_model_dir, pool_files, tmp_path) -> None:
+@pytest.mark.parametrize("pipeline", [(), ("--stage1", "--selection_method", "activations")],
+                         ids=["default", "full COLA"])
+def test_same_seed_gives_byte_identical_outputs(tiny_model_dir, pool_files, tmp_path, pipeline) -> None:
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out in (a, b):
-        assert curate(tiny_model_dir, pool_files, out) == 0
+        assert curate(tiny_model_dir, pool_files, out, *pipeline) == 0
     assert _tree_bytes(a) == _tree_bytes(b)
     ma, mb = (json.loads((d / MANIFEST_FILE).read_text()) for d in (a, b))
     ma.pop("timings"), mb.pop("timings")
     assert ma == mb  # only wall-clock timings differ
-    assert curate(tiny_model_dir, pool_files, c, "--seed", "7") == 0
+    assert curate(tiny_model_dir, pool_files, c, "--seed", "7", *pipeline) == 0
     assert (c / SAMPLES_FILE).read_bytes() != (a / SAMPLES_FILE).read_bytes()
+
+
+def test_a_plain_run_is_a_random_pick_of_the_mixed_pool(tiny_model_dir, pool_files, tmp_path) -> None:
+    """Issue 19's default: no Stage 1, a seeded random pick, no pass of the model over the pool; the same set as
+    the experiment's `random_mixed` settings spelled out."""
+    plain, spelled = tmp_path / "plain", tmp_path / "spelled"
+    assert curate(tiny_model_dir, pool_files, plain) == 0
+    assert curate(tiny_model_dir, pool_files, spelled, "--no_stage1", "--selection_method", "random") == 0
+    assert _tree_bytes(plain) == _tree_bytes(spelled)
+    manifest = json.loads((plain / MANIFEST_FILE).read_text())
+    assert manifest["stage1"] == {} and manifest["settings"]["stage1"] is False
+    assert manifest["stages"]["selection_method"] == "random"
+    assert not {"stage1_extract", "stage3_extract"} & set(manifest["timings"])
+    samples = json.loads((plain / SAMPLES_FILE).read_text())
+    assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"random"}
 
 
 def test_a_crash_while_writing_keeps_previous_outputs(tiny_model_dir, pool_files, tmp_path, monkeypatch) -> None:
