@@ -8,7 +8,9 @@
     -> export (`cola.export`: samples, HF dataset, pool table, manifest, written as one set)
 
 Stage 1 runs after Stage 2 on purpose: it scores the processed samples' activations, the same features Stage 3
-then clusters. Each step reads only what the previous ones returned.
+then clusters. Each step reads only what the previous ones returned. By default a general run has no Stage 1 and
+a random Stage 3, so embed and plan mixture do nothing (`CurateConfig.stage1`, `SelectionConfig.method`: no
+selection kept more than a random pick on the measured models, docs/results/selection_*).
 """
 
 from __future__ import annotations
