@@ -65,7 +65,7 @@ class CurateConfig:
     seed: int = option(DEFAULT_SEED, help="seeds every random step: candidate sampling, filters, reasoning, "
                                           "Stage 1 and Stage 3 (cola.config.curate.stage_seeds)")
     stage1: bool | None = option(
-        None, group=STAGE1, shown="auto",
+        None, group=STAGE1,
         help="run Stage 1, per-dataset quotas from coverage scores (default: on for a targeted deployment or given "
              "capability weights, target capabilities, references or a semantic embedder, else off: the named "
              "datasets are one pool. A general run's quotas kept no more than a random pick of the mixed pool on "
