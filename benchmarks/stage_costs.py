@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cola.api import COLA
-from cola.config import CurateConfig
+from cola.config import CurateConfig, SelectionConfig
 from cola.models import load_model
 
 from machine import machine_line
@@ -55,15 +55,16 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_line())
     model, tokenizer = load_model("embedded", quiet=True)
-    run("demo (embedded pool, as `make demo`)", CurateConfig(num_samples=32, sequence_length=256,
-        candidates_per_source=128), model, tokenizer)
+    full = {"stage1": True, "selection": SelectionConfig(method="activations")}  # every stage runs: each one's cost
+    run("demo pool (embedded, `make demo`'s sizes)", CurateConfig(num_samples=32, sequence_length=256,
+        candidates_per_source=128, **full), model, tokenizer)
     if not all((DATA / f).is_file() for f in LARGE):
         print(f"\nlarge pool skipped: {DATA} not found")
         return
     references = (("commonsense", str(DATA / "commonsenseqa/validation.jsonl")),)
     run(f"large pool ({len(LARGE)} sources x up to {args.per_source})", CurateConfig(
         datasets=tuple(str(DATA / f) for f in LARGE), num_samples=128, sequence_length=512,
-        candidates_per_source=args.per_source, references=references), model, tokenizer)
+        candidates_per_source=args.per_source, references=references, **full), model, tokenizer)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ CASES = [
         "--target_capabilities", "commonsense", "math", "code"),
         match="give a local file with --reference commonsense=PATH", check=_no_output),
     Case("stage1: a commonsense-schema source offline, no --reference", _with_file("in.jsonl", ARC, _curate(
-        datasets=["{tmp}/in.jsonl"])), match="--reference commonsense=PATH", check=_no_output),
+        "--stage1", datasets=["{tmp}/in.jsonl"])), match="--reference commonsense=PATH", check=_no_output),
     Case("stage1: a hub --reference offline", _curate(
         "--target_capabilities", "commonsense", "--reference", "commonsense=tau/commonsense_qa"),
         match="--reference commonsense=tau/commonsense_qa needs the Hugging Face hub", check=_no_output),
@@ -104,7 +104,8 @@ CASES = [
     Case("curate: a malformed source leaves no output directory", _with_file(
         "in.jsonl", '{"text": "a"}\n{"text": \n', _curate(datasets=["{tmp}/in.jsonl"])),
         match="malformed JSON on line 2", check=_no_output),
-    Case("curate: a layer index the model lacks fails before Stage 2", _curate("--layers", "0,7"),
+    Case("curate: a layer index the model lacks fails before Stage 2", _curate("--layers", "0,7",
+                                                                               "--selection_method", "activations"),
          match="unknown layer index 7", check=_no_output),
     Case("curate: --selection_method moments --no_stage3", _curate("--selection_method", "moments", "--no_stage3"),
          match="selection method 'moments' needs stage3 on", check=_no_output),
@@ -144,7 +145,7 @@ CASES = [
         """), api=True, match="target_capabilities[0] must be a string", check=_no_output),
     Case("api: stage1=1 (an int for a bool)", _api("""
         COLA(model=model, tokenizer=tokenizer, available_datasets=[texts], output_dir=out, stage1=1)
-        """), api=True, match="stage1 must be True or False, got 1 (an integer)"),
+        """), api=True, match="stage1 must be True or False or None, got 1 (an integer)"),
     Case("api: SelectionConfig(layers=[0, '1'])", _api("""
         SelectionConfig(layers=[0, "1"])
         """), api=True, match="layers[1] must be an integer"),
