@@ -107,6 +107,8 @@ def test_unknown_selection_method_lists_choices() -> None:
         SelectionConfig(method="kmeans")
     with pytest.raises(ColaError, match="stage3 off is the seeded random pick"):
         CurateConfig(stage3=False, selection=SelectionConfig(method="text_clusters"))
+    with pytest.raises(ColaError, match="selection method 'activations' needs stage3 on"):
+        CurateConfig(stage3=False, selection=SelectionConfig(method="activations"))
     assert CurateConfig(stage3=False).selection_method == "random"
 
 

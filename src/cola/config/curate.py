@@ -111,9 +111,9 @@ class CurateConfig:
                 raise ColaError(f"{what} {twice[0]!r} given twice")
             if blank := [n for n in names if not n.strip()]:
                 raise ColaError(f"an empty {what} name: {blank[0]!r}")
-        if not self.stage3 and self.selection.method not in ("activations", "random"):
+        if not self.stage3 and self.selection.method != "random":
             raise ColaError(f"stage3 off is the seeded random pick; selection method {self.selection.method!r} "
-                            "needs stage3 on")
+                            "needs stage3 on (drop --no_stage3, or use --selection_method random)")
         if self.deployment_type not in DEPLOYMENT_TYPES:
             raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
         self._decide_stage1()
