@@ -637,7 +637,8 @@ def test_report_selection_table_against_a_random_pick_of_the_same_pool(tmp_path)
             "dense,dense,,ok,gsm,math,nll,1,,,100,False,1.0,,,,,,,"]
     retained = {"random_mixed": ([0.50, 0.52, 0.48], [0.60, 0.62, 0.58], 100),
                 "cola": ([0.50, 0.50, 0.50], [0.66, 0.63, 0.609], 90),      # math +10 %, +1.6 %, +5 %
-                "random_mixed_n8": ([0.40, 0.41, 0.42], [0.57, 0.64, 0.59], 20)}  # general below the spread
+                "random_mixed_n8": ([0.40, 0.41, 0.42], [0.57, 0.64, 0.59], 20),  # general below the spread
+                "cola_n8": ([0.40, 0.41, 0.42], [0.627, 0.704, 0.649], 21)}  # math +10 % over random_mixed_n8
     for strategy, (general, math_, seconds) in retained.items():
         for seed in range(3):
             rows.append(f"{strategy},ria50,{seed},ok,wiki,general,perplexity,{10 / general[seed]},,,100,False,"
@@ -647,10 +648,13 @@ def test_report_selection_table_against_a_random_pick_of_the_same_pool(tmp_path)
     csv = tmp_path / "results.csv"
     csv.write_text(head + "\n".join(rows) + "\n")
     config = make_config(tmp_path, seeds=[0, 1, 2], strategies=["random_c4", "random_mixed", "cola",
-                                                                   "random_mixed_n8"],
+                                                                   "random_mixed_n8", "cola_n8"],
                          compare_to=["random_mixed"], methods={"ria50": {"method": "ria", "sparsity": 0.5}},
-                         variants={"random_mixed_n8": {"strategy": "random_mixed", "num_samples": 8}})
+                         variants={"random_mixed_n8": {"strategy": "random_mixed", "num_samples": 8},
+                                   "cola_n8": {"strategy": "cola", "num_samples": 8}})
     text = render_markdown(pd.read_csv(csv), Experiment(config, tmp_path), command=None, plots=[])
-    assert "| cola | 128 | +10.0 / +1.6 / +5.0 | +5.5 | yes | +0.000 ± 0.020 | yes | 90 |" in text
-    assert "| random_mixed_n8 | 8 | -5.0 / +3.2 / +1.7 | -0.0 | no | -0.090 ± 0.026 | no | 20 |" in text
+    # same size: cola at 128 has only the baseline itself, random_mixed_n8 is its own peer, cola_n8 pairs with it
+    assert "| cola | 128 | +10.0 / +1.6 / +5.0 | +5.5 | yes | +0.000 ± 0.020 | yes | — | 90 |" in text
+    assert "| random_mixed_n8 | 8 | -5.0 / +3.2 / +1.7 | -0.0 | no | -0.090 ± 0.026 | no | — | 20 |" in text
+    assert "| cola_n8 | 8 | +4.5 / +13.5 / +11.9 | +10.0 | yes | -0.090 ± 0.026 | no | +10.0 (yes) | 21 |" in text
     assert "| random_mixed | 128 |" not in text  # the baseline is not compared to itself

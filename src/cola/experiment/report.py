@@ -22,6 +22,7 @@ from cola.experiment.tables import capability_retention, paired_differences
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cola.experiment.config import ExperimentConfig
     from cola.experiment.store import WorkDir
 
 COLUMNS = ("strategy", "method", "seed", "status", "task", "capability", "metric", "value", "stderr", "n",
@@ -180,8 +181,9 @@ def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, exp
     seed: its set size; the relative change of its mean retention over the targeted capabilities (every one but
     general), per seed and on average, and whether that sign held on every seed; the paired difference on
     general text; whether it *matches* the baseline (on every capability its mean retention is at least the
-    baseline's mean minus the baseline's seed-to-seed std); and its mean compression seconds. Only seeds both
-    finished count."""
+    baseline's mean minus the baseline's seed-to-seed std); the mean Δ targeted against the baseline's own
+    variant of the same set size (`random_mixed_n8` for an 8-sample set), with whether its sign held on every
+    seed; and its mean compression seconds. Only seeds both finished count."""
     config = experiment.config
     targeted = sorted(set(caps.capability) - {GENERAL})  # every capability but general text
     base = caps[caps.strategy == baseline]
@@ -194,30 +196,56 @@ def _selection_table(caps: pd.DataFrame, cells: pd.DataFrame, baseline: str, exp
     lines = [f"Against `{baseline}` (the same seeds): Δ targeted = relative change of the mean retention over "
              f"{', '.join(targeted)} per seed, in %; general = paired difference in general-text retention; "
              f"matches = on every capability the mean retention is at least `{baseline}`'s mean minus its "
-             "seed-to-seed std:", "",
-             "| strategy | samples | Δ targeted per seed (%) | mean | same sign | general | matches | "
-             "compress s |", "|---|---|---|---|---|---|---|---|"]
+             f"seed-to-seed std; same size = mean Δ targeted against `{baseline}`'s variant with as many samples "
+             "(same sign on every seed?):", "",
+             "| strategy | samples | Δ targeted per seed (%) | mean | same sign | general | matches | same size | "
+             "compress s |", "|---|---|---|---|---|---|---|---|---|"]
     for strategy in config.strategies:
         own = caps[caps.strategy == strategy]
-        seeds = sorted(set(own.seed) & set(base.seed))
-        if strategy == baseline or not seeds:
+        changes = _targeted_changes(own, base, targeted)
+        if strategy == baseline or not changes:
             continue
-        changes = []
-        for seed in seeds:
-            mine = own[(own.seed == seed) & own.capability.isin(targeted)].retention.mean()
-            theirs = base[(base.seed == seed) & base.capability.isin(targeted)].retention.mean()
-            changes.append(100.0 * (mine / theirs - 1.0))
-        signs = {math.copysign(1.0, c) for c in changes}
         own_general = general[general.strategy == strategy].difference
-        means = own[own.seed.isin(seeds)].groupby("capability").retention.mean()
+        means = own[own.seed.isin(base.seed)].groupby("capability").retention.mean()
         matches = all(means.get(c, -math.inf) >= spread.loc[c, "mean"] - spread.loc[c, "std"]
                       for c in spread.index)
+        peer = _same_size(config, baseline, strategy)
+        versus = _targeted_changes(own, caps[caps.strategy == peer], targeted) if peer else []
         lines.append(f"| {strategy} | {config.num_samples(strategy)} | "
                      f"{' / '.join(f'{c:+.1f}' for c in changes)} | {sum(changes) / len(changes):+.1f} | "
-                     f"{'yes' if len(signs) == 1 and len(seeds) > 1 else 'no' if len(signs) > 1 else '—'} | "
-                     f"{_signed(own_general) if len(own_general) else '—'} | {'yes' if matches else 'no'} | "
+                     f"{_same_sign(changes)} | {_signed(own_general) if len(own_general) else '—'} | "
+                     f"{'yes' if matches else 'no'} | "
+                     f"{f'{sum(versus) / len(versus):+.1f} ({_same_sign(versus)})' if versus else '—'} | "
                      f"{seconds.get(strategy, math.nan):.0f} |")
     return [*lines, ""] if len(lines) > 4 else []
+
+
+def _targeted_changes(own: pd.DataFrame, base: pd.DataFrame, targeted: list[str]) -> list[float]:
+    """Per seed both finished: the relative change (%) of `own`'s mean retention over the `targeted` capabilities
+    against `base`'s."""
+    changes = []
+    for seed in sorted(set(own.seed) & set(base.seed)):
+        mine = own[(own.seed == seed) & own.capability.isin(targeted)].retention.mean()
+        theirs = base[(base.seed == seed) & base.capability.isin(targeted)].retention.mean()
+        changes.append(100.0 * (mine / theirs - 1.0))
+    return changes
+
+
+def _same_sign(changes: list[float]) -> str:
+    """"yes" when every seed's change has one sign (over two seeds or more), "no" when not, "—" for one seed."""
+    signs = {math.copysign(1.0, c) for c in changes}
+    return "yes" if len(signs) == 1 and len(changes) > 1 else "no" if len(signs) > 1 else "—"
+
+
+def _same_size(config: ExperimentConfig, baseline: str, strategy: str) -> str | None:
+    """The strategy among the experiment's that runs `baseline`'s recipe unchanged at `strategy`'s set size (the
+    variant `random_mixed_n8` for an 8-sample set), or None: there is none, or it is `baseline` itself or
+    `strategy`."""
+    recipe = config.recipe(baseline)[:2]
+    size = config.num_samples(strategy)
+    peer = next((s for s in config.strategies if config.recipe(s)[:2] == recipe and config.num_samples(s) == size),
+                None)
+    return None if peer in (None, baseline, strategy) else peer
 
 
 def _calibration_sets(ok: pd.DataFrame, strategies: list[str]) -> list[str]:
