@@ -3,7 +3,7 @@
 Each case (benchmarks/audit/cases_*.py) is run through the real `cola` command line (or the Python API) in a
 child process, offline. Outcomes:
 - clean: the expected outcome; for errors, a non-zero exit whose stderr holds exactly one `cola: error:` line
-  (containing the case's `match` text) and no traceback;
+  (`cola CMD: error:` from the flag parser), containing the case's `match` text, and no traceback;
 - traceback: a Python traceback reached the user;
 - silent: a bad input was accepted (exit 0);
 - wrong: some other failure (an error without cola's line, the wrong message, a failed extra check);
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,11 +41,14 @@ def load_cases() -> list[tuple[str, Case]]:
     return cases
 
 
+ERROR_LINE = re.compile(r"cola( [a-z]+)?: error:")  # cola's own, or argparse's for a subcommand's flags
+
+
 def classify(case: Case, result: subprocess.CompletedProcess[str], tmp: Path) -> tuple[str, str]:
     """(outcome, the line that shows it)."""
     err = result.stderr
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("cola: error:")]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
     shown = errors[0] if errors else (lines[-1] if lines else f"exit {result.returncode}, no output")
     if "Traceback (most recent call last)" in err:
         return "traceback", lines[-1] if lines else ""

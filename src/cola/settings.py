@@ -155,8 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
     its default shown; `defaults` overrides some defaults. A bool field that defaults to False becomes a switch
     (`--FIELD`), one that defaults to True a `--FIELD/--no-FIELD` pair, or a `--no_...` switch where its
     `flag` says so, and an optional bool that defaults to None (decided by its settings from the others) the
-    switches `--FIELD` and `--no_FIELD`, None when neither is given. Returns the fields added (dotted paths for
-    nested ones).
+    switches `--FIELD` and `--no_FIELD` (never both), None when neither is given. Returns the fields added
+    (dotted paths for nested ones).
 
     `nested=True` adds the flags of nested settings too (destination `FIELD.SUBFIELD`); `exclude`,
     `defaults` and `overrides` take such dotted paths. `overrides[path]` is merged into the field's
@@ -192,9 +192,10 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
                                   "metavar": meta.get("metavar") or (name.upper() if prefix else None)}
         if kind is bool and "type" not in extra and default is None:  # on, off, or the field's own rule (None)
             del common["metavar"]
-            where.add_argument(flag, action="store_const", const=True, default=None, **{**common, **extra})
-            where.add_argument(f"--no_{name}", action="store_const", const=False, dest=path, default=None,
-                               help=f"turn {flag} off (default: {flag}'s rule)")
+            pair = where.add_mutually_exclusive_group()  # `--FIELD --no_FIELD` is an error, not the last one wins
+            pair.add_argument(flag, action="store_const", const=True, default=None, **{**common, **extra})
+            pair.add_argument(f"--no_{name}", action="store_const", const=False, dest=path, default=None,
+                              help=f"turn {flag} off (default: {flag}'s rule)")
         elif kind is bool and "type" not in extra:
             action = (argparse.BooleanOptionalAction if default and not flag.startswith("--no_")
                       else "store_false" if default else "store_true")

@@ -369,7 +369,7 @@ def test_selection_method_flag_picks_a_peer_method(tiny_model_dir, pool_files, t
 
 
 def test_outlier_coverage_from_the_cli_reports_the_ranges_it_reached(tiny_model_dir, pool_files, tmp_path) -> None:
-    out = tmp_path / "oc"  # with Stage 1: each dataset's quota covers that dataset's own maxima
+    out = tmp_path / "oc"  # over the mixed pool (Stage 1 is off unless asked for)
     assert curate(tiny_model_dir, pool_files, out, "--selection_method", "outlier_coverage") == 0
     samples = json.loads((out / SAMPLES_FILE).read_text())
     assert len(samples) == 6 and {s["selection_method"] for s in samples} == {"channel_maxima_coverage"}

@@ -227,5 +227,11 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     assert parse("--target_capabilities", "math").stage1 is True
     assert parse("--target_capabilities", "math", "--no_stage1").stage1 is False
     assert parse("--stage1", "--selection_method", "activations").selection_method == "activations"
+    for both in (("--stage1", "--no_stage1"), ("--no_stage1", "--stage1")):  # contradictory: refused, not last-wins
+        with pytest.raises(SystemExit) as exit_:
+            parse(*both)
+        assert exit_.value.code == 2
+    with pytest.raises(ColaError, match="--targeted_capability math needs --deployment_type targeted"):
+        CurateConfig(targeted_capability="math")  # a general run would ignore it
     assert build(CurateConfig, {"stage1": True}, source="f").stage1 is True
     assert dataclasses.replace(plain, stage1=True).stage1 is True

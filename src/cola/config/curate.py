@@ -119,6 +119,9 @@ class CurateConfig:
         self._decide_stage1()
         if self.deployment_type == "targeted" and not self.targeted_capability:
             raise ColaError("--deployment_type targeted needs --targeted_capability")
+        if self.deployment_type != "targeted" and self.targeted_capability:
+            raise ColaError(f"--targeted_capability {self.targeted_capability} needs --deployment_type targeted "
+                            "(a general deployment weights every capability alike)")
         if (self.targeted_capability and self.target_capabilities is not None
                 and self.targeted_capability not in self.target_capabilities):
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)

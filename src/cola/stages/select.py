@@ -181,6 +181,10 @@ def select_by_moments(sketches: MomentSketches, features: np.ndarray, sources: S
              config.method, num_samples, len(features),
              diagnostics["moment_match"]["relative_error"]["covariance_mean"],
              diagnostics["moment_match"]["random_selection_same_size"]["covariance_mean"])
+    if coverage:  # what this method optimises, beside the covariance error it does not
+        log.info("stage 3 (%s): mean range coverage %.4f (random %.4f)", config.method,
+                 diagnostics["range_coverage"]["selected"]["mean"],
+                 diagnostics["range_coverage"]["random_selection_same_size"]["mean"])
     return Selection(indices=indices, features=features, labels=np.full(len(features), -1, dtype=np.int64),
                      nearest_distance=nearest, diagnostics=diagnostics, timings={"stage3_select": seconds},
                      method="channel_maxima_coverage" if coverage else "moment_matching")
