@@ -217,7 +217,8 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     assert (plain.stage1, plain.selection_method) == (False, "random")
     for given in (dict(deployment_type="targeted", targeted_capability="math"),
                   dict(capability_weights=(("math", 2.0),)), dict(target_capabilities=("math", "code")),
-                  dict(references=(("general", "prose.jsonl"),)), dict(semantic_embedder="minilm")):
+                  dict(references=(("general", "prose.jsonl"),)), dict(semantic_embedder="minilm"),
+                  dict(domain=DomainConfig(token_weight=1.0))):
         assert CurateConfig(**given).stage1 is True, given
     assert CurateConfig(target_capabilities=("math",), stage1=False).stage1 is False  # targets as a filter
     # set off, it stays off: an experiment's random baselines beside a targeted deployment
@@ -226,6 +227,7 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     assert [parse(*f).stage1 for f in ((), ("--stage1",), ("--no_stage1",))] == [False, True, False]
     assert parse("--target_capabilities", "math").stage1 is True
     assert parse("--target_capabilities", "math", "--no_stage1").stage1 is False
+    assert parse("--signal_weights", "semantic=1,token=0,coverage=0").stage1 is True  # Stage 1's own setting
     assert parse("--stage1", "--selection_method", "activations").selection_method == "activations"
     for both in (("--stage1", "--no_stage1"), ("--no_stage1", "--stage1")):  # contradictory: refused, not last-wins
         with pytest.raises(SystemExit) as exit_:

@@ -67,9 +67,9 @@ class CurateConfig:
     stage1: bool | None = option(
         None, group=STAGE1,
         help="run Stage 1, per-dataset quotas from coverage scores (default: on for a targeted deployment or given "
-             "capability weights, target capabilities, references or a semantic embedder, else off: the named "
-             "datasets are one pool. A general run's quotas kept no more than a random pick of the mixed pool on "
-             "both measured models, docs/results/selection_*)")
+             "capability weights, target capabilities, references, a semantic embedder or signal weights, else "
+             "off: the named datasets are one pool. A general run's quotas kept no more than a random pick of "
+             "the mixed pool on both measured models, docs/results/selection_*)")
     references: tuple[tuple[str, str], ...] = option(
         (), flag="reference", metavar="CAPABILITY=SOURCE", group=STAGE1,
         help="probe texts for a capability (repeatable); defaults: general: held-out records of the datasets' "
@@ -128,13 +128,15 @@ class CurateConfig:
 
     def _decide_stage1(self) -> None:
         """Stage 1 unset (None) runs where the run asks for what only it does: a targeted deployment or capability
-        weights (its quotas weight the capabilities), target capabilities, reference probes or a semantic embedder
-        (what it scores against, and how); else not, because a general run's quotas kept no more than a random
-        pick of the mixed pool (docs/results/selection_smollm2, selection_gemma3). Set off, it stays off: the
-        ablation, and an experiment's random baselines beside a targeted deployment."""
+        weights (its quotas weight the capabilities), target capabilities, reference probes, a semantic embedder
+        or signal weights other than the defaults (what it scores against, and how); else not, because a general
+        run's quotas kept no more than a random pick of the mixed pool (docs/results/selection_smollm2,
+        selection_gemma3). Set off, it stays off: the ablation, and an experiment's random baselines beside a
+        targeted deployment."""
         if self.stage1 is None:
             wanted = (self.deployment_type == "targeted" or bool(self.capability_weights) or bool(self.references)
-                      or self.target_capabilities is not None or self.semantic_embedder is not None)
+                      or self.target_capabilities is not None or self.semantic_embedder is not None
+                      or dataclasses.replace(self.domain, seed=0) != DomainConfig(seed=0))
             object.__setattr__(self, "stage1", wanted)  # frozen: set once, during construction
 
     def _derive_seeds(self) -> None:
