@@ -151,23 +151,24 @@ def test_flags_still_reach_their_fields() -> None:
 
     config = curate_config(build_parser().parse_args([
         "curate", "--output_dir", "o", "--no_dedup", "--min_length", "3", "--max_length", "90",
-        "--perplexity_filter", "0.1", "--selection_method", "random", "--layers", "0-2", "--batch_size", "5",
+        "--perplexity_filter", "0.1", "--selection_method", "activations", "--layers", "0-2", "--batch_size", "5",
         "--batch_tokens", "64", "--fields", "question=q,answer=a", "--reference", "math=m.jsonl", "--reference",
         "code=c.jsonl", "--reasoning_max_new_tokens", "9", "--reasoning_batch_size", "4",
-        "--no_stage1", "--no_stage2", "--no_stage3",
+        "--no_stage1", "--no_stage2",
         "--datasets", "a.jsonl", "b.jsonl", "--target_capabilities", "math", "code"]))
     filters = config.process.filters
     assert (filters.dedup_exact, filters.dedup_near, filters.min_tokens, filters.max_tokens,
             filters.perplexity_drop_fraction) == (False, False, 3, 90, 0.1)
     assert (config.selection.method, config.selection.layers, config.selection.batch_size,
-            config.selection.batch_tokens) == ("random", (0, 1, 2), 5, 64)
+            config.selection.batch_tokens) == ("activations", (0, 1, 2), 5, 64)
     assert (config.process.reasoning.batch_size, config.process.reasoning.max_new_tokens) == (4, 9)
     # Stage 3's --batch_size no longer sets reasoning's (the Python API's default, 8, is the CLI's too)
     assert curate_config(build_parser().parse_args(["curate", "--output_dir", "o", "--batch_size", "5"])
                          ).process.reasoning == CurateConfig().process.reasoning
     assert config.process.field_mapping == (("question", "q"), ("answer", "a"))
     assert config.references == (("math", "m.jsonl"), ("code", "c.jsonl"))
-    assert (config.stage1, config.process.enabled, config.stage3) == (False, False, False)
+    assert (config.stage1, config.process.enabled, config.stage3) == (False, False, True)
+    assert curate_config(build_parser().parse_args(["curate", "--output_dir", "o", "--no_stage3"])).stage3 is False
     assert config.datasets == ("a.jsonl", "b.jsonl") and config.target_capabilities == ("math", "code")
     defaults = curate_config(build_parser().parse_args(["curate", "--output_dir", "o"]))
     # no flag given: exactly the config's own defaults, the Python API's (reasoning's batch size included)

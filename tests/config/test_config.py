@@ -152,7 +152,7 @@ def test_one_seed_sets_every_stage_seed_the_same_way_for_every_entry_point() -> 
 
 
 def test_the_stage_seeds_follow_the_top_level_seed() -> None:
-    config = CurateConfig(seed=3, selection=SelectionConfig(seed=3, pooling="last"))
+    config = CurateConfig(seed=3, selection=SelectionConfig(seed=3, method="activations", pooling="last"))
     assert _stage_seeds(config) == (3, 3, 3, 3, 3) and config.selection.pooling == "last"
     assert _stage_seeds(dataclasses.replace(config, seed=5)) == (5, 5, 5, 5, 5)  # re-derived
     assert _stage_seeds(dataclasses.replace(config, seed=5, domain=DomainConfig())) == (5, 5, 5, 5, 5)
@@ -170,7 +170,8 @@ def test_a_stage_seed_in_a_config_file_is_refused_naming_the_top_level_seed() ->
     assert str(err.value) == "curation file: selection.seed is derived from the top-level `seed`: set `seed` instead"
     with pytest.raises(ColaError, match=r"^curation file: process\.filters\.seed is derived"):
         build(CurateConfig, {"process": {"filters": {"seed": 3}}}, source="curation file")
-    assert build(CurateConfig, {"seed": 3, "selection": {"pooling": "last"}}, source="f").selection.seed == 3
+    given = {"seed": 3, "selection": {"method": "activations", "pooling": "last"}}
+    assert build(CurateConfig, given, source="f").selection.seed == 3
     assert build(SelectionConfig, {"seed": 3}, source="f").seed == 3  # a stage's settings alone keep their seed
 
 
@@ -236,4 +237,11 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     with pytest.raises(ColaError, match="--targeted_capability math needs --deployment_type targeted"):
         CurateConfig(targeted_capability="math")  # a general run would ignore it
     assert build(CurateConfig, {"stage1": True}, source="f").stage1 is True
+    # how the model reads the pool, given where nothing reads it: named, not dropped
+    with pytest.raises(ColaError, match="--layers sets how the model reads the pool, which this run never does"):
+        parse("--layers", "0-2")
+    with pytest.raises(ColaError, match="--sketch_dim applies to --selection_method moments or outlier_coverage"):
+        parse("--stage1", "--sketch_dim", "8")
+    assert parse("--stage1", "--pooling", "last").selection.pooling == "last"  # Stage 1 reads it
+    assert parse("--selection_method", "moments", "--sketch_dim", "8").selection.sketch_dim == 8
     assert dataclasses.replace(plain, stage1=True).stage1 is True

@@ -7,8 +7,9 @@ import argparse
 import time
 
 from cola.cli.common import add_model_arguments, add_quiet, model_config
-from cola.config import CurateConfig
+from cola.config import CurateConfig, SelectionConfig
 from cola.config.curate import STAGE1, STAGE2
+from cola.config.stages import MODEL_SELECTION_METHODS
 from cola.errors import ColaError
 from cola.settings import add_arguments, from_arguments
 
@@ -101,9 +102,29 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
 def curate_config(args: argparse.Namespace) -> CurateConfig:
     """The validated settings of `cola curate`, built before the model loads so typos fail at once."""
     semantic, token, coverage = args.signal_weights
-    return from_arguments(CurateConfig, args, **{
+    config = from_arguments(CurateConfig, args, **{
         "process.filters.dedup_exact": not args.no_dedup, "process.filters.dedup_near": not args.no_dedup,
         "domain.semantic_weight": semantic, "domain.token_weight": token, "domain.coverage_weight": coverage})
+    check_unread_flags(config)
+    return config
+
+
+def check_unread_flags(config: CurateConfig) -> None:
+    """A flag for how the model reads the pool, given (not its default) where this run never reads it, is a
+    ColaError naming the flag and what would read it, not silently dropped: --layers, --pooling and
+    --projection_dim are read by Stage 1 and the model-based Stage-3 methods, --sketch_dim by moments and
+    outlier_coverage alone. (The Python API and experiments keep such settings: an experiment shares them
+    across strategies that read them and strategies that do not.)"""
+    method, default = config.selection_method, SelectionConfig()
+    for name in ("layers", "pooling", "projection_dim", "sketch_dim"):
+        if getattr(config.selection, name) == getattr(default, name):
+            continue
+        if name == "sketch_dim" and method not in ("moments", "outlier_coverage"):
+            raise ColaError(f"--sketch_dim applies to --selection_method moments or outlier_coverage, not {method!r}")
+        if not (config.stage1 or method in MODEL_SELECTION_METHODS):
+            raise ColaError(f"--{name} sets how the model reads the pool, which this run never does (Stage 1 off, "
+                            f"--selection_method {method}): add --selection_method activations, moments or "
+                            f"outlier_coverage, or --stage1; or drop --{name}")
 
 
 def run_curate(args: argparse.Namespace) -> int:
