@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cola.config import LENGTH_MODES, MODEL_SELECTION_METHODS, SELECTION_METHODS, CurateConfig
+from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHODS, CurateConfig
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
@@ -218,7 +218,7 @@ class COLA:
         features in the same projection (seconds to `timings`)."""
         from cola.stages.select import embed_pool
 
-        if not (config.stage1 or config.selection_method in MODEL_SELECTION_METHODS):
+        if not config.reads_model:
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
 
@@ -231,7 +231,7 @@ class COLA:
             return found
 
         method = config.selection_method
-        found = extract(pool.token_ids, sketches=method in ("moments", "outlier_coverage"),
+        found = extract(pool.token_ids, sketches=method in SKETCH_SELECTION_METHODS,
                         maxima=method == "outlier_coverage")
         start = time.perf_counter()
         probes = {capability: extract([p.input_ids for p in probes]).features
@@ -292,7 +292,7 @@ class COLA:
             return with_extraction(select_from_features(features.features, names, config.num_samples,
                                                         config.selection, quotas=plan.quotas, quiet=self.quiet),
                                    features.stats)
-        if method in ("moments", "outlier_coverage"):
+        if method in SKETCH_SELECTION_METHODS:
             return with_extraction(select_by_moments(features.sketches, features.features, names,
                                                      config.num_samples, config.selection, quotas=plan.quotas),
                                    features.stats)
@@ -349,8 +349,7 @@ class COLA:
         if limit is not None and config.sequence_length > limit:
             raise ColaError(f"sequence_length {config.sequence_length} is beyond the model's context of {limit} "
                             "tokens")
-        if config.selection.layers is not None and (config.stage1
-                                                    or config.selection_method in MODEL_SELECTION_METHODS):
+        if config.selection.layers is not None and config.reads_model:
             from cola.activations import resolve_layers
             from cola.models import find_decoder_layers
 

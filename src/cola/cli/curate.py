@@ -7,9 +7,8 @@ import argparse
 import time
 
 from cola.cli.common import add_model_arguments, add_quiet, model_config
-from cola.config import CurateConfig, SelectionConfig
+from cola.config import SKETCH_SELECTION_METHODS, CurateConfig, SelectionConfig
 from cola.config.curate import STAGE1, STAGE2
-from cola.config.stages import MODEL_SELECTION_METHODS
 from cola.errors import ColaError
 from cola.settings import add_arguments, from_arguments
 
@@ -119,9 +118,9 @@ def check_unread_flags(config: CurateConfig) -> None:
     for name in ("layers", "pooling", "projection_dim", "sketch_dim"):
         if getattr(config.selection, name) == getattr(default, name):
             continue
-        if name == "sketch_dim" and method not in ("moments", "outlier_coverage"):
+        if name == "sketch_dim" and method not in SKETCH_SELECTION_METHODS:
             raise ColaError(f"--sketch_dim applies to --selection_method moments or outlier_coverage, not {method!r}")
-        if not (config.stage1 or method in MODEL_SELECTION_METHODS):
+        if not config.reads_model:
             raise ColaError(f"--{name} sets how the model reads the pool, which this run never does (Stage 1 off, "
                             f"--selection_method {method}): add --selection_method activations, moments or "
                             f"outlier_coverage, or --stage1; or drop --{name}")

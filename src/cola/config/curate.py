@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cola.config.stages import DomainConfig, ProcessConfig, SelectionConfig
+from cola.config.stages import MODEL_SELECTION_METHODS, DomainConfig, ProcessConfig, SelectionConfig
 from cola.errors import ColaError, unknown_choice
 from cola.schema import check_field_types
 from cola.settings import option
@@ -172,8 +172,13 @@ class CurateConfig:
 
     @property
     def selection_method(self) -> str:
-        """The Stage-3 method that runs: the configured one, or "random" for the no-Stage-3 ablation."""
-        return self.selection.method if self.stage3 else "random"
+        """The Stage-3 method that runs ("random" for the no-Stage-3 ablation, the only method it accepts)."""
+        return self.selection.method
+
+    @property
+    def reads_model(self) -> bool:
+        """Whether the run passes the uncompressed model over the pool: Stage 1 or a model-based Stage 3."""
+        return bool(self.stage1) or self.selection_method in MODEL_SELECTION_METHODS
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready settings for the manifest."""

@@ -44,6 +44,8 @@ FILTER_FLAGS = {"near_duplicate_threshold": "--near_duplicate_threshold", "min_t
 SEED_HELP = "derived from CurateConfig.seed (cola.config.curate.stage_seeds)"
 # The Stage 3 methods that run the uncompressed model over the pool.
 MODEL_SELECTION_METHODS = ("activations", "moments", "outlier_coverage")
+# Those of them that read linear-layer input statistics (second-moment sketches, `sketch_dim`) in the same pass.
+SKETCH_SELECTION_METHODS = ("moments", "outlier_coverage")
 
 
 @dataclass(frozen=True, kw_only=True)
