@@ -19,7 +19,11 @@ Default references (from --data_dir; texts that the evaluation does not score):
   code         mbpp prompts with their code (HumanEval is the evaluation)
 
     python benchmarks/score_validation.py ../exp/selection_smollm2 --data_dir ../shared/data \
-        [--references math=FILE ...] [--output scores.json]
+        [--references math=FILE ...] [--output scores.json] [--results OTHER_RUN/results.csv ...]
+
+--results adds the retention of cells that ran elsewhere (another run's results.csv, `cola experiment
+--include_results`): a set curated in this work directory is correlated with every cell of its strategy and
+seed, wherever the cell ran.
 
 Every curated set is scored (finished cells or not); the correlations use the sets whose cells finished.
 --output keeps every set's score (a rerun scores only sets not in it yet); --follow MINUTES keeps scoring sets
@@ -36,14 +40,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from machine import machine_line
 
 from cola.errors import ColaError
 from cola.atomic import read_json, write_json
+from cola.experiment.report import COLUMNS
 from cola.experiment.store import WorkDir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIGURES = ("h_match_error", "coverage_distance")
 
@@ -67,10 +75,23 @@ def default_references(data_dir: Path, folder: Path, skip_hellaswag: int) -> dic
             "code": str(data_dir / "mbpp" / "mbpp_train_valid_prompt.jsonl")}
 
 
-def finished_cells(work_dir: Path) -> list[dict[str, Any]]:
-    """The records of the cells that finished (status ok), in file-name order."""
+def cell_retention(work_dir: Path, results: list[Path]) -> pd.DataFrame:
+    """(strategy, method, seed, capability, retention) of every finished cell: the work directory's records
+    against its dense.json, plus the cells of `results` files it lacks (`included_rows`), as the experiment's
+    report counts them (`capability_retention`)."""
+    import pandas as pd
+
+    from cola.experiment.report import included_rows, result_rows
+    from cola.experiment.tables import capability_retention
+
     records = [read_json(path) for path in sorted((work_dir / "cells").glob("*.json"))]
-    return [r for r in records if r and r.get("status") == "ok"]
+    dense = read_json(work_dir / "dense.json")
+    rows = result_rows([r for r in records if r], dense if dense and dense.get("status") == "ok" else None)
+    frame = pd.DataFrame(rows + included_rows(results, rows), columns=COLUMNS)
+    frame["seed"] = pd.to_numeric(frame.seed, errors="coerce")
+    frame["retention"] = pd.to_numeric(frame.retention, errors="coerce")
+    ok = frame[(frame.status == "ok") & (frame.strategy != "dense") & frame.retention.notna()]
+    return capability_retention(ok.astype({"seed": int}))
 
 
 def spearman(scores: list[float], retentions: list[float]) -> tuple[float, float]:
@@ -94,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--output", type=Path, help="JSON file of every set's score, reused on a rerun")
+    parser.add_argument("--results", nargs="+", default=[], type=Path, metavar="RESULTS.csv",
+                        help="other runs' results.csv: the retention of cells this work directory lacks")
     parser.add_argument("--sequence_length", type=int, default=512, help="reference texts are cut to this length")
     parser.add_argument("--follow", type=float, default=0.0, metavar="MINUTES",
                         help="keep scoring sets as the experiment curates them for this long, then correlate")
@@ -138,11 +161,10 @@ def _validate(args: argparse.Namespace) -> int:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(120.0, max(deadline - time.monotonic(), 0.0)))
-    cells = finished_cells(args.work_dir)
-    dense = read_json(args.work_dir / "dense.json")
-    if not cells or dense is None:
-        raise ColaError(f"{args.work_dir} has no finished cell or no dense.json yet")
-    _print_correlations(cells, dense, cached["sets"], args.verbose, set_sizes(args.work_dir))
+    kept = cell_retention(args.work_dir, args.results)
+    if kept.empty:
+        raise ColaError(f"{args.work_dir} (with --results) has no finished cell with a dense result yet")
+    _print_correlations(kept, cached["sets"], args.verbose, set_sizes(args.work_dir))
     return 0
 
 
@@ -189,18 +211,13 @@ def set_sizes(work_dir: Path) -> dict[str, int]:
     return sizes
 
 
-def _print_correlations(cells: list[dict[str, Any]], dense: dict[str, Any], scores: dict[str, Any],
-                        verbose: bool, sizes: dict[str, int]) -> None:
-    from cola.evaluate import retention
-
+def _print_correlations(kept: pd.DataFrame, scores: dict[str, Any], verbose: bool, sizes: dict[str, int]) -> None:
     rows = []  # (method, capability, size, strategy, seed, retention, {figure: score})
-    for cell in cells:
-        kept = retention(cell.get("results", []), dense.get("results", []))["capabilities"]
-        for capability, value in kept.items():
-            score = scores.get(f"{cell['strategy']}/seed{cell['seed']}", {}).get(capability)
-            if score is not None:
-                rows.append((cell["method"], capability, sizes.get(cell["strategy"]), cell["strategy"], cell["seed"],
-                             value, score))
+    for cell in kept.itertuples():
+        score = scores.get(f"{cell.strategy}/seed{cell.seed}", {}).get(cell.capability)
+        if score is not None:
+            rows.append((cell.method, cell.capability, sizes.get(cell.strategy), cell.strategy, cell.seed,
+                         cell.retention, score))
     print(f"\nSpearman rho(-score, retention) per method and capability over finished cells "
           f"({len(scores)} calibration set(s) scored); positive = a better score goes with more retention. "
           "size 'all' pools every set size (size alone then drives much of rho); each size's own row ranks "

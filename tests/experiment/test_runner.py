@@ -532,6 +532,51 @@ def test_report_tables_paired_differences_and_plots(tmp_path, fake_jobs):
             make_config(tmp_path, compare_to=compare_to)
 
 
+def test_a_report_includes_the_cells_of_another_runs_results_csv(tmp_path, fake_jobs, caplog):
+    # the grid run in two parts (seed 0 here, seed 1 elsewhere); one report over both equals the whole run's
+    config = make_config(tmp_path)
+    whole = pd.read_csv(write_report(_ran(config, tmp_path / "whole"), tmp_path / "r0", plots=False)["results_csv"])
+    part = pd.read_csv(write_report(_ran(config, tmp_path / "b", seeds=[1]), tmp_path / "rb", plots=False)
+                       ["results_csv"])
+    assert set(part.seed.dropna()) == {1}
+    (tmp_path / "b.csv").write_text((tmp_path / "rb" / "results.csv").read_text().replace(
+        "dense,dense,,ok,wiki,general,perplexity,10.0", "dense,dense,,ok,wiki,general,perplexity,12.5"))
+    merged = pd.read_csv(write_report(_ran(config, tmp_path / "a", seeds=[0]), tmp_path / "ra", plots=False,
+                                      include=[tmp_path / "b.csv", tmp_path / "rb" / "results.csv"])["results_csv"])
+    keys = ["strategy", "method", "seed", "task"]
+    merged, whole = (f.sort_values(keys, na_position="first").reset_index(drop=True) for f in (merged, whole))
+    assert len(merged) == len(whole) == 2 + 7 * 2 + 1  # nothing twice, the failed cell of seed 1 included
+    assert merged[keys + ["status"]].equals(whole[keys + ["status"]])
+    # b.csv's dense perplexity differs: its cells' retention is recomputed against this report's dense (10.0)
+    assert merged.retention.tolist() == pytest.approx(whole.retention.tolist(), nan_ok=True)
+    assert "dense results differ from this report's on wiki" in caplog.text
+    with pytest.raises(ColaError, match=r"--include_results: cannot read .*missing.csv"):
+        write_report(_ran(config, tmp_path / "a", seeds=[0]), tmp_path / "ra", include=[tmp_path / "missing.csv"])
+    (tmp_path / "other.csv").write_text((tmp_path / "b.csv").read_text().replace("ria50", "gptq3"))
+    with pytest.raises(ColaError, match=r"random_c4 × gptq3 × seed 1, which is not in this grid.*methods ria50, rtn4"):
+        runner.run_experiment(config, tmp_path / "c", include=[tmp_path / "other.csv"])
+    assert not (tmp_path / "c").exists()  # refused before any cell ran
+
+
+def test_cli_include_results_missing_file_is_one_line(tmp_path, capsys):
+    import yaml
+
+    from cola.cli import main
+
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(BASE))
+    args = ["experiment", str(tmp_path / "t.yaml"), "--work_dir", str(tmp_path / "w"), "--report_only"]
+    assert main([*args, "--include_results", str(tmp_path / "gone.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--include_results: cannot read" in err and "gone.csv" in err
+    assert not (tmp_path / "w").exists()  # nothing half-written
+
+
+def _ran(config, work_dir: Path, seeds=None) -> Experiment:
+    experiment = Experiment(config, work_dir)
+    experiment.run(only=runner.subset(config, seeds=seeds))
+    return experiment
+
+
 @pytest.mark.parametrize(("width", "entries"), [(4.5, 5), (4.5, 9), (18.0, 9)])
 def test_figure_legend_wraps_inside_the_figure(tmp_path, width, entries):
     from cola.experiment.plots import _pyplot, _save_with_legend

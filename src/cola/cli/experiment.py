@@ -15,6 +15,10 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report_dir", help="where results.csv, report.md and plots/ go (default: --work_dir)")
     parser.add_argument("--data_dir", help="overrides the config's data_dir (default: the config's)")
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished cells only")
+    parser.add_argument("--include_results", nargs="+", metavar="RESULTS.csv",
+                        help="add to the report the cells of other runs' results.csv files (the grid run in parts "
+                             "on other machines, or a lost work directory) that --work_dir lacks; retention is "
+                             "recomputed against --work_dir's dense evaluation")
     parser.add_argument("--strategies", nargs="+", metavar="NAME",
                         help="run only these strategies of the grid (default: all)")
     parser.add_argument("--methods", nargs="+", metavar="LABEL",
@@ -44,16 +48,17 @@ def run_experiment(args: argparse.Namespace) -> int:
     only = subset(config, strategies=args.strategies, methods=args.methods, seeds=args.seeds)
     work_dir = Path(args.work_dir or Path("outputs") / "experiments" / config.name)
     flags = [f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-             for name in ("work_dir", "report_dir", "data_dir", "strategies", "methods", "seeds")
+             for name in ("work_dir", "report_dir", "data_dir", "include_results", "strategies", "methods",
+                          "seeds")
              if (value := getattr(args, name))] + [f"--{name}" for name in switches]
     command = " ".join(["cola experiment", args.config, *flags])
     if args.report_only:
         paths = write_report(Experiment(config, work_dir, quiet=args.quiet), args.report_dir or work_dir,
-                             command=command)
+                             command=command, include=args.include_results or ())
         print(f"report: {paths['report']}  results: {paths['results_csv']}")
         return 0
     summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command,
-                             only=only)
+                             only=only, include=args.include_results or ())
     busy = f", {summary['busy']} running in another process" if summary["busy"] else ""
     print(f"cells: {summary['ok']} run, {summary['skipped']} already finished, {summary['failed']} failed{busy} "
           f"({summary['seconds']:.0f} s); report: {summary['report']}  results: {summary['results_csv']}")

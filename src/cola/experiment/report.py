@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cola.data.schemas import DEFAULT_CAPABILITY as GENERAL
+from cola.errors import ColaError
 from cola.evaluate import retention
 from cola.atomic import read_json, write_text
 from cola.experiment.store import inside
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from cola.experiment.config import ExperimentConfig
     from cola.experiment.store import WorkDir
 
+log = logging.getLogger(__name__)
 COLUMNS = ("strategy", "method", "seed", "status", "task", "capability", "metric", "value", "stderr", "n",
            "tokens", "higher_is_better", "retention", "bits_per_parameter", "sparsity", "calibration_tokens",
            "curate_seconds", "compress_seconds", "eval_seconds", "error")
@@ -54,6 +58,71 @@ def _task_columns(result: dict[str, Any]) -> dict[str, Any]:
     return {"task": result["task"], "capability": result["capability"], "metric": result["metric"],
             "value": result["value"], "stderr": result.get("stderr"), "n": result.get("n"),
             "tokens": result.get("tokens"), "higher_is_better": result["higher_is_better"]}
+
+
+def included_rows(paths: Sequence[str | Path], rows: list[dict[str, Any]],
+                  config: ExperimentConfig | None = None) -> list[dict[str, Any]]:
+    """The cells of other runs' results.csv files (`cola experiment --include_results`: a grid split over
+    machines, or a work directory that was lost) that `rows` (the work directory's own) lack, with retention
+    recomputed against the dense results in `rows` (a file's own dense rows are used only where `rows` has
+    none), so that every cell of one report compares with one dense evaluation. A cell found in two files
+    comes from the first. Returns the rows to append, as strings the way the file holds them.
+
+    Raises ColaError for a missing file, one without results.csv's columns, and (with `config`) a cell whose
+    strategy or method label is not in the grid."""
+    have = {(str(r["strategy"]), str(r["method"]), str(r["seed"])) for r in rows}
+    dense = [r for r in rows if r["strategy"] == "dense"]
+    labels = None if config is None else (set(config.strategies), {r.label for r in config.methods})
+    added: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                found = list(csv.DictReader(handle))
+        except OSError as exc:
+            raise ColaError(f"--include_results: cannot read {path}: {exc.strerror or exc}") from exc
+        missing = {"strategy", "method", "seed", "status", "task"} - set(found[0] if found else ())
+        if missing:
+            raise ColaError(f"--include_results: {path} is not an experiment's results.csv (no column "
+                            f"{', '.join(sorted(missing))})")
+        own_dense = [r for r in found if r["strategy"] == "dense"]
+        if not dense and own_dense:
+            dense, added = own_dense, [*added, *own_dense]
+        _warn_if_dense_differs(path, dense, own_dense)
+        cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for row in found:
+            key = (row["strategy"], row["method"], row["seed"])
+            if row["strategy"] != "dense" and key not in have:
+                cells.setdefault(key, []).append(row)
+        for (strategy, method, seed), cell in cells.items():
+            if labels and (strategy not in labels[0] or method not in labels[1]):
+                raise ColaError(f"--include_results: {path} has cell {strategy} × {method} × seed {seed}, "
+                                f"which is not in this grid (strategies {', '.join(sorted(labels[0]))}; "
+                                f"methods {', '.join(sorted(labels[1]))})")
+            ratios = retention([_result(r) for r in cell if r["status"] == "ok"],
+                               [_result(r) for r in dense])["tasks"] if dense else {}
+            added += [{**r, "retention": ratios.get(r["task"], "") if r["status"] == "ok" else ""} for r in cell]
+        have |= set(cells)
+    return added
+
+
+def _result(row: dict[str, Any]) -> dict[str, Any]:
+    """A results.csv row as the task result `cola.evaluate.retention` reads."""
+    def number(text: Any) -> Any:
+        return None if text in ("", None) else float(text)
+
+    n = number(row.get("n"))
+    return {"task": row["task"], "capability": row["capability"], "metric": row["metric"],
+            "value": float(row["value"]), "n": None if n is None else int(n),
+            "higher_is_better": str(row["higher_is_better"]) == "True"}
+
+
+def _warn_if_dense_differs(path: Path, dense: list[dict[str, Any]], own: list[dict[str, Any]]) -> None:
+    ours = {r["task"]: float(r["value"]) for r in dense}
+    differ = [r["task"] for r in own if r["task"] in ours and not math.isclose(float(r["value"]), ours[r["task"]],
+                                                                              rel_tol=1e-6)]
+    if differ:
+        log.warning("%s: its dense results differ from this report's on %s; its cells' retention is recomputed "
+                    "against this report's", path, ", ".join(differ))
 
 
 def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -281,15 +350,18 @@ def _signed(values: pd.Series) -> str:
 
 
 def write_report(experiment: WorkDir, out_dir: str | Path, *, command: str | None = None,
-                 plots: bool = True) -> dict[str, Path]:
+                 plots: bool = True, include: Sequence[str | Path] = ()) -> dict[str, Path]:
     """results.csv, report.md and (with `plots`) the PNGs in `out_dir`; returns their paths. Each path is
-    checked to stay inside `out_dir` (a linked results.csv pointing elsewhere is refused)."""
+    checked to stay inside `out_dir` (a linked results.csv pointing elsewhere is refused). `include`: other
+    runs' results.csv files whose cells the work directory lacks (`included_rows`; the spectrum plot, drawn
+    from the cells' records, shows only the work directory's own)."""
     import pandas as pd
 
     out_dir = inside(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     dense = read_json(experiment.dense_file())
     rows = result_rows(experiment.records(), dense if dense and dense.get("status") == "ok" else None)
+    rows += included_rows(include, rows, experiment.config)  # read before results.csv is written: it may be one
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"results_csv": write_results_csv(rows, inside(out_dir, "results.csv"))}
     frame = pd.read_csv(paths["results_csv"])
     made: list[str] = []

@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,17 +256,19 @@ def subset(config: ExperimentConfig, *, strategies: list[str] | None = None, met
 
 def run_experiment(config: ExperimentConfig, work_dir: str | Path, *, report_dir: str | Path | None = None,
                    quiet: bool = True, command: str | None = None,
-                   only: Callable[[Cell], bool] | None = None) -> dict[str, Any]:
+                   only: Callable[[Cell], bool] | None = None,
+                   include: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Run (or resume) the grid (or the part `only` accepts), then write results.csv, report.md and the
-    plots; returns a summary."""
-    from cola.experiment.report import write_report
+    plots (with the cells of the `include` results.csv files the work directory lacks); returns a summary."""
+    from cola.experiment.report import included_rows, write_report
 
+    included_rows(include, [], config)  # a missing or foreign results.csv fails here, before any cell runs
     experiment = Experiment(config, work_dir, quiet=quiet)
     start = time.perf_counter()
 
     def refresh(_cell: Cell, _record: dict[str, Any]) -> None:  # partial results are always on disk
-        write_report(experiment, report_dir or work_dir, command=command, plots=False)
+        write_report(experiment, report_dir or work_dir, command=command, plots=False, include=include)
 
     counts = experiment.run(on_cell=refresh, only=only)
-    paths = write_report(experiment, report_dir or work_dir, command=command)
+    paths = write_report(experiment, report_dir or work_dir, command=command, include=include)
     return {**counts, "seconds": round(time.perf_counter() - start, 1), **{k: str(v) for k, v in paths.items()}}
