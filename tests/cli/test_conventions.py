@@ -154,7 +154,7 @@ def test_flags_still_reach_their_fields() -> None:
         "--perplexity_filter", "0.1", "--selection_method", "activations", "--layers", "0-2", "--batch_size", "5",
         "--batch_tokens", "64", "--fields", "question=q,answer=a", "--reference", "math=m.jsonl", "--reference",
         "code=c.jsonl", "--reasoning_max_new_tokens", "9", "--reasoning_batch_size", "4",
-        "--no_stage1", "--no_stage2",
+        "--stage1", "--no_stage2",
         "--datasets", "a.jsonl", "b.jsonl", "--target_capabilities", "math", "code"]))
     filters = config.process.filters
     assert (filters.dedup_exact, filters.dedup_near, filters.min_tokens, filters.max_tokens,
@@ -167,7 +167,7 @@ def test_flags_still_reach_their_fields() -> None:
                          ).process.reasoning == CurateConfig().process.reasoning
     assert config.process.field_mapping == (("question", "q"), ("answer", "a"))
     assert config.references == (("math", "m.jsonl"), ("code", "c.jsonl"))
-    assert (config.stage1, config.process.enabled, config.stage3) == (False, False, True)
+    assert (config.stage1, config.process.enabled, config.stage3) == (True, False, True)
     assert curate_config(build_parser().parse_args(["curate", "--output_dir", "o", "--no_stage3"])).stage3 is False
     assert config.datasets == ("a.jsonl", "b.jsonl") and config.target_capabilities == ("math", "code")
     defaults = curate_config(build_parser().parse_args(["curate", "--output_dir", "o"]))

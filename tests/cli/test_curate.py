@@ -319,6 +319,10 @@ def test_signal_and_capability_weight_options(tiny_model_dir, pool_files, tmp_pa
     with pytest.raises(SystemExit):
         build_parser().parse_args(["curate", "--output_dir", "x", "--signal_weights", "vibes=1"])
     assert "unknown signal 'vibes'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the message names this flag's own terms, not --capability_weights'
+        build_parser().parse_args(["curate", "--output_dir", "x", "--signal_weights", "semantic=abc"])
+    assert ("invalid signal weight 'semantic=abc' in 'semantic=abc': use 'name=number,…', e.g. "
+            "'semantic=0.5,token=0.25,coverage=0.25'") in capsys.readouterr().err
 
 
 def test_general_deployment_represents_every_capability(tiny_model_dir, pool_files, tmp_path) -> None:

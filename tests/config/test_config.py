@@ -243,5 +243,17 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     with pytest.raises(ColaError, match="--sketch_dim applies to --selection_method moments or outlier_coverage"):
         parse("--stage1", "--sketch_dim", "8")
     assert parse("--stage1", "--pooling", "last").selection.pooling == "last"  # Stage 1 reads it
+    # Stage 1's own settings with Stage 1 off (each but --reference_size alone turns it on): named, not dropped
+    for flags in (("--deployment_type", "targeted", "--targeted_capability", "math"),
+                  ("--capability_weights", "math=1"), ("--reference", "math=m.jsonl"),
+                  ("--semantic_embedder", "minilm"), ("--signal_weights", "semantic=1")):
+        name = " ".join(flags[:2]) if flags[0] == "--deployment_type" else flags[0]
+        with pytest.raises(ColaError, match=f"^{name} is a Stage 1 setting and this run has Stage 1 off: use "):
+            parse(*flags, "--no_stage1")
+        assert parse(*flags).stage1 is True
+    with pytest.raises(ColaError, match="^--reference_size is a Stage 1 setting and this run has Stage 1 off"):
+        parse("--reference_size", "16")
+    assert parse("--reference_size", "16", "--stage1").reference_size == 16
+    assert parse("--no_stage1", "--target_capabilities", "math").target_capabilities == ("math",)  # labels samples
     assert parse("--selection_method", "moments", "--sketch_dim", "8").selection.sketch_dim == 8
     assert dataclasses.replace(plain, stage1=True).stage1 is True

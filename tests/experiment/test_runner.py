@@ -569,6 +569,9 @@ def test_cli_include_results_missing_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--include_results: cannot read" in err and "gone.csv" in err
     assert not (tmp_path / "w").exists()  # nothing half-written
+    assert main([*args, "--report_dir", str(tmp_path / "r")]) == 0  # an empty grid's report: how to remake it
+    assert f"Command: `cola experiment {tmp_path / 't.yaml'} --work_dir {tmp_path / 'w'} --report_dir " \
+           f"{tmp_path / 'r'} --report_only`" in (tmp_path / "r" / "report.md").read_text()
 
 
 def _ran(config, work_dir: Path, seeds=None) -> Experiment:

@@ -63,7 +63,7 @@ def parse_signal_weights(value: str) -> tuple[float, float, float]:
     weights = {"semantic": defaults.semantic_weight, "token": defaults.token_weight,
                "coverage": defaults.coverage_weight}
     try:
-        given = parse_capability_weights(value)
+        given = parse_capability_weights(value, what="signal", example="semantic=0.5,token=0.25,coverage=0.25")
         for name in given:
             if name not in SIGNALS:
                 raise unknown_choice("signal", name, SIGNALS)
@@ -109,11 +109,23 @@ def curate_config(args: argparse.Namespace) -> CurateConfig:
 
 
 def check_unread_flags(config: CurateConfig) -> None:
-    """A flag for how the model reads the pool, given (not its default) where this run never reads it, is a
-    ColaError naming the flag and what would read it, not silently dropped: --layers, --pooling and
-    --projection_dim are read by Stage 1 and the model-based Stage-3 methods, --sketch_dim by moments and
-    outlier_coverage alone. (The Python API and experiments keep such settings: an experiment shares them
-    across strategies that read them and strategies that do not.)"""
+    """A flag given (not its default) where this run never reads it is a ColaError naming the flag and what
+    would read it, not silently dropped: Stage 1's settings with Stage 1 off (--no_stage1; all but
+    --reference_size turn it on without that flag); --layers, --pooling and --projection_dim, read by Stage 1
+    and the model-based Stage-3 methods; --sketch_dim, read by moments and outlier_coverage alone. (The Python
+    API and experiments keep such settings: an experiment shares them across strategies that read them and
+    strategies that do not.)"""
+    if not config.stage1:
+        plain = CurateConfig()
+        signals = [tuple(getattr(c.domain, f"{name}_weight") for name in SIGNALS) for c in (config, plain)]
+        given = {"--deployment_type targeted": config.deployment_type == "targeted",
+                 "--capability_weights": bool(config.capability_weights), "--reference": bool(config.references),
+                 "--reference_size": config.reference_size != plain.reference_size,
+                 "--semantic_embedder": config.semantic_embedder is not None,
+                 "--signal_weights": signals[0] != signals[1]}
+        for flag in (flag for flag, on in given.items() if on):
+            raise ColaError(f"{flag} is a Stage 1 setting and this run has Stage 1 off: use --stage1 (not "
+                            f"--no_stage1), or drop {flag}")
     method, default = config.selection_method, SelectionConfig()
     for name in ("layers", "pooling", "projection_dim", "sketch_dim"):
         if getattr(config.selection, name) == getattr(default, name):

@@ -18,7 +18,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include_results", nargs="+", metavar="RESULTS.csv",
                         help="add to the report the cells of other runs' results.csv files (the grid run in parts "
                              "on other machines, or a lost work directory) that --work_dir lacks; retention is "
-                             "recomputed against --work_dir's dense evaluation")
+                             "recomputed against --work_dir's dense evaluation (default: none)")
     parser.add_argument("--strategies", nargs="+", metavar="NAME",
                         help="run only these strategies of the grid (default: all)")
     parser.add_argument("--methods", nargs="+", metavar="LABEL",
@@ -51,6 +51,7 @@ def run_experiment(args: argparse.Namespace) -> int:
              for name in ("work_dir", "report_dir", "data_dir", "include_results", "strategies", "methods",
                           "seeds")
              if (value := getattr(args, name))] + [f"--{name}" for name in switches]
+    flags += ["--report_only"] if args.report_only else []  # the report says how to make it again, not the grid
     command = " ".join(["cola experiment", args.config, *flags])
     if args.report_only:
         paths = write_report(Experiment(config, work_dir, quiet=args.quiet), args.report_dir or work_dir,

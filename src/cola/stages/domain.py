@@ -193,8 +193,10 @@ def _checked_weights(weights: Mapping[str, float], valid: Sequence[str]) -> dict
 _ITEM = re.compile(r"^\s*([^=,\s]+)\s*=\s*([^=,]+?)\s*$")
 
 
-def parse_capability_weights(spec: str) -> dict[str, float]:
-    """'math=1,code=0.5' -> {'math': 1.0, 'code': 0.5}; bad syntax, duplicates or negatives -> ColaError."""
+def parse_capability_weights(spec: str, *, what: str = "capability",
+                             example: str = "math=1,code=0.5") -> dict[str, float]:
+    """'math=1,code=0.5' -> {'math': 1.0, 'code': 0.5}; bad syntax, duplicates or negatives -> ColaError, whose
+    message calls the names `what` (also used for --signal_weights: what="signal") and shows `example`."""
     weights: dict[str, float] = {}
     for item in spec.split(","):
         match = _ITEM.match(item)
@@ -203,12 +205,11 @@ def parse_capability_weights(spec: str) -> dict[str, float]:
         except ValueError:
             value = math.nan
         if not match or not math.isfinite(value):
-            raise ColaError(f"invalid capability weight {item!r} in {spec!r}: "
-                            "use 'name=number,…', e.g. 'math=1,code=0.5'")
+            raise ColaError(f"invalid {what} weight {item!r} in {spec!r}: use 'name=number,…', e.g. '{example}'")
         if value < 0:
-            raise ColaError(f"capability weight for {match.group(1)!r} must be >= 0, got {value}")
+            raise ColaError(f"{what} weight for {match.group(1)!r} must be >= 0, got {value}")
         if match.group(1) in weights:
-            raise ColaError(f"capability {match.group(1)!r} given twice in {spec!r}")
+            raise ColaError(f"{what} {match.group(1)!r} given twice in {spec!r}")
         weights[match.group(1)] = value
     return weights
 
