@@ -175,8 +175,8 @@ def _text_files(tmp_path: Path) -> list[Path]:
 def _curate(tiny_model_dir: Path, out: Path, datasets: list, *extra: str) -> int:
     return main(["curate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--quiet",
                  "--dtype", "float32", "--device", "cpu", "--num_samples", "6", "--sequence_length", "48",
-                 "--candidates_per_source", "16", "--reference_size", "8", "--datasets", *map(str, datasets),
-                 *extra])
+                 "--candidates_per_source", "16", "--datasets", *map(str, datasets), *extra,
+                 *([] if "--no_stage1" in extra else ["--reference_size", "8"])])  # a Stage 1 setting
 
 
 def test_targeted_math_over_label_less_text_files_runs(tiny_model_dir, tmp_path) -> None:
