@@ -257,3 +257,10 @@ def test_the_default_is_a_random_pick_of_the_mixed_pool_and_stage1_runs_where_as
     assert parse("--no_stage1", "--target_capabilities", "math").target_capabilities == ("math",)  # labels samples
     assert parse("--selection_method", "moments", "--sketch_dim", "8").selection.sketch_dim == 8
     assert dataclasses.replace(plain, stage1=True).stage1 is True
+    # one list names Stage 1's settings (CurateConfig.stage1_settings): the auto-on rule and the refusal both read it
+    assert plain.stage1_settings() == ()
+    given = CurateConfig(reference_size=16, domain=DomainConfig(reference_clusters=3), semantic_embedder="minilm",
+                         seed=7, stage1=False)
+    assert given.stage1_settings() == ("--reference_size", "--semantic_embedder", "domain.reference_clusters")
+    assert CurateConfig(domain=DomainConfig(reference_clusters=3)).stage1 is True
+    assert (CurateConfig(reference_size=16).stage1, CurateConfig(seed=7).stage1_settings()) == (False, ())

@@ -115,17 +115,10 @@ def check_unread_flags(config: CurateConfig) -> None:
     and the model-based Stage-3 methods; --sketch_dim, read by moments and outlier_coverage alone. (The Python
     API and experiments keep such settings: an experiment shares them across strategies that read them and
     strategies that do not.)"""
-    if not config.stage1:
-        plain = CurateConfig()
-        signals = [tuple(getattr(c.domain, f"{name}_weight") for name in SIGNALS) for c in (config, plain)]
-        given = {"--deployment_type targeted": config.deployment_type == "targeted",
-                 "--capability_weights": bool(config.capability_weights), "--reference": bool(config.references),
-                 "--reference_size": config.reference_size != plain.reference_size,
-                 "--semantic_embedder": config.semantic_embedder is not None,
-                 "--signal_weights": signals[0] != signals[1]}
-        for flag in (flag for flag, on in given.items() if on):
-            raise ColaError(f"{flag} is a Stage 1 setting and this run has Stage 1 off: use --stage1 (not "
-                            f"--no_stage1), or drop {flag}")
+    unread = () if config.stage1 else config.stage1_settings()  # the one list of Stage 1's settings
+    if unread:
+        raise ColaError(f"{unread[0]} is a Stage 1 setting and this run has Stage 1 off: use --stage1 (not "
+                        f"--no_stage1), or drop {unread[0]}")
     method, default = config.selection_method, SelectionConfig()
     for name in ("layers", "pooling", "projection_dim", "sketch_dim"):
         if getattr(config.selection, name) == getattr(default, name):

@@ -23,6 +23,7 @@ from cola.settings import option
 DEPLOYMENT_TYPES = ("general", "targeted")
 STAGE1 = "Stage 1 (dataset selection)"  # --help headings
 STAGE2 = "Stage 2 (processing)"
+REFERENCE_SIZE = 64  # Stage 1's probe texts per capability
 STAGE3 = "Stage 3 (sample selection)"
 DEFAULT_SEED = 42
 
@@ -75,7 +76,7 @@ class CurateConfig:
         help="probe texts for a capability (repeatable); defaults: general: held-out records of the datasets' "
              "free-text prose (else the embedded pool); math, code: the embedded pool (offline); commonsense_qa "
              "for commonsense (hub only: offline, give a file)")
-    reference_size: int = option(64, help="probe texts per capability", group=STAGE1)
+    reference_size: int = option(REFERENCE_SIZE, help="probe texts per capability", group=STAGE1)
     capability_weights: tuple[tuple[str, float], ...] = option(
         (), metavar="CAP=W,...", group=STAGE1,
         help="override the deployment's capability weights, e.g. math=1,code=0.5")
@@ -127,17 +128,33 @@ class CurateConfig:
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
 
     def _decide_stage1(self) -> None:
-        """Stage 1 unset (None) runs where the run asks for what only it does: a targeted deployment or capability
-        weights (its quotas weight the capabilities), target capabilities, reference probes, a semantic embedder
-        or signal weights other than the defaults (what it scores against, and how); else not, because a general
-        run's quotas kept no more than a random pick of the mixed pool (docs/results/selection_smollm2,
-        selection_gemma3). Set off, it stays off: the ablation, and an experiment's random baselines beside a
-        targeted deployment."""
+        """Stage 1 unset (None) runs where the run asks for what only it does: any of `stage1_settings` but
+        --reference_size (a targeted deployment, capability weights, reference probes, a semantic embedder, other
+        signal weights or reference clusters), or named target capabilities (Stage 1 then scores the sources
+        against them); else not, because a general run's quotas kept no more than a random pick of the mixed pool
+        (docs/results/selection_smollm2, selection_gemma3). Set off, it stays off: the ablation, and an
+        experiment's random baselines beside a targeted deployment."""
         if self.stage1 is None:
-            wanted = (self.deployment_type == "targeted" or bool(self.capability_weights) or bool(self.references)
-                      or self.target_capabilities is not None or self.semantic_embedder is not None
-                      or dataclasses.replace(self.domain, seed=0) != DomainConfig(seed=0))
+            wanted = self.target_capabilities is not None or any(
+                name != "--reference_size" for name in self.stage1_settings())
             object.__setattr__(self, "stage1", wanted)  # frozen: set once, during construction
+
+    def stage1_settings(self) -> tuple[str, ...]:
+        """The settings only Stage 1 reads that this config gives (not at their defaults), named as `cola curate`
+        flags (an API-only setting by its field name), in a fixed order. All but --reference_size (how many probes
+        a reference gives, read once there is one) turn an unset Stage 1 on; with Stage 1 off, `cola curate`
+        refuses each (cola.cli.curate.check_unread_flags). Target capabilities are not among them: with Stage 1
+        off they are still served, from the sources' labels (cola.inputs.targets_without_stage1)."""
+        plain = DomainConfig(seed=self.domain.seed)
+        weights = ("semantic_weight", "token_weight", "coverage_weight")
+        given = {"--deployment_type targeted": self.deployment_type == "targeted",
+                 "--capability_weights": bool(self.capability_weights),
+                 "--reference": bool(self.references),
+                 "--reference_size": self.reference_size != REFERENCE_SIZE,
+                 "--semantic_embedder": self.semantic_embedder is not None,
+                 "--signal_weights": any(getattr(self.domain, w) != getattr(plain, w) for w in weights),
+                 "domain.reference_clusters": self.domain.reference_clusters != plain.reference_clusters}
+        return tuple(name for name, on in given.items() if on)
 
     def _derive_seeds(self) -> None:
         """Set every nested stage config's seed from `seed` (`stage_seeds`).
