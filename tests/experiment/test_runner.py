@@ -13,7 +13,7 @@ from cola.errors import ColaError
 from cola.experiment import config as config_module
 from cola.experiment import runner, store
 from cola.experiment.config import config_from_dict
-from cola.experiment.report import render_markdown, write_report
+from cola.experiment.report import COLUMNS, render_markdown, write_report
 from cola.atomic import read_json, write_json
 from cola.experiment.runner import Cell, Experiment, grid
 
@@ -569,9 +569,18 @@ def test_cli_include_results_missing_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--include_results: cannot read" in err and "gone.csv" in err
     assert not (tmp_path / "w").exists()  # nothing half-written
-    assert main([*args, "--report_dir", str(tmp_path / "r")]) == 0  # an empty grid's report: how to remake it
+    # a work directory without a single cell (a mistyped --work_dir) is an error, not an empty report
+    assert main([*args, "--report_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--report_only: {tmp_path / 'w'} holds no cells of" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+    # another run's results (here its dense row alone) make a report that says how to remake it
+    dense = {"strategy": "dense", "method": "dense", "status": "ok", "task": "wikitext2", "value": "30.0"}
+    (tmp_path / "other.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(dense.get(c, "") for c in COLUMNS) + "\n")
+    assert main([*args, "--report_dir", str(tmp_path / "r"), "--include_results", str(tmp_path / "other.csv")]) == 0
     assert f"Command: `cola experiment {tmp_path / 't.yaml'} --work_dir {tmp_path / 'w'} --report_dir " \
-           f"{tmp_path / 'r'} --report_only`" in (tmp_path / "r" / "report.md").read_text()
+           f"{tmp_path / 'r'} --include_results {tmp_path / 'other.csv'} --report_only`" in \
+        (tmp_path / "r" / "report.md").read_text()
 
 
 def _ran(config, work_dir: Path, seeds=None) -> Experiment:

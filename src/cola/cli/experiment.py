@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cola.cli.common import add_quiet
+from cola.errors import ColaError
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +55,13 @@ def run_experiment(args: argparse.Namespace) -> int:
     flags += ["--report_only"] if args.report_only else []  # the report says how to make it again, not the grid
     command = " ".join(["cola experiment", args.config, *flags])
     if args.report_only:
-        paths = write_report(Experiment(config, work_dir, quiet=args.quiet), args.report_dir or work_dir,
-                             command=command, include=args.include_results or ())
+        experiment = Experiment(config, work_dir, quiet=args.quiet)
+        if not args.include_results and not experiment.records():  # an empty report is a mistaken work dir
+            raise ColaError(f"--report_only: {work_dir} holds no cells of {args.config} (finished or failed): "
+                            "name the work directory the grid ran in (--work_dir), add another run's results "
+                            "(--include_results), or run the grid first (drop --report_only)")
+        paths = write_report(experiment, args.report_dir or work_dir, command=command,
+                             include=args.include_results or ())
         print(f"report: {paths['report']}  results: {paths['results_csv']}")
         return 0
     summary = run_experiment(config, work_dir, report_dir=args.report_dir, quiet=args.quiet, command=command,
