@@ -198,3 +198,26 @@ def test_a_model_with_its_own_code_needs_trust_remote_code(tiny_model_dir, tmp_p
     assert "ppl:t" in capsys.readouterr().out
     loaded, _tokenizer = load_model(str(model), device="cpu", dtype="float32", trust_remote_code=True)
     assert type(loaded).__name__ == "MyThingForCausalLM"
+
+
+def test_transformers_gguf_bar_draws_only_where_colas_bars_do(monkeypatch):
+    """transformers' GGUF converter bar follows cola.progress.bars_disabled: off with quiet and off into a file or
+    pipe (a helper saw its carriage-return frames in a redirected `make demo` log), on at a terminal."""
+    import io
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from cola.gguf_models import _gguf_bar_disabled
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    original = gguf_utils.tqdm
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    for stream, quiet, drawn in ((io.StringIO(), False, False), (Terminal(), True, False), (Terminal(), False, True)):
+        monkeypatch.setattr("sys.stderr", stream)
+        with _gguf_bar_disabled(quiet):
+            assert (gguf_utils.tqdm is original) == drawn, (stream, quiet)
+            assert drawn or gguf_utils.tqdm.keywords == {"disable": True}
+        assert gguf_utils.tqdm is original  # restored

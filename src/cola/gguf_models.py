@@ -130,13 +130,16 @@ def shipped_gguf_path(name: str) -> Path:
 
 @contextlib.contextmanager
 def _gguf_bar_disabled(quiet: bool) -> Iterator[None]:
-    """transformers' GGUF converter draws its own tqdm bar, which no switch of theirs turns off: wrap it."""
+    """transformers' GGUF converter draws its own tqdm bar, which no switch of theirs turns off: wrap it, so it
+    draws where cola's own bars do (cola.progress.bars_disabled: not with `quiet`, nor into a file or pipe)."""
     import functools
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
+    from cola.progress import bars_disabled
+
     original = getattr(gguf_utils, "tqdm", None)
-    if quiet and original is not None:
+    if bars_disabled(quiet) and original is not None:
         gguf_utils.tqdm = functools.partial(original, disable=True)
     try:
         yield
