@@ -9,10 +9,9 @@ import time
 from cola.cli.common import add_model_arguments, add_quiet, model_config
 from cola.config import SKETCH_SELECTION_METHODS, CurateConfig, SelectionConfig
 from cola.config.curate import STAGE1, STAGE2
+from cola.config.stages import SIGNALS
 from cola.errors import ColaError
 from cola.settings import add_arguments, from_arguments
-
-SIGNALS = ("semantic", "token", "coverage")
 
 
 def parse_layers(value: str) -> tuple[int, ...] | None:

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cola.config.stages import MODEL_SELECTION_METHODS, DomainConfig, ProcessConfig, SelectionConfig
+from cola.config.stages import MODEL_SELECTION_METHODS, SIGNALS, DomainConfig, ProcessConfig, SelectionConfig
 from cola.errors import ColaError, unknown_choice
 from cola.schema import check_field_types
 from cola.settings import option
@@ -23,9 +23,9 @@ from cola.settings import option
 DEPLOYMENT_TYPES = ("general", "targeted")
 STAGE1 = "Stage 1 (dataset selection)"  # --help headings
 STAGE2 = "Stage 2 (processing)"
-REFERENCE_SIZE = 64  # Stage 1's probe texts per capability
 STAGE3 = "Stage 3 (sample selection)"
 DEFAULT_SEED = 42
+REFERENCE_SIZE = 64  # Stage 1's probe texts per capability
 
 
 class StageSeeds(NamedTuple):
@@ -146,7 +146,7 @@ class CurateConfig:
         refuses each (cola.cli.curate.check_unread_flags). Target capabilities are not among them: with Stage 1
         off they are still served, from the sources' labels (cola.inputs.targets_without_stage1)."""
         plain = DomainConfig(seed=self.domain.seed)
-        weights = ("semantic_weight", "token_weight", "coverage_weight")
+        weights = [f"{signal}_weight" for signal in SIGNALS]
         given = {"--deployment_type targeted": self.deployment_type == "targeted",
                  "--capability_weights": bool(self.capability_weights),
                  "--reference": bool(self.references),

@@ -93,6 +93,9 @@ class FilterConfig:
         return dataclasses.asdict(self)
 
 
+SIGNALS = ("semantic", "token", "coverage")  # Stage 1's similarity signals (DomainConfig.<signal>_weight)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DomainConfig:
     """Stage 1 (cola.stages.domain): how the three similarity signals are weighted, how finely a reference set
