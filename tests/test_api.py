@@ -266,6 +266,12 @@ def test_a_capability_without_any_reference_fails_before_reading_sources(tmp_pat
     assert capsys.readouterr().err.strip() == (
         "cola: error: capability 'poetry' has no reference set: known ones are code, commonsense, general, math; "
         "give one with --reference poetry=PATH_OR_DATASET")
+    assert main(["curate", "--output_dir", str(tmp_path / "out"), "--quiet", "--datasets", "embedded",
+                 "--deployment_type", "targeted", "--targeted_capability", "maths"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cola: error: capability 'maths' has no reference set (did you mean math?): known ones are code, "
+        "commonsense, general, math; give one with --reference maths=PATH_OR_DATASET")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_layers_fail_before_stage2(model_and_tokenizer, prose, tmp_path, no_stage2) -> None:

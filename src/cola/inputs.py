@@ -80,8 +80,9 @@ def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> 
     path = check_output_dir(output_dir)
     specs = source_specs(config)
     if config.stage1:
-        for capability in config.target_capabilities or ():
-            reference_spec(capability, config)  # a capability without any reference set fails before reading
+        for capability in (*(config.target_capabilities or ()), config.targeted_capability):
+            if capability:  # a capability without any reference set fails before reading any source
+                reference_spec(capability, config)
     _check_side_models(config)
     timings: dict[str, float] = {}
     sources = tuple(load_sources(config, timings, specs=specs))

@@ -304,7 +304,8 @@ def test_stage1_bad_inputs(tiny_model_dir, pool_files, tmp_path, capsys) -> None
         "--datasets", f"{pool_files['prose']}@poetry", "--stage1")
     assert "unknown targeted capability 'law'" in bad("--deployment_type", "targeted", "--targeted_capability",
                                                        "law", "--target_capabilities", "math", "code")
-    assert "--deployment_type targeted needs --targeted_capability" in bad("--deployment_type", "targeted")
+    assert ("--deployment_type targeted needs --targeted_capability: one of code, commonsense, general, math, poetry,"
+            in bad("--deployment_type", "targeted", "--reference", f"poetry={pool_files['prose']}"))
 
 
 def test_signal_and_capability_weight_options(tiny_model_dir, pool_files, tmp_path, capsys) -> None:

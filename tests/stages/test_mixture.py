@@ -14,7 +14,10 @@ from cola.config import CurateConfig
 from cola.data.sources import CAPABILITY_ORIGINS, Source, load_source, parse_source
 from cola.export import MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
 from cola.stages.domain import DomainConfig
-from cola.stages.mixture import load_references, plan_mixture, probed_capabilities, stage1_targets
+from cola.data.catalog import CATALOG, reference_capabilities
+from cola.data.embedded import EMBEDDED_CAPABILITIES
+from cola.stages.mixture import (default_reference, load_references, plan_mixture, probed_capabilities,
+                                 stage1_targets)
 from cola.stages.process import reference_probes
 
 from tests.conftest import SHARED_DATA, byte_tokenizer, needs_shared_data, write_jsonl
@@ -294,3 +297,13 @@ def test_general_deployment_on_smollm2_represents_every_capability(issue_files, 
     assert sum(selected.values()) == 32
     by_capability = {s["capability"]: s["name"] for s in manifest["sources"]}
     assert all(selected.get(by_capability[c], 0) >= 1 for c in ("math", "code", "general")), selected
+
+
+def test_every_capability_listed_as_known_has_a_default_reference_and_no_other_has() -> None:
+    known = reference_capabilities()
+    assert known == ["code", "commonsense", "general", "math"]
+    assert all(default_reference(c) for c in known) and set(EMBEDDED_CAPABILITIES) <= set(known)
+    assert [default_reference(c) for c in known] == ["embedded-code", "commonsense_qa", "embedded-general",
+                                                     "embedded-math"]
+    assert all(default_reference(c) in CATALOG for c in set(known) - set(EMBEDDED_CAPABILITIES))
+    assert default_reference("poetry") is None and reference_capabilities(["poetry"])[-1] == "poetry"

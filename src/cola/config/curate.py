@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cola.config.stages import MODEL_SELECTION_METHODS, SIGNALS, DomainConfig, ProcessConfig, SelectionConfig
+from cola.data.catalog import reference_capabilities
 from cola.errors import ColaError, unknown_choice
 from cola.schema import check_field_types
 from cola.settings import option
@@ -119,7 +120,9 @@ class CurateConfig:
             raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
         self._decide_stage1()
         if self.deployment_type == "targeted" and not self.targeted_capability:
-            raise ColaError("--deployment_type targeted needs --targeted_capability")
+            known = reference_capabilities((*(c for c, _ in self.references), *(self.target_capabilities or ())))
+            raise ColaError(f"--deployment_type targeted needs --targeted_capability: one of {', '.join(known)}, "
+                            "or a capability you give a reference set with --reference CAPABILITY=PATH")
         if self.deployment_type != "targeted" and self.targeted_capability:
             raise ColaError(f"--targeted_capability {self.targeted_capability} needs --deployment_type targeted "
                             "(a general deployment weights every capability alike)")

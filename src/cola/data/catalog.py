@@ -7,12 +7,14 @@ are recognised by their columns through the same schema table (`schema_for_colum
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cola.data.schemas import CAPABILITIES, SCHEMAS, DatasetSchema
 from cola.errors import unknown_choice
 
-__all__ = ["CAPABILITIES", "CATALOG", "EMBEDDED_SOURCES", "CatalogEntry", "catalog_entry"]
+__all__ = ["CAPABILITIES", "CATALOG", "CATALOG_REFERENCES", "EMBEDDED_SOURCES", "CatalogEntry", "catalog_entry",
+           "reference_capabilities"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,3 +95,13 @@ def catalog_entry(name: str) -> CatalogEntry:
 
 # The embedded offline pool: `embedded` is all of it, `embedded-<capability>` one part.
 EMBEDDED_SOURCES = ("embedded", "embedded-general", "embedded-math", "embedded-code")
+
+# The catalog dataset that probes each capability in Stage 1 where neither --reference nor the embedded pool
+# (`cola.stages.mixture.default_reference`, offline first) gives one.
+CATALOG_REFERENCES = {"general": "wikitext", "math": "gsm8k", "code": "mbpp", "commonsense": "commonsense_qa"}
+
+
+def reference_capabilities(given: Iterable[str] = ()) -> list[str]:
+    """The capabilities Stage 1 has a reference set for, sorted: the built-in ones (every embedded pool part has
+    a catalog twin) and `given`, those named in --reference CAPABILITY=PATH."""
+    return sorted({*CATALOG_REFERENCES, *given})

@@ -35,16 +35,15 @@ from typing import Any
 import numpy as np
 
 from cola.config import CurateConfig
+from cola.data.catalog import CATALOG_REFERENCES, reference_capabilities
 from cola.data.embedded import EMBEDDED_CAPABILITIES
 from cola.data.sources import Source, SourceSpec, load_source, parse_source
-from cola.errors import ColaError
+from cola.errors import ColaError, close_matches
 from cola.stages.domain import (DatasetStats, allocate_samples, capabilities_from_coverage, capability_weights,
                                 coverage_table, unigram_distribution)
 
 log = logging.getLogger(__name__)
 
-# Offline-first default probes: the embedded pool where it has the capability, else the catalog's dataset.
-CATALOG_REFERENCES = {"general": "wikitext", "math": "gsm8k", "code": "mbpp", "commonsense": "commonsense_qa"}
 # The default general reference built from the pool's prose is named in logs and the manifest as this prefix
 # followed by its sources' names joined with '+' ("pool:c4_en_train_first1000").
 POOL_REFERENCE = "pool:"
@@ -106,8 +105,10 @@ def reference_spec(capability: str, config: CurateConfig, sources: Sequence[Sour
     default = default_reference(capability)
     if default is not None:
         return default
-    known = sorted({*EMBEDDED_CAPABILITIES, *CATALOG_REFERENCES, *given})
-    raise ColaError(f"capability {capability!r} has no reference set: known ones are {', '.join(known)}; "
+    known = reference_capabilities(given)
+    close = close_matches(capability, known)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ColaError(f"capability {capability!r} has no reference set{hint}: known ones are {', '.join(known)}; "
                     f"give one with --reference {capability}=PATH_OR_DATASET")
 
 
