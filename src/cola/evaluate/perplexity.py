@@ -65,8 +65,10 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
         for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):
             batch = windows[start:start + batch_size].to(device)  # (B, T)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:],
-                                                    reduction="none")  # (B, T-1)
+            # Classes on the last, contiguous axis: cross_entropy over the transposed (B, V, T-1) view took 6x
+            # as long at Gemma's 262,144-token vocabulary (14 s against 2.3 s per batch of 4 on one core).
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                    reduction="none").view(len(batch), -1)  # (B, T-1)
             window_nlls.extend(nll.mean(dim=1).tolist())
     mean = sum(window_nlls) / len(window_nlls)
     return Perplexity(perplexity=math.exp(mean), mean_nll=mean, tokens=count * (window - 1), windows=count,
