@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["COLA", "ColaError", "SelectionConfig", "__version__"]
+__all__ = ["COLA", "ColaError", "SelectionConfig", "__version__", "export_calibration", "load_calibration"]
 
 if TYPE_CHECKING:
     from cola.api import COLA
     from cola.config import SelectionConfig
+    from cola.compress.calibration import load_calibration
     from cola.errors import ColaError
+    from cola.handoff import export_calibration
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +31,12 @@ def __getattr__(name: str) -> Any:
         from cola.errors import ColaError
 
         return ColaError
+    if name == "load_calibration":
+        from cola.compress.calibration import load_calibration
+
+        return load_calibration
+    if name == "export_calibration":
+        from cola.handoff import export_calibration
+
+        return export_calibration
     raise AttributeError(f"module 'cola' has no attribute {name!r}")

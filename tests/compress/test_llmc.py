@@ -218,12 +218,12 @@ def test_check_compressed_catches_the_old_all_prunable_target(tmp_path):
     from llmcompressor.modifiers.pruning import WandaPruningModifier
 
     from cola.compress.llmc.output import library_output
-    from cola.compress.llmc.run import _local_name_or_path, calibration_loader
+    from cola.compress.llmc.run import _local_name_or_path
 
     model = tiny_llama()
     before = model.model.layers[0].mlp.down_proj.weight.clone()
     with library_output(True), _local_name_or_path(model):
-        oneshot(model=model, tokenizer=byte_tokenizer(), dataset=calibration_loader(calibration_set()),
+        oneshot(model=model, tokenizer=byte_tokenizer(), dataset=calibration_set().dataloader(),
                 recipe=[WandaPruningModifier(sparsity=0.5, targets="__ALL_PRUNABLE__")], log_dir=None)
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, before)
     save_llmcompressor(model, byte_tokenizer(), tmp_path, quiet=True)

@@ -18,12 +18,13 @@ from cola.cli.curate import add_curate_arguments, curate_config, run_curate
 from cola.cli.datasets import run_datasets
 from cola.cli.evaluate import add_evaluate_arguments, run_evaluate
 from cola.cli.experiment import add_experiment_arguments, run_experiment
+from cola.cli.export import add_export_arguments, run_export
 from cola.cli.score import add_score_arguments, run_score
 from cola.errors import ColaError, close_matches
 
 __all__ = ["build_parser", "curate_config", "format_compress_summary", "main"]
 COMMANDS = {"curate": run_curate, "compress": run_compress, "evaluate": run_evaluate, "score": run_score,
-            "experiment": run_experiment, "datasets": run_datasets}
+            "export": run_export, "experiment": run_experiment, "datasets": run_datasets}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate a dense or compressed model"))
     add_score_arguments(sub.add_parser(
         "score", help="score a calibration set against reference texts per capability, without compressing"))
+    add_export_arguments(sub.add_parser(
+        "export", help="write a calibration set in the form a toolkit takes (llm-compressor, GPTQModel, auto-round, "
+                       "text, tensors) and print the call that feeds it"))
     add_experiment_arguments(sub.add_parser(
         "experiment", help="run a grid of calibration strategies x compression methods x seeds (resumable)"))
     sub.add_parser("datasets", help="list the known datasets and the embedded offline pool")

@@ -35,20 +35,6 @@ if TYPE_CHECKING:
 _quiet_runs: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
-def _collate_stack(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Samples of one length stacked into a batch: no truncation, no padding."""
-    ids = torch.stack([torch.as_tensor(row["input_ids"], dtype=torch.long) for row in rows])
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def calibration_loader(calibration: CalibrationSet, max_batch_tokens: int = 4096) -> torch.utils.data.DataLoader:
-    """Every curated sample, in order, whole; consecutive samples of one length share a batch."""
-    from torch.utils.data import DataLoader
-
-    dataset = calibration.dataset()
-    return DataLoader(dataset, batch_sampler=calibration.batches(max_batch_tokens), collate_fn=_collate_stack)
-
-
 @contextlib.contextmanager
 def _no_pinning_without_accelerator() -> Iterator[None]:
     """llm-compressor 0.14's AWQ pins its cached activations for faster host-to-device copies, which fails
@@ -109,7 +95,7 @@ def run_llmcompressor(model: torch.nn.Module, tokenizer: Any, calibration: Calib
         if not data_free:
             # With a DataLoader oneshot skips its own dataset handling; the arguments below say the same
             # thing for the record (and would be what it used if it ever looked at them).
-            kwargs = {"dataset": calibration_loader(calibration), "num_calibration_samples": len(calibration),
+            kwargs = {"dataset": calibration.dataloader(), "num_calibration_samples": len(calibration),
                       "shuffle_calibration_samples": False, "max_seq_length": calibration.sequence_length,
                       "batch_size": 1}
         start = time.perf_counter()
