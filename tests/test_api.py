@@ -58,11 +58,13 @@ def test_a_single_string_is_one_dataset_and_one_capability(model_and_tokenizer, 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(available_datasets=[None]),
-     "COLA: available_datasets[0] must be a string or a path, got None"),
+     "COLA: available_datasets[0] must be a dataset name, a path or in-memory data (a datasets.Dataset, a list of "
+     "texts or of dicts, a (data, capability) pair, cola.InMemory), got None"),
     (dict(available_datasets=["gsm8k", ""]), "an empty dataset name in datasets ['gsm8k', '']"),
-    (dict(available_datasets=5), "COLA: available_datasets must be a list of strings or paths, got 5 (an integer)"),
-    (dict(available_datasets={"gsm8k"}), "COLA: available_datasets must be a list of strings or paths, got {'gsm8k'} "
-                                         "(a set)"),
+    (dict(available_datasets=5), "COLA: available_datasets must be a dataset name, a path, in-memory data or a list "
+                                 "of them, got 5 (an integer)"),
+    (dict(available_datasets={"gsm8k"}), "COLA: available_datasets must be a dataset name, a path, in-memory data or "
+                                         "a list of them, got {'gsm8k'} (a set)"),
     (dict(target_capabilities=[None]), "COLA: target_capabilities[0] must be a string, got None"),
     (dict(target_capabilities=b"math"), "COLA: target_capabilities must be a list of strings or None, got b'math'"),
     (dict(selection={"method": "random"}),

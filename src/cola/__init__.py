@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["COLA", "ColaError", "SelectionConfig", "__version__", "export_calibration", "load_calibration"]
+__all__ = ["COLA", "ColaError", "InMemory", "SelectionConfig", "__version__", "export_calibration", "load_calibration"]
 
 if TYPE_CHECKING:
     from cola.api import COLA
     from cola.config import SelectionConfig
     from cola.compress.calibration import load_calibration
+    from cola.data.memory import InMemory
     from cola.errors import ColaError
     from cola.handoff import export_calibration
 
@@ -31,6 +32,10 @@ def __getattr__(name: str) -> Any:
         from cola.errors import ColaError
 
         return ColaError
+    if name == "InMemory":
+        from cola.data.memory import InMemory
+
+        return InMemory
     if name == "load_calibration":
         from cola.compress.calibration import load_calibration
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHODS, CurateConfig
+from cola.data.memory import specs_of
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
@@ -93,7 +94,7 @@ class COLA:
     >>> samples = cola.run(num_samples=128, sequence_length=2048)
     """
 
-    def __init__(self, *, model: Any, tokenizer: Any, available_datasets: str | Sequence[str] = ("embedded",),
+    def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Any = ("embedded",),
                  target_capabilities: str | Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
@@ -103,8 +104,13 @@ class COLA:
         `feature_cache` is a folder where the pool's activation features are kept and reused by later runs with
         the same model, pool and settings (`cola.feature_cache`; None: none kept).
 
-        Every argument is checked here (ColaError naming it): `available_datasets` and `target_capabilities`
-        take one name or a list of names (a dataset may be a Path), settings take their CurateConfig types
+        `available_datasets`: one dataset or a list of them, each a name, a path or in-memory data — a
+        `datasets.Dataset` or `IterableDataset`, a list of texts or of dicts, a `(data, "math")` pair or
+        `cola.InMemory(data, capability=..., fields=...)` (`cola.data.memory`: written once to a content-named
+        file in cola's cache and read from there like any file).
+
+        Every argument is checked here (ColaError naming it): `target_capabilities` takes one name or a list of
+        names, settings take their CurateConfig types
         (`selection` a SelectionConfig, `process` a ProcessConfig, …; a bool is not a number).
         """
         valid = {f.name for f in dataclasses.fields(CurateConfig)} - {"datasets", "target_capabilities"}
@@ -128,7 +134,7 @@ class COLA:
         self._model_key: str | None = None
         self.model = model
         self.tokenizer = tokenizer
-        datasets = tuple(map(os.fspath, check(available_datasets, tuple[str | Path, ...], "available_datasets")))
+        datasets = specs_of(available_datasets)  # in-memory data becomes a content-named file in cola's cache
         targets = check(target_capabilities, tuple[str, ...] | None, "target_capabilities")
         # One validated settings object; run() only fills in num_samples and sequence_length.
         self.settings = CurateConfig(datasets=datasets, target_capabilities=targets or None, **settings)

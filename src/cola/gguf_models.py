@@ -38,7 +38,8 @@ GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # SentencePiece-BPE vocabul
 
 
 def cache_dir() -> Path:
-    """Where converted checkpoints live: $COLA_CACHE_DIR, else $XDG_CACHE_HOME/cola, else ~/.cache/cola."""
+    """cola's cache folder (converted checkpoints, generated reasoning, in-memory datasets): $COLA_CACHE_DIR,
+    else $XDG_CACHE_HOME/cola, else ~/.cache/cola."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

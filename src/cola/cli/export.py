@@ -22,7 +22,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("calibration_dir", metavar="CALIBRATION_DIR", help="output directory of `cola curate`")
     parser.add_argument("--to", dest="target", required=True, metavar="TARGET",
-                        help="the toolkit (required): " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
+                        help="the toolkit (required): "
+                             + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
     parser.add_argument("--output", default=None,
                         help="file or folder to write (default: CALIBRATION_DIR's name plus the target's suffix, "
                              "beside it: out/calib.gptqmodel.jsonl)")

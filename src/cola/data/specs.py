@@ -72,7 +72,7 @@ def _is_file(text: str) -> bool:
         return False
 
 
-def _looks_like_file(body: str) -> bool:
+def looks_like_file(body: str) -> bool:
     return Path(body).suffix in FILE_FORMATS or Path(body).suffix in COMPRESSIONS
 
 
@@ -85,9 +85,9 @@ def _split_spec(spec: str) -> tuple[str, str]:
             return spec[:cut], spec[cut:]
     body, hash_sign, fields = spec.partition("#")
     head, at_sign, capability = body.rpartition("@") if "@" in body else (body, "", "")
-    if at_sign and not _CAPABILITY_RE.match(capability) and _looks_like_file(body):
+    if at_sign and not _CAPABILITY_RE.match(capability) and looks_like_file(body):
         head, at_sign, capability = body, "", ""  # `user@host.jsonl`: the @ belongs to a (missing) file's name
-    if hash_sign and not _looks_like_file(head) and _looks_like_file(spec):
+    if hash_sign and not looks_like_file(head) and looks_like_file(spec):
         return spec, ""  # `runs#3.jsonl`: so does the #
     return head, f"{at_sign}{capability}{hash_sign}{fields}"
 
@@ -115,7 +115,7 @@ def parse_source(spec: str) -> SourceSpec:
         return SourceSpec(spec=spec, name=body, kind="embedded", location=part, capability=cap or part,
                           fields=fields or ("text",), capability_origin=labelled or "embedded")
     path = Path(body).expanduser()
-    if path.exists() or _looks_like_file(body):
+    if path.exists() or looks_like_file(body):
         if not path.is_file():
             raise ColaError(f"dataset file not found: {body}")
         file_format(path)
