@@ -36,6 +36,15 @@ def tiny_llama(seed: int = 0, layers: int = 2):
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture(autouse=True)
+def probe_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stage 1's reference probes are cached in cola's cache by default: each test gets a fresh folder of its own,
+    so no test reads what another (or a user's run) left there."""
+    folder = tmp_path_factory.mktemp("probe-features")
+    monkeypatch.setattr("cola.feature_cache.probe_cache_dir", lambda: folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny Llama + tokenizer, loadable by path like any model directory."""

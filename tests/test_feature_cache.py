@@ -86,3 +86,22 @@ def test_an_entry_with_channel_maxima_serves_moments_and_activations_runs(tmp_pa
         alone = curate(tmp_path, pool_files, f"{name}-alone", tmp_path / f"cache-{name}", selection=selection)
         assert served["samples"] == alone["samples"], name
         assert served["manifest"]["diagnostics"] == alone["manifest"]["diagnostics"], name  # maxima trimmed
+
+
+def test_stage1_probes_are_cached_without_a_feature_cache(tmp_path, pool_files, probe_cache, monkeypatch) -> None:
+    """No feature cache named: the pool is run again, the probes (the same texts run after run) are not."""
+    import cola.stages.select as select
+
+    extracted: list[int] = []  # samples per extraction the model ran
+    real = select.embed_pool
+    monkeypatch.setattr(select, "embed_pool", lambda model, ids, *a, **k: extracted.append(len(ids)) or real(
+        model, ids, *a, **k))
+    first = curate(tmp_path, pool_files, "first", None, selection=ACTIVATIONS)
+    probes = first["manifest"]["stage1"]["references"]
+    entries = sorted(probe_cache.iterdir())
+    assert len(entries) == len(probes) >= 2 and len(extracted) == 1 + len(probes)
+    extracted.clear()
+    second = curate(tmp_path, pool_files, "second", None, selection=ACTIVATIONS)
+    assert len(extracted) == 1 and sorted(probe_cache.iterdir()) == entries  # only the pool ran
+    assert second["manifest"]["timings"]["feature_cache_hits"] == len(probes)
+    assert second["samples"] == first["samples"] and second["pool"] == first["pool"]

@@ -222,14 +222,16 @@ class COLA:
         """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
         with `moments`, its moment sketches from the same pass), and with Stage 1 each capability's probes'
         features in the same projection (seconds to `timings`)."""
+        from cola.feature_cache import probe_cache_dir
         from cola.stages.select import embed_pool
 
         if not config.reads_model:
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
 
-        def extract(token_ids: list[np.ndarray], sketches: bool = False, maxima: bool = False) -> Extraction:
-            found, hit = self._cached(token_ids, config, pad, sketches, maxima, lambda: embed_pool(
+        def extract(token_ids: list[np.ndarray], sketches: bool = False, maxima: bool = False,
+                    cache: str | Path | None = self.feature_cache) -> Extraction:
+            found, hit = self._cached(token_ids, config, pad, sketches, maxima, cache, lambda: embed_pool(
                 self.model, token_ids, config.selection, pad_token_id=pad, sketches=sketches, maxima=maxima,
                 quiet=self.quiet))
             if hit:  # the extraction's seconds are then those of the run that computed it
@@ -240,19 +242,22 @@ class COLA:
         found = extract(pool.token_ids, sketches=method in SKETCH_SELECTION_METHODS,
                         maxima=method == "outlier_coverage")
         start = time.perf_counter()
-        probes = {capability: extract([p.input_ids for p in probes]).features
+        # The probes are few and the same run after run: kept in cola's cache when no feature cache is given
+        probe_cache = self.feature_cache or probe_cache_dir()
+        probes = {capability: extract([p.input_ids for p in probes], cache=probe_cache).features
                   for capability, probes in pool.probes.items()} if config.stage1 else {}
         if probes:
             timings["stage1_reference_extract"] = time.perf_counter() - start
         return PoolFeatures(features=found.features, stats=found.stats, probes=probes, sketches=found.sketches)
 
     def _cached(self, token_ids: list[np.ndarray], config: CurateConfig, pad: int, sketches: bool, maxima: bool,
-                compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
-        """(`compute()` or the feature cache's entry, whether it came from the cache), keyed by every setting
-        extraction reads; an entry holding more than asked for (sketches, maxima) serves, trimmed."""
+                cache: str | Path | None, compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
+        """(`compute()` or the entry of the feature cache in folder `cache`, whether it came from the cache),
+        keyed by every setting extraction reads; an entry holding more than asked for (sketches, maxima) serves,
+        trimmed. `cache` None: computed, nothing kept."""
         from cola.feature_cache import cached_extraction, model_digest
 
-        if self.feature_cache is None:
+        if cache is None:
             return compute(), False
         if self._model_key is None:
             self._model_key = model_digest(self.model)
@@ -264,7 +269,7 @@ class COLA:
                   {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
         asked = 2 if maxima else 1 if sketches else 0
         # a richer entry serves (the same pass: the same features, stats and sketches), trimmed to what was asked
-        found, hit = cached_extraction(self.feature_cache, self._model_key, token_ids, levels[asked], compute,
+        found, hit = cached_extraction(cache, self._model_key, token_ids, levels[asked], compute,
                                        also=levels[asked + 1:])
         if hit and asked == 0:
             found = dataclasses.replace(found, sketches=None)

@@ -46,6 +46,19 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+PROBE_DIR = "probe-features"  # under cola's cache folder: Stage 1's reference probes, cached on every run
+
+
+def probe_cache_dir() -> Path:
+    """Where Stage 1's reference probes' features are kept when a run names no feature cache: cola's cache
+    folder (`cola.gguf_models.cache_dir`, $COLA_CACHE_DIR) / probe-features. The probes are the same texts run
+    after run (64 per capability by default): on a 16-sample run over 300 candidates (SmolLM2, one thread) their
+    extraction took 78 s of 229 s, and 0.01 s when run again."""
+    from cola.gguf_models import cache_dir
+
+    return cache_dir() / PROBE_DIR
+
+
 def tokens_digest(token_ids: Sequence[Sequence[int]]) -> str:
     digest = hashlib.sha256()
     for ids in token_ids:
