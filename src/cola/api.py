@@ -141,6 +141,7 @@ class COLA:
         self.output_dir = check_output_dir(output_dir)
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
+        self.plots_report: list[str] = []  # the last run's figures drawn, and those not drawn with the reason
         self.timings = dict(timings or {})
         self.manifest_extra = dict(manifest_extra or {})
 
@@ -164,8 +165,10 @@ class COLA:
         return prepare_inputs(config, output_dir)
 
     def run(self, num_samples: int = 128, sequence_length: int = 2048, *,
-            inputs: RunInputs | None = None) -> list[dict[str, Any]]:
-        """Curate `num_samples` calibration samples, write them to `output_dir`, and return them.
+            inputs: RunInputs | None = None, plots: bool = False) -> list[dict[str, Any]]:
+        """Curate `num_samples` calibration samples, write them to `output_dir`, and return them; with `plots`,
+        draw the run's figures into output_dir/plots (`cola.plots`; what was drawn or skipped, and why, is in
+        `plots_report`).
 
         Everything the run reads is resolved and checked first (`prepare_inputs`; the CLI does it before it
         loads the model and passes the result as `inputs`), then what the model decides (context length,
@@ -173,6 +176,7 @@ class COLA:
         order: load, process, embed, plan_mixture, select, export (see the module docstring).
         """
         config = self.config(num_samples, sequence_length)
+        plots = convert(plots, bool, "plots", source="COLA.run", python=True)
         if inputs is None:
             inputs = self.load(config, self.output_dir)
         elif (inputs.config, inputs.output_dir) != (config, self.output_dir):
@@ -185,7 +189,16 @@ class COLA:
         plan = self.plan_mixture(pool, features, inputs, config, timings)
         selection = self.select(pool, features, plan, config)
         timings.update(selection.timings)
-        return self.export(pool, plan, selection, config, timings)
+        samples = self.export(pool, plan, selection, config, timings)
+        self.plots_report = []
+        if plots:
+            from cola.plots import write_plots
+
+            written, skipped = write_plots(self.output_dir, config.seed)
+            self.plots_report = [f"drew {p}" for p in written] + [f"not drawn: {reason}" for reason in skipped]
+            for line in self.plots_report:
+                log.info(line)
+        return samples
 
     def process(self, sources: Sequence[Source], config: CurateConfig, timings: dict[str, float], *,
                 references: dict[str, Source] | None = None, check_size: bool = True) -> Pool:
@@ -296,7 +309,7 @@ class COLA:
     def select(self, pool: Pool, features: PoolFeatures, plan: MixturePlan, config: CurateConfig) -> Selection:
         """Stage 3 within the plan's quotas: activation medoids, a seeded random pick or a peer method."""
         from cola.stages.select import (select_at_random, select_by_moments, select_from_features, select_from_pool,
-                                        with_extraction)
+                                        with_extraction, with_pool_features)
 
         method, seed, names = config.selection_method, config.selection.seed, pool.names
         if method == "activations":
@@ -313,9 +326,9 @@ class COLA:
         else:
             selection = select_from_pool(method, [c.text for c in pool.candidates], pool.token_ids, names,
                                          config.num_samples, seed=seed, quotas=plan.quotas)
-        if features.stats is not None:  # the pool's activations served Stage 1 alone
-            selection = dataclasses.replace(selection, timings={"stage1_extract": features.stats.seconds,
-                                                                **selection.timings})
+        if features.stats is not None:  # the pool's activations served Stage 1 alone: the pool table keeps them
+            selection = dataclasses.replace(with_pool_features(selection, features.features),
+                                            timings={"stage1_extract": features.stats.seconds, **selection.timings})
         return selection
 
     def export(self, pool: Pool, plan: MixturePlan, selection: Selection, config: CurateConfig,

@@ -82,7 +82,8 @@ def _tokens_digest(input_ids: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-CURATE_NAMES = frozenset({SAMPLES_FILE, DATASET_DIR, DATASET_PARQUET, POOL_PARQUET, MANIFEST_FILE})
+PLOTS_DIR = "plots"  # `--plots` draws the run's figures here (cola.plots); a later run drops them, not carries
+CURATE_NAMES = frozenset({SAMPLES_FILE, DATASET_DIR, DATASET_PARQUET, POOL_PARQUET, MANIFEST_FILE, PLOTS_DIR})
 
 
 def holds_curate_set(directory: Path) -> bool:

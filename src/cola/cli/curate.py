@@ -94,6 +94,10 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
         default=(d.semantic_weight, d.token_weight, d.coverage_weight),
         help=f"how the three coverage signals combine (default: semantic={d.semantic_weight},"
              f"token={d.token_weight},coverage={d.coverage_weight})")
+    parser.add_argument("--plots", action="store_true",
+                        help="also draw the run's figures into OUTPUT_DIR/plots: Stage 1's scores and quotas, the "
+                             "pool's activation map with the picks, the distances to the nearest pick against a "
+                             "random pick's")
     add_quiet(parser)
 
 
@@ -145,7 +149,10 @@ def run_curate(args: argparse.Namespace) -> int:
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
                             model_name_or_path=model.model, quiet=args.quiet,
                             timings={"load_model": time.perf_counter() - start})
-    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs)
+    samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs,
+                       plots=args.plots)
     print(f"wrote {len(samples)} calibration samples to {args.output_dir} "
           "(calibration_samples.json, calibration_dataset/, manifest.json)")
+    for line in cola.plots_report:
+        print(line)
     return 0

@@ -226,6 +226,13 @@ def _unselected(pool_size: int, sources: Sequence[str], indices: np.ndarray, dia
                      diagnostics=diagnostics, timings={}, method=method)
 
 
+def with_pool_features(selection: Selection, features: np.ndarray) -> Selection:
+    """A selection made without the model (random, text peers), given the (N, P) pool features Stage 1
+    computed anyway, and each candidate's distance to its nearest pick in them (for the pool table and plots)."""
+    return dataclasses.replace(selection, features=features,
+                               nearest_distance=nearest_selected_distance(features, selection.indices))
+
+
 def select_at_random(pool_size: int, sources: Sequence[str], num_samples: int, *, seed: int,
                      quotas: Mapping[str, int] | None = None) -> Selection:
     """The no-Stage-3 ablation: a seeded uniform pick from the processed pool (within Stage 1's quotas if any)."""
