@@ -31,14 +31,14 @@ def curate(pool_files, out, **settings) -> COLA:
 def test_curate_plots_draw_each_figure_the_run_has_data_for(tmp_path, pool_files) -> None:
     full = curate(pool_files, tmp_path / "full", stage1=True, selection=SelectionConfig(method="activations"))
     names = ["activation_map.png", "pick_distances.png", "stage1.png"]
-    assert sorted(p.name for p in (tmp_path / "full" / "plots").iterdir()) == names
-    assert all((tmp_path / "full" / "plots" / n).read_bytes().startswith(PNG) for n in names)
-    assert full.plots_report == [f"drew {tmp_path / 'full' / 'plots' / n}" for n in
+    assert sorted(p.name for p in (tmp_path / "full" / "cola_plots").iterdir()) == names
+    assert all((tmp_path / "full" / "cola_plots" / n).read_bytes().startswith(PNG) for n in names)
+    assert full.plots_report == [f"drew {tmp_path / 'full' / 'cola_plots' / n}" for n in
                                  ("stage1.png", "activation_map.png", "pick_distances.png")]
 
     # the default random pick with no Stage 1 never runs the model: only the reasons
     bare = curate(pool_files, tmp_path / "bare", stage1=False)
-    assert not (tmp_path / "bare" / "plots").exists() or not any((tmp_path / "bare" / "plots").iterdir())
+    assert not (tmp_path / "bare" / "cola_plots").exists() or not any((tmp_path / "bare" / "cola_plots").iterdir())
     assert [line.split(":")[0] for line in bare.plots_report] == [
         "not drawn", "not drawn"] and "--stage1" in bare.plots_report[0]
 
@@ -51,11 +51,14 @@ def test_curate_plots_draw_each_figure_the_run_has_data_for(tmp_path, pool_files
 
 def test_a_later_run_without_plots_drops_the_old_figures(tmp_path, pool_files) -> None:
     curate(pool_files, tmp_path / "out", stage1=True)
-    assert (tmp_path / "out" / "plots" / "stage1.png").is_file()
+    assert (tmp_path / "out" / "cola_plots" / "stage1.png").is_file()
     (tmp_path / "out" / "notes.txt").write_text("mine")
+    (tmp_path / "out" / "plots").mkdir()
+    (tmp_path / "out" / "plots" / "mine.png").write_bytes(PNG)
     curate(pool_files, tmp_path / "out", stage1=True, plots=False)
-    assert not (tmp_path / "out" / "plots").exists()  # figures of another set would mislead
+    assert not (tmp_path / "out" / "cola_plots").exists()  # figures of another set would mislead
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # the user's own files are kept
+    assert (tmp_path / "out" / "plots" / "mine.png").read_bytes() == PNG
     assert "stage1" in json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
 
 

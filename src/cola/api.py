@@ -167,7 +167,7 @@ class COLA:
     def run(self, num_samples: int = 128, sequence_length: int = 2048, *,
             inputs: RunInputs | None = None, plots: bool = False) -> list[dict[str, Any]]:
         """Curate `num_samples` calibration samples, write them to `output_dir`, and return them; with `plots`,
-        draw the run's figures into output_dir/plots (`cola.plots`; what was drawn or skipped, and why, is in
+        draw the run's figures into output_dir/cola_plots (`cola.plots`; what was drawn or skipped, and why, is in
         `plots_report`).
 
         Everything the run reads is resolved and checked first (`prepare_inputs`; the CLI does it before it

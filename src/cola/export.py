@@ -82,7 +82,7 @@ def _tokens_digest(input_ids: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-PLOTS_DIR = "plots"  # `--plots` draws the run's figures here (cola.plots); a later run drops them, not carries
+PLOTS_DIR = "cola_plots"  # `--plots` draws the run's figures here (cola.plots): part of the set, a later run drops them
 CURATE_NAMES = frozenset({SAMPLES_FILE, DATASET_DIR, DATASET_PARQUET, POOL_PARQUET, MANIFEST_FILE, PLOTS_DIR})
 
 

@@ -1,5 +1,5 @@
 """Pictures of one curation (`cola curate --plots`, `COLA.run(plots=True)`), drawn from the set's own files into
-its `plots/` folder (matplotlib, headless):
+its `cola_plots/` folder (matplotlib, headless):
 
 - stage1.png: Stage 1's score of every dataset for every probed capability (a heatmap), with each dataset's quota;
 - activation_map.png: the pool's activation features in 2-D (PCA), coloured by dataset, the picks circled;
@@ -125,7 +125,7 @@ def plot_pick_distances(pool: pd.DataFrame, path: Path, seed: int) -> Path:
 
 
 def write_plots(output_dir: str | os.PathLike[str], seed: int) -> tuple[list[Path], list[str]]:
-    """Draw the figures of the set in `output_dir` (a `cola curate` output) into its plots/ folder; returns
+    """Draw the figures of the set in `output_dir` (a `cola curate` output) into its cola_plots/ folder; returns
     (the figures written, a reason for each one skipped)."""
     import pandas as pd
 

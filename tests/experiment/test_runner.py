@@ -591,9 +591,10 @@ def _ran(config, work_dir: Path, seeds=None) -> Experiment:
 
 @pytest.mark.parametrize(("width", "entries"), [(4.5, 5), (4.5, 9), (18.0, 9)])
 def test_figure_legend_wraps_inside_the_figure(tmp_path, width, entries):
-    from cola.experiment.plots import _pyplot, _save_with_legend
+    from cola.experiment.plots import _save_with_legend
+    from cola.plots import pyplot
 
-    fig, axes = _pyplot().subplots(2, 1, figsize=(width, 7.0), squeeze=False)
+    fig, axes = pyplot().subplots(2, 1, figsize=(width, 7.0), squeeze=False)
     for i in range(entries):
         axes[0][0].plot([0, 1], [i, i], label=f"cola_lastpool_{i}")  # long labels, as the Stage 3 grid's
     legend = _save_with_legend(fig, axes.flat, tmp_path / "p.png")

@@ -95,7 +95,7 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"how the three coverage signals combine (default: semantic={d.semantic_weight},"
              f"token={d.token_weight},coverage={d.coverage_weight})")
     parser.add_argument("--plots", action="store_true",
-                        help="also draw the run's figures into OUTPUT_DIR/plots: Stage 1's scores and quotas, the "
+                        help="also draw the run's figures into OUTPUT_DIR/cola_plots: Stage 1's scores and quotas, the "
                              "pool's activation map with the picks, the distances to the nearest pick against a "
                              "random pick's")
     add_quiet(parser)

@@ -136,7 +136,6 @@ def plot_spectrum(experiment: WorkDir, dense: dict[str, Any] | None, path: Path)
     reference = np.asarray(dense["spectrum"]["singular_values"])
     colors = strategy_colors(list(config.strategies))
     styles = ("-", "--", ":", "-.")
-    window = np.ones(15) / 15
     for column, method in enumerate(methods):
         top, bottom = axes[0][column], axes[1][column]
         ratios = {}
@@ -148,7 +147,9 @@ def plot_spectrum(experiment: WorkDir, dense: dict[str, Any] | None, path: Path)
         for i, (strategy, ratio) in enumerate(ratios.items()):
             style = {"color": colors[strategy], "linestyle": styles[i % len(styles)], "linewidth": 1.0}
             top.plot(ratio, label=strategy, **style)
-            half = len(window) // 2  # a centred average, drawn where the whole window fits
+            width = min(15, len(ratio) - 1 + len(ratio) % 2)  # odd, at most the spectrum's length
+            window = np.ones(width) / width
+            half = width // 2  # a centred average, drawn where the whole window fits
             bottom.plot(np.arange(half, len(ratio) - half), np.convolve(ratio - mean, window, mode="valid"),
                         **style)
         top.axhline(1.0, color="black", linewidth=0.8)
