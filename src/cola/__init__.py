@@ -19,29 +19,15 @@ if TYPE_CHECKING:
     from cola.handoff import export_calibration
 
 
+# The public names, each imported from its module on first use (so that `import cola` stays light)
+_LAZY = {"COLA": "cola.api", "SelectionConfig": "cola.config", "ColaError": "cola.errors",
+         "InMemory": "cola.data.memory", "load_calibration": "cola.compress.calibration",
+         "export_calibration": "cola.handoff"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "COLA":
-        from cola.api import COLA
+    if name in _LAZY:
+        import importlib
 
-        return COLA
-    if name == "SelectionConfig":
-        from cola.config import SelectionConfig
-
-        return SelectionConfig
-    if name == "ColaError":
-        from cola.errors import ColaError
-
-        return ColaError
-    if name == "InMemory":
-        from cola.data.memory import InMemory
-
-        return InMemory
-    if name == "load_calibration":
-        from cola.compress.calibration import load_calibration
-
-        return load_calibration
-    if name == "export_calibration":
-        from cola.handoff import export_calibration
-
-        return export_calibration
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cola' has no attribute {name!r}")

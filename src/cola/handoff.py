@@ -22,10 +22,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError, unknown_choice
 
@@ -70,11 +70,14 @@ def _llmcompressor_call(calibration: CalibrationSet, path: Path) -> str:
             f"oneshot(model=model, recipe=recipe, dataset=loader)")
 
 
-def _write_token_lines(calibration: CalibrationSet, path: Path) -> None:
+def _write_json_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as stream:
-        for sample in calibration.input_ids:
-            ids = sample.tolist()
-            stream.write(json.dumps({"input_ids": ids, "attention_mask": [1] * len(ids)}) + "\n")
+        for record in records:
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write_token_lines(calibration: CalibrationSet, path: Path) -> None:
+    _write_json_lines(path, ({"input_ids": x.tolist(), "attention_mask": [1] * len(x)} for x in calibration.input_ids))
 
 
 def _gptqmodel_call(calibration: CalibrationSet, path: Path) -> str:
@@ -115,9 +118,7 @@ def _autoround_call(calibration: CalibrationSet, path: Path) -> str:
 
 
 def _write_texts(calibration: CalibrationSet, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as stream:
-        for text in calibration.texts():
-            stream.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    _write_json_lines(path, ({"text": text} for text in calibration.texts()))
 
 
 def _texts_call(calibration: CalibrationSet, path: Path) -> str:
