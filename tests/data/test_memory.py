@@ -72,6 +72,9 @@ def test_a_single_dataset_or_pair_is_one_item_and_a_list_of_names_stays_names():
     ([["a text", {"text": "a record"}]], "COLA: available_datasets[0]: row 1 mixes texts and records"),
     ([[3, 4]], "COLA: available_datasets[0]: row 0 is a int; in-memory data holds texts (str) or records"),
     (["gsm8k", None], "COLA: available_datasets[1] must be a dataset name, a path or in-memory data"),
+    ([("gsm8k", "math")], "COLA: available_datasets[0] must be a dataset name, a path or in-memory data (a "
+                          "datasets.Dataset, a list of texts or of dicts, a (data, capability) pair, cola.InMemory), "
+                          "got ('gsm8k', 'math') (a"),
     (5, "COLA: available_datasets must be a dataset name, a path, in-memory data or a list of them, got 5 (an "
         "integer)"),
     (["The cat sat on the mat."], "COLA: available_datasets[0] looks like a text, not a dataset name or path: "

@@ -101,8 +101,12 @@ def _as_in_memory(item: Any, where: str) -> InMemory:
         return InMemory(item[0], capability=item[1])
     if _is_hf_dataset(item) or isinstance(item, list):
         return InMemory(item)
-    raise ColaError(f"COLA: {where} must be a dataset name, a path or in-memory data (a datasets.Dataset, a list "
-                    f"of texts or of dicts, a (data, capability) pair, cola.InMemory), got {shown(item, python=True)}")
+    raise _unsupported(item, where)
+
+
+def _unsupported(item: Any, where: str) -> ColaError:
+    return ColaError(f"COLA: {where} must be a dataset name, a path or in-memory data (a datasets.Dataset, a list "
+                     f"of texts or of dicts, a (data, capability) pair, cola.InMemory), got {shown(item, python=True)}")
 
 
 def _records(data: Any, where: str) -> list[dict[str, Any]]:
@@ -136,8 +140,8 @@ def specs_of(available: Any) -> tuple[str, ...]:
             specs.append(in_memory_spec(item, position))
         elif isinstance(item, (str, os.PathLike)):
             specs.append(_checked_name(os.fspath(item), position))
-        else:
-            _as_in_memory(item, f"available_datasets[{position}]")  # raises the unsupported-type error
+        else:  # None, a number, a (name, capability) tuple: `name@capability` is how a name takes one
+            raise _unsupported(item, f"available_datasets[{position}]")
     return tuple(specs)
 
 
