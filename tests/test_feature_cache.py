@@ -105,3 +105,11 @@ def test_stage1_probes_are_cached_without_a_feature_cache(tmp_path, pool_files, 
     assert len(extracted) == 1 and sorted(probe_cache.iterdir()) == entries  # only the pool ran
     assert second["manifest"]["timings"]["feature_cache_hits"] == len(probes)
     assert second["samples"] == first["samples"] and second["pool"] == first["pool"]
+
+
+def test_an_unwritable_probe_cache_warns_and_the_run_goes_on(tmp_path, pool_files, monkeypatch, caplog) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setattr("cola.feature_cache.probe_cache_dir", lambda: tmp_path / "a_file" / "probes")
+    curate(tmp_path, pool_files, "out", None, selection=ACTIVATIONS)
+    assert (tmp_path / "out" / SAMPLES_FILE).is_file()
+    assert "cannot keep features in" in caplog.text and "COLA_CACHE_DIR" in caplog.text

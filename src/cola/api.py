@@ -283,7 +283,7 @@ class COLA:
         asked = 2 if maxima else 1 if sketches else 0
         # a richer entry serves (the same pass: the same features, stats and sketches), trimmed to what was asked
         found, hit = cached_extraction(cache, self._model_key, token_ids, levels[asked], compute,
-                                       also=levels[asked + 1:])
+                                       also=levels[asked + 1:], best_effort=cache != self.feature_cache)
         if hit and asked == 0:
             found = dataclasses.replace(found, sketches=None)
         elif hit and asked == 1 and found.sketches is not None:

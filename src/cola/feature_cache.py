@@ -70,9 +70,10 @@ def tokens_digest(token_ids: Sequence[Sequence[int]]) -> str:
 
 def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, token_ids: Sequence[Sequence[int]],
                       settings: Mapping[str, Any], compute: Callable[[], Extraction], *,
-                      also: Sequence[Mapping[str, Any]] = ()) -> tuple[Extraction, bool]:
+                      also: Sequence[Mapping[str, Any]] = (), best_effort: bool = False) -> tuple[Extraction, bool]:
     """(`compute()`, False), or (the entry it stored before under the same model, token ids and settings, True);
-    cache_dir None = no cache. A hit's stats are the computing run's, its seconds included.
+    cache_dir None = no cache. A hit's stats are the computing run's, its seconds included. `best_effort` (a
+    cache nobody asked for): an entry that cannot be read or written is a logged warning, not an error.
 
     `also`: other settings whose entry serves as well (looked up in order after `settings`; e.g. an extraction
     with moment sketches serves one without: the same pass computes the same features, the sketches are dropped
@@ -84,10 +85,23 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
     for candidate in (settings, *also):
         path = entry_path(cache_dir, model_key, tokens, candidate)
         if path.is_file():
+            try:
+                found = _read(path)
+            except (OSError, ValueError, KeyError) as exc:
+                if not best_effort:
+                    raise
+                log.warning("activations: feature cache entry %s unreadable (%s): computing again", path, exc)
+                break
             log.info("activations: read from the feature cache (%s)", path.name)
-            return _read(path), True
+            return found, True
     found = compute()
-    _write(entry_path(cache_dir, model_key, tokens, settings), found)  # atomic_path makes the folder
+    try:
+        _write(entry_path(cache_dir, model_key, tokens, settings), found)  # atomic_path makes the folder
+    except OSError as exc:
+        if not best_effort:
+            raise
+        log.warning("activations: cannot keep features in %s (%s); set COLA_CACHE_DIR to a writable folder",
+                    cache_dir, exc)
     return found, False
 
 
