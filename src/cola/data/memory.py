@@ -39,23 +39,25 @@ class InMemory:
     name: str = "memory"
 
 
-def is_in_memory(item: Any) -> bool:
-    """Whether `item` of available_datasets is data rather than a dataset name or path."""
-    if isinstance(item, (str, os.PathLike)):
-        return False
-    if isinstance(item, InMemory) or _is_hf_dataset(item):
-        return True
+def as_in_memory(item: Any) -> InMemory | None:
+    """`item` of available_datasets as InMemory where it is data: InMemory itself, a datasets.Dataset or
+    IterableDataset, a list (of texts or dicts), or a `(data, "capability")` tuple of those; None for anything
+    else (a name, a path, or what is neither)."""
+    if isinstance(item, InMemory):
+        return item
+    if _is_hf_dataset(item) or isinstance(item, list):
+        return InMemory(item)
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str):
-        return is_in_memory(item[0]) or isinstance(item[0], list)
-    return isinstance(item, list)
+        data = as_in_memory(item[0])
+        return InMemory(data.data, capability=item[1]) if data and not isinstance(item[0], InMemory) else None
+    return None
 
 
 def dataset_items(available: Any) -> list[Any]:
     """`available_datasets` as a list of items: one name, path or in-memory dataset alone, else each of a
     list or tuple (a tuple `(data, "capability")` is one in-memory dataset)."""
-    if isinstance(available, (str, os.PathLike, InMemory)) or _is_hf_dataset(available):
-        return [available]
-    if isinstance(available, tuple) and is_in_memory(available) and not isinstance(available[0], str):
+    if isinstance(available, (str, os.PathLike)) or (not isinstance(available, list)
+                                                      and as_in_memory(available) is not None):
         return [available]
     if isinstance(available, (list, tuple)):
         return list(available)
@@ -63,15 +65,14 @@ def dataset_items(available: Any) -> list[Any]:
                     f"got {shown(available, python=True)}")
 
 
-def in_memory_spec(item: Any, position: int) -> str:
-    """The source spec of in-memory `item` (available_datasets[position]): its cache file, written if new, plus
-    `@CAPABILITY` and `#FIELDS` where given. Raises ColaError for empty data, mixed or unsupported records, a
-    capability or name that is not a plain word, and records whose text column cannot be told."""
+def in_memory_spec(spec: InMemory, position: int) -> str:
+    """The source spec of in-memory data `spec` (available_datasets[position]): its cache file, written if new,
+    plus `@CAPABILITY` and `#FIELDS` where given. Raises ColaError for empty data, mixed or unsupported records,
+    a name that is not a plain word, and records whose text column cannot be told."""
     from cola.data.schemas import schema_for_columns
     from cola.gguf_models import cache_dir
 
     where = f"COLA: available_datasets[{position}]"
-    spec = _as_in_memory(item, f"available_datasets[{position}]")
     if not spec.name or not set(spec.name) <= _NAME_CHARS:
         raise ColaError(f"{where}: name {spec.name!r} must be letters, digits, - or _")
     records = _records(spec.data, where)
@@ -92,16 +93,6 @@ def in_memory_spec(item: Any, position: int) -> str:
 
 def _is_hf_dataset(item: Any) -> bool:
     return type(item).__module__.startswith("datasets.") and type(item).__name__ in ("Dataset", "IterableDataset")
-
-
-def _as_in_memory(item: Any, where: str) -> InMemory:
-    if isinstance(item, InMemory):
-        return item
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str):
-        return InMemory(item[0], capability=item[1])
-    if _is_hf_dataset(item) or isinstance(item, list):
-        return InMemory(item)
-    raise _unsupported(item, where)
 
 
 def _unsupported(item: Any, where: str) -> ColaError:
@@ -136,10 +127,10 @@ def specs_of(available: Any) -> tuple[str, ...]:
     """`available_datasets` as source specs: names and paths as given, in-memory data as its cache file."""
     specs = []
     for position, item in enumerate(dataset_items(available)):
-        if is_in_memory(item):
-            specs.append(in_memory_spec(item, position))
-        elif isinstance(item, (str, os.PathLike)):
+        if isinstance(item, (str, os.PathLike)):
             specs.append(_checked_name(os.fspath(item), position))
+        elif (data := as_in_memory(item)) is not None:
+            specs.append(in_memory_spec(data, position))
         else:  # None, a number, a (name, capability) tuple: `name@capability` is how a name takes one
             raise _unsupported(item, f"available_datasets[{position}]")
     return tuple(specs)
