@@ -173,13 +173,36 @@ def test_gsm8k_plain_scores_the_same_items_without_calculator_annotations(tmp_pa
     write_jsonl(tmp_path / "gsm8k" / "test.jsonl",
                 [{"question": "Half of 48?", "answer": "48/2 = <<48/2=24>>24 eggs.\n#### 24"},
                  {"question": "3 + 4?", "answer": "3+4=<<3+4=7>>7\n#### 7"}])
-    raw, _ = load_items(parse_task("gsm8k", tmp_path), None)
-    plain_task = parse_task("gsm8k_plain", tmp_path)
+    raw, _ = load_items(parse_task("gsm8k_nll", tmp_path), None)
+    plain_task = parse_task("gsm8k_plain_nll", tmp_path)
     plain, _ = load_items(plain_task, None)
-    assert plain_task.path == parse_task("gsm8k", tmp_path).path and plain_task.capability == "math"
+    assert plain_task.path == parse_task("gsm8k_nll", tmp_path).path and plain_task.capability == "math"
     assert [i.answer for i in raw] == [" 48/2 = <<48/2=24>>24 eggs.\n#### 24", " 3+4=<<3+4=7>>7\n#### 7"]
     assert [i.answer for i in plain] == [" 48/2 = 24 eggs.\n#### 24", " 3+4=7\n#### 7"]
     assert [(i.prompt, i.reference) for i in plain] == [(i.prompt, i.reference) for i in raw]
+
+
+def test_proxies_renamed_off_benchmark_names_still_run_under_the_old_name_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from cola.evaluate.report import result_dicts
+    from cola.evaluate.builtins import RENAMED
+
+    (tmp_path / "gsm8k").mkdir()
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl", [{"question": "3 + 4?", "answer": "3+4=7\n#### 7"}])
+    with caplog.at_level("WARNING", logger="cola.evaluate.tasks"):
+        old = parse_task("gsm8k", tmp_path)
+    assert old == parse_task("gsm8k_nll", tmp_path) and old.name == "gsm8k_nll"
+    assert "task 'gsm8k' is now 'gsm8k_nll': the old name is deprecated (it named cola's answer-NLL proxy" \
+        in caplog.text
+    assert set(RENAMED.values()) <= set(BUILTINS) and not set(RENAMED) & set(BUILTINS)
+    # a report written before the rename reads under the new names, so retention still pairs it with new runs;
+    # lm-eval's results are the published tasks and keep theirs
+    before = [{"task": "humaneval", "kind": "qa", "capability": "code", "metric": "nll", "higher_is_better": False,
+               "value": 1.0}, {"task": "gsm8k", "kind": "lm-eval", "capability": "math", "metric": "exact_match",
+                               "higher_is_better": True, "value": 0.1}]
+    assert [r["task"] for r in result_dicts(before)] == ["humaneval_nll", "gsm8k"]
+    now = [{**before[0], "task": "humaneval_nll", "value": 2.0}]
+    assert retention(now, before)["tasks"] == {"humaneval_nll": 0.5}
 
 
 def test_missing_field_names_file_line_and_field(tmp_path: Path):
@@ -300,7 +323,7 @@ def test_builtin_tasks_resolve_and_parse_on_the_shared_data():
             assert all(i.prompt and i.record["test"] and i.record["entry_point"] for i in items), name
         else:
             assert all(i.prompt and i.answer for i in items), name
-    (gsm,), _ = load_items(parse_task("gsm8k", SHARED_DATA), 1)
+    (gsm,), _ = load_items(parse_task("gsm8k_nll", SHARED_DATA), 1)
     assert gsm.answer.rstrip().endswith("#### " + gsm.reference) and gsm.prompt.startswith("Question: ")
 
 
@@ -310,12 +333,12 @@ def test_smollm2_scores_the_builtin_tasks_and_retains_itself():
     from cola.evaluate import load_for_evaluation
 
     model, tok = load_for_evaluation("embedded", dtype="bfloat16")
-    results = evaluate(model, tok, ["wikitext2", "hellaswag", "gsm8k", "humaneval"], data_dir=SHARED_DATA,
-                       limit={"wikitext2": 1, "hellaswag": 8, "gsm8k": 2, "humaneval": 2}, window=256)
+    results = evaluate(model, tok, ["wikitext2", "hellaswag", "gsm8k_nll", "humaneval_nll"], data_dir=SHARED_DATA,
+                       limit={"wikitext2": 1, "hellaswag": 8, "gsm8k_nll": 2, "humaneval_nll": 2}, window=256)
     by_task = {r.task: r for r in results}
     assert 5 < by_task["wikitext2"].value < 100  # SmolLM2-135M: ~20-30 on wikitext-2
     assert 0 <= by_task["hellaswag"].value <= 1 and by_task["hellaswag"].n == 8
-    assert 0.2 < by_task["gsm8k"].value < 3 and by_task["humaneval"].capability == "code"
+    assert 0.2 < by_task["gsm8k_nll"].value < 3 and by_task["humaneval_nll"].capability == "code"
     kept = retention(results, results)
     assert set(kept["capabilities"]) == {"general", "commonsense", "math", "code"}
     assert all(v == pytest.approx(1.0) for v in kept["tasks"].values())

@@ -16,6 +16,7 @@ from cola.models import DTYPES
 from cola.schema import check_field_types
 from cola.settings import option
 
+EVALUATORS = ("cola", "lm-eval")  # cola's own scoring; lm-evaluation-harness's published tasks (cola.evaluate.harness)
 COMPUTE_DTYPE = "float32"  # compress's and evaluate's default dtype (see the module docstring)
 EVALUATE_BATCH_TOKENS = 2048
 
@@ -41,14 +42,21 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
-    """How `cola evaluate` runs its tasks: the perplexity window, the token budget per forward pass, the
-    generation batch and length, and whether generated code may run. Checked at construction, so bad values
-    fail before a model loads."""
+    """How `cola evaluate` runs its tasks: which evaluator scores them, the perplexity window, the token budget
+    per forward pass, the generation batch and length, and whether generated code may run. Checked at
+    construction, so bad values fail before a model loads."""
+
+    evaluator: str = option("cola", choices=EVALUATORS,
+                            help="cola: cola's tasks and proxies (built-in names, KIND:PATH files); lm-eval: the "
+                                 "published tasks scored by lm-evaluation-harness itself (arc_easy, arc_challenge, "
+                                 "hellaswag, winogrande, piqa, openbookqa, gsm8k, wikitext; needs cola[lm-eval])")
+    num_fewshot: int | None = option(None, help="lm-eval: few-shot examples per task (default: each task's "
+                                                "published setting: gsm8k 5, the others 0)")
 
     window: int = option(512, help="ppl: tokens per window")
     batch_tokens: int = option(EVALUATE_BATCH_TOKENS, help="padded token slots per forward pass at most (ppl, "
                                                            "mc, qa)")
-    batch_size: int = option(8, help="generation tasks: prompts per batch")
+    batch_size: int = option(8, help="generation tasks: prompts per batch (lm-eval: requests per batch)")
     max_new_tokens: int = option(256, help="generation tasks: tokens per answer")
     confirm_run_unsafe_code: bool = option(
         False, help="allow tasks that execute model-generated code (humaneval_pass1); each program runs in a child "
@@ -61,5 +69,13 @@ class EvaluateConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ColaError(f"--{name} must be a whole number of {unit}, at least {least}; got {value!r}")
+        if self.evaluator not in EVALUATORS:
+            raise unknown_choice("evaluator", self.evaluator, EVALUATORS)
+        if self.num_fewshot is not None:
+            if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+                raise ColaError(f"--num_fewshot must be a whole number of examples, at least 0; got "
+                                f"{self.num_fewshot!r}")
+            if self.evaluator != "lm-eval":
+                raise ColaError("--num_fewshot sets lm-eval's few-shot examples: it needs --evaluator lm-eval")
         if not isinstance(self.confirm_run_unsafe_code, bool):
             raise ColaError(f"confirm_run_unsafe_code must be true or false, got {self.confirm_run_unsafe_code!r}")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cola.errors import ColaError
+from cola.evaluate.builtins import current_name
 from cola.export import run_environment
 
 
@@ -60,8 +61,9 @@ def _has_type(value: Any, kind: str) -> bool:
 
 
 def result_dicts(results: Any, what: str = "results") -> list[dict[str, Any]]:
-    """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts; ColaError
-    naming `what` and the entry when one lacks a field retention reads."""
+    """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts, each under its
+    task's current name (`cola.evaluate.tasks.RENAMED`); ColaError naming `what` and the entry when one lacks a
+    field retention reads."""
     if isinstance(results, Mapping):
         if not isinstance(results.get("results"), list):
             raise ColaError(f"{what} has no 'results' list (expected a `cola evaluate --output` report)")
@@ -78,7 +80,7 @@ def result_dicts(results: Any, what: str = "results") -> list[dict[str, Any]]:
             if not _has_type(row.get(name), kind):
                 raise ColaError(f"{what}: results[{index}] ({row.get('task', 'no task name')}) has no {kind} "
                                 f"{name!r}")
-        rows.append(dict(row))
+        rows.append({**row, "task": current_name(row["task"], row.get("kind"))})
     return rows
 
 
@@ -153,14 +155,18 @@ def format_table(report: Mapping[str, Any]) -> str:
               f"{'tokens':>8} {'tok/s':>8} {'seconds':>8}" + (f" {'retention':>9}" if report.get("retention") else ""))
     lines = [f"{report['model']} ({report['dtype']}, {report['device']})", header]
     for r in report["results"]:
+        counted = r.get("kind") != "lm-eval"  # lm-eval reports no token counts
+        tokens, speed = (str(r["tokens"]), f"{r['tokens_per_second']:.0f}") if counted else ("-", "-")
         line = (f"{r['task'][:22]:22} {r['capability']:12} {r['metric']:12} {_number(r['value']):>10} "
-                f"{_number(r['stderr'], 2):>10} {r['n']:>6} {r['tokens']:>8} {r['tokens_per_second']:>8.0f} "
-                f"{r['seconds']:>8.1f}")
+                f"{_number(r['stderr'], 2):>10} {r['n']:>6} {tokens:>8} {speed:>8} {r['seconds']:>8.1f}")
         if report.get("retention"):
             line += f" {_number(kept.get(r['task']), 3):>9}"
         lines.append(line)
-    lines.append(f"total: {report['seconds']:.1f} s, {report['forward_tokens']} tokens through the model, "
-                 f"{report['tokens_per_second']:.0f} tokens/s")
+    if all(r.get("kind") == "lm-eval" for r in report["results"]):
+        lines.append(f"total: {report['seconds']:.1f} s (scored by lm-eval, which reports no token counts)")
+    else:
+        lines.append(f"total: {report['seconds']:.1f} s, {report['forward_tokens']} tokens through the model, "
+                     f"{report['tokens_per_second']:.0f} tokens/s")
     if report.get("retention"):
         caps = report["retention"]["capabilities"]
         lines.append("retention by capability: " + (", ".join(f"{c} {v:.3f}" for c, v in caps.items()) or "none"))

@@ -222,22 +222,45 @@ class Plan:
     settings: Settings
     inputs: list[TaskInput] | None = None
 
+    @property
+    def lm_eval(self) -> bool:
+        return self.settings.evaluator == "lm-eval"
+
     def run(self, model: Any, tokenizer: Any) -> list[TaskResult]:
+        if self.lm_eval:
+            return self.run_lm_eval(model, tokenizer).results
         model.eval()
         inputs = self.inputs or [None] * len(self.tasks)
         return [run_task(model, tokenizer, task, n, self.settings, data)
                 for task, n, data in zip(self.tasks, self.limits, inputs)]
 
+    def run_lm_eval(self, model: Any, tokenizer: Any) -> Any:
+        """`--evaluator lm-eval`: a `cola.evaluate.harness.HarnessRun` (cola's records and lm-eval's results)."""
+        from cola.evaluate.harness import run_lm_eval
+
+        if not self.lm_eval:
+            raise ColaError("run_lm_eval needs a plan made with evaluator='lm-eval'")
+        model.eval()
+        return run_lm_eval(model, tokenizer, self.tasks, self.limits, batch_size=self.settings.batch_size,
+                           num_fewshot=self.settings.num_fewshot, max_new_tokens=self.settings.max_new_tokens,
+                           quiet=self.settings.quiet)
+
 
 def plan_evaluation(tasks: Sequence[str | TaskSpec], *, limit: int | Mapping[str, int] | None = None,
                     data_dir: str | Path | None = None, read_files: bool = True, **settings: Any) -> Plan:
     """Parse and check everything `evaluate` takes: task names and files, limits, settings, consent to run
-    generated code, and (with `read_files`) every record the tasks will read. ColaError on the first problem."""
-    specs = parse_tasks(tasks, data_dir)
+    generated code, and (with `read_files`) every record the tasks will read. With `evaluator="lm-eval"`, the
+    published tasks and their local files (`cola.evaluate.harness.plan_tasks`). ColaError on the first problem."""
     if settings.get("execution_limits") is None:
         settings.pop("execution_limits", None)  # None: the defaults
-    limits = task_limits(specs, tasks, limit)
     checked = Settings(**settings)
+    if checked.evaluator == "lm-eval":
+        from cola.evaluate.harness import plan_tasks
+
+        published = plan_tasks(tasks, data_dir, checked.num_fewshot)
+        return Plan(published, task_limits(published, tasks, limit), checked)  # type: ignore[arg-type]
+    specs = parse_tasks(tasks, data_dir)
+    limits = task_limits(specs, tasks, limit)
     require_code_confirmation(specs, checked.confirm_run_unsafe_code)
     inputs = [read_task(t, n) for t, n in zip(specs, limits)] if read_files else None
     return Plan(specs, limits, checked, inputs)
@@ -246,18 +269,21 @@ def plan_evaluation(tasks: Sequence[str | TaskSpec], *, limit: int | Mapping[str
 def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
              limit: int | Mapping[str, int] | None = None, data_dir: str | Path | None = None, window: int = 512,
              batch_tokens: int = 2048, batch_size: int = 8, max_new_tokens: int = 256, quiet: bool = True,
-             confirm_run_unsafe_code: bool = False,
-             execution_limits: ExecutionLimits | None = None) -> list[TaskResult]:
+             confirm_run_unsafe_code: bool = False, execution_limits: ExecutionLimits | None = None,
+             evaluator: str = "cola", num_fewshot: int | None = None) -> list[TaskResult]:
     """Evaluate an in-memory (dense or compressed) model on `tasks`: built-in names or `KIND[/CAP]:PATH`.
 
     `limit` is the first N items (windows for perplexity) of every task, or a dict task name → N.
     Tasks that execute model-generated code (humaneval_pass1) need `confirm_run_unsafe_code=True`; their
     programs then run in `cola.evaluate.sandbox` under `execution_limits` (default `ExecutionLimits()`).
+    `evaluator="lm-eval"`: the published tasks (arc_easy, hellaswag, gsm8k, wikitext, ...) scored by
+    lm-evaluation-harness on this model (`cola.evaluate.harness`; `num_fewshot` overrides each task's).
     Raises ColaError for any bad input before the first task runs.
     """
     plan = plan_evaluation(tasks, limit=limit, data_dir=data_dir, window=window, batch_tokens=batch_tokens,
                            batch_size=batch_size, max_new_tokens=max_new_tokens, quiet=quiet,
-                           confirm_run_unsafe_code=confirm_run_unsafe_code, execution_limits=execution_limits)
+                           confirm_run_unsafe_code=confirm_run_unsafe_code, execution_limits=execution_limits,
+                           evaluator=evaluator, num_fewshot=num_fewshot)
     return plan.run(model, tokenizer)
 
 
@@ -306,6 +332,10 @@ def _dense_limit(report: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[
     return True, limit.get(result["task"]) if isinstance(limit, Mapping) else limit
 
 
+def _evaluator_of(kind: str) -> str:
+    return "lm-eval" if kind == "lm-eval" else "cola's evaluator"
+
+
 def check_dense(report: Mapping[str, Any], plan: Plan, path: str | Path) -> None:
     """Before the model loads: the dense report has the evaluated tasks, scored by the same metric on the same
     items (limit) and settings that change the value; warns about tasks it lacks."""
@@ -325,6 +355,14 @@ def check_dense(report: Mapping[str, Any], plan: Plan, path: str | Path) -> None
         if known and theirs != limits[task.name]:
             raise ColaError(f"{what}: task {task.name!r} was evaluated with limit {theirs} there, "
                             f"{limits[task.name]} here; retention needs the same items (use the same --limit)")
+        if "kind" in base and (base["kind"] == "lm-eval") != (task.kind == "lm-eval"):
+            raise ColaError(f"{what}: task {task.name!r} was scored by {_evaluator_of(base['kind'])} there, by "
+                            f"{_evaluator_of(task.kind)} here; use the same --evaluator")
+        fewshot = plan.settings.num_fewshot
+        if task.kind == "lm-eval" and "num_fewshot" in settings and settings["num_fewshot"] != fewshot:
+            raise ColaError(f"{what}: task {task.name!r} was evaluated with --num_fewshot "
+                            f"{settings['num_fewshot']} there, {fewshot} here; use the same "
+                            "--num_fewshot (None: each task's published setting)")
         for name, kinds in (("window", ("ppl",)), ("max_new_tokens", ("gsm8k_em", "humaneval_pass1"))):
             theirs, ours = settings.get(name), getattr(plan.settings, name)
             if task.kind in kinds and theirs is not None and theirs != ours:

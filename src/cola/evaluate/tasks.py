@@ -18,6 +18,7 @@ from typing import Any
 
 from cola.data.answers import strip_calculator_annotations
 from cola.data.schemas import DEFAULT_CAPABILITY, SCHEMAS, schema_for_columns
+from cola.evaluate.builtins import BUILTINS, RENAMED, renamed
 from cola.errors import ColaError, unknown_choice
 from cola.io import describe_value, read_json_records, read_text_file
 
@@ -32,36 +33,6 @@ KINDS: dict[str, tuple[str, bool, str | None]] = {
     "humaneval_pass1": ("pass@1", True, "code"),
 }
 EXECUTES_CODE = frozenset({"humaneval_pass1"})  # kinds that run model-generated programs (opt-in only)
-
-
-@dataclass(frozen=True)
-class Builtin:
-    kind: str
-    relpath: str          # under the data directory
-    capability: str
-    note: str = ""
-    plain_answers: bool = False  # gsm8k: score the answers without their calculator annotations
-
-
-BUILTINS: dict[str, Builtin] = {
-    "wikitext2": Builtin("ppl", "wikitext2/wiki.test.raw.txt", "general"),
-    "hellaswag": Builtin("mc", "hellaswag/hellaswag_val_full_preprocessed.jsonl", "commonsense"),
-    "arc_easy": Builtin("mc", "commonsense_llm_adapters/arc_easy_train.parsed.jsonl", "commonsense",
-                        "train split (no test split in the data directory)"),
-    "arc_challenge": Builtin("mc", "commonsense_llm_adapters/arc_challenge_train.parsed.jsonl", "commonsense",
-                             "train split (no test split in the data directory)"),
-    "openbookqa": Builtin("mc", "commonsense_llm_adapters/openbookqa_train.parsed.jsonl", "commonsense",
-                          "train split (no test split in the data directory)"),
-    "commonsenseqa": Builtin("mc", "commonsenseqa/validation.jsonl", "commonsense"),
-    "gsm8k": Builtin("qa", "gsm8k/test.jsonl", "math"),
-    "gsm8k_plain": Builtin("qa", "gsm8k/test.jsonl", "math", "answers without calculator annotations <<…>>",
-                           plain_answers=True),
-    "math": Builtin("qa", "math/train.jsonl", "math", "MATH train split (the only split in the data directory)"),
-    "mbpp": Builtin("qa", "mbpp/mbpp_train_valid_prompt.jsonl", "code"),
-    "humaneval": Builtin("qa", "humaneval/HumanEval.jsonl.gz", "code"),
-    "gsm8k_em": Builtin("gsm8k_em", "gsm8k/test.jsonl", "math"),
-    "humaneval_pass1": Builtin("humaneval_pass1", "humaneval/HumanEval.jsonl.gz", "code"),
-}
 
 
 @dataclass(frozen=True)
@@ -110,6 +81,7 @@ def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> Task
         return spec
     head, sep, file = spec.partition(":")
     if not sep:
+        spec = renamed(spec) if spec in RENAMED else spec
         if spec not in BUILTINS:
             raise unknown_choice("task", spec, [*BUILTINS, *(f"{k}:PATH" for k in KINDS)])
         builtin = BUILTINS[spec]

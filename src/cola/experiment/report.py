@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cola.data.schemas import DEFAULT_CAPABILITY as GENERAL
 from cola.errors import ColaError
 from cola.evaluate import retention
+from cola.evaluate.builtins import current_name
 from cola.atomic import read_json, write_text
 from cola.experiment.store import inside
 from cola.experiment.tables import capability_retention, paired_differences
@@ -49,14 +50,14 @@ def result_rows(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> 
             rows.append(cell)
             continue
         ratios = retention(record.get("results", []), dense.get("results", []))["tasks"] if dense else {}
-        for result in record.get("results", []):
-            rows.append({**cell, **_task_columns(result), "retention": ratios.get(result["task"])})
+        for columns in map(_task_columns, record.get("results", [])):
+            rows.append({**cell, **columns, "retention": ratios.get(columns["task"])})
     return rows
 
 
 def _task_columns(result: dict[str, Any]) -> dict[str, Any]:
-    return {"task": result["task"], "capability": result["capability"], "metric": result["metric"],
-            "value": result["value"], "stderr": result.get("stderr"), "n": result.get("n"),
+    return {"task": current_name(result["task"], result.get("kind")), "capability": result["capability"],
+            "metric": result["metric"], "value": result["value"], "stderr": result.get("stderr"), "n": result.get("n"),
             "tokens": result.get("tokens"), "higher_is_better": result["higher_is_better"]}
 
 
@@ -77,7 +78,8 @@ def included_rows(paths: Sequence[str | Path], rows: list[dict[str, Any]],
     for path in map(Path, paths):
         try:
             with path.open(newline="", encoding="utf-8") as handle:
-                found = list(csv.DictReader(handle))
+                found = [{**row, "task": current_name(row["task"])} if "task" in row else row
+                         for row in csv.DictReader(handle)]  # a file written before a proxy was renamed
         except OSError as exc:
             raise ColaError(f"--include_results: cannot read {path}: {exc.strerror or exc}") from exc
         missing = {"strategy", "method", "seed", "status", "task"} - set(found[0] if found else ())
