@@ -279,3 +279,14 @@ def test_reader_errors_are_one_line_naming_the_file(tmp_path: Path, name: str, c
     path = tmp_path / name
     path.write_bytes(content)
     assert load_error(path) == f"{path}: {problem}"
+
+
+def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path):
+    import os
+
+    from cola.atomic import write_json
+
+    write_json(tmp_path / "r.json", {"a": 1})
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777
+    assert os.access(tmp_path / "r.json", os.R_OK)

@@ -197,7 +197,7 @@ class COLA:
             written, skipped = write_plots(self.output_dir, config.seed)
             self.plots_report = [f"drew {p}" for p in written] + [f"not drawn: {reason}" for reason in skipped]
             for line in self.plots_report:
-                log.info(line)
+                log.debug(line)  # `cola curate` prints them; Python callers have plots_report
         return samples
 
     def process(self, sources: Sequence[Source], config: CurateConfig, timings: dict[str, float], *,
@@ -361,7 +361,7 @@ class COLA:
             diagnostics=selection.diagnostics, timings=timings, extra=self.manifest_extra)
         write_outputs(self.output_dir, samples=samples, input_ids=[c.input_ids for c in chosen], pool=table,
                       manifest=manifest)
-        log.info("wrote %d calibration samples to %s", len(samples), self.output_dir)
+        log.debug("wrote %d calibration samples to %s", len(samples), self.output_dir)  # `cola curate` prints it
         return [s.as_dict() for s in samples]
 
     def _check_model(self, config: CurateConfig) -> None:

@@ -3,8 +3,8 @@ its `cola_plots/` folder (matplotlib, headless):
 
 - stage1.png: Stage 1's score of every dataset for every probed capability (a heatmap), with each dataset's quota;
 - activation_map.png: the pool's activation features in 2-D (PCA), coloured by dataset, the picks circled;
-- pick_distances.png: every candidate's distance to its nearest pick, for the picks made and for a seeded
-  random pick of the same size (lower: the picks represent the pool better).
+- pick_distances.png: each candidate's distance to its nearest pick (the candidates not picked), for the picks
+  made and for a seeded random pick of the same size (lower: the picks represent the pool better).
 
 A figure whose data the run did not compute is skipped with the reason: Stage 1's table needs Stage 1, the other
 two the pool's activation features (a model-based Stage 3, or Stage 1).
@@ -100,25 +100,33 @@ def plot_activation_map(pool: pd.DataFrame, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_pick_distances(pool: pd.DataFrame, path: Path, seed: int) -> Path:
-    """Histograms of every candidate's distance to its nearest pick: the picks made against a seeded random
-    pick of the same size from the same pool, with each one's mean."""
+def plot_pick_distances(pool: pd.DataFrame, path: Path, seed: int, method: str = "") -> Path:
+    """Histograms of each candidate's distance to its nearest pick, over the candidates not picked: the run's
+    picks (made by `method`) against a seeded random pick of the same size from the same pool, with each one's
+    mean. Where the run's picks were random too, the comparison is with another random pick."""
     from cola.cluster import nearest_selected_distance
 
     features = np.stack(pool.feature.to_numpy())
-    selected = np.flatnonzero(pool.selected.to_numpy(bool))
-    random_pick = np.random.default_rng([seed, 1]).choice(len(pool), len(selected), replace=False)  # not the run's
-    made = pool.distance_to_nearest_selected.to_numpy(np.float64)  # what the run recorded for its picks
-    chance = nearest_selected_distance(features, random_pick)
+    selected = pool.selected.to_numpy(bool)
+    random_pick = np.random.default_rng([seed, 1]).choice(len(pool), int(selected.sum()), replace=False)
+    others = np.ones(len(pool), bool)
+    others[random_pick] = False
+    made = pool.distance_to_nearest_selected.to_numpy(np.float64)[~selected]  # what the run recorded
+    chance = nearest_selected_distance(features, random_pick)[others]
+    if not len(made) or not len(chance):  # every candidate picked: nothing left to represent
+        made = chance = np.zeros(1)
+    ours = f"the picks ({method})" if method else "the picks"
+    theirs = "another random pick" if method == "random" else "a random pick"
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     bins = np.linspace(0.0, max(made.max(), chance.max()) * 1.02 or 1.0, 40)
-    for values, label, color in ((made, "the picks", "tab:blue"), (chance, "a random pick", "tab:gray")):
+    for values, label, color in ((made, ours, "tab:blue"), (chance, theirs, "tab:gray")):
         ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{label}: mean {values.mean():.3f}")
         ax.axvline(values.mean(), color=color, linewidth=1.2)
     ax.set_xlabel("distance to the nearest pick (projected activation features)")
-    ax.set_ylabel("candidates")
-    ax.set_title(f"how well {len(selected)} picks represent {len(pool)} candidates (lower is better)", fontsize=9)
+    ax.set_ylabel("candidates not picked")
+    ax.set_title(f"how well {int(selected.sum())} picks represent {len(pool)} candidates (lower is better)",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)
@@ -144,7 +152,8 @@ def write_plots(output_dir: str | os.PathLike[str], seed: int) -> tuple[list[Pat
         skipped.append("stage1.png: Stage 1 did not run (it runs with --stage1 or a targeted deployment)")
     if len(pool) and len(pool.feature.iloc[0]):
         written.append(plot_activation_map(pool, plots / "activation_map.png"))
-        written.append(plot_pick_distances(pool, plots / "pick_distances.png", seed))
+        method = str(manifest.get("stages", {}).get("selection_method", ""))
+        written.append(plot_pick_distances(pool, plots / "pick_distances.png", seed, method))
     else:
         skipped.append("activation_map.png, pick_distances.png: the run computed no activation features (they "
                        "come with --selection_method activations, moments or outlier_coverage, or with --stage1)")

@@ -146,6 +146,7 @@ def test_in_memory_models_run_through_lm_eval_and_retention_compares_them(data_d
                        num_fewshot=0, max_new_tokens=8)
     by_task = {r.task: r for r in results}
     assert by_task["hellaswag"].kind == "lm-eval" and by_task["hellaswag"].n == 3
+    assert by_task["hellaswag"].tokens is None and by_task["hellaswag"].as_dict()["tokens_per_second"] is None
     assert by_task["gsm8k"].metric == "exact_match" and by_task["gsm8k"].metrics["num_fewshot"] == 0
     assert {r.capability for r in results} == {"commonsense", "math"}
     other = evaluate(tiny_llama(seed=1), tok, ["hellaswag"], evaluator="lm-eval", data_dir=data_dir, limit=3)
@@ -173,7 +174,8 @@ def test_a_caldera_model_runs_through_lm_eval(data_dir: Path, tiny_model_dir: Pa
 
 @pytest.mark.parametrize("tasks, num_fewshot, message", [
     (["arc_easy"], None, "lm-eval task 'arc_easy' reads its test split (allenai/ai2_arc ARC-Easy: question, "
-                         "choices, answerKey) from {data}/ai2_arc/ARC-Easy/test.jsonl; not found"),
+                         "choices, answerKey) from {data}/ai2_arc/ARC-Easy/test.jsonl; not found (offline: nothing "
+                         "is downloaded); cola's own arc_easy_train (--evaluator cola) reads the data directory's"),
     (["gsm8k"], 3, None),
     (["hellaswg"], None, "unknown lm-eval task 'hellaswg'. Did you mean 'hellaswag'?"),
     (["mc:x.jsonl"], None, "task 'mc:x.jsonl' is a cola task file; --evaluator lm-eval runs lm-eval's published"),
@@ -186,6 +188,20 @@ def test_bad_lm_eval_tasks_fail_before_the_model(data_dir: Path, tasks, num_fews
         assert plan_tasks(tasks, data_dir, 0)[0].files.keys() == {"test"}  # 0-shot needs no train file
     with pytest.raises(ColaError, match="^" + re.escape(message.format(data=data_dir))):
         plan_tasks(tasks, data_dir, num_fewshot)
+
+
+def test_without_a_data_directory_lm_eval_loads_its_own_configs_and_says_how_to_stay_offline(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("COLA_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ColaError, match="^task 'mc:x.jsonl' is a cola task file"):
+        plan_tasks(["mc:x.jsonl"], None, None)
+    (task,) = plan_tasks(["hellaswag"], None, None)
+    assert task.local is None and task.files == {} and task.metric == "acc_norm"
+    with pytest.raises(ColaError, match=r"^lm-eval failed on hellaswag: .*offline, give --data_dir with the task's "
+                                        r"local files"):
+        evaluate(tiny_llama(), byte_tokenizer(), ["hellaswag"], evaluator="lm-eval", limit=2)
 
 
 def test_a_file_in_another_schema_is_named_with_the_columns_it_lacks(data_dir: Path):

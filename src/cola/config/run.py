@@ -50,8 +50,8 @@ class EvaluateConfig:
                             help="cola: cola's tasks and proxies (built-in names, KIND:PATH files); lm-eval: the "
                                  "published tasks scored by lm-evaluation-harness itself (arc_easy, arc_challenge, "
                                  "hellaswag, winogrande, piqa, openbookqa, gsm8k, wikitext; needs cola[lm-eval])")
-    num_fewshot: int | None = option(None, help="lm-eval: few-shot examples per task (default: each task's "
-                                                "published setting: gsm8k 5, the others 0)")
+    num_fewshot: int | None = option(None, help="lm-eval: few-shot examples per task",
+                                     shown="each task's published setting: gsm8k 5, the others 0")
 
     window: int = option(512, help="ppl: tokens per window")
     batch_tokens: int = option(EVALUATE_BATCH_TOKENS, help="padded token slots per forward pass at most (ppl, "

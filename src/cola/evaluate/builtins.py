@@ -3,6 +3,7 @@ names the proxies had while they shadowed published benchmarks."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -53,12 +54,17 @@ def current_name(task: str, kind: str | None = None) -> str:
 
 
 def renamed(spec: str) -> str:
-    """The built-in name for `spec`, warning once per call when it is a deprecated one."""
+    """The built-in name for a deprecated `spec` (a key of `RENAMED`), warning the first time it is used."""
+    _warn_renamed(spec)
+    return RENAMED[spec]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_renamed(spec: str) -> None:
     new = RENAMED[spec]
     what = "answer-NLL proxy" if BUILTINS[new].kind == "qa" else "train-split proxy"
     log.warning("task %r is now %r: the old name is deprecated (it named cola's %s, not the published benchmark; "
                 "--evaluator lm-eval runs the published tasks)", spec, new, what)
-    return new
 
 
 __all__ = ["BUILTINS", "Builtin", "RENAMED", "current_name", "renamed"]

@@ -32,6 +32,7 @@ from typing import Any
 from cola.config.run import EVALUATORS
 from cola.errors import ColaError, close_matches, first_line, unknown_choice
 from cola.evaluate.report import TaskResult
+from cola.evaluate.builtins import RENAMED
 from cola.evaluate.tasks import DATA_DIR_ENV, KINDS
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,10 @@ def _local_file(name: str, task: LocalTask, folder: Path, candidates: tuple[str,
                                     f"{split} split must be in the {task.schema} schema ({', '.join(task.columns)})")
             return path
     expected = " or ".join(str(folder / c) for c in candidates)
+    proxy = RENAMED.get(name)
+    hint = f"; cola's own {proxy} (--evaluator cola) reads the data directory's files" if proxy else ""
     raise ColaError(f"lm-eval task {name!r} reads its {split} split ({task.schema}: {', '.join(task.columns)}) "
-                    f"from {expected}; not found (offline: nothing is downloaded)")
+                    f"from {expected}; not found (offline: nothing is downloaded){hint}")
 
 
 def plan_tasks(names: Sequence[str], data_dir: str | Path | None, num_fewshot: int | None) -> list[HarnessTask]:
@@ -170,13 +173,14 @@ def plan_tasks(names: Sequence[str], data_dir: str | Path | None, num_fewshot: i
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
         raise ColaError(f"task name(s) given twice: {', '.join(duplicates)}")
-    if folder is None:
-        return [_hub_task(name) for name in names]
-    planned = []
     for name in names:
         if not isinstance(name, str) or ":" in name and name.split(":", 1)[0].split("/")[0] in KINDS:
             raise ColaError(f"task {name!r} is a cola task file; --evaluator lm-eval runs lm-eval's published tasks "
                             f"({', '.join(LOCAL_TASKS)}); use --evaluator cola for KIND:PATH tasks")
+    if folder is None:
+        return [_hub_task(name) for name in names]
+    planned = []
+    for name in names:
         if name not in LOCAL_TASKS:
             raise ColaError(f"{unknown_choice('lm-eval task', name, LOCAL_TASKS)} (from local files; without "
                             f"--data_dir and ${DATA_DIR_ENV} lm-eval loads any of its tasks from the hub)")
@@ -314,7 +318,7 @@ def _task_result(task: HarnessTask, raw: Mapping[str, Any], limit: int | None, s
     metrics["num_fewshot"] = raw.get("n-shot", {}).get(task.name)
     return TaskResult(task=task.name, kind=EVALUATOR, capability=task.capability, metric=metric,
                       higher_is_better=higher, value=value, stderr=_number(scores.get(primary[1])),
-                      n=n, tokens=0, forward_tokens=0, seconds=round(seconds, 3),
+                      n=n, tokens=None, forward_tokens=None, seconds=round(seconds, 3),
                       source=", ".join(str(p) for p in task.files.values()) or "hub", metrics=metrics,
                       note=task.note, limit=limit)
 
@@ -370,7 +374,10 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[HarnessTask], limits
                 raw = simple_evaluate(model=lm, tasks=[task.name], task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, gen_kwargs=generation, log_samples=False)
             except (AssertionError, ValueError, RuntimeError, KeyError, OSError) as exc:
-                raise ColaError(f"lm-eval failed on {task.name}: {first_line(exc)}") from exc
+                hint = "" if task.local is not None else (
+                    " (lm-eval's own config loads its dataset from the Hugging Face hub; offline, give --data_dir "
+                    "with the task's local files, README: The published tasks)")
+                raise ColaError(f"lm-eval failed on {task.name}: {first_line(exc)}{hint}") from exc
             if raw is None or task.name not in raw.get("results", {}):
                 raise ColaError(f"lm-eval returned no result for {task.name}")
             seconds = time.perf_counter() - start

@@ -29,8 +29,9 @@ class TaskResult:
     value: float
     stderr: float | None
     n: int                    # items (windows for perplexity)
-    tokens: int               # tokens scored (perplexity: predicted; mc/qa: continuation; generation: generated)
-    forward_tokens: int       # non-padding tokens run through the model: the throughput numerator
+    tokens: int | None        # tokens scored (perplexity: predicted; mc/qa: continuation; generation: generated)
+    forward_tokens: int | None  # non-padding tokens run through the model: the throughput numerator (None: lm-eval
+    #                             counts none)
     seconds: float
     source: str
     metrics: dict[str, float | None] = field(default_factory=dict)
@@ -39,11 +40,14 @@ class TaskResult:
     limit: int | None = None  # the --limit that applied to this task (None: all items)
 
     @property
-    def tokens_per_second(self) -> float:
+    def tokens_per_second(self) -> float | None:
+        if self.forward_tokens is None:
+            return None
         return self.forward_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
+        speed = self.tokens_per_second
+        return {**asdict(self), "tokens_per_second": None if speed is None else round(speed, 1)}
 
 
 # --- retention -----------------------------------------------------------------------------------------------
@@ -135,12 +139,15 @@ def evaluation_report(model: str, results: Sequence[TaskResult], *, dtype: str, 
                       limit: int | Mapping[str, int] | None, dense: Any = None, **settings: Any) -> dict[str, Any]:
     """Everything `--output` writes: the model, settings, per-task results, throughput and retention."""
     seconds = sum(r.seconds for r in results)
-    forward = sum(r.forward_tokens for r in results)
+    counted = [r for r in results if r.forward_tokens is not None]  # lm-eval's tasks count no tokens
+    forward = sum(r.forward_tokens for r in counted) if counted else None
+    counted_seconds = sum(r.seconds for r in counted)
     return {"tool": "cola", "command": "evaluate", "model": model, "dtype": dtype, "device": device,
             "limit": dict(limit) if isinstance(limit, Mapping) else limit, "settings": settings,
             "tasks": [r.task for r in results], "results": [r.as_dict() for r in results],
             "seconds": round(seconds, 3), "forward_tokens": forward, **run_environment(),
-            "tokens_per_second": round(forward / seconds, 1) if seconds > 0 else 0.0,
+            "tokens_per_second": None if forward is None else round(forward / counted_seconds, 1)
+            if counted_seconds > 0 else 0.0,
             "retention": retention(results, dense) if dense is not None else None}
 
 
@@ -155,14 +162,14 @@ def format_table(report: Mapping[str, Any]) -> str:
               f"{'tokens':>8} {'tok/s':>8} {'seconds':>8}" + (f" {'retention':>9}" if report.get("retention") else ""))
     lines = [f"{report['model']} ({report['dtype']}, {report['device']})", header]
     for r in report["results"]:
-        counted = r.get("kind") != "lm-eval"  # lm-eval reports no token counts
+        counted = r.get("tokens") is not None  # lm-eval reports no token counts
         tokens, speed = (str(r["tokens"]), f"{r['tokens_per_second']:.0f}") if counted else ("-", "-")
         line = (f"{r['task'][:22]:22} {r['capability']:12} {r['metric']:12} {_number(r['value']):>10} "
                 f"{_number(r['stderr'], 2):>10} {r['n']:>6} {tokens:>8} {speed:>8} {r['seconds']:>8.1f}")
         if report.get("retention"):
             line += f" {_number(kept.get(r['task']), 3):>9}"
         lines.append(line)
-    if all(r.get("kind") == "lm-eval" for r in report["results"]):
+    if report.get("forward_tokens") is None:
         lines.append(f"total: {report['seconds']:.1f} s (scored by lm-eval, which reports no token counts)")
     else:
         lines.append(f"total: {report['seconds']:.1f} s, {report['forward_tokens']} tokens through the model, "
