@@ -92,9 +92,12 @@ def test_bad_arguments_are_one_line_cola_errors(model_and_tokenizer, kwargs, mes
 
 def test_model_and_tokenizer_must_be_loaded_objects(model_and_tokenizer) -> None:
     model, tokenizer = model_and_tokenizer
+    with pytest.raises(ColaError, match=r"^model must be a loaded causal language model, got the name 'embedded': "
+                                        r"load it first, model, tokenizer = cola\.models\.load_model\('embedded'\)"):
+        COLA(model="embedded")  # no tokenizer either: the model is named first, not a TypeError
     with pytest.raises(ColaError, match=r"^model must be a loaded causal language model \(a torch module, e\.g\. "
-                                        r"from cola\.models\.load_model\), got str 'embedded'"):
-        COLA(model="embedded", tokenizer=tokenizer)
+                                        r"from cola\.models\.load_model\), got int 3"):
+        COLA(model=3, tokenizer=tokenizer)
     with pytest.raises(ColaError, match=r"^tokenizer must be the model's loaded tokenizer .*, got NoneType None"):
         COLA(model=model, tokenizer=None)
 

@@ -94,7 +94,7 @@ class COLA:
     >>> samples = cola.run(num_samples=128, sequence_length=2048)
     """
 
-    def __init__(self, *, model: Any, tokenizer: Any, available_datasets: Any = ("embedded",),
+    def __init__(self, *, model: Any = None, tokenizer: Any = None, available_datasets: Any = ("embedded",),
                  target_capabilities: str | Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
@@ -117,6 +117,9 @@ class COLA:
         unknown = sorted(set(settings) - valid)
         if unknown:
             raise unknown_choice("COLA setting", unknown[0], valid)
+        if isinstance(model, (str, Path)):
+            raise ColaError(f"model must be a loaded causal language model, got the name {str(model)!r}: load it "
+                            f"first, model, tokenizer = cola.models.load_model({str(model)!r})")
         if not callable(model) or not callable(getattr(model, "parameters", None)):
             raise ColaError(f"model must be a loaded causal language model (a torch module, e.g. from "
                             f"cola.models.load_model), got {type(model).__name__} {model!r:.60}")
