@@ -349,15 +349,15 @@ def check_dense(report: Mapping[str, Any], plan: Plan, path: str | Path) -> None
     limits = dict(zip((t.name for t in plan.tasks), plan.limits))
     for task in present:
         base = dense[task.name]
+        if "kind" in base and (base["kind"] == "lm-eval") != (task.kind == "lm-eval"):
+            raise ColaError(f"{what}: task {task.name!r} was scored by {_evaluator_of(base['kind'])} there, by "
+                            f"{_evaluator_of(task.kind)} here; use the same --evaluator")
         if base["metric"] != task.metric:
             raise ColaError(f"{what}: task {task.name!r} was scored by {base['metric']} there, by {task.metric} here")
         known, theirs = _dense_limit(report, base)
         if known and theirs != limits[task.name]:
             raise ColaError(f"{what}: task {task.name!r} was evaluated with limit {theirs} there, "
                             f"{limits[task.name]} here; retention needs the same items (use the same --limit)")
-        if "kind" in base and (base["kind"] == "lm-eval") != (task.kind == "lm-eval"):
-            raise ColaError(f"{what}: task {task.name!r} was scored by {_evaluator_of(base['kind'])} there, by "
-                            f"{_evaluator_of(task.kind)} here; use the same --evaluator")
         fewshot = plan.settings.num_fewshot
         if task.kind == "lm-eval" and "num_fewshot" in settings and settings["num_fewshot"] != fewshot:
             raise ColaError(f"{what}: task {task.name!r} was evaluated with --num_fewshot "
