@@ -18,6 +18,7 @@ Source: Gao et al., "A framework for few-shot language model evaluation" (lm-eva
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from cola.config.run import EVALUATORS
 from cola.errors import ColaError, close_matches, first_line, unknown_choice
 from cola.evaluate.report import TaskResult
 from cola.evaluate.builtins import RENAMED
-from cola.evaluate.tasks import DATA_DIR_ENV, KINDS
+from cola.evaluate.tasks import DATA_DIR_ENV, KINDS, records, refuse_duplicate_names, resolve_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,25 +128,8 @@ def import_lm_eval() -> Any:
 
 
 def _data_dir(data_dir: str | Path | None) -> Path | None:
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
-    if not chosen:
-        return None
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        raise ColaError(f"data directory not found: {path}")
-    return path
-
-
-def _first_record(path: Path) -> dict[str, Any]:
-    """The first record of a .jsonl (or a .json array) file: what the column check reads."""
-    from cola.io import read_json_records
-
-    try:
-        for _, record in read_json_records(path):
-            return record
-    except (OSError, EOFError, ValueError) as exc:
-        raise ColaError(f"cannot read {path}: {exc}") from None
-    raise ColaError(f"{path}: no records")
+    """The data directory (`resolve_data_dir`: --data_dir, else $COLA_DATA_DIR), or None when neither is given."""
+    return resolve_data_dir(data_dir) if data_dir or os.environ.get(DATA_DIR_ENV) else None
 
 
 def _local_file(name: str, task: LocalTask, folder: Path, candidates: tuple[str, ...], split: str) -> Path:
@@ -153,7 +137,10 @@ def _local_file(name: str, task: LocalTask, folder: Path, candidates: tuple[str,
         path = folder / relpath
         if path.is_file():
             if path.suffix != RAW_WIKITEXT:
-                missing = [c for c in task.columns if c not in _first_record(path)]
+                first = next(records(path), None)
+                if first is None:
+                    raise ColaError(f"{path}: no records")
+                missing = [c for c in task.columns if c not in first[1]]
                 if missing:
                     raise ColaError(f"lm-eval task {name!r}: {path} lacks column(s) {', '.join(missing)}; its "
                                     f"{split} split must be in the {task.schema} schema ({', '.join(task.columns)})")
@@ -170,9 +157,7 @@ def plan_tasks(names: Sequence[str], data_dir: str | Path | None, num_fewshot: i
     few-shot split's too where the task uses few-shot examples); without one, a task lm-eval knows."""
     import_lm_eval()
     folder = _data_dir(data_dir)
-    duplicates = sorted({n for n in names if list(names).count(n) > 1})
-    if duplicates:
-        raise ColaError(f"task name(s) given twice: {', '.join(duplicates)}")
+    refuse_duplicate_names(names)
     for name in names:
         if not isinstance(name, str) or ":" in name and name.split(":", 1)[0].split("/")[0] in KINDS:
             raise ColaError(f"task {name!r} is a cola task file; --evaluator lm-eval runs lm-eval's published tasks "
@@ -192,8 +177,10 @@ def plan_tasks(names: Sequence[str], data_dir: str | Path | None, num_fewshot: i
     return planned
 
 
+@functools.lru_cache(maxsize=None)
 def lm_eval_config(task: LocalTask) -> dict[str, Any]:
-    """lm-eval's own config of a task, its `include:`s merged (lm-eval's loader; `!function`s left unresolved)."""
+    """lm-eval's own config of a task, its `include:`s merged (lm-eval's loader; `!function`s left unresolved).
+    Read once per task: planning and the config writer both ask; callers must not change it."""
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
 

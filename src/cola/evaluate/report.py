@@ -66,7 +66,7 @@ def _has_type(value: Any, kind: str) -> bool:
 
 def result_dicts(results: Any, what: str = "results") -> list[dict[str, Any]]:
     """TaskResults, their dicts, or a whole `cola evaluate --output` report, as a list of dicts, each under its
-    task's current name (`cola.evaluate.tasks.RENAMED`); ColaError naming `what` and the entry when one lacks a
+    task's current name (`cola.evaluate.builtins.RENAMED`); ColaError naming `what` and the entry when one lacks a
     field retention reads."""
     if isinstance(results, Mapping):
         if not isinstance(results.get("results"), list):

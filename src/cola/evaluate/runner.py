@@ -22,7 +22,7 @@ from cola.config import EvaluateConfig
 from cola.evaluate.report import TaskResult, result_dicts
 from cola.evaluate.sandbox import CONFIRM_FLAG, ExecutionLimits
 from cola.evaluate.tasks import (EXECUTES_CODE, Reading, TaskSpec, infer_capability, load_items, parse_task,
-                                 read_text)
+                                 read_text, refuse_duplicate_names)
 from cola.export import nearest_existing
 from cola.io import read_mapping
 
@@ -196,10 +196,7 @@ def task_limits(tasks: Sequence[TaskSpec], specs: Sequence[str | TaskSpec],
 def parse_tasks(specs: Sequence[str | TaskSpec], data_dir: str | Path | None = None) -> list[TaskSpec]:
     """Parse every spec (files must exist) and refuse two tasks with the same name."""
     tasks = [parse_task(s, data_dir) for s in specs]
-    names = [t.name for t in tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ColaError(f"task name(s) given twice: {', '.join(duplicates)}")
+    refuse_duplicate_names([t.name for t in tasks])
     return tasks
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -72,6 +72,13 @@ def _file_stem(path: Path) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def refuse_duplicate_names(names: Sequence[str]) -> None:
+    """One task per name: ColaError listing the names given twice."""
+    duplicates = sorted({n for n in names if list(names).count(n) > 1})
+    if duplicates:
+        raise ColaError(f"task name(s) given twice: {', '.join(duplicates)}")
+
+
 def parse_task(spec: str | TaskSpec, data_dir: str | Path | None = None) -> TaskSpec:
     """`wikitext2` (a built-in name) or `KIND[/CAPABILITY]:PATH`, e.g. `mc:arc.jsonl`, `qa/math:my.jsonl`.
 
@@ -127,7 +134,7 @@ def text_field(record: dict[str, Any], name: str, *, empty: bool = True) -> str:
     return text
 
 
-def _records(path: Path) -> Any:
+def records(path: Path) -> Any:
     """read_json_records, with unreadable or corrupt files as one-line errors."""
     try:
         yield from read_json_records(path)
@@ -140,7 +147,7 @@ def read_text(path: Path) -> str:
     if Path(path.name.removesuffix(".gz")).suffix not in RECORD_SUFFIXES:
         return read_text_file(path)
     texts = []
-    for line, record in _records(path):
+    for line, record in records(path):
         require(record, ("text",), path, line, "perplexity")
         try:
             texts.append(text_field(record, "text"))
@@ -341,7 +348,7 @@ def load_items(task: TaskSpec, limit: int | None) -> tuple[list[Any], Reading]:
     """The first `limit` items of a mc/qa/generation task file and the reading its first record chose."""
     items: list[Any] = []
     reading: Reading | None = None
-    for line, record in islice(_records(task.path), limit):
+    for line, record in islice(records(task.path), limit):
         reading = reading or reading_for(task.kind, record)
         require(record, reading.fields, task.path, line, reading.name)
         if task.plain_answers and isinstance(record.get("answer"), str):
