@@ -4,7 +4,9 @@ Decoder blocks are compressed one at a time, in order. Block i is calibrated on 
 0..i-1 *after* their compression, so each block corrects for the error its predecessors introduced
 (the sequential scheme of GPTQ, SparseGPT and CALDERA). Per block: one pass collects the input
 statistics of every Linear, the method rewrites the Linears, a second pass produces the inputs of the
-next block. Only one block's inputs are held in memory at a time.
+next block. Only one block's inputs are held in memory at a time. With a Hessian cache
+(`cola.compress.hessian_cache`) blocks are calibrated on the dense model's inputs instead, and a complete cache
+replaces the model's forwards altogether.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 import torch
 
 from cola.compress.calibration import CalibrationSet
+from cola.compress.hessian_cache import HessianCache
 from cola.compress.stats import InputStats, collect_input_stats
+from cola.errors import ColaError
 from cola.models import find_decoder_layers
 from cola.progress import progress_bar
 
@@ -94,28 +98,60 @@ def _block_output(block: torch.nn.Module, batch: _Batch, source: int) -> torch.T
     return out[0] if isinstance(out, tuple) else out
 
 
+def _compress_block(prefix: str, index: int, block: torch.nn.Module, stats: dict[str, InputStats],
+                    layer_fn: LayerFn, seen: dict[str, int]) -> None:
+    """Hand every Linear of block `index` with its statistics to `layer_fn`, and put in what it returns."""
+    for name, linear in block_linears(block).items():
+        full_name = f"{prefix}.{index}.{name}"
+        replacement = layer_fn(full_name, linear, stats[name])
+        if replacement is not None:
+            block.set_submodule(name, replacement)
+        seen[full_name] = stats[name].tokens
+
+
 @torch.no_grad()
 def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, layer_fn: LayerFn, *,
-                          stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096) -> dict[str, int]:
-    """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}."""
+                          stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096,
+                          hessian_cache: HessianCache | None = None) -> dict[str, int]:
+    """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}.
+
+    With a `hessian_cache` (stats_kind "hessian" only) every block is calibrated on the *dense* model's inputs
+    instead, as CALDERA's and QuIP#'s reference code do: a complete cache is read and the model never runs; an
+    empty or incomplete one is filled in the same pass that compresses (one forward per block, not two).
+    """
     prefix, blocks = find_decoder_layers(model)
+    seen: dict[str, int] = {}
+    if hessian_cache is not None:
+        if stats_kind != "hessian":
+            raise ValueError(f"a Hessian cache holds full Hessians; stats_kind {stats_kind!r} cannot use one")
+        if hessian_cache.complete:
+            for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks (cached "
+                                      "Hessians)", unit="block"):
+                stats = hessian_cache.load_block(index)
+                missing = sorted(set(block_linears(blocks[index])) - set(stats))
+                if missing:
+                    raise ColaError(f"the Hessian cache {hessian_cache.path} has no Hessian for block {index}'s "
+                                    f"{', '.join(missing)}; delete it to compute it again")
+                _compress_block(prefix, index, blocks[index], stats, layer_fn, seen)
+            return seen
+        hessian_cache.start()
     sources = argument_sources(model, len(blocks))
     batches = _first_block_inputs(model, blocks, sources, calibration, max_batch_tokens)
-    seen: dict[str, int] = {}
+    dense = hessian_cache is not None
     for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks", unit="block"):
         block = blocks[index]
-        linears = block_linears(block)
-        with collect_input_stats(linears, stats_kind) as stats:
+        with collect_input_stats(block_linears(block), stats_kind) as stats:
             for batch in batches:
-                _block_output(block, batch, sources[index])
-        for name, linear in linears.items():
-            full_name = f"{prefix}.{index}.{name}"
-            replacement = layer_fn(full_name, linear, stats[name])
-            if replacement is not None:
-                block.set_submodule(name, replacement)
-            seen[full_name] = stats[name].tokens
+                output = _block_output(block, batch, sources[index])
+                if dense:  # the dense block's output is the next block's input
+                    batch.hidden = output
+        if hessian_cache is not None:
+            hessian_cache.save_block(index, stats)
+        _compress_block(prefix, index, block, stats, layer_fn, seen)
         del stats
-        if index + 1 < len(blocks):
+        if not dense and index + 1 < len(blocks):
             for batch in batches:
                 batch.hidden = _block_output(block, batch, sources[index])
+    if hessian_cache is not None:
+        hessian_cache.finish(calibration.num_tokens)
     return seen

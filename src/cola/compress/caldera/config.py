@@ -23,6 +23,11 @@ class CalderaConfig(MethodConfig):
     group_size: int | None = group_size_option()
     quantizer: str = option("uniform", help="CALDERA: quantizer of Q", choices=QUANTIZERS)
     hadamard: bool = option(False, help="CALDERA: randomized Hadamard incoherence processing")
+    hessian_cache: str | None = option(None, help="CALDERA: a directory for the dense model's Hessians on this "
+                                              "calibration set: read when it holds them (no statistics pass), "
+                                              "else computed and saved there for later runs with other ranks or "
+                                              "bits",
+                                       shown="none: each block calibrated on the compressed blocks before it")
     damp: float = option(0.01, help="CALDERA: Hessian damping, a fraction of its mean diagonal", cli=False)
     seed: int = option(0, help="CALDERA: seed of the randomized SVD and of the Hadamard rotation", cli=False)
 

@@ -53,13 +53,24 @@ class Caldera(Method):
             # the dense copy keeps the sequential pass fast; the saved CalderaLinear holds the codes
             linear.weight.data.copy_(module.factors.dequantize().to(linear.weight.dtype))
 
+        cache = None
+        if config.hessian_cache is not None:
+            from cola.compress.hessian_cache import HessianCache
+            from cola.models import find_decoder_layers
+
+            assert calibration is not None  # CALDERA needs calibration (checked before the model loads)
+            cache = HessianCache.open(config.hessian_cache, model, calibration.input_ids,
+                                      len(find_decoder_layers(model)[1]))
+        reused = cache is not None and cache.complete
         compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
-                              max_batch_tokens=max_batch_tokens)
+                              max_batch_tokens=max_batch_tokens, hessian_cache=cache)
         save_caldera(output_dir / CALDERA_FILE, modules, config)
         save_dense(model, tokenizer, output_dir)  # a plain checkpoint of the dense Q + L R
         mean = sum(e["error"] for e in errors.values()) / len(errors)
         rtn = [e["rtn_error"] for e in errors.values() if e["rtn_error"] is not None]
         return {"mean_activation_error": mean, "mean_rtn_error": sum(rtn) / len(rtn) if rtn else None,
+                "hessians": "sequential" if cache is None else ("dense, read from the cache" if reused
+                                                                 else "dense, computed and cached"),
                 "layer_errors": errors}
 
     def check(self, output_dir: Path, config: CalderaConfig, *, reload: bool = True) -> dict[str, Any]:
