@@ -135,6 +135,13 @@ def test_caldera_through_compress_saves_codes_and_reloads_identically(tiny_model
     assert not any(isinstance(m, CalderaLinear) for m in plain.modules())
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, compact(ids).logits, rtol=1e-4, atol=1e-4)
+    cached, _ = load_compressed(out, caldera_forward="cached")  # CalderaLinear with its dense weight built once
+    layers = [m for m in cached.modules() if isinstance(m, CalderaLinear)]
+    assert len(layers) == 3 * 7 and all(m.dense_weight is not None for m in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(cached(ids).logits, compact(ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ColaError, match="caldera_forward .dense.. Valid choices: cached, factors"):
+        load_compressed(out, caldera_forward="dense")
     assert summary["details"]["mean_activation_error"] < summary["details"]["mean_rtn_error"]
 
 

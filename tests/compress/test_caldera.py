@@ -92,6 +92,13 @@ def test_forward_equals_the_dense_dequantized_linear(wh, hadamard: bool) -> None
     assert state["q_codes"].dtype == torch.uint8 and state["q_codes"].shape == (M, N)
     assert all(t.dtype in (torch.uint8, torch.float16, torch.int64) for k, t in state.items() if k != "bias")
     assert ("hadamard_seed" in state) == hadamard
+    # the cached forward computes the same function from one dense weight, which the state never holds
+    from_factors = module(x)
+    assert module.cache_dense() is module and module.dense_weight.shape == (M, N)
+    assert torch.allclose(module(x), from_factors, atol=1e-5)
+    assert module.state_dict().keys() == state.keys()
+    module.cache_dense(False)
+    assert module.dense_weight is None and torch.equal(module(x), from_factors)
 
 
 @pytest.mark.parametrize("config", [

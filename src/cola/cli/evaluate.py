@@ -71,7 +71,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         plan = plan_evaluation(args.task, limit=limit, data_dir=args.data_dir, quiet=args.quiet, **options)
     device = resolve_device(model.device)
     loaded, tokenizer = load_for_evaluation(name, dtype=model.dtype, device=device, quiet=args.quiet,
-                                            trust_remote_code=model.trust_remote_code)
+                                            trust_remote_code=model.trust_remote_code,
+                                            caldera_forward=config.caldera_forward)
     harness = plan.run_lm_eval(loaded, tokenizer) if plan.lm_eval else None
     results = harness.results if harness is not None else plan.run(loaded, tokenizer)
     report = evaluation_report(name, results, dtype=model.dtype, device=device, limit=limit, dense=dense,

@@ -21,7 +21,7 @@ import torch
 from cola.compress.base import Method, MethodConfig
 from cola.compress.calibration import CalibrationSet, load_calibration
 from cola.compress.methods import METHODS, configure, method_named
-from cola.errors import ColaError
+from cola.errors import ColaError, unknown_choice
 from cola.export import (check_output_dir, index_names, output_directory, read_index, run_environment,
                          staged_outputs, tree_hashes, verify_outputs)
 
@@ -144,7 +144,8 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet |
 
 
 def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "auto", quiet: bool = True,
-                    caldera_layers: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
+                    caldera_layers: bool = True, caldera_forward: str = "factors",
+                    trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a `cola compress` output (or any model directory); CALDERA layers come back as
     CalderaLinear modules.
 
@@ -156,7 +157,13 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
     `caldera_layers=False` keeps the checkpoint's dense Q + L R weights instead: the same function (a test
     checks equal logits), at a dense model's speed in any dtype, where CalderaLinear dequantizes its codes in
     every forward and computes in float32 (about 9x slower to evaluate SmolLM2 on a CPU).
+    `caldera_forward="cached"` keeps the CalderaLinear modules but has each rebuild its dense weight once
+    (`CalderaLinear.cache_dense`); "factors" computes from the codes in every forward.
     """
+    from cola.config.run import CALDERA_FORWARDS
+
+    if caldera_forward not in CALDERA_FORWARDS:
+        raise unknown_choice("caldera_forward", caldera_forward, CALDERA_FORWARDS)
     from cola.compress.llmc.output import library_output
     from cola.models import load_model, resolve_device
 
@@ -177,4 +184,10 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
             model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
     if caldera_layers and any([method.restore(model, path) for method in METHODS.values()]):
         model.to(device)
+        if caldera_forward == "cached":
+            from cola.compress.caldera.linear import CalderaLinear
+
+            for module in model.modules():
+                if isinstance(module, CalderaLinear):
+                    module.cache_dense()
     return model, tokenizer

@@ -17,6 +17,7 @@ from cola.schema import check_field_types
 from cola.settings import option
 
 EVALUATORS = ("cola", "lm-eval")  # cola's own scoring; lm-evaluation-harness's published tasks (cola.evaluate.harness)
+CALDERA_FORWARDS = ("cached", "factors")  # how a CALDERA output's layers compute (cola.compress.caldera.linear)
 COMPUTE_DTYPE = "float32"  # compress's and evaluate's default dtype (see the module docstring)
 EVALUATE_BATCH_TOKENS = 2048
 
@@ -58,6 +59,10 @@ class EvaluateConfig:
                                                            "mc, qa)")
     batch_size: int = option(8, help="generation tasks: prompts per batch (lm-eval: requests per batch)")
     max_new_tokens: int = option(256, help="generation tasks: tokens per answer")
+    caldera_forward: str = option("cached", choices=CALDERA_FORWARDS,
+                                  help="a CALDERA output's layers: cached (dense weight rebuilt once from the "
+                                       "codes, dense speed) or factors (dequantized in every forward, low-rank part "
+                                       "as two thin matmuls: less memory, slower)")
     confirm_run_unsafe_code: bool = option(
         False, help="allow tasks that execute model-generated code (humaneval_pass1); each program runs in a child "
                     "process with limits and, where the OS allows, no network, a read-only file system and its "
@@ -71,6 +76,8 @@ class EvaluateConfig:
                 raise ColaError(f"--{name} must be a whole number of {unit}, at least {least}; got {value!r}")
         if self.evaluator not in EVALUATORS:
             raise unknown_choice("evaluator", self.evaluator, EVALUATORS)
+        if self.caldera_forward not in CALDERA_FORWARDS:
+            raise unknown_choice("caldera_forward", self.caldera_forward, CALDERA_FORWARDS)
         if self.num_fewshot is not None:
             if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
                 raise ColaError(f"--num_fewshot must be a whole number of examples, at least 0; got "

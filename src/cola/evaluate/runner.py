@@ -285,14 +285,17 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
 
 
 def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "auto",
-                        quiet: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
+                        quiet: bool = True, trust_remote_code: bool = False,
+                        caldera_forward: str = "cached") -> tuple[Any, Any]:
     """(model, tokenizer): a `cola compress` output directory (CALDERA, RIA, llm-compressor) or any model spec;
-    `trust_remote_code` lets a model that needs its own Python code run it."""
+    `trust_remote_code` lets a model that needs its own Python code run it; `caldera_forward` as in
+    `cola.compress.api.load_compressed` (cached: each CALDERA layer rebuilds its dense weight once)."""
     path = Path(path_or_spec).expanduser()
     if path.is_dir():
         from cola.compress.api import load_compressed
 
-        return load_compressed(path, dtype=dtype, device=device, quiet=quiet, trust_remote_code=trust_remote_code)
+        return load_compressed(path, dtype=dtype, device=device, quiet=quiet, trust_remote_code=trust_remote_code,
+                               caldera_forward=caldera_forward)
     from cola.models import load_model
 
     return load_model(str(path_or_spec), dtype=dtype, device=device, quiet=quiet,

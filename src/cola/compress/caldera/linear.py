@@ -19,7 +19,15 @@ FORMAT = "cola-caldera/1"
 
 
 class CalderaLinear(torch.nn.Module):
-    """y = x (Q + L R)ᵀ + b, dequantizing Q, L, R from their codes in every forward (no dense cache).
+    """y = x (Q + L R)ᵀ + b computed from the stored factors, in float32.
+
+    Two forwards:
+    * from the factors (the default): Q is dequantized from its codes and the low-rank part applied as two thin
+      matmuls, y = x Qᵀ + (x Rᵀ) Lᵀ, in the rotated basis (x Vᵀ in, · U out) when the layer has a rotation;
+      the dense m×n Ŵ is never formed, and only the codes stay in memory between forwards.
+    * cached (`cache_dense()`): Ŵ = Uᵀ (Q + L R) V is built once and kept, and every forward is one dense matmul;
+      for evaluation, at the memory of a dense float32 layer. The cache is not saved and is dropped by
+      `cache_dense(False)`.
 
     The codes, scales and the rotation seed are buffers, so `state_dict()` holds exactly what is stored.
     """
@@ -35,6 +43,13 @@ class CalderaLinear(torch.nn.Module):
             self.register_buffer(key, tensor.detach().clone(memory_format=torch.contiguous_format))
         self.register_buffer("bias", bias.detach().clone(memory_format=torch.contiguous_format)
                              if bias is not None else None)
+        self.register_buffer("dense_weight", None, persistent=False)  # (m, n) float32 Ŵ, once cache_dense() ran
+
+    def cache_dense(self, enabled: bool = True) -> CalderaLinear:
+        """Build Ŵ (out_features × in_features, float32, original basis) once and use it in every later forward
+        (enabled), or drop it and compute from the factors again. Returns the module."""
+        self.dense_weight = self.factors.dequantize().to(self.q_codes.device) if enabled else None
+        return self
 
     @property
     def factors(self) -> CalderaFactors:
@@ -52,9 +67,13 @@ class CalderaLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (f"in_features={self.in_features}, out_features={self.out_features}, q_bits={c.q_bits}, "
-                f"lr_bits={c.lr_bits}, rank={c.rank}, hadamard={c.hadamard}, bias={self.bias is not None}")
+                f"lr_bits={c.lr_bits}, rank={c.rank}, hadamard={c.hadamard}, bias={self.bias is not None}, "
+                f"cached={self.dense_weight is not None}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_weight is not None:
+            bias = self.bias.to(torch.float32) if self.bias is not None else None
+            return torch.nn.functional.linear(x.to(torch.float32), self.dense_weight, bias).to(x.dtype)
         factors = self.factors
         q, left, right = factors.parts()
         h = x.to(torch.float32)
