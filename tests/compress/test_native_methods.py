@@ -126,7 +126,7 @@ def test_ria_two_four_mask_is_exactly_two_of_four():
     ("sparsegpt", {"pattern": "2:4", "sparsity": 0.6}, "contradicts"),
     ("flatquant", {}, "not supported yet"),
     ("gtpq", {}, "Did you mean 'gptq'"),
-    ("caldera", {"rank": 0}, "positive integer"),
+    ("caldera", {"rank": -2}, "--rank must be 0 or a positive integer"),
 ])
 def test_bad_options_are_one_line_errors(method, given, message):
     with pytest.raises(ColaError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:

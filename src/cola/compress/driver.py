@@ -11,13 +11,14 @@ replaces the model's forwards altogether.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from cola.compress.calibration import CalibrationSet
+from cola.compress.calibration import CalibrationSet, ordered_batches
 from cola.compress.hessian_cache import HessianCache
 from cola.compress.stats import InputStats, collect_input_stats
 from cola.errors import ColaError
@@ -36,6 +37,21 @@ class _Captured(Exception):
 class _Batch:
     hidden: torch.Tensor
     kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # block index -> its call's arguments
+    held_out: bool = False  # samples kept out of a block's fine-tuning, to pick its best step
+
+
+@dataclass
+class BlockBatch:
+    """One batch of a block's fine-tuning data: its input (B, T, d), call arguments, and the dense block's output
+    on that input (B, T, d)."""
+
+    hidden: torch.Tensor
+    kwargs: dict[str, Any]
+    target: torch.Tensor
+
+
+# (block index, the block with its compressed layers in place, training batches, held-out batches) -> None
+BlockFn = Callable[[int, torch.nn.Module, list[BlockBatch], list[BlockBatch]], None]
 
 
 def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
@@ -61,9 +77,10 @@ def argument_sources(model: torch.nn.Module, count: int) -> list[int]:
 
 @torch.no_grad()
 def _first_block_inputs(model: torch.nn.Module, blocks: torch.nn.ModuleList, sources: list[int],
-                        calibration: CalibrationSet, max_batch_tokens: int) -> list[_Batch]:
+                        calibration: CalibrationSet, max_batch_tokens: int,
+                        held_out: Sequence[int] = ()) -> list[_Batch]:
     """Run the model up to the last block in `sources` for every batch; keep block 0's input and the call
-    arguments of every block in `sources`."""
+    arguments of every block in `sources`. The samples in `held_out` are batched apart from the others."""
     device = next(model.parameters()).device
     captured: list[_Batch] = []
     last = max(sources)
@@ -80,13 +97,18 @@ def _first_block_inputs(model: torch.nn.Module, blocks: torch.nn.ModuleList, sou
         return hook
 
     handles = [blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in sorted(set(sources))]
+    kept = set(held_out)
+    groups = [[i for i in range(len(calibration)) if i not in kept], sorted(kept)]
+    lengths = [len(ids) for ids in calibration.input_ids]
     try:
-        for batch in calibration.batches(max_batch_tokens):  # equal lengths: nothing padded
-            ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
-            try:
-                model(input_ids=ids, use_cache=False)
-            except _Captured:
-                pass
+        for group in groups:
+            for batch in ordered_batches([lengths[i] for i in group], max_batch_tokens):  # equal lengths: no padding
+                ids = torch.stack([calibration.input_ids[group[i]] for i in batch]).to(device)
+                try:
+                    model(input_ids=ids, use_cache=False)
+                except _Captured:
+                    pass
+                captured[-1].held_out = group is groups[1]
     finally:
         for handle in handles:
             handle.remove()
@@ -109,49 +131,76 @@ def _compress_block(prefix: str, index: int, block: torch.nn.Module, stats: dict
         seen[full_name] = stats[name].tokens
 
 
+def _cached_stats(cache: HessianCache, index: int, block: torch.nn.Module) -> dict[str, InputStats]:
+    stats = cache.load_block(index)
+    missing = sorted(set(block_linears(block)) - set(stats))
+    if missing:
+        raise ColaError(f"the Hessian cache {cache.path} has no Hessian for block {index}'s {', '.join(missing)}; "
+                        "delete it to compute it again")
+    return stats
+
+
 @torch.no_grad()
 def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, layer_fn: LayerFn, *,
                           stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096,
-                          hessian_cache: HessianCache | None = None) -> dict[str, int]:
+                          hessian_cache: HessianCache | None = None, block_fn: BlockFn | None = None,
+                          held_out: Sequence[int] = ()) -> dict[str, int]:
     """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}.
 
     With a `hessian_cache` (stats_kind "hessian" only) every block is calibrated on the *dense* model's inputs
-    instead, as CALDERA's and QuIP#'s reference code do: a complete cache is read and the model never runs; an
-    empty or incomplete one is filled in the same pass that compresses (one forward per block, not two).
+    instead, as CALDERA's and QuIP#'s reference code do: a complete cache is read (and without a `block_fn` the
+    model never runs); an empty or incomplete one is filled in the same pass that compresses.
+    `block_fn`, when given, runs after each block's layers are replaced, with the block's inputs and the dense
+    block's outputs on them, the samples `held_out` (indices into the calibration set) in batches of their own;
+    what it leaves in the block produces the next block's inputs (without a cache).
     """
     prefix, blocks = find_decoder_layers(model)
     seen: dict[str, int] = {}
-    if hessian_cache is not None:
-        if stats_kind != "hessian":
-            raise ValueError(f"a Hessian cache holds full Hessians; stats_kind {stats_kind!r} cannot use one")
-        if hessian_cache.complete:
-            for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks (cached "
-                                      "Hessians)", unit="block"):
-                stats = hessian_cache.load_block(index)
-                missing = sorted(set(block_linears(blocks[index])) - set(stats))
-                if missing:
-                    raise ColaError(f"the Hessian cache {hessian_cache.path} has no Hessian for block {index}'s "
-                                    f"{', '.join(missing)}; delete it to compute it again")
-                _compress_block(prefix, index, blocks[index], stats, layer_fn, seen)
-            return seen
+    cached = hessian_cache is not None and hessian_cache.complete
+    if hessian_cache is not None and stats_kind != "hessian":
+        raise ValueError(f"a Hessian cache holds full Hessians; stats_kind {stats_kind!r} cannot use one")
+    if cached and block_fn is None:
+        assert hessian_cache is not None
+        for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks (cached Hessians)",
+                                  unit="block"):
+            _compress_block(prefix, index, blocks[index], _cached_stats(hessian_cache, index, blocks[index]),
+                            layer_fn, seen)
+        return seen
+    if hessian_cache is not None and not cached:
         hessian_cache.start()
     sources = argument_sources(model, len(blocks))
-    batches = _first_block_inputs(model, blocks, sources, calibration, max_batch_tokens)
+    batches = _first_block_inputs(model, blocks, sources, calibration, max_batch_tokens, held_out)
     dense = hessian_cache is not None
     for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks", unit="block"):
         block = blocks[index]
-        with collect_input_stats(block_linears(block), stats_kind) as stats:
+        inputs = [batch.hidden for batch in batches]
+        targets: list[torch.Tensor] = []
+        watch = nullcontext(None) if cached else collect_input_stats(block_linears(block), stats_kind)
+        with watch as collected:
             for batch in batches:
                 output = _block_output(block, batch, sources[index])
+                if block_fn is not None:
+                    targets.append(output)
                 if dense:  # the dense block's output is the next block's input
                     batch.hidden = output
-        if hessian_cache is not None:
-            hessian_cache.save_block(index, stats)
+        if cached:
+            assert hessian_cache is not None
+            stats = _cached_stats(hessian_cache, index, block)
+        else:
+            stats = collected
+            if hessian_cache is not None:
+                hessian_cache.save_block(index, stats)
         _compress_block(prefix, index, block, stats, layer_fn, seen)
-        del stats
+        del stats, collected
+        if block_fn is not None:
+            data = [BlockBatch(x, batch.kwargs[sources[index]], y) for x, batch, y in zip(inputs, batches, targets)]
+            block_fn(index, block, [d for d, b in zip(data, batches) if not b.held_out],
+                     [d for d, b in zip(data, batches) if b.held_out])
+            del data, targets
+        del inputs
         if not dense and index + 1 < len(blocks):
             for batch in batches:
                 batch.hidden = _block_output(block, batch, sources[index])
-    if hessian_cache is not None:
+    if hessian_cache is not None and not cached:
         hessian_cache.finish(calibration.num_tokens)
     return seen

@@ -33,7 +33,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CalderaConfig": "config", "LR_BITS": "config", "QUANTIZERS": "config", "check_layer": "config",
+    "CalderaConfig": "config", "LR_BITS": "config", "QUANTIZERS": "config", "CALDERA_QUANTIZERS": "config",
+    "check_layer": "config",
     "random_hadamard": "hadamard", "rotate": "hadamard", "rotation_seeds": "hadamard",
     "CalderaFactors": "factors", "pack_codes": "factors", "unpack_codes": "factors",
     "CalderaResult": "decompose", "activation_error": "decompose", "caldera_decompose": "decompose",

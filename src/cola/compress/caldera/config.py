@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cola.compress.base import QUANT_BITS, QUANTIZERS, MethodConfig, at_least_one, group_size_option, resolve_group_size
+from cola.compress.base import (QUANT_BITS, QUANTIZERS, MethodConfig, at_least_one, group_size_option, in_unit_interval,
+                                resolve_group_size)
 from cola.errors import ColaError
 from cola.settings import option
 
 LR_BITS = (*QUANT_BITS, 16)
+CALDERA_QUANTIZERS = (*QUANTIZERS, "e8p")  # e8p: cola.compress.caldera.lattice, for Q
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,32 +18,75 @@ class CalderaConfig(MethodConfig):
     """Bits, rank and iterations of one CALDERA run (the same for every layer); `damp` and `seed` are kept off
     the command line (a fraction of the mean Hessian diagonal; the seed of the randomized SVD and rotation)."""
 
-    q_bits: int = option(2, help="CALDERA: bits of the backbone Q", choices=QUANT_BITS)
+    q_bits: int = option(2, help="CALDERA: bits of the backbone Q (e8p: 2)", choices=QUANT_BITS)
     lr_bits: int = option(4, help="CALDERA: bits of the low-rank factors L and R (16 = float16)", choices=LR_BITS)
-    rank: int = option(16, help="CALDERA: rank of L R")
+    rank: int = option(16, help="CALDERA: rank of L R (0: Q alone, QuIP#-style)")
     iters: int = option(10, help="CALDERA: outer alternating-minimization iterations")
     group_size: int | None = group_size_option()
-    quantizer: str = option("uniform", help="CALDERA: quantizer of Q", choices=QUANTIZERS)
+    quantizer: str = option("uniform", help="CALDERA: quantizer of Q (e8p: QuIP#'s E8 lattice codebook, 2 bits; L and "
+                                            "R then use uniform)", choices=CALDERA_QUANTIZERS)
     hadamard: bool = option(False, help="CALDERA: randomized Hadamard incoherence processing")
     hessian_cache: str | None = option(None, help="CALDERA: a directory for the dense model's Hessians on this "
                                               "calibration set: read when it holds them (no statistics pass), "
                                               "else computed and saved there for later runs with other ranks or "
                                               "bits",
                                        shown="none: each block calibrated on the compressed blocks before it")
+    finetune_rank: int = option(0, help="CALDERA: components of L and R kept in float16 instead of --lr_bits codes "
+                                        "(the last ones; all of them with --lr_bits 16): what --finetune_steps trains")
+    finetune_steps: int = option(0, help="CALDERA: optimizer steps per decoder block fitting the float16 components "
+                                         "(and with --finetune_signs the rotation's signs) to the dense block's "
+                                         "outputs on the calibration set; 0: no fine-tuning")
+    finetune_lr: float = option(1e-3, help="CALDERA: Adam learning rate of the fine-tuning")
+    finetune_holdout: float = option(0.125, help="CALDERA: fraction of the calibration samples held out of the "
+                                                 "fine-tuning to pick its best step (at least one sample)")
+    finetune_signs: bool = option(False, help="CALDERA: also train the Hadamard rotation's sign vectors (stored as "
+                                              "float16 scales; needs --hadamard)")
     damp: float = option(0.01, help="CALDERA: Hessian damping, a fraction of its mean diagonal", cli=False)
     seed: int = option(0, help="CALDERA: seed of the randomized SVD and of the Hadamard rotation", cli=False)
 
     def check(self) -> None:
-        at_least_one(self, "rank", "iters", "group_size")
+        at_least_one(self, "iters", "group_size")
+        for name in ("rank", "finetune_rank", "finetune_steps"):
+            if getattr(self, name) < 0:
+                raise ColaError(f"--{name} must be 0 or a positive integer, got {getattr(self, name)}")
         if not self.damp > 0:
             raise ColaError(f"damp must be positive (a fraction of the mean Hessian diagonal), got {self.damp}")
+        if self.quantizer == "e8p":
+            if self.q_bits != 2:
+                raise ColaError(f"--quantizer e8p codes 8 weights in 16 bits (2 bits per weight); --q_bits must be 2, "
+                                f"got {self.q_bits}")
+            if self.group_size is not None:
+                raise ColaError("--quantizer e8p keeps one scale per row; drop --group_size")
+        if self.finetune_rank > self.rank:
+            raise ColaError(f"--finetune_rank {self.finetune_rank} is larger than --rank {self.rank}")
+        if self.finetune_signs and not self.hadamard:
+            raise ColaError("--finetune_signs trains the Hadamard rotation's signs; it needs --hadamard")
+        if self.finetune_steps > 0 and self.float16_rank == 0 and not self.finetune_signs:
+            raise ColaError("--finetune_steps has nothing to train: give --finetune_rank (float16 components of L and "
+                            "R), --lr_bits 16 or --finetune_signs")
+        if not self.finetune_lr > 0:
+            raise ColaError(f"--finetune_lr must be positive, got {self.finetune_lr}")
+        in_unit_interval("finetune_holdout", self.finetune_holdout)
+
+    @property
+    def float16_rank(self) -> int:
+        """How many components of L and R are stored in float16 (the last ones): all with lr_bits 16."""
+        return self.rank if self.lr_bits == 16 else self.finetune_rank
+
+    @property
+    def lr_quantizer(self) -> str:
+        """The quantizer of L's and R's codes: the config's, except uniform under e8p (a lattice for Q only)."""
+        return "uniform" if self.quantizer == "e8p" else self.quantizer
 
 
 def check_layer(config: CalderaConfig, out_features: int, in_features: int) -> None:
-    """Refuse (ColaError, one line) a rank larger than an out_features x in_features layer allows, or a group
-    size that does not divide its input columns."""
+    """Refuse (ColaError, one line) a rank larger than an out_features x in_features layer allows, a group size
+    that does not divide its input columns, or e8p on input columns that are not a multiple of 8."""
     if config.rank > min(out_features, in_features):
         raise ColaError(f"rank {config.rank} is larger than layer {out_features}x{in_features} allows "
                         f"(min(out,in)={min(out_features, in_features)})")
     if config.group_size is not None:
         resolve_group_size([in_features], config.group_size)
+    if config.quantizer == "e8p" and in_features % 8:
+        raise ColaError(f"--quantizer e8p codes groups of 8 input columns, but a {out_features}x{in_features} layer "
+                        f"has {in_features} (not a multiple of 8); use --quantizer uniform or nf")

@@ -61,6 +61,7 @@ class _Context:
         self.C = chol.to(torch.float32)      # Hd = C Cᵀ: ‖E C‖² = tr(E Hd Eᵀ), C plays the role of Hd^{1/2}
         self.Hd = (chol @ chol.T).to(torch.float32)
         self.start: torch.Tensor | None = None  # warm start of the randomized SVD
+        self.e8p_scales: torch.Tensor | None = None  # (m, 1) row scales of an E8P Q, fitted once
 
 
 def _top_svd(A: torch.Tensor, ctx: _Context, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,14 +97,21 @@ def _error_num(A: torch.Tensor, AH: torch.Tensor, L: torch.Tensor, R: torch.Tens
 
 @dataclass
 class _LowRank:
-    L: torch.Tensor                 # float32 values of the stored factors
-    R: torch.Tensor
-    left: Quantized | None         # None when lr_bits == 16
-    right: Quantized | None
+    L: torch.Tensor                 # (m, r) float32 values of the stored factors
+    R: torch.Tensor                 # (r, n)
+    left: Quantized | None         # the quantized first r − f columns of L; None when all r are float16
+    right: Quantized | None        # the quantized first r − f rows of R
 
 
 def _lr_step(A: torch.Tensor, AH: torch.Tensor, ctx: _Context) -> tuple[_LowRank, float]:
-    """Quantized rank-r fit of A in the H metric, and its error numerator tr((A − L R) H (A − L R)ᵀ)."""
+    """Rank-r fit of A in the H metric, its first r − f components quantized and the last f = float16_rank kept
+    in float16, and its error numerator tr((A − L R) H (A − L R)ᵀ).
+
+    L's quantized columns go through LDLQ under L's Hessian R Hd Rᵀ ordered with the float16 columns last, so
+    those absorb the rounding error (GPTQ's feedback: Δ = E H_hf H_ff⁻¹); R is then solved by least squares given
+    L (exact for any H: it acts on the right), its first rows quantized with LDLQ under H, and its float16 rows
+    solved again given the quantized ones.
+    """
     cfg = ctx.config
     U, sigma, vt = _top_svd(A, ctx, cfg.rank)
     root = sigma.clamp_min(0).sqrt()
@@ -113,15 +121,26 @@ def _lr_step(A: torch.Tensor, AH: torch.Tensor, ctx: _Context) -> tuple[_LowRank
     balance = (R0.square().mean(1).sqrt() / L0.square().mean(0).sqrt()).sqrt()
     balance = torch.where(torch.isfinite(balance) & (balance > 0), balance, torch.ones_like(balance))
     L0, R0 = L0 * balance, R0 / balance[:, None]
-    if cfg.lr_bits == 16:
+    k = cfg.rank - cfg.float16_rank  # quantized components
+    if k == 0:
         L = fp16_round(L0)
         R = fp16_round(_solve_right(A.T @ L, L.T @ L).T.contiguous())  # (LᵀL)⁻¹ Lᵀ A
         return _LowRank(L, R, None, None), _error_num(A, AH, L, R, ctx.H)
-    HL = (R0 @ ctx.Hd) @ R0.T  # the Hessian of L's error: ‖ΔL R C‖² = tr(ΔL R Hd Rᵀ ΔLᵀ)
-    left = ldlq(L0, hinv_upper(damped_cholesky(HL, cfg.damp)), cfg.lr_bits, cfg.quantizer, None)
-    R = _solve_right(A.T @ left.values, left.values.T @ left.values).T  # exact for any H: it acts on the right
-    right = ldlq(R, ctx.hinv_u, cfg.lr_bits, cfg.quantizer, cfg.group_size)
-    return _LowRank(left.values, right.values, left, right), _error_num(A, AH, left.values, right.values, ctx.H)
+    HL = (R0 @ ctx.Hd) @ R0.T  # (r, r) the Hessian of L's error: ‖ΔL R C‖² = tr(ΔL R Hd Rᵀ ΔLᵀ)
+    hinv_l = hinv_upper(damped_cholesky(HL, cfg.damp))  # its [:k, :k] block: the head's, the tail compensating
+    left = ldlq(L0[:, :k].contiguous(), hinv_l[:k, :k].contiguous(), cfg.lr_bits, cfg.lr_quantizer, None)
+    L = left.values
+    if k < cfg.rank:  # the float16 columns take the head's rounding error: E H_hf H_ff⁻¹
+        compensation = _solve_right((L0[:, :k] - left.values) @ HL[:k, k:], HL[k:, k:])
+        L = torch.cat([left.values, fp16_round(L0[:, k:] + compensation)], dim=1)
+    R = _solve_right(A.T @ L, L.T @ L).T.contiguous()
+    right = ldlq(R[:k].contiguous(), ctx.hinv_u, cfg.lr_bits, cfg.lr_quantizer, cfg.group_size)
+    R = right.values
+    if k < cfg.rank:  # the float16 rows of R, solved given the quantized rows
+        tail = L[:, k:]
+        rest = A - left.values @ right.values
+        R = torch.cat([right.values, fp16_round(_solve_right(rest.T @ tail, tail.T @ tail).T.contiguous())], dim=0)
+    return _LowRank(L, R, left, right), _error_num(A, AH, L, R, ctx.H)
 
 
 def caldera_decompose(W: torch.Tensor, H: torch.Tensor, config: CalderaConfig) -> CalderaResult:
@@ -147,8 +166,8 @@ def _decompose(W: torch.Tensor, H: torch.Tensor, config: CalderaConfig) -> Calde
         raise ColaError("the calibration Hessian is zero or not finite: the layer saw no usable calibration tokens")
     H = H / mean  # errors are scale-free; a unit mean diagonal keeps L and R in float16's comfortable range
 
-    codes, scales = quantize_rtn(W, config.q_bits, config.quantizer, config.group_size)
-    rtn_error = activation_error(W, dequantize_codes(codes, scales, config.q_bits, config.quantizer), H)
+    if config.quantizer != "e8p":  # round-to-nearest in the layer's own basis (e8p's: below, in Q's basis)
+        rtn_error = activation_error(W, _rtn_values(W, config), H)
 
     seed = config.seed if config.hadamard else None
     if seed is not None:
@@ -159,24 +178,55 @@ def _decompose(W: torch.Tensor, H: torch.Tensor, config: CalderaConfig) -> Calde
         H = (H + H.T) / 2
     ctx = _Context(H, config)
     denom = ((W @ ctx.H) * W).sum(dtype=torch.float64).item()
+    if config.quantizer == "e8p":  # the error is rotation-invariant; the row scales are fitted once, here
+        from cola.compress.caldera.lattice import e8p_dequantize, e8p_encode, e8p_fit_scales
+
+        ctx.e8p_scales = e8p_fit_scales(W)
+        codes = e8p_encode((W / ctx.e8p_scales).reshape(-1, 8)).reshape(m, n // 8)
+        rtn_error = activation_error(W, e8p_dequantize(codes, ctx.e8p_scales), ctx.H)
 
     errors: list[float] = []
-    best: tuple[float, Quantized, _LowRank] | None = None
+    best: tuple[float, Quantized, _LowRank | None] | None = None
     low_rank: _LowRank | None = None
-    for _ in range(config.iters):
+    for _ in range(config.iters if config.rank else 1):  # Q alone (rank 0) is one LDLQ pass
         target = W if low_rank is None else W - low_rank.L @ low_rank.R
-        q = ldlq(target, ctx.hinv_u, config.q_bits, config.quantizer, config.group_size)
+        q = _ldlq_q(target, ctx)
         A = W - q.values
-        low_rank, num = _lr_step(A, A @ ctx.H, ctx)
+        if config.rank:
+            low_rank, num = _lr_step(A, A @ ctx.H, ctx)
+        else:
+            num = ((A @ ctx.H) * A).sum(dtype=torch.float64).item()
         errors.append(_relative(num, denom))
         if best is None or errors[-1] < best[0]:
             best = (errors[-1], q, low_rank)
     assert best is not None
     best_error, q, low_rank = best
     factors = CalderaFactors(q_codes=q.codes, q_scales=q.scales, config=config, hadamard_seed=seed)
-    if low_rank.left is None or low_rank.right is None:
-        factors.l_weight, factors.r_weight = low_rank.L.to(torch.float16), low_rank.R.to(torch.float16)
-    else:
-        factors.l_codes, factors.l_scales = low_rank.left.codes, low_rank.left.scales
-        factors.r_codes, factors.r_scales = low_rank.right.codes, low_rank.right.scales
+    if low_rank is not None:
+        k = config.rank - config.float16_rank
+        if low_rank.left is not None and low_rank.right is not None:
+            factors.l_codes, factors.l_scales = low_rank.left.codes, low_rank.left.scales
+            factors.r_codes, factors.r_scales = low_rank.right.codes, low_rank.right.scales
+        if k < config.rank:
+            factors.l_weight = low_rank.L[:, k:].to(torch.float16).contiguous()
+            factors.r_weight = low_rank.R[k:].to(torch.float16).contiguous()
     return CalderaResult(factors=factors, errors=errors, best_error=best_error, rtn_error=rtn_error)
+
+
+def _ldlq_q(target: torch.Tensor, ctx: _Context) -> Quantized:
+    """The Q-step: LDLQ of `target` (m×n) under H with Q's quantizer (E8P: 8 columns at a time)."""
+    cfg = ctx.config
+    if cfg.quantizer == "e8p":
+        from cola.compress.caldera.lattice import e8p_fit_scales, e8p_ldlq
+
+        if ctx.e8p_scales is None:  # fitted on W (in `_decompose`), then kept: the fit costs 8 encodings
+            ctx.e8p_scales = e8p_fit_scales(target)
+        q = e8p_ldlq(target, ctx.hinv_u, ctx.e8p_scales)
+        return Quantized(q.codes.to(torch.int16), q.scales, q.values)  # 16-bit codes, stored two's complement
+    return ldlq(target, ctx.hinv_u, cfg.q_bits, cfg.quantizer, cfg.group_size)
+
+
+def _rtn_values(W: torch.Tensor, config: CalderaConfig) -> torch.Tensor:
+    """W (m×n) rounded to nearest by Q's scalar quantizer, dequantized (float32): the baseline of `rtn_error`."""
+    codes, scales = quantize_rtn(W, config.q_bits, config.quantizer, config.group_size)
+    return dequantize_codes(codes, scales, config.q_bits, config.quantizer)

@@ -36,16 +36,18 @@ def _hadamard_parts(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | N
     return signs, (q * torch.sign(torch.diagonal(r))).to(torch.float32)  # Haar-distributed
 
 
-def rotate(x: torch.Tensor, seed: int, *, transpose: bool = False) -> torch.Tensor:
+def rotate(x: torch.Tensor, seed: int, *, transpose: bool = False, signs: torch.Tensor | None = None) -> torch.Tensor:
     """Apply M = (H_a ⊗ O_p)/√a · diag(signs) to every row vector of x (x ↦ x Mᵀ), or Mᵀ (x ↦ x M).
 
     M is the randomized Hadamard transform of size x.shape[−1] = a·p (a a power of two, p odd): a sign
     flip, the Sylvester Hadamard matrix on the power-of-two factor and a seeded random orthogonal matrix
-    on the odd factor. It is orthogonal and depends only on (size, seed).
+    on the odd factor. It is orthogonal and depends only on (size, seed). `signs` (dim,), when given, replaces
+    the seed's ±1 signs (CALDERA's fine-tuned sign vectors; M is then orthogonal only for ±1 entries), and the
+    result is differentiable in them.
     """
     dim = x.shape[-1]
-    signs, ortho = _hadamard_parts(dim, seed)
-    signs = signs.to(x.device, x.dtype)
+    seeded, ortho = _hadamard_parts(dim, seed)
+    signs = (seeded if signs is None else signs).to(x.device, x.dtype)
     a = dim & -dim
     p = dim // a
     if not transpose:
@@ -57,9 +59,15 @@ def rotate(x: torch.Tensor, seed: int, *, transpose: bool = False) -> torch.Tens
     return y * signs if transpose else y
 
 
-def random_hadamard(dim: int, seed: int) -> torch.Tensor:
-    """The dense orthogonal matrix M (dim×dim, float32) that `rotate(x, seed)` applies."""
-    return rotate(torch.eye(dim), seed).T.contiguous()
+def random_hadamard(dim: int, seed: int, signs: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense matrix M (dim×dim, float32) that `rotate(x, seed, signs=signs)` applies (orthogonal for the
+    seed's signs)."""
+    return rotate(torch.eye(dim), seed, signs=None if signs is None else signs.to(torch.float32)).T.contiguous()
+
+
+def seeded_signs(dim: int, seed: int) -> torch.Tensor:
+    """The ±1 signs (dim,), float32, of the rotation of size `dim` made from `seed`."""
+    return _hadamard_parts(dim, seed)[0].clone()
 
 
 def rotation_seeds(seed: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from cola.atomic import atomic_path
 from cola.compress.caldera.config import CalderaConfig
 from cola.compress.caldera.decompose import CalderaResult, caldera_decompose
 from cola.compress.caldera.factors import CalderaFactors
-from cola.compress.caldera.hadamard import rotate, rotation_seeds
+from cola.compress.caldera.hadamard import rotate
 from cola.errors import ColaError
 
 FORMAT = "cola-caldera/1"
@@ -44,12 +44,48 @@ class CalderaLinear(torch.nn.Module):
         self.register_buffer("bias", bias.detach().clone(memory_format=torch.contiguous_format)
                              if bias is not None else None)
         self.register_buffer("dense_weight", None, persistent=False)  # (m, n) float32 Ŵ, once cache_dense() ran
+        self.register_buffer("q_weight", None, persistent=False)  # (m, n) float32 Q (rotated basis), while training
 
     def cache_dense(self, enabled: bool = True) -> CalderaLinear:
         """Build Ŵ (out_features × in_features, float32, original basis) once and use it in every later forward
         (enabled), or drop it and compute from the factors again. Returns the module."""
         self.dense_weight = self.factors.dequantize().to(self.q_codes.device) if enabled else None
         return self
+
+    def start_training(self, signs: bool = False) -> list[torch.nn.Parameter]:
+        """Turn the float16 components of L and R (and with `signs` the rotation's sign vectors, created from the
+        seed's ±1 when absent) into float32 parameters, and fix Q's dequantized values for the forward; returns
+        the parameters. `stop_training` stores them back in float16."""
+        self.q_weight = self.factors.q_values()
+        trainable = ["l_weight", "r_weight"]
+        if signs and self.factors.hadamard_seed is not None:
+            from cola.compress.caldera.hadamard import rotation_seeds, seeded_signs
+
+            seed_u, seed_v = rotation_seeds(self.factors.hadamard_seed)
+            for key, dim, seed in (("u_signs", self.out_features, seed_u), ("v_signs", self.in_features, seed_v)):
+                if getattr(self, key, None) is None:
+                    self.register_buffer(key, seeded_signs(dim, seed).to(torch.float16).to(self.q_scales.device))
+                    self._keys += (key,)
+            trainable += ["u_signs", "v_signs"]
+        params = []
+        for key in trainable:
+            value = getattr(self, key, None)
+            if value is None:
+                continue
+            del self._buffers[key]
+            param = torch.nn.Parameter(value.detach().to(torch.float32).clone())
+            self.register_parameter(key, param)
+            params.append(param)
+        return params
+
+    def stop_training(self) -> None:
+        """Store the trained parameters back as float16 buffers and drop Q's fixed values."""
+        for key, param in list(self._parameters.items()):
+            if param is None:
+                continue
+            del self._parameters[key]
+            self.register_buffer(key, param.detach().to(torch.float16).contiguous())
+        self.q_weight = None
 
     @property
     def factors(self) -> CalderaFactors:
@@ -75,14 +111,16 @@ class CalderaLinear(torch.nn.Module):
             bias = self.bias.to(torch.float32) if self.bias is not None else None
             return torch.nn.functional.linear(x.to(torch.float32), self.dense_weight, bias).to(x.dtype)
         factors = self.factors
-        q, left, right = factors.parts()
+        q = self.q_weight if self.q_weight is not None else factors.q_values()
+        left, right = factors.low_rank()
         h = x.to(torch.float32)
-        if factors.hadamard_seed is not None:
-            seed_u, seed_v = rotation_seeds(factors.hadamard_seed)
-            h = rotate(h, seed_v)                                  # x Vᵀ
+        rotations = factors.rotations()
+        if rotations is not None:
+            (seed_u, signs_u), (seed_v, signs_v) = rotations
+            h = rotate(h, seed_v, signs=signs_v)                   # x Vᵀ
         y = h @ q.T + (h @ right.T) @ left.T
-        if factors.hadamard_seed is not None:
-            y = rotate(y, seed_u, transpose=True)                  # · U
+        if rotations is not None:
+            y = rotate(y, seed_u, transpose=True, signs=signs_u)   # · U
         if self.bias is not None:
             y = y + self.bias.to(torch.float32)
         return y.to(x.dtype)
@@ -91,8 +129,10 @@ class CalderaLinear(torch.nn.Module):
 # ------------------------------------------------------------------------------------------ save/load
 
 
-def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaConfig) -> None:
-    """Write every module's codes, scales and bias to one safetensors file (config in the metadata), atomically."""
+def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaConfig,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write every module's codes, scales and bias to one safetensors file (config and `metadata` in the file's
+    metadata), atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -103,7 +143,8 @@ def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaC
         tensors.update(module.factors.state_dict(f"{name}."))
         if module.bias is not None:
             tensors[f"{name}.bias"] = module.bias.detach().cpu().contiguous()
-    metadata = {"format": FORMAT, "config": json.dumps(asdict(config)), "modules": json.dumps(list(modules))}
+    metadata = {**(metadata or {}), "format": FORMAT, "config": json.dumps(asdict(config)),
+                "modules": json.dumps(list(modules))}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
 

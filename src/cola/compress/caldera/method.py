@@ -6,6 +6,8 @@ The checkpoint holds the dense Q + L R weights (any transformers/vLLM loader rea
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
     from cola.compress.calibration import CalibrationSet
+
+logger = logging.getLogger(__name__)
 
 CALDERA_FILE = "caldera.safetensors"
 COMPRESS_AGAIN = "compress again (`cola compress --overwrite`) to rebuild it"
@@ -42,36 +46,77 @@ class Caldera(Method):
             tokenizer: Any, output_dir: Path, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
         from cola.compress.caldera.linear import CalderaLinear, save_caldera
         from cola.compress.driver import compress_sequentially
+        from cola.compress.hessian_cache import calibration_digest
+        from cola.models import find_decoder_layers
 
-        modules: dict[str, CalderaLinear] = {}
-        errors: dict[str, dict[str, float]] = {}
+        assert calibration is not None  # CALDERA needs calibration (checked before the model loads)
+        prefix, blocks = find_decoder_layers(model)
+        finetuning = config.finetune_steps > 0
+        held_out: list[int] = []
+        if finetuning:  # refused before any work when the set is too small to hold samples out
+            from cola.compress.caldera.finetune import held_out_samples
 
-        def decompose(name: str, linear: torch.nn.Linear, stats: Any) -> None:
-            module, result = CalderaLinear.from_linear(linear, stats.hessian, config)
-            modules[name] = module
-            errors[name] = {"error": result.best_error, "rtn_error": result.rtn_error}
-            # the dense copy keeps the sequential pass fast; the saved CalderaLinear holds the codes
-            linear.weight.data.copy_(module.factors.dequantize().to(linear.weight.dtype))
-
+            held_out = held_out_samples(len(calibration), config.finetune_holdout)
         cache = None
         if config.hessian_cache is not None:
             from cola.compress.hessian_cache import HessianCache
-            from cola.models import find_decoder_layers
 
-            assert calibration is not None  # CALDERA needs calibration (checked before the model loads)
-            cache = HessianCache.open(config.hessian_cache, model, calibration.input_ids,
-                                      len(find_decoder_layers(model)[1]))
+            cache = HessianCache.open(config.hessian_cache, model, calibration.input_ids, len(blocks))
         reused = cache is not None and cache.complete
+
+        modules: dict[str, CalderaLinear] = {}
+        errors: dict[str, dict[str, float]] = {}
+        linears: dict[str, torch.nn.Linear] = {}
+        logs: list[dict[str, Any]] = []
+
+        def keep_dense(name: str, module: CalderaLinear) -> None:
+            # the dense copy keeps the sequential pass fast; the saved CalderaLinear holds the codes
+            linear = linears.pop(name)
+            linear.weight.data.copy_(module.factors.dequantize().to(linear.weight.device, linear.weight.dtype))
+
+        def decompose(name: str, linear: torch.nn.Linear, stats: Any) -> CalderaLinear | None:
+            module, result = CalderaLinear.from_linear(linear, stats.hessian, config)
+            modules[name] = module
+            linears[name] = linear
+            errors[name] = {"error": result.best_error, "rtn_error": result.rtn_error}
+            if finetuning:
+                return module  # in the block until its fine-tuning is done
+            keep_dense(name, module)
+            return None
+
+        def finetune(index: int, block: torch.nn.Module, train: list, held: list) -> None:
+            from cola.compress.caldera.finetune import finetune_block
+
+            log = finetune_block(index, block, train, held, config)
+            logs.append(log.as_dict())
+            logger.info("block %d: held-out relative error %.5f -> %.5f (step %d of %d)", index,
+                        log.held_out_before, log.held_out_best, log.best_step, config.finetune_steps)
+            for local, module in list(block.named_modules()):
+                if isinstance(module, CalderaLinear):
+                    name = f"{prefix}.{index}.{local}"
+                    block.set_submodule(local, linears[name])
+                    keep_dense(name, module)
+
         compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
-                              max_batch_tokens=max_batch_tokens, hessian_cache=cache)
-        save_caldera(output_dir / CALDERA_FILE, modules, config)
+                              max_batch_tokens=max_batch_tokens, hessian_cache=cache,
+                              block_fn=finetune if finetuning else None, held_out=held_out)
+        details: dict[str, Any] = {}
+        if finetuning:
+            details["finetune"] = {
+                "loss": "block output relative squared error vs the dense block", "steps_per_block":
+                config.finetune_steps, "trained_on": {**calibration.describe(), "calibration_digest":
+                                                     calibration_digest(calibration.input_ids)},
+                "held_out_samples": held_out, "blocks": logs}
+        metadata = {"finetune": json.dumps(details["finetune"]["trained_on"] | {"held_out_samples": held_out})} \
+            if finetuning else None
+        save_caldera(output_dir / CALDERA_FILE, modules, config, metadata=metadata)
         save_dense(model, tokenizer, output_dir)  # a plain checkpoint of the dense Q + L R
         mean = sum(e["error"] for e in errors.values()) / len(errors)
         rtn = [e["rtn_error"] for e in errors.values() if e["rtn_error"] is not None]
         return {"mean_activation_error": mean, "mean_rtn_error": sum(rtn) / len(rtn) if rtn else None,
                 "hessians": "sequential" if cache is None else ("dense, read from the cache" if reused
                                                                  else "dense, computed and cached"),
-                "layer_errors": errors}
+                **details, "layer_errors": errors}
 
     def check(self, output_dir: Path, config: CalderaConfig, *, reload: bool = True) -> dict[str, Any]:
         """The stored bits of every layer, counted from `caldera.safetensors` (codes at their bit width)."""
