@@ -1,12 +1,17 @@
-"""Every compression method on SmolLM2 with one curated calibration set: time, memory, bits, perplexity.
+"""Every compression method on SmolLM2 with one curated calibration set: time, memory, bits, perplexity, NLLs.
 
 Each method runs as its own `cola compress` process (so its peak memory is its own); every saved model
 is then reloaded as a user would (`cola.compress.api.load_compressed`) and scored on wikitext-2 test
-perplexity over non-overlapping windows, next to the dense model.
+perplexity over non-overlapping windows and on the math and code answer NLLs (gsm8k_nll, humaneval_nll),
+next to the dense model.
 
     .venv/bin/python benchmarks/compress_methods.py --calibration CURATE_DIR [--methods caldera gptq-w2 ...]
 
-Without --calibration it first curates 128 x 512-token samples from ../shared/data.
+Without --calibration it first curates 128 x 512-token samples from ../shared/data. The CALDERA rows share one
+Hessian cache (work_dir/hessians): the first of them computes it, the others read it, and
+`caldera-e8p-ft-again` repeats `caldera-e8p-ft` to print the time a run with a complete cache takes. With
+--speed, the first CALDERA row's forward is timed three ways (dense checkpoint, CalderaLinear with its dense
+weight cached, CalderaLinear from its factors).
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ RUNS: dict[str, list[str]] = {
     "ria-2:4": ["--method", "ria", "--pattern", "2:4"],
     "caldera": ["--method", "caldera", "--q_bits", "2", "--lr_bits", "4", "--rank", "16", "--iters", "10"],
 }
+# CALDERA as its authors built it (issue 21): E8P backbone, rotation, float16 components fine-tuned; each piece
+# on and off. "{hessians}" is the shared Hessian cache.
+_CALDERA = ["--method", "caldera", "--hadamard", "--lr_bits", "4", "--iters", "5", "--hessian_cache", "{hessians}"]
+_FT = ["--finetune_rank", "4", "--finetune_steps", "16"]
+RUNS |= {
+    "e8p-only": [*_CALDERA, "--quantizer", "e8p", "--rank", "0"],
+    "caldera-uniform-r16": [*_CALDERA, "--quantizer", "uniform", "--rank", "16"],
+    "caldera-e8p-r16": [*_CALDERA, "--quantizer", "e8p", "--rank", "16"],
+    "caldera-uniform-r16-ft": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_FT],
+    "caldera-e8p-r16-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
+    "caldera-e8p-r16-ft-again": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
+    "caldera-e8p-r32-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "32", *_FT],
+    "caldera-e8p-r64-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "64", *_FT],
+}
+NLL_TASKS = ("gsm8k_nll", "humaneval_nll")
 
 
 def curate_default(out: Path) -> Path:
@@ -62,6 +82,37 @@ def generate(model, tokenizer, prompt: str = "The capital of France is") -> str:
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def nlls(model, tokenizer, limit: int) -> dict[str, float]:
+    """Mean answer NLL (nats per token) of the math and code proxies on their first `limit` items."""
+    from cola.evaluate import evaluate
+
+    return {r.task: r.value for r in evaluate(model, tokenizer, list(NLL_TASKS), limit=limit, data_dir=DATA)}
+
+
+def forward_speed(out: Path, tokens: int = 512, repeats: int = 3) -> dict[str, float]:
+    """Tokens/s of one (1, tokens) forward (best of `repeats`) of the saved model: the dense Q + L R checkpoint,
+    CalderaLinear with its dense weight cached, CalderaLinear computing from its factors."""
+    import torch
+
+    from cola.compress.api import load_compressed
+
+    ids = torch.randint(0, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    speeds = {}
+    for label, options in (("dense", {"caldera_layers": False}), ("cached", {"caldera_forward": "cached"}),
+                           ("factors", {"caldera_forward": "factors"})):
+        model, _ = load_compressed(out, dtype="float32", **options)
+        best = float("inf")
+        with torch.no_grad():
+            model(ids)  # warm-up
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(ids)
+                best = min(best, time.perf_counter() - start)
+        speeds[label] = tokens / best
+        del model
+    return speeds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", type=Path, help="a `cola curate` output directory (default: curate one)")
@@ -70,6 +121,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
     parser.add_argument("--max_windows", type=int, default=64, help="wikitext-2 windows scored (64 x 512 = 32k)")
     parser.add_argument("--skip_existing", action="store_true", help="reuse models already compressed")
+    parser.add_argument("--nll_limit", type=int, default=64, help="items of each NLL task scored")
+    parser.add_argument("--speed", action="store_true", help="time the first CALDERA row's three forwards")
     args = parser.parse_args()
     print(machine_line())
     if not WIKITEXT.is_file():
@@ -90,7 +143,8 @@ def main() -> int:
     model, tokenizer = load_model("embedded", dtype="float32", quiet=True)
     dense = perplexity(model, tokenizer, text, window=args.window, max_windows=args.max_windows)
     rows.append({"run": "dense", "seconds": 0.0, "peak_rss_mb": None, "figure": "fp32",
-                 "ppl": dense.perplexity, "generated": generate(model, tokenizer)})
+                 "ppl": dense.perplexity, **nlls(model, tokenizer, args.nll_limit),
+                 "generated": generate(model, tokenizer)})
     del model
     for name in args.methods:
         out = args.work_dir / name
@@ -98,7 +152,7 @@ def main() -> int:
         if not (args.skip_existing and summary_path.is_file()):
             cmd = [str(REPO / ".venv" / "bin" / "cola"), "compress", "--model", "embedded",
                    "--calibration", str(calibration), "--output_dir", str(out), "--overwrite", "--quiet",
-                   *RUNS[name]]
+                   *[a.replace("{hessians}", str(args.work_dir / "hessians")) for a in RUNS[name]]]
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - start
@@ -115,20 +169,28 @@ def main() -> int:
         compressed, tok = load_compressed(out, dtype="float32")
         ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
         rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
-                     "figure": figure, "ppl": ppl.perplexity, "generated": generate(compressed, tok)})
+                     "figure": figure, "ppl": ppl.perplexity, **nlls(compressed, tok, args.nll_limit),
+                     "hessians": summary["details"].get("hessians", ""), "generated": generate(compressed, tok)})
         print(f"{name}: {figure}, perplexity {ppl.perplexity:.2f}", file=sys.stderr)
         (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive
         del compressed
     print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
           f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
-    print(f"| {'run':18} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':24} | {'wikitext-2 ppl':>14} |")
-    print(f"|{'-' * 20}|{'-' * 12}|{'-' * 13}|{'-' * 26}|{'-' * 16}|")
+    print(f"| {'run':24} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':20} | {'wikitext-2 ppl':>14} | "
+          f"{'gsm8k_nll':>9} | {'humaneval_nll':>13} | Hessians")
+    print(f"|{'-' * 26}|{'-' * 12}|{'-' * 13}|{'-' * 22}|{'-' * 16}|{'-' * 11}|{'-' * 15}|{'-' * 10}")
     for row in rows:
         if "error" in row:
-            print(f"| {row['run']:18} | failed: {row['error'][:80]}")
+            print(f"| {row['run']:24} | failed: {row['error'][:80]}")
             continue
         rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
-        print(f"| {row['run']:18} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:24} | {row['ppl']:14.2f} |")
+        print(f"| {row['run']:24} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:20} | {row['ppl']:14.2f} | "
+              f"{row['gsm8k_nll']:9.4f} | {row['humaneval_nll']:13.4f} | {row.get('hessians', '')}")
+    caldera = [r["run"] for r in rows if r["run"].startswith("caldera") and "error" not in r]
+    if args.speed and caldera:
+        speeds = forward_speed(args.work_dir / caldera[0])
+        print(f"\nforward of 1 x 512 tokens, {caldera[0]} (tokens/s, best of 3): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
     print("\ngreedy continuations of 'The capital of France is' after reloading each saved model:")
     for row in rows:
         if "generated" in row:

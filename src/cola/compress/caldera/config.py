@@ -29,8 +29,8 @@ class CalderaConfig(MethodConfig):
     hessian_cache: str | None = option(None, help="CALDERA: a directory for the dense model's Hessians on this "
                                               "calibration set: read when it holds them (no statistics pass), "
                                               "else computed and saved there for later runs with other ranks or "
-                                              "bits",
-                                       shown="none: each block calibrated on the compressed blocks before it")
+                                              "bits (default: none, each block calibrated on the compressed "
+                                              "blocks before it)")
     finetune_rank: int = option(0, help="CALDERA: components of L and R kept in float16 instead of --lr_bits codes "
                                         "(the last ones; all of them with --lr_bits 16): what --finetune_steps trains")
     finetune_steps: int = option(0, help="CALDERA: optimizer steps per decoder block fitting the float16 components "
