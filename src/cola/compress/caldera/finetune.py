@@ -5,7 +5,10 @@ After a decoder block's Linears are decomposed, the float16 components of every 
 of them; all with lr_bits 16), and with `finetune_signs` the Hadamard rotation's sign vectors, are trained with
 Adam to make the compressed block reproduce the dense block's outputs on the calibration samples:
 
-    loss = ‖block(x) − dense_block(x)‖² / ‖dense_block(x)‖²        (per batch, over its tokens and channels)
+    loss = ‖block(x) − dense_block(x)‖² / ‖dense_block(x) − x‖²     (per batch, over its tokens and channels)
+
+relative to what the dense block adds to its input x (the residual stream dominates a block's output in later
+blocks, so an error relative to the whole output would read as nearly zero there).
 
 Block-wise output MSE rather than end-to-end KL on the logits: a block's forward and backward touch one block's
 weights and activations, so the whole fine-tuning costs about one forward and backward pass of the model per
@@ -63,7 +66,8 @@ def _relative_mse(block: torch.nn.Module, batch: BlockBatch) -> torch.Tensor:
     out = block(batch.hidden, **batch.kwargs)
     out = out[0] if isinstance(out, tuple) else out
     target = batch.target.to(torch.float32)
-    return (out.to(torch.float32) - target).square().sum() / target.square().sum().clamp_min(1e-30)
+    update = (target - batch.hidden.to(torch.float32)).square().sum()  # what the dense block adds to its input
+    return (out.to(torch.float32) - target).square().sum() / update.clamp_min(1e-30)
 
 
 def _held_out_loss(block: torch.nn.Module, batches: list[BlockBatch]) -> float:

@@ -103,7 +103,7 @@ class Caldera(Method):
         details: dict[str, Any] = {}
         if finetuning:
             details["finetune"] = {
-                "loss": "block output relative squared error vs the dense block", "steps_per_block":
+                "loss": "|block(x) - dense_block(x)|^2 / |dense_block(x) - x|^2", "steps_per_block":
                 config.finetune_steps, "trained_on": {**calibration.describe(), "calibration_digest":
                                                      calibration_digest(calibration.input_ids)},
                 "held_out_samples": held_out, "blocks": logs}
