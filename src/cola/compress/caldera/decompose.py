@@ -179,11 +179,10 @@ def _decompose(W: torch.Tensor, H: torch.Tensor, config: CalderaConfig) -> Calde
     ctx = _Context(H, config)
     denom = ((W @ ctx.H) * W).sum(dtype=torch.float64).item()
     if config.quantizer == "e8p":  # the error is rotation-invariant; the row scales are fitted once, here
-        from cola.compress.caldera.lattice import e8p_dequantize, e8p_encode, e8p_fit_scales
+        from cola.compress.caldera.lattice import e8p_dequantize, e8p_fit_scales, e8p_quantize_rtn
 
         ctx.e8p_scales = e8p_fit_scales(W)
-        codes = e8p_encode((W / ctx.e8p_scales).reshape(-1, 8)).reshape(m, n // 8)
-        rtn_error = activation_error(W, e8p_dequantize(codes, ctx.e8p_scales), ctx.H)
+        rtn_error = activation_error(W, e8p_dequantize(*e8p_quantize_rtn(W, ctx.e8p_scales)), ctx.H)
 
     errors: list[float] = []
     best: tuple[float, Quantized, _LowRank | None] | None = None
@@ -217,11 +216,9 @@ def _ldlq_q(target: torch.Tensor, ctx: _Context) -> Quantized:
     """The Q-step: LDLQ of `target` (m×n) under H with Q's quantizer (E8P: 8 columns at a time)."""
     cfg = ctx.config
     if cfg.quantizer == "e8p":
-        from cola.compress.caldera.lattice import e8p_fit_scales, e8p_ldlq
+        from cola.compress.caldera.lattice import e8p_ldlq
 
-        if ctx.e8p_scales is None:  # fitted on W (in `_decompose`), then kept: the fit costs 8 encodings
-            ctx.e8p_scales = e8p_fit_scales(target)
-        q = e8p_ldlq(target, ctx.hinv_u, ctx.e8p_scales)
+        q = e8p_ldlq(target, ctx.hinv_u, ctx.e8p_scales)  # scales fitted once on W in `_decompose`: 8 encodings
         return Quantized(q.codes.to(torch.int16), q.scales, q.values)  # 16-bit codes, stored two's complement
     return ldlq(target, ctx.hinv_u, cfg.q_bits, cfg.quantizer, cfg.group_size)
 

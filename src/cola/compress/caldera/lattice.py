@@ -213,15 +213,16 @@ def e8p_fit_scales(W: torch.Tensor) -> torch.Tensor:
     return at(best)
 
 
-def e8p_quantize_rtn(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def e8p_quantize_rtn(W: torch.Tensor, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest with E8P: codes (m, n // 8) int32 (16-bit values) and scales (m, 1) float16.
 
-    Each row's scale from `e8p_fit_scales`; each row's consecutive 8 weights / scale → one codeword.
-    Raises ColaError unless n is a multiple of 8.
+    Each row's scale from `e8p_fit_scales`, or `scales` (m, 1) when given; each row's consecutive 8 weights /
+    scale → one codeword. Raises ColaError unless n is a multiple of 8.
     """
     m, n = W.shape
+    _check_n(n)
     W = W.to(torch.float32)
-    scale = e8p_fit_scales(W)                                           # checks n
+    scale = e8p_fit_scales(W) if scales is None else scales.to(W.device, torch.float32)
     codes = e8p_encode((W / scale).reshape(-1, DIM)).reshape(m, n // DIM)
     return codes, scale.to(torch.float16)
 
