@@ -102,6 +102,38 @@ def test_forward_equals_the_dense_dequantized_linear(wh, hadamard: bool) -> None
 
 
 @pytest.mark.parametrize("config", [
+    CalderaConfig(rank=4, iters=2, finetune_rank=2),
+    CalderaConfig(rank=4, iters=2, quantizer="e8p", hadamard=True, finetune_rank=2),
+    CalderaConfig(rank=4, iters=2, lr_bits=16, hadamard=True),
+])
+def test_the_training_forward_computes_what_the_factors_do(wh, config: CalderaConfig) -> None:
+    """The training forward (frozen components as one dense matrix, signs elementwise) gives the output and the
+    gradients of the forward from the factors, also once the float16 factors and the signs have moved off ±1."""
+    W, H = wh
+    module = CalderaLinear.from_linear(_linear(W), H, config)[0]
+    x = torch.randn(2, 7, N, generator=torch.Generator().manual_seed(4))
+    params = module.start_training(signs=config.hadamard)
+    assert module.fixed_weight is not None
+    with torch.no_grad():
+        for p in params:
+            p.mul_(1 + 0.3 * torch.rand(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    fast = module(x)
+    fast.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    fixed, module.fixed_weight = module.fixed_weight, None  # the forward from the factors, same parameters
+    slow = module(x)
+    slow.square().sum().backward()
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
+    for p, grad in zip(params, fast_grads):
+        assert torch.allclose(grad, p.grad, atol=1e-4, rtol=1e-3)
+    module.fixed_weight = fixed
+    module.stop_training()
+    assert module.fixed_weight is None and module.l_weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("config", [
     CalderaConfig(rank=4, iters=2),
     CalderaConfig(q_bits=3, lr_bits=16, rank=4, iters=2, group_size=32, quantizer="nf", hadamard=True, seed=9),
     CalderaConfig(rank=4, iters=2, finetune_rank=2, group_size=32),

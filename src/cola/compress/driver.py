@@ -12,6 +12,7 @@ replaces the model's forwards altogether.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from cola.compress.calibration import CalibrationSet, ordered_batches
 from cola.compress.hessian_cache import HessianCache
 from cola.compress.stats import InputStats, collect_input_stats
 from cola.errors import ColaError
-from cola.models import find_decoder_layers
+from cola.models import find_decoder_layers, single_threaded
 from cola.progress import progress_bar
 
 # (qualified name, the Linear, what it saw) -> a module to put in its place, or None when changed in place
@@ -121,14 +122,28 @@ def _block_output(block: torch.nn.Module, batch: _Batch, source: int) -> torch.T
 
 
 def _compress_block(prefix: str, index: int, block: torch.nn.Module, stats: dict[str, InputStats],
-                    layer_fn: LayerFn, seen: dict[str, int]) -> None:
-    """Hand every Linear of block `index` with its statistics to `layer_fn`, and put in what it returns."""
-    for name, linear in block_linears(block).items():
-        full_name = f"{prefix}.{index}.{name}"
-        replacement = layer_fn(full_name, linear, stats[name])
-        if replacement is not None:
-            block.set_submodule(name, replacement)
-        seen[full_name] = stats[name].tokens
+                    layer_fn: LayerFn, seen: dict[str, int], workers: int = 1) -> None:
+    """Hand every Linear of block `index` with its statistics to `layer_fn`, and put in what it returns.
+
+    With `workers` > 1 the layers are handed over concurrently, largest first, each worker running torch
+    single-threaded (for a `layer_fn` of many small ops that one thread runs best, such as CALDERA's; the layers
+    are independent, so the results are those of the one-at-a-time order)."""
+    linears = block_linears(block)
+
+    def run(name: str) -> torch.nn.Module | None:
+        return layer_fn(f"{prefix}.{index}.{name}", linears[name], stats[name])
+
+    if workers > 1:
+        order = sorted(linears, key=lambda n: (linears[n].weight.numel(), linears[n].in_features), reverse=True)
+        with single_threaded(), ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
+                                                   initargs=(1,)) as pool:
+            replacements = dict(zip(order, pool.map(run, order)))
+    else:
+        replacements = {name: run(name) for name in linears}
+    for name in linears:
+        if replacements[name] is not None:
+            block.set_submodule(name, replacements[name])
+        seen[f"{prefix}.{index}.{name}"] = stats[name].tokens
 
 
 def _cached_stats(cache: HessianCache, index: int, block: torch.nn.Module) -> dict[str, InputStats]:
@@ -144,7 +159,7 @@ def _cached_stats(cache: HessianCache, index: int, block: torch.nn.Module) -> di
 def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, layer_fn: LayerFn, *,
                           stats_kind: str, quiet: bool = False, max_batch_tokens: int = 4096,
                           hessian_cache: HessianCache | None = None, block_fn: BlockFn | None = None,
-                          held_out: Sequence[int] = ()) -> dict[str, int]:
+                          held_out: Sequence[int] = (), layer_workers: int = 1) -> dict[str, int]:
     """Compress every Linear of every decoder block with `layer_fn`; returns {layer name: calibration tokens}.
 
     With a `hessian_cache` (stats_kind "hessian" only) every block is calibrated on the *dense* model's inputs
@@ -152,7 +167,8 @@ def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, l
     model never runs); an empty or incomplete one is filled in the same pass that compresses.
     `block_fn`, when given, runs after each block's layers are replaced, with the block's inputs and the dense
     block's outputs on them, the samples `held_out` (indices into the calibration set) in batches of their own;
-    what it leaves in the block produces the next block's inputs (without a cache).
+    what it leaves in the block produces the next block's inputs (without a cache). `layer_workers` > 1 hands a
+    block's Linears to `layer_fn` that many at a time (see `_compress_block`).
     """
     prefix, blocks = find_decoder_layers(model)
     seen: dict[str, int] = {}
@@ -164,7 +180,7 @@ def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, l
         for index in progress_bar(range(len(blocks)), quiet=quiet, desc="compressing blocks (cached Hessians)",
                                   unit="block"):
             _compress_block(prefix, index, blocks[index], _cached_stats(hessian_cache, index, blocks[index]),
-                            layer_fn, seen)
+                            layer_fn, seen, layer_workers)
         return seen
     if hessian_cache is not None and not cached:
         hessian_cache.start()
@@ -190,7 +206,7 @@ def compress_sequentially(model: torch.nn.Module, calibration: CalibrationSet, l
             stats = collected
             if hessian_cache is not None:
                 hessian_cache.save_block(index, stats)
-        _compress_block(prefix, index, block, stats, layer_fn, seen)
+        _compress_block(prefix, index, block, stats, layer_fn, seen, layer_workers)
         del stats, collected
         if block_fn is not None:
             data = [BlockBatch(x, batch.kwargs[sources[index]], y) for x, batch, y in zip(inputs, batches, targets)]

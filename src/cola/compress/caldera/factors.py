@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cola.compress.caldera.config import CalderaConfig
-from cola.compress.caldera.hadamard import random_hadamard, rotate, rotation_seeds
+from cola.compress.caldera.hadamard import random_hadamard, rotation_seeds, to_original_basis
 from cola.compress.quant import dequantize_codes
 from cola.errors import ColaError
 
@@ -130,8 +130,7 @@ class CalderaFactors:
         if rotations is None:
             return w
         (seed_u, signs_u), (seed_v, signs_v) = rotations
-        w = rotate(w, seed_v, transpose=True, signs=signs_v)                            # (Q + L R) V
-        return rotate(w.T.contiguous(), seed_u, transpose=True, signs=signs_u).T.contiguous()  # Uᵀ (Q + L R) V
+        return to_original_basis(w, seed_u, seed_v, signs_u, signs_v).contiguous()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by key: codes, scales, float16 factors and the seed (those present)."""

@@ -31,7 +31,7 @@ from cola.compress.caldera.linear import CalderaLinear
 from cola.compress.driver import BlockBatch
 from cola.errors import ColaError
 
-EVALUATIONS = 8  # held-out evaluations per block, besides the one before the first step
+EVALUATIONS = 4  # held-out evaluations per block, besides the one before the first step
 
 
 def held_out_samples(count: int, fraction: float) -> list[int]:

@@ -59,6 +59,15 @@ def rotate(x: torch.Tensor, seed: int, *, transpose: bool = False, signs: torch.
     return y * signs if transpose else y
 
 
+def to_original_basis(w: torch.Tensor, seed_u: int, seed_v: int, signs_u: torch.Tensor | None = None,
+                      signs_v: torch.Tensor | None = None) -> torch.Tensor:
+    """Uᵀ w V for w (m×n) in the rotated basis of a layer, U and V the rotations of sizes m and n made from
+    `seed_u` and `seed_v` (with `signs_u`/`signs_v` in place of the seeds' signs when given; all-ones signs give
+    the unsigned rotations). Differentiable in w and the signs."""
+    w = rotate(w, seed_v, transpose=True, signs=signs_v)                                 # w V
+    return rotate(w.transpose(0, 1).contiguous(), seed_u, transpose=True, signs=signs_u).transpose(0, 1)  # Uᵀ w V
+
+
 def random_hadamard(dim: int, seed: int, signs: torch.Tensor | None = None) -> torch.Tensor:
     """The dense matrix M (dim×dim, float32) that `rotate(x, seed, signs=signs)` applies (orthogonal for the
     seed's signs)."""

@@ -12,7 +12,7 @@ from cola.atomic import atomic_path
 from cola.compress.caldera.config import CalderaConfig
 from cola.compress.caldera.decompose import CalderaResult, caldera_decompose
 from cola.compress.caldera.factors import CalderaFactors
-from cola.compress.caldera.hadamard import rotate
+from cola.compress.caldera.hadamard import rotate, seeded_signs, to_original_basis
 from cola.errors import ColaError
 
 FORMAT = "cola-caldera/1"
@@ -44,7 +44,8 @@ class CalderaLinear(torch.nn.Module):
         self.register_buffer("bias", bias.detach().clone(memory_format=torch.contiguous_format)
                              if bias is not None else None)
         self.register_buffer("dense_weight", None, persistent=False)  # (m, n) float32 Ŵ, once cache_dense() ran
-        self.register_buffer("q_weight", None, persistent=False)  # (m, n) float32 Q (rotated basis), while training
+        # (m, n) float32 Uᵀ (Q + L R) V of the frozen components with unsigned rotations, while training
+        self.register_buffer("fixed_weight", None, persistent=False)
 
     def cache_dense(self, enabled: bool = True) -> CalderaLinear:
         """Build Ŵ (out_features × in_features, float32, original basis) once and use it in every later forward
@@ -54,12 +55,21 @@ class CalderaLinear(torch.nn.Module):
 
     def start_training(self, signs: bool = False) -> list[torch.nn.Parameter]:
         """Turn the float16 components of L and R (and with `signs` the rotation's sign vectors, created from the
-        seed's ±1 when absent) into float32 parameters, and fix Q's dequantized values for the forward; returns
-        the parameters. `stop_training` stores them back in float16."""
-        self.q_weight = self.factors.q_values()
+        seed's ±1 when absent) into float32 parameters, and fix the frozen components (Q and the quantized part of
+        L R) as one dense matrix for the training forward; returns the parameters. `stop_training` stores them back
+        in float16."""
+        from dataclasses import replace
+
+        q, left, right = replace(self.factors, l_weight=None, r_weight=None).parts()
+        fixed = torch.addmm(q, left, right)
+        rotations = self.factors.rotations()
+        if rotations is not None:  # the signs apply elementwise in the forward, so they may be trained
+            (seed_u, _), (seed_v, _) = rotations
+            fixed = to_original_basis(fixed, seed_u, seed_v, *self._unit_signs())
+        self.fixed_weight = fixed.contiguous()
         trainable = ["l_weight", "r_weight"]
         if signs and self.factors.hadamard_seed is not None:
-            from cola.compress.caldera.hadamard import rotation_seeds, seeded_signs
+            from cola.compress.caldera.hadamard import rotation_seeds
 
             seed_u, seed_v = rotation_seeds(self.factors.hadamard_seed)
             for key, dim, seed in (("u_signs", self.out_features, seed_u), ("v_signs", self.in_features, seed_v)):
@@ -85,7 +95,37 @@ class CalderaLinear(torch.nn.Module):
                 continue
             del self._parameters[key]
             self.register_buffer(key, param.detach().to(torch.float16).contiguous())
-        self.q_weight = None
+        self.fixed_weight = None
+
+    def _unit_signs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.q_scales.device
+        return torch.ones(self.out_features, device=device), torch.ones(self.in_features, device=device)
+
+    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x Ŵᵀ + b with Ŵ = diag(s_u) Bᵤᵀ (F + L_f R_f) B_v diag(s_v), F the frozen components (`fixed_weight`),
+        L_f R_f the float16 ones and B the unsigned rotations: one dense matmul, thin ones and two elementwise sign
+        products, where the forward from the factors rotates every activation (the same Ŵ, see `rotate`)."""
+        h = x.to(torch.float32)
+        left, right = getattr(self, "l_weight", None), getattr(self, "r_weight", None)
+        signs_u = signs_v = None
+        rotations = self.factors.rotations()
+        if rotations is not None:
+            (seed_u, signs_u), (seed_v, signs_v) = rotations
+            signs_u = seeded_signs(self.out_features, seed_u) if signs_u is None else signs_u
+            signs_v = seeded_signs(self.in_features, seed_v) if signs_v is None else signs_v
+            h = h * signs_v.to(h.device, torch.float32)
+            if left is not None and right is not None:
+                unit_u, unit_v = self._unit_signs()
+                left = rotate(left.T.to(torch.float32), seed_u, transpose=True, signs=unit_u).T  # Bᵤᵀ L_f
+                right = rotate(right.to(torch.float32), seed_v, transpose=True, signs=unit_v)    # R_f B_v
+        y = h @ self.fixed_weight.T
+        if left is not None and right is not None:
+            y = y + (h @ right.T.to(torch.float32)) @ left.T.to(torch.float32)
+        if signs_u is not None:
+            y = y * signs_u.to(y.device, torch.float32)
+        if self.bias is not None:
+            y = y + self.bias.to(torch.float32)
+        return y.to(x.dtype)
 
     @property
     def factors(self) -> CalderaFactors:
@@ -110,8 +150,10 @@ class CalderaLinear(torch.nn.Module):
         if self.dense_weight is not None:
             bias = self.bias.to(torch.float32) if self.bias is not None else None
             return torch.nn.functional.linear(x.to(torch.float32), self.dense_weight, bias).to(x.dtype)
+        if self.fixed_weight is not None:
+            return self._training_forward(x)
         factors = self.factors
-        q = self.q_weight if self.q_weight is not None else factors.q_values()
+        q = factors.q_values()
         left, right = factors.low_rank()
         h = x.to(torch.float32)
         rotations = factors.rotations()

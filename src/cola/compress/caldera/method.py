@@ -44,6 +44,8 @@ class Caldera(Method):
 
     def run(self, model: torch.nn.Module, calibration: CalibrationSet | None, config: CalderaConfig, *,
             tokenizer: Any, output_dir: Path, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
+        import torch
+
         from cola.compress.caldera.linear import CalderaLinear, save_caldera
         from cola.compress.driver import compress_sequentially
         from cola.compress.hessian_cache import calibration_digest
@@ -99,7 +101,11 @@ class Caldera(Method):
 
         compress_sequentially(model, calibration, decompose, stats_kind="hessian", quiet=quiet,
                               max_batch_tokens=max_batch_tokens, hessian_cache=cache,
-                              block_fn=finetune if finetuning else None, held_out=held_out)
+                              block_fn=finetune if finetuning else None, held_out=held_out,
+                              layer_workers=torch.get_num_threads())
+        order = {name: i for i, name in enumerate(name for name, _ in model.named_modules())}
+        modules = dict(sorted(modules.items(), key=lambda item: order[item[0]]))  # decomposed concurrently: any order
+        errors = {name: errors[name] for name in modules}
         details: dict[str, Any] = {}
         if finetuning:
             details["finetune"] = {
