@@ -9,9 +9,10 @@ next to the dense model.
 
 Without --calibration it first curates 128 x 512-token samples from ../shared/data. The CALDERA rows share one
 Hessian cache (work_dir/hessians): the first of them computes it, the others read it, and
-`caldera-e8p-ft-again` repeats `caldera-e8p-ft` to print the time a run with a complete cache takes. With
---speed, the first CALDERA row's forward is timed three ways (dense checkpoint, CalderaLinear with its dense
-weight cached, CalderaLinear from its factors).
+`caldera-e8p-r16-ft-again` repeats `caldera-e8p-r16-ft` (the defaults, the 2.4 preset) to print the time a run
+with a complete cache takes; `caldera` is the defaults without a cache, as a user runs it. With --speed, the
+first CALDERA row's forward is timed three ways (dense checkpoint, CalderaLinear with its dense weight cached,
+CalderaLinear from its factors).
 """
 
 from __future__ import annotations
@@ -45,23 +46,30 @@ RUNS: dict[str, list[str]] = {
     "wanda-50": ["--method", "wanda", "--sparsity", "0.5"],
     "ria-50": ["--method", "ria", "--sparsity", "0.5"],
     "ria-2:4": ["--method", "ria", "--pattern", "2:4"],
-    "caldera": ["--method", "caldera", "--q_bits", "2", "--lr_bits", "4", "--rank", "16", "--iters", "10"],
+    # `cola compress --method caldera` as a user runs it: the defaults (the 2.4 preset), no Hessian cache
+    "caldera": ["--method", "caldera"],
 }
 # CALDERA as its authors built it (issue 21): E8P backbone, rotation, float16 components fine-tuned; each piece
-# on and off. "{hessians}" is the shared Hessian cache.
+# on and off, every setting spelled out. "{hessians}" is the shared Hessian cache.
 _CALDERA = ["--method", "caldera", "--hadamard", "--lr_bits", "4", "--iters", "5", "--hessian_cache", "{hessians}"]
 _FT = ["--finetune_rank", "4", "--finetune_steps", "16"]
+_NO_FT = ["--finetune_rank", "0", "--finetune_steps", "0"]
 RUNS |= {
     "e8p-only": [*_CALDERA, "--quantizer", "e8p", "--rank", "0"],
-    "caldera-uniform-r16": [*_CALDERA, "--quantizer", "uniform", "--rank", "16"],
-    "caldera-e8p-r16": [*_CALDERA, "--quantizer", "e8p", "--rank", "16"],
+    "caldera-uniform-r16": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_NO_FT],
+    "caldera-e8p-r16": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_NO_FT],
+    "caldera-e8p-r24": [*_CALDERA, "--quantizer", "e8p", "--rank", "24", *_NO_FT],
     "caldera-uniform-r16-ft": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_FT],
     "caldera-e8p-r16-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
     "caldera-e8p-r16-ft-again": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
     "caldera-e8p-r32-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "32", *_FT],
     "caldera-e8p-r64-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "64", *_FT],
+    # the presets (`--preset`: the rank; a quarter of it in float16, fine-tuned), on the shared cache
+    "caldera-2.1": ["--method", "caldera", "--preset", "2.1", "--hessian_cache", "{hessians}"],
+    "caldera-2.2": ["--method", "caldera", "--preset", "2.2", "--hessian_cache", "{hessians}"],
 }
 NLL_TASKS = ("gsm8k_nll", "humaneval_nll")
+EVAL_FILE = "benchmark_scores.json"  # beside each compressed model: its scores and the settings they were taken with
 
 
 def curate_default(out: Path) -> Path:
@@ -120,7 +128,8 @@ def main() -> int:
     parser.add_argument("--work_dir", type=Path, default=REPO / "outputs" / "bench-compress")
     parser.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
     parser.add_argument("--max_windows", type=int, default=64, help="wikitext-2 windows scored (64 x 512 = 32k)")
-    parser.add_argument("--skip_existing", action="store_true", help="reuse models already compressed")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="reuse models already compressed (and their scores, taken with the same settings)")
     parser.add_argument("--nll_limit", type=int, default=64, help="items of each NLL task scored")
     parser.add_argument("--speed", action="store_true", help="time the first CALDERA row's three forwards")
     args = parser.parse_args()
@@ -166,14 +175,22 @@ def main() -> int:
         total = summary["weights"]["total"]
         figure = (f"{100 * total['sparsity']:.2f} % sparse" if summary["kind"] == "pruning"
                   else f"{total['bits_per_parameter']:.3f} bits/param")
-        compressed, tok = load_compressed(out, dtype="float32")
-        ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
+        # a model reused with --skip_existing keeps its scores too, when they were taken with the same settings
+        scored, settings = out / EVAL_FILE, {"window": args.window, "max_windows": args.max_windows,
+                                             "nll_limit": args.nll_limit, "sha256": summary.get("outputs")}
+        kept = json.loads(scored.read_text()) if args.skip_existing and scored.is_file() else {}
+        if kept.get("settings") != settings:
+            compressed, tok = load_compressed(out, dtype="float32")
+            ppl = perplexity(compressed, tok, text, window=args.window, max_windows=args.max_windows)
+            kept = {"settings": settings, "ppl": ppl.perplexity, **nlls(compressed, tok, args.nll_limit),
+                    "generated": generate(compressed, tok)}
+            scored.write_text(json.dumps(kept, indent=2) + "\n")
+            del compressed
         rows.append({"run": name, "seconds": summary["seconds"], "peak_rss_mb": summary["peak_rss_mb"],
-                     "figure": figure, "ppl": ppl.perplexity, **nlls(compressed, tok, args.nll_limit),
-                     "hessians": summary["details"].get("hessians", ""), "generated": generate(compressed, tok)})
-        print(f"{name}: {figure}, perplexity {ppl.perplexity:.2f}", file=sys.stderr)
+                     "figure": figure, **{k: v for k, v in kept.items() if k != "settings"},
+                     "hessians": summary["details"].get("hessians", "")})
+        print(f"{name}: {figure}, perplexity {kept['ppl']:.2f}", file=sys.stderr)
         (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive
-        del compressed
     print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
           f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
     print(f"| {'run':24} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':20} | {'wikitext-2 ppl':>14} | "

@@ -168,7 +168,7 @@ def smollm2_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method, extra, expect", [
     ("wanda", ["--sparsity", "0.5"], {"sparsity": 0.5}),
     ("ria", ["--pattern", "2:4"], {"sparsity": 0.5}),
-    ("caldera", ["--rank", "8", "--iters", "2"], {"bits": (2.0, 2.4)}),
+    ("caldera", ["--preset", "2.2", "--iters", "1", "--finetune_steps", "2"], {"bits": (2.0, 2.5)}),
 ])
 def test_compress_smollm2_from_the_cli_reloads_and_generates(smollm2_calibration: Path, tmp_path: Path, capsys,
                                                             method, extra, expect) -> None:

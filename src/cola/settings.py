@@ -71,6 +71,13 @@ def default_of(cls: type, name: str) -> Any:
     return _field_default(_field(cls, name))
 
 
+def shown_default_of(cls: type, name: str) -> Any:
+    """How `--help` shows the default of field `name`: its `shown` text where it has one, else its default (None
+    where it has none)."""
+    field = _field(cls, name)
+    return field.metadata.get("shown") or _field_default(field)
+
+
 def _field(cls: type, name: str) -> dataclasses.Field:
     for field in dataclasses.fields(cls):
         if field.name == name:

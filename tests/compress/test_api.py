@@ -121,7 +121,10 @@ def test_caldera_through_compress_saves_codes_and_reloads_identically(tiny_model
     out = tmp_path / "caldera"
     summary = compress(str(tiny_model_dir), calibration_dir, "caldera", out, rank=4, iters=3, quiet=True)
     assert (out / "caldera.safetensors").is_file()
-    assert 2.0 < summary["weights"]["total"]["bits_per_parameter"] < 4.0
+    # the defaults (E8P, rotation, a fine-tuned float16 component) at rank 4: scales and factors weigh heavily on
+    # 32-wide layers
+    assert 2.5 < summary["weights"]["total"]["bits_per_parameter"] < 5.5
+    assert summary["details"]["finetune"]["steps_per_block"] == 16
     compact, tok = load_compressed(out)
     from cola.compress.caldera import CalderaLinear
     from transformers import AutoModelForCausalLM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -35,6 +36,11 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
        0.7229568362236023, 1.0]
 
 
+def plain(**options) -> CalderaConfig:
+    """A config without the defaults' E8P, rotation and float16 components, except where `options` ask for them."""
+    return CalderaConfig(**{"quantizer": "uniform", "hadamard": False, "finetune_steps": 0, **options})
+
+
 def problem(seed: int = 0, m: int = M, n: int = N, tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """W: gaussian plus three large rank-2 outlier columns; H = XᵀX of correlated, anisotropic activations."""
     g = torch.Generator().manual_seed(seed)
@@ -60,7 +66,7 @@ def _linear(W: torch.Tensor, bias: bool = True) -> torch.nn.Linear:
 @pytest.mark.parametrize("q_bits", [2, 3])
 def test_alternation_lowers_the_error_and_beats_round_to_nearest(wh, q_bits: int) -> None:
     W, H = wh
-    result = caldera_decompose(W, H, CalderaConfig(q_bits=q_bits, rank=4, iters=8))
+    result = caldera_decompose(W, H, plain(q_bits=q_bits, rank=4, iters=8))
     assert len(result.errors) == 8
     assert result.errors[-1] < result.errors[0]
     assert result.best_error == min(result.errors)
@@ -82,7 +88,7 @@ def test_activation_error_definition() -> None:
 def test_forward_equals_the_dense_dequantized_linear(wh, hadamard: bool) -> None:
     W, H = wh
     linear = _linear(W)
-    module, result = CalderaLinear.from_linear(linear, H, CalderaConfig(rank=4, iters=2, hadamard=hadamard))
+    module, result = CalderaLinear.from_linear(linear, H, plain(rank=4, iters=2, hadamard=hadamard))
     assert (module.in_features, module.out_features) == (N, M)
     x = torch.randn(3, 5, N, generator=torch.Generator().manual_seed(2))
     expected = F.linear(x, result.factors.dequantize(), linear.bias)
@@ -102,8 +108,8 @@ def test_forward_equals_the_dense_dequantized_linear(wh, hadamard: bool) -> None
 
 
 @pytest.mark.parametrize("config", [
+    plain(rank=4, iters=2, finetune_rank=2),
     CalderaConfig(rank=4, iters=2, finetune_rank=2),
-    CalderaConfig(rank=4, iters=2, quantizer="e8p", hadamard=True, finetune_rank=2),
     CalderaConfig(rank=4, iters=2, lr_bits=16, hadamard=True),
 ])
 def test_the_training_forward_computes_what_the_factors_do(wh, config: CalderaConfig) -> None:
@@ -134,11 +140,11 @@ def test_the_training_forward_computes_what_the_factors_do(wh, config: CalderaCo
 
 
 @pytest.mark.parametrize("config", [
-    CalderaConfig(rank=4, iters=2),
-    CalderaConfig(q_bits=3, lr_bits=16, rank=4, iters=2, group_size=32, quantizer="nf", hadamard=True, seed=9),
-    CalderaConfig(rank=4, iters=2, finetune_rank=2, group_size=32),
-    CalderaConfig(rank=0, hadamard=True),
-    CalderaConfig(rank=4, iters=2, quantizer="e8p", hadamard=True, finetune_rank=1),
+    plain(rank=4, iters=2),
+    plain(q_bits=3, lr_bits=16, rank=4, iters=2, group_size=32, quantizer="nf", hadamard=True, seed=9),
+    plain(rank=4, iters=2, finetune_rank=2, group_size=32),
+    plain(rank=0, hadamard=True),
+    plain(rank=4, iters=2, quantizer="e8p", hadamard=True, finetune_rank=1),
 ])
 def test_save_load_roundtrip_is_exact(tmp_path, wh, config: CalderaConfig) -> None:
     W, H = wh
@@ -186,9 +192,9 @@ def test_code_packing_roundtrips(bits) -> None:
 
 def test_save_rejects_modules_of_another_config(tmp_path, wh) -> None:
     W, H = wh
-    module = CalderaLinear.from_linear(_linear(W), H, CalderaConfig(rank=4, iters=1))[0]
+    module = CalderaLinear.from_linear(_linear(W), H, plain(rank=4, iters=1))[0]
     with pytest.raises(ColaError, match="decomposed with"):
-        save_caldera(tmp_path / "c.safetensors", {"proj": module}, CalderaConfig(rank=8, iters=1))
+        save_caldera(tmp_path / "c.safetensors", {"proj": module}, plain(rank=8, iters=1))
     with pytest.raises(ColaError, match="not found"):
         load_caldera(tmp_path / "missing.safetensors")
 
@@ -196,7 +202,7 @@ def test_save_rejects_modules_of_another_config(tmp_path, wh) -> None:
 def test_replace_with_caldera_swaps_named_submodules(wh) -> None:
     W, H = wh
     model = torch.nn.Sequential(torch.nn.Sequential(_linear(W)), torch.nn.ReLU(), torch.nn.Linear(M, 8))
-    module, result = CalderaLinear.from_linear(model[0][0], H, CalderaConfig(rank=4, iters=2))
+    module, result = CalderaLinear.from_linear(model[0][0], H, plain(rank=4, iters=2))
     dense = torch.nn.Sequential(torch.nn.Sequential(_linear(result.factors.dequantize())), torch.nn.ReLU(), model[2])
     dense[0][0].bias.data.copy_(model[0][0].bias.data)
     replace_with_caldera(model, {"0.0": module})
@@ -211,7 +217,7 @@ def test_replace_with_caldera_swaps_named_submodules(wh) -> None:
 
 def test_bits_per_parameter_matches_a_hand_count(wh) -> None:
     W, H = wh
-    f = caldera_decompose(W, H, CalderaConfig(q_bits=2, lr_bits=4, rank=4, group_size=32, iters=1)).factors
+    f = caldera_decompose(W, H, plain(q_bits=2, lr_bits=4, rank=4, group_size=32, iters=1)).factors
     assert (f.q_codes.dtype, tuple(f.q_codes.shape)) == (torch.uint8, (48, 64))
     assert (f.q_scales.dtype, tuple(f.q_scales.shape)) == (torch.float16, (48, 2))  # 64 / 32 groups per row
     assert tuple(f.l_codes.shape) == (48, 4) and tuple(f.l_scales.shape) == (48, 1)  # L: one scale per row
@@ -224,7 +230,7 @@ def test_bits_per_parameter_matches_a_hand_count(wh) -> None:
             + 4 * 2 * 16)        # R scales
     assert f.bits_per_parameter() == pytest.approx(bits / (48 * 64))  # = 3.375
 
-    f16 = caldera_decompose(W, H, CalderaConfig(q_bits=2, lr_bits=16, rank=4, iters=1)).factors
+    f16 = caldera_decompose(W, H, plain(q_bits=2, lr_bits=16, rank=4, iters=1)).factors
     assert f16.l_codes is None and f16.l_weight.dtype == torch.float16 and tuple(f16.r_weight.shape) == (4, 64)
     bits16 = 48 * 64 * 2 + 48 * 16 + (48 * 4 + 4 * 64) * 16  # Q codes, one Q scale per row, float16 L and R
     assert f16.bits_per_parameter() == pytest.approx(bits16 / (48 * 64))
@@ -245,7 +251,7 @@ def test_random_hadamard_is_orthogonal_and_reproducible(dim: int) -> None:
 
 def test_hadamard_factors_dequantize_to_the_original_basis(wh) -> None:
     W, H = wh
-    result = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, hadamard=True, seed=3))
+    result = caldera_decompose(W, H, plain(rank=4, iters=4, hadamard=True, seed=3))
     f = result.factors
     assert f.hadamard_seed == 3 and math.isfinite(result.best_error)
     U, V = f.hadamard_matrices()
@@ -254,6 +260,22 @@ def test_hadamard_factors_dequantize_to_the_original_basis(wh) -> None:
     assert activation_error(W, f.dequantize(), H) == pytest.approx(result.best_error, rel=1e-3)
     assert result.best_error < 0.5 * result.rtn_error
     assert activation_error(W, Q + L @ R, H) > 10 * result.best_error  # the rotated basis is not W's
+
+
+def test_the_defaults_are_the_2_4_preset_and_a_preset_sets_the_rank() -> None:
+    default = CalderaConfig()
+    assert (default.quantizer, default.hadamard, default.rank, default.lr_bits, default.iters, default.finetune_rank,
+            default.finetune_steps) == ("e8p", True, 16, 4, 5, 4, 16)
+    assert dataclasses.replace(CalderaConfig(preset="2.4"), preset=None) == default
+    for preset, rank, float16 in (("2.1", 4, 1), ("2.2", 8, 2)):
+        config = CalderaConfig(preset=preset)
+        assert (config.rank, config.finetune_rank, config.finetune_steps) == (rank, float16, 16)
+        assert dataclasses.replace(config, group_size=None) == config  # a filled config rebuilds to itself
+    # the rules fill only what was left None, each from the settings given
+    assert CalderaConfig(q_bits=3).quantizer == CalderaConfig(group_size=64).quantizer == "uniform"
+    assert (CalderaConfig(finetune_steps=0).finetune_rank, CalderaConfig(rank=0).finetune_steps) == (0, 0)
+    assert CalderaConfig(rank=2).finetune_rank == 1 and CalderaConfig(rank=0, finetune_signs=True).finetune_steps == 16
+    assert CalderaConfig(preset="2.2", rank=8).rank == 8  # the preset's own rank is no contradiction
 
 
 @pytest.mark.parametrize("kwargs, shape, words", [
@@ -268,8 +290,11 @@ def test_hadamard_factors_dequantize_to_the_original_basis(wh) -> None:
     (dict(quantizer="e8p", q_bits=3), None, ["--q_bits must be 2"]),
     (dict(quantizer="e8p", group_size=64), None, ["one scale per row", "--group_size"]),
     (dict(rank=4, finetune_rank=5), None, ["--finetune_rank 5 is larger than --rank 4"]),
-    (dict(finetune_steps=10), None, ["nothing to train", "--finetune_rank", "--lr_bits 16", "--finetune_signs"]),
-    (dict(finetune_signs=True), None, ["needs --hadamard"]),
+    (dict(finetune_steps=10, finetune_rank=0), None,
+     ["nothing to train", "--finetune_rank", "--lr_bits 16", "--finetune_signs"]),
+    (dict(finetune_signs=True, hadamard=False), None, ["needs --hadamard"]),
+    (dict(preset="2.1", rank=16), None, ["--preset 2.1 is rank 4", "--rank 16 contradicts it"]),
+    (dict(preset="3"), None, ["preset '3'", "2.1, 2.2, 2.4"]),
     (dict(finetune_rank=2, finetune_steps=5, finetune_holdout=1.0), None, ["--finetune_holdout must lie in (0, 1)"]),
     (dict(finetune_rank=2, finetune_lr=0.0), None, ["--finetune_lr must be positive"]),
     (dict(damp=0.0), None, ["damp"]),
@@ -289,11 +314,11 @@ def test_config_names_the_problem_and_the_choices(kwargs: dict, shape, words: li
 def test_decompose_rejects_bad_inputs(wh) -> None:
     W, H = wh
     with pytest.raises(ColaError, match="rank 60 is larger"):
-        caldera_decompose(W, H, CalderaConfig(rank=60))
+        caldera_decompose(W, H, plain(rank=60))
     with pytest.raises(ColaError, match="Hessian is zero"):
-        caldera_decompose(W, torch.zeros(N, N), CalderaConfig(rank=4))
+        caldera_decompose(W, torch.zeros(N, N), plain(rank=4))
     with pytest.raises(ColaError, match="Hessian has shape"):
-        caldera_decompose(W, H[:8, :8], CalderaConfig(rank=4))
+        caldera_decompose(W, H[:8, :8], plain(rank=4))
 
 
 def test_nf_codebook_generalises_nf4() -> None:
@@ -307,7 +332,7 @@ def test_nf_codebook_generalises_nf4() -> None:
 @pytest.mark.parametrize("quantizer", ["nf", "uniform"])
 def test_codes_decode_onto_the_scaled_grid(wh, quantizer: str) -> None:
     W, H = wh
-    cfg = CalderaConfig(q_bits=3, lr_bits=2, rank=4, iters=2, group_size=32, quantizer=quantizer)
+    cfg = plain(q_bits=3, lr_bits=2, rank=4, iters=2, group_size=32, quantizer=quantizer)
     f = caldera_decompose(W, H, cfg).factors
     Q, L, R = f.parts()
     for values, codes, scales, bits in ((Q, f.q_codes, f.q_scales, 3), (L, f.l_codes, f.l_scales, 2),
@@ -323,27 +348,27 @@ def test_codes_decode_onto_the_scaled_grid(wh, quantizer: str) -> None:
 
 def test_same_seed_same_factors(wh) -> None:
     W, H = wh
-    cfg = CalderaConfig(rank=4, iters=3, hadamard=True, seed=5)
+    cfg = plain(rank=4, iters=3, hadamard=True, seed=5)
     threads = torch.get_num_threads()
     a = caldera_decompose(W, H, cfg).factors.state_dict("")
     assert torch.get_num_threads() == threads  # the single-threaded run restores the caller's setting
     b = caldera_decompose(W, H, cfg).factors.state_dict("")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = caldera_decompose(W, H, CalderaConfig(rank=4, iters=3, hadamard=True, seed=6)).factors.state_dict("")
+    c = caldera_decompose(W, H, plain(rank=4, iters=3, hadamard=True, seed=6)).factors.state_dict("")
     assert not torch.equal(a["q_codes"], c["q_codes"])
 
 
 def test_float16_components_take_the_rounding_error_of_the_quantized_ones(wh) -> None:
     W, H = wh
-    quantized = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4))
-    mixed = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, finetune_rank=2))
+    quantized = caldera_decompose(W, H, plain(rank=4, iters=4))
+    mixed = caldera_decompose(W, H, plain(rank=4, iters=4, finetune_rank=2))
     f = mixed.factors
     assert f.l_codes.shape == (M, 2) and f.r_codes.shape == (2, N)
     assert f.l_weight.shape == (M, 2) and f.r_weight.shape == (2, N) and f.l_weight.dtype == torch.float16
     # all four components in float16 is the lr_bits 16 decomposition, and beats four quantized ones clearly (the
     # alternation's iterates move by about 10 %, so one or two float16 components are not compared here)
-    full = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, finetune_rank=4))
-    float16 = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, lr_bits=16))
+    full = caldera_decompose(W, H, plain(rank=4, iters=4, finetune_rank=4))
+    float16 = caldera_decompose(W, H, plain(rank=4, iters=4, lr_bits=16))
     assert full.errors == float16.errors and torch.equal(full.factors.l_weight, float16.factors.l_weight)
     assert full.best_error < 0.8 * quantized.best_error
     left, right = f.low_rank()
@@ -358,20 +383,20 @@ def test_rank_zero_is_q_alone(wh) -> None:
     from cola.compress.quant import damped_cholesky, hinv_upper, ldlq
 
     W, H = wh
-    result = caldera_decompose(W, H, CalderaConfig(rank=0, iters=5))
+    result = caldera_decompose(W, H, plain(rank=0, iters=5))
     assert len(result.errors) == 1  # one LDLQ pass: nothing to alternate with
     f = result.factors
     assert all(getattr(f, k) is None for k in ("l_codes", "r_codes", "l_weight", "r_weight"))
     Hn = H.double() / H.diagonal().mean().double()
-    plain = ldlq(W, hinv_upper(damped_cholesky(Hn, 0.01)), 2, "uniform", None)
-    assert torch.equal(f.q_codes, plain.codes) and torch.allclose(f.dequantize(), plain.values)
+    direct = ldlq(W, hinv_upper(damped_cholesky(Hn, 0.01)), 2, "uniform", None)
+    assert torch.equal(f.q_codes, direct.codes) and torch.allclose(f.dequantize(), direct.values)
     assert f.bits_per_parameter() == pytest.approx(2 + 16 / N)
 
 
 def test_e8p_backbone_beats_uniform_2_bit_and_is_counted_at_16_bits_per_8_weights(wh) -> None:
     W, H = wh
-    uniform = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, hadamard=True))
-    lattice = caldera_decompose(W, H, CalderaConfig(rank=4, iters=4, hadamard=True, quantizer="e8p"))
+    uniform = caldera_decompose(W, H, plain(rank=4, iters=4, hadamard=True))
+    lattice = caldera_decompose(W, H, plain(rank=4, iters=4, hadamard=True, quantizer="e8p"))
     f = lattice.factors
     assert f.q_codes.dtype == torch.int16 and f.q_codes.shape == (M, N // 8) and f.shape == (M, N)
     assert lattice.best_error < uniform.best_error and lattice.rtn_error < uniform.rtn_error
@@ -380,5 +405,5 @@ def test_e8p_backbone_beats_uniform_2_bit_and_is_counted_at_16_bits_per_8_weight
     q_bits = (M * (N // 8) * 16 + M * 16) / (M * N)
     low_rank = uniform.factors.bits_per_parameter() - (M * N * 2 + M * 16) / (M * N)
     assert f.bits_per_parameter() == pytest.approx(q_bits + low_rank)
-    rank0 = caldera_decompose(W, H, CalderaConfig(rank=0, quantizer="e8p"))
+    rank0 = caldera_decompose(W, H, plain(rank=0, quantizer="e8p"))
     assert rank0.factors.bits_per_parameter() == pytest.approx(2 + 16 / N) and rank0.best_error < rank0.rtn_error

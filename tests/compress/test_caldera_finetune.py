@@ -39,7 +39,7 @@ def test_finetuning_lowers_the_held_out_error_and_saves_the_trained_factors(tiny
                                                                            tmp_path: Path):
     # 28 samples to train on in 7 batches of 4, 4 held out in a batch of their own
     options = dict(rank=4, iters=2, finetune_rank=2, max_batch_tokens=256, quiet=True)
-    plain = compress(str(tiny_model_dir), calibration, "caldera", tmp_path / "plain", **options)
+    plain = compress(str(tiny_model_dir), calibration, "caldera", tmp_path / "plain", finetune_steps=0, **options)
     tuned = compress(str(tiny_model_dir), calibration, "caldera", tmp_path / "tuned", finetune_steps=30,
                      finetune_lr=3e-3, **options)
     assert "finetune" not in plain["details"]
@@ -101,16 +101,18 @@ def test_a_set_too_small_to_hold_out_is_refused_before_any_work(tiny_model_dir: 
 
 def test_the_whole_method_from_the_command_line_reloads_and_generates(tiny_model_dir: Path, calibration: Path,
                                                                       tmp_path: Path):
-    """E8P backbone, rotation, float16 components fine-tuned, Hessians cached: one `cola compress` line."""
+    """A preset (rank 4) and the defaults: E8P backbone, rotation, a quarter of the components in float16 and
+    fine-tuned; Hessians cached. One `cola compress` line."""
     from cola.cli import main
 
     out = tmp_path / "e8p"
     assert main(["compress", "--model", str(tiny_model_dir), "--calibration", str(calibration), "--output_dir",
-                 str(out), "--method", "caldera", "--quantizer", "e8p", "--hadamard", "--rank", "4",
-                 "--finetune_rank", "2", "--finetune_steps", "4", "--iters", "2",
+                 str(out), "--method", "caldera", "--preset", "2.1", "--finetune_steps", "4", "--iters", "2",
                  "--hessian_cache", str(tmp_path / "h"), "--quiet"]) == 0
     summary = json.loads((out / "compression_summary.json").read_text())
-    assert summary["options"]["quantizer"] == "e8p" and summary["details"]["hessians"] == "dense, computed and cached"
+    assert {k: summary["options"][k] for k in ("preset", "rank", "quantizer", "hadamard", "finetune_rank")} == \
+        {"preset": "2.1", "rank": 4, "quantizer": "e8p", "hadamard": True, "finetune_rank": 1}
+    assert summary["details"]["hessians"] == "dense, computed and cached"
     assert len(summary["details"]["finetune"]["blocks"]) == 3
     modules, config = load_caldera(out / "caldera.safetensors")
     assert config.quantizer == "e8p" and all(m.q_codes.dtype == torch.int16 for m in modules.values())

@@ -50,7 +50,7 @@ def test_the_cache_holds_the_dense_hessians_and_a_second_run_never_runs_the_mode
         tiny_model_dir: Path, calibration_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cache = tmp_path / "hessians"
     first = compress(str(tiny_model_dir), calibration_dir, "caldera", tmp_path / "r4", rank=4, iters=2,
-                     hessian_cache=str(cache), quiet=True)
+                     finetune_steps=0, hessian_cache=str(cache), quiet=True)
     assert first["details"]["hessians"] == "dense, computed and cached"
     manifest = json.loads((cache / MANIFEST).read_text())
     assert manifest["complete"] is True and manifest["blocks"] == 3 and manifest["tokens"] == 32 + 32 + 20 + 32
@@ -69,7 +69,7 @@ def test_the_cache_holds_the_dense_hessians_and_a_second_run_never_runs_the_mode
                 assert stored.dtype == torch.float32
                 torch.testing.assert_close(stored.double(), expected[f"{index}.{name}"], rtol=1e-4, atol=1e-3)
 
-    # the second run, at another rank, reads every Hessian and runs no forward at all
+    # the second run, at another rank, reads every Hessian and (without fine-tuning) runs no forward at all
     import cola.compress.driver as driver
 
     def no_forward(*_args, **_kwargs):
@@ -77,11 +77,11 @@ def test_the_cache_holds_the_dense_hessians_and_a_second_run_never_runs_the_mode
 
     monkeypatch.setattr(driver, "_first_block_inputs", no_forward)
     second = compress(str(tiny_model_dir), calibration_dir, "caldera", tmp_path / "r8", rank=8, iters=2,
-                      hessian_cache=str(cache), quiet=True)
+                      finetune_steps=0, hessian_cache=str(cache), quiet=True)
     assert second["details"]["hessians"] == "dense, read from the cache"
     # the same settings again from the cache give the first run's factors bit for bit
     again = compress(str(tiny_model_dir), calibration_dir, "caldera", tmp_path / "r4again", rank=4, iters=2,
-                     hessian_cache=str(cache), quiet=True)
+                     finetune_steps=0, hessian_cache=str(cache), quiet=True)
     assert again["details"]["layer_errors"] == first["details"]["layer_errors"]
     from safetensors.torch import load_file
 

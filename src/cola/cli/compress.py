@@ -52,9 +52,9 @@ def run_compress(args: argparse.Namespace) -> int:
 
 def _shown_default(config: type, name: str) -> str:
     """`; default: X` for the help of a method option, or "" where the method fills it in (group size)."""
-    from cola.settings import default_of
+    from cola.settings import shown_default_of
 
-    default = default_of(config, name)
+    default = shown_default_of(config, name)
     return "" if default is None else f"; default: {default}"
 
 

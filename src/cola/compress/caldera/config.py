@@ -11,31 +11,52 @@ from cola.settings import option
 
 LR_BITS = (*QUANT_BITS, 16)
 CALDERA_QUANTIZERS = (*QUANTIZERS, "e8p")  # e8p: cola.compress.caldera.lattice, for Q
+# --preset -> rank, with every other setting at its default (E8P Q, rotation, L and R at 4 bits with a quarter of
+# their components in float16, fine-tuned): bits per parameter on SmolLM2-135M, measured in the README's table
+PRESETS = {"2.1": 4, "2.2": 8, "2.4": 16}
+DEFAULT_PRESET = "2.4"
+FINETUNE_STEPS = 16  # the default where a float16 component (or the signs) can be trained
 
 
 @dataclass(frozen=True, kw_only=True)
 class CalderaConfig(MethodConfig):
     """Bits, rank and iterations of one CALDERA run (the same for every layer); `damp` and `seed` are kept off
-    the command line (a fraction of the mean Hessian diagonal; the seed of the randomized SVD and rotation)."""
+    the command line (a fraction of the mean Hessian diagonal; the seed of the randomized SVD and rotation).
 
+    The defaults are the 2.4 preset (about 2.37 bits/param on SmolLM2-135M): E8P lattice Q, randomized Hadamard
+    rotation, rank 16 with L and R at 4 bits except the last quarter of their components, kept in float16 and
+    fine-tuned for 16 steps per block. Fields left None are filled at construction by these rules: `rank` from
+    `preset`, `quantizer` e8p where Q has 2 bits and no group size (else uniform), `finetune_rank` a quarter of the
+    rank rounded up (0 with `finetune_steps` 0), `finetune_steps` 16 where something can be trained (else 0).
+    """
+
+    preset: str | None = option(None, help="CALDERA: a measured setting by its bits per parameter on SmolLM2-135M "
+                                           "(the rank; every other flag at its default); the defaults are 2.4",
+                                choices={"2.1": "rank 4", "2.2": "rank 8", "2.4": "rank 16"},
+                                shown="none, the defaults being 2.4")
     q_bits: int = option(2, help="CALDERA: bits of the backbone Q (e8p: 2)", choices=QUANT_BITS)
     lr_bits: int = option(4, help="CALDERA: bits of the low-rank factors L and R (16 = float16)", choices=LR_BITS)
-    rank: int = option(16, help="CALDERA: rank of L R (0: Q alone, QuIP#-style)")
-    iters: int = option(10, help="CALDERA: outer alternating-minimization iterations")
+    rank: int | None = option(None, help="CALDERA: rank of L R (0: Q alone, QuIP#-style)", shown="16, or --preset's")
+    iters: int = option(5, help="CALDERA: outer alternating-minimization iterations")
     group_size: int | None = group_size_option()
-    quantizer: str = option("uniform", help="CALDERA: quantizer of Q (e8p: QuIP#'s E8 lattice codebook, 2 bits; L and "
-                                            "R then use uniform)", choices=CALDERA_QUANTIZERS)
-    hadamard: bool = option(False, help="CALDERA: randomized Hadamard incoherence processing")
+    quantizer: str | None = option(None, help="CALDERA: quantizer of Q (e8p: QuIP#'s E8 lattice codebook, 2 bits; L "
+                                              "and R then use uniform)", choices=CALDERA_QUANTIZERS,
+                                   shown="e8p with --q_bits 2 and no --group_size, else uniform")
+    hadamard: bool = option(True, help="CALDERA: randomized Hadamard incoherence processing")
     hessian_cache: str | None = option(None, help="CALDERA: a directory for the dense model's Hessians on this "
                                               "calibration set: read when it holds them (no statistics pass), "
                                               "else computed and saved there for later runs with other ranks or "
                                               "bits (default: none, each block calibrated on the compressed "
                                               "blocks before it)")
-    finetune_rank: int = option(0, help="CALDERA: components of L and R kept in float16 instead of --lr_bits codes "
-                                        "(the last ones; all of them with --lr_bits 16): what --finetune_steps trains")
-    finetune_steps: int = option(0, help="CALDERA: optimizer steps per decoder block fitting the float16 components "
-                                         "(and with --finetune_signs the rotation's signs) to the dense block's "
-                                         "outputs on the calibration set; 0: no fine-tuning")
+    finetune_rank: int | None = option(None, help="CALDERA: components of L and R kept in float16 instead of "
+                                                  "--lr_bits codes (the last ones; all of them with --lr_bits 16): "
+                                                  "what --finetune_steps trains",
+                                       shown="a quarter of --rank, 0 with --finetune_steps 0")
+    finetune_steps: int | None = option(None, help="CALDERA: optimizer steps per decoder block fitting the float16 "
+                                                   "components (and with --finetune_signs the rotation's signs) to "
+                                                   "the dense block's outputs on the calibration set; 0: no "
+                                                   "fine-tuning", shown=f"{FINETUNE_STEPS} where there is something "
+                                                                        "to train, else 0")
     finetune_lr: float = option(1e-3, help="CALDERA: Adam learning rate of the fine-tuning")
     finetune_holdout: float = option(0.125, help="CALDERA: fraction of the calibration samples held out of the "
                                                  "fine-tuning to pick its best step (at least one sample)")
@@ -43,6 +64,23 @@ class CalderaConfig(MethodConfig):
                                               "float16 scales; needs --hadamard)")
     damp: float = option(0.01, help="CALDERA: Hessian damping, a fraction of its mean diagonal", cli=False)
     seed: int = option(0, help="CALDERA: seed of the randomized SVD and of the Hadamard rotation", cli=False)
+
+    def __post_init__(self) -> None:
+        """Fill the fields left None by the rules above (frozen: set once, during construction), then check."""
+        def fill(name: str, value: object) -> None:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+        if self.preset is not None and self.preset in PRESETS and self.rank not in (None, PRESETS[self.preset]):
+            raise ColaError(f"--preset {self.preset} is rank {PRESETS[self.preset]}; --rank {self.rank} contradicts "
+                            "it: give one of them")
+        fill("rank", PRESETS.get(self.preset or DEFAULT_PRESET, PRESETS[DEFAULT_PRESET]))
+        fill("quantizer", "e8p" if self.q_bits == 2 and self.group_size is None else "uniform")
+        if isinstance(self.rank, int):
+            fill("finetune_rank", -(-self.rank // 4) if self.rank > 0 and self.finetune_steps != 0 else 0)
+            trainable = self.rank if self.lr_bits == 16 else self.finetune_rank
+            fill("finetune_steps", FINETUNE_STEPS if trainable or (self.finetune_signs and self.hadamard) else 0)
+        super().__post_init__()
 
     def check(self) -> None:
         at_least_one(self, "iters", "group_size")

@@ -16,6 +16,7 @@ from cola.compress.caldera.hadamard import rotate, seeded_signs, to_original_bas
 from cola.errors import ColaError
 
 FORMAT = "cola-caldera/1"
+_EARLIER_DEFAULTS = {"quantizer": "uniform", "hadamard": False, "finetune_rank": 0, "finetune_steps": 0}
 
 
 class CalderaLinear(torch.nn.Module):
@@ -207,7 +208,8 @@ def load_caldera(path: Path) -> tuple[dict[str, CalderaLinear], CalderaConfig]:
     if metadata.get("format") != FORMAT:
         raise ColaError(f"{path} is not a CALDERA file of this version (format {metadata.get('format')!r}, "
                         f"expected {FORMAT!r})")
-    config = CalderaConfig(**json.loads(metadata["config"]))  # checked at construction
+    # settings a file of an earlier cola lacks took the values of that time, not today's defaults
+    config = CalderaConfig(**{**_EARLIER_DEFAULTS, **json.loads(metadata["config"])})  # checked at construction
     modules = {}
     for name in json.loads(metadata["modules"]):
         factors = CalderaFactors.from_state_dict(tensors, f"{name}.", config)
