@@ -100,9 +100,10 @@ def test_a_set_too_small_to_hold_out_is_refused_before_any_work(tiny_model_dir: 
 
 
 def test_the_whole_method_from_the_command_line_reloads_and_generates(tiny_model_dir: Path, calibration: Path,
-                                                                      tmp_path: Path):
+                                                                      tmp_path: Path, capsys):
     """A preset (rank 4) and the defaults: E8P backbone, rotation, a quarter of the components in float16 and
-    fine-tuned; Hessians cached. One `cola compress` line."""
+    fine-tuned; Hessians cached. One `cola compress` line, whose printed summary names the settings, where the
+    Hessians came from and what fine-tuning gained."""
     from cola.cli import main
 
     out = tmp_path / "e8p"
@@ -114,6 +115,12 @@ def test_the_whole_method_from_the_command_line_reloads_and_generates(tiny_model
         {"preset": "2.1", "rank": 4, "quantizer": "e8p", "hadamard": True, "finetune_rank": 1}
     assert summary["details"]["hessians"] == "dense, computed and cached"
     assert len(summary["details"]["finetune"]["blocks"]) == 3
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("  settings: preset 2.1, quantizer e8p, q_bits 2, rank 4, lr_bits 4, finetune_rank 1, "
+                                 "finetune_steps 4, hadamard True, iters 2, hessian_cache ")
+    assert printed[2] == "  Hessians: dense, computed and cached"
+    assert printed[3].startswith("  fine-tuning: held-out relative error of a block ")
+    assert printed[3].endswith("(mean of 3 blocks)")
     modules, config = load_caldera(out / "caldera.safetensors")
     assert config.quantizer == "e8p" and all(m.q_codes.dtype == torch.int16 for m in modules.values())
     model, tok = load_compressed(out)

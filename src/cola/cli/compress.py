@@ -59,14 +59,38 @@ def _shown_default(config: type, name: str) -> str:
 
 
 def format_compress_summary(summary: dict) -> str:
-    """A short table of what the saved weights show, per layer type."""
+    """What ran (the method's settings, where its Hessians came from, what fine-tuning gained) and a short table
+    of what the saved weights show, per layer type."""
     total = summary["weights"]["total"]
     lines = [f"{summary['method']} ({summary['backend']}) on {summary['model'] or 'in-memory model'}: "
              f"{summary['seconds']:.1f} s compressing, peak memory {summary['peak_rss_mb']:.0f} MB"]
+    settings = _settings(summary)
+    if settings:
+        lines.append(f"  settings: {settings}")
+    details = summary.get("details") or {}
+    if isinstance(details.get("hessians"), str):
+        lines.append(f"  Hessians: {details['hessians']}")
+    blocks = (details.get("finetune") or {}).get("blocks")
+    if blocks:
+        before = sum(block["held_out_before"] for block in blocks) / len(blocks)
+        best = sum(block["held_out_best"] for block in blocks) / len(blocks)
+        lines.append(f"  fine-tuning: held-out relative error of a block {before:.4f} -> {best:.4f} (mean of "
+                     f"{len(blocks)} blocks)")
     for name, entry in summary["weights"]["by_type"].items():
         lines.append(f"  {name:12} layers {entry['layers']:3}  " + _weight_figures(entry))
     lines.append(f"  {'all':12} layers {total['layers']:3}  " + _weight_figures(total))
     return "\n".join(lines)
+
+
+def _settings(summary: dict) -> str:
+    """The method's settings as run ("rank 16, quantizer e8p, ..."): its config's `summary_fields`, or every
+    option that is set; unknown methods (a summary of another cola) show every option that is set."""
+    from cola.compress.methods import METHODS
+
+    options = summary.get("options") or {}
+    method = METHODS.get(summary["method"])
+    names = (method.config.summary_fields if method is not None else ()) or tuple(options)
+    return ", ".join(f"{name} {options[name]}" for name in names if options.get(name) is not None)
 
 
 def _weight_figures(entry: dict) -> str:

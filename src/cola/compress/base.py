@@ -48,6 +48,9 @@ class MethodConfig:
 
     Choices are listed in their declared order ("2, 3, 4, 8, 16"; "unstructured, 2:4")."""
 
+    # the settings `cola compress` prints after a run, in this order (empty: every field that is set)
+    summary_fields: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self) -> None:
         check_field_types(self)
         check_choices(self, as_flag=True)

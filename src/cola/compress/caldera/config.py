@@ -30,6 +30,9 @@ class CalderaConfig(MethodConfig):
     rank rounded up (0 with `finetune_steps` 0), `finetune_steps` 16 where something can be trained (else 0).
     """
 
+    summary_fields = ("preset", "quantizer", "q_bits", "rank", "lr_bits", "finetune_rank", "finetune_steps",
+                      "hadamard", "iters", "hessian_cache")
+
     preset: str | None = option(None, help="CALDERA: a measured setting by its bits per parameter on SmolLM2-135M "
                                            "(the rank; every other flag at its default); the defaults are 2.4",
                                 choices={"2.1": "rank 4", "2.2": "rank 8", "2.4": "rank 16"},
