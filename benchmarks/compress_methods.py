@@ -59,6 +59,8 @@ RUNS |= {
     "caldera-uniform-r16": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_NO_FT],
     "caldera-e8p-r16": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_NO_FT],
     "caldera-e8p-r24": [*_CALDERA, "--quantizer", "e8p", "--rank", "24", *_NO_FT],
+    "caldera-e8p-r32": [*_CALDERA, "--quantizer", "e8p", "--rank", "32", *_NO_FT],
+    "caldera-e8p-r64": [*_CALDERA, "--quantizer", "e8p", "--rank", "64", *_NO_FT],
     "caldera-uniform-r16-ft": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_FT],
     "caldera-e8p-r16-ft": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
     "caldera-e8p-r16-ft-again": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_FT],
