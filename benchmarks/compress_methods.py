@@ -59,6 +59,9 @@ RUNS |= {
     "caldera-uniform-r16": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_NO_FT],
     "caldera-e8p-r16": [*_CALDERA, "--quantizer", "e8p", "--rank", "16", *_NO_FT],
     "caldera-e8p-r24": [*_CALDERA, "--quantizer", "e8p", "--rank", "24", *_NO_FT],
+    # rank 24 with 2 of its components fine-tuned: 2.39 bits/param, the most rank and fine-tuning 2.4 bits allow
+    "caldera-e8p-r24-ft2": [*_CALDERA, "--quantizer", "e8p", "--rank", "24", "--finetune_rank", "2",
+                            "--finetune_steps", "16"],
     "caldera-e8p-r32": [*_CALDERA, "--quantizer", "e8p", "--rank", "32", *_NO_FT],
     "caldera-e8p-r64": [*_CALDERA, "--quantizer", "e8p", "--rank", "64", *_NO_FT],
     "caldera-uniform-r16-ft": [*_CALDERA, "--quantizer", "uniform", "--rank", "16", *_FT],

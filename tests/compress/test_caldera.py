@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,17 +266,36 @@ def test_hadamard_factors_dequantize_to_the_original_basis(wh) -> None:
 def test_the_defaults_are_the_2_4_preset_and_a_preset_sets_the_rank() -> None:
     default = CalderaConfig()
     assert (default.quantizer, default.hadamard, default.rank, default.lr_bits, default.iters, default.finetune_rank,
-            default.finetune_steps) == ("e8p", True, 16, 4, 5, 4, 16)
+            default.finetune_steps) == ("e8p", True, 24, 4, 5, 2, 16)
     assert dataclasses.replace(CalderaConfig(preset="2.4"), preset=None) == default
-    for preset, rank, float16 in (("2.1", 4, 1), ("2.2", 8, 2)):
+    for preset, rank, float16 in (("2.1", 4, 1), ("2.2", 8, 2), ("2.4", 24, 2)):
         config = CalderaConfig(preset=preset)
         assert (config.rank, config.finetune_rank, config.finetune_steps) == (rank, float16, 16)
         assert dataclasses.replace(config, group_size=None) == config  # a filled config rebuilds to itself
+    unturned = CalderaConfig(preset="2.4", finetune_steps=0)
+    assert unturned.finetune_rank == 0 and dataclasses.replace(unturned, iters=2).finetune_rank == 0
     # the rules fill only what was left None, each from the settings given
     assert CalderaConfig(q_bits=3).quantizer == CalderaConfig(group_size=64).quantizer == "uniform"
     assert (CalderaConfig(finetune_steps=0).finetune_rank, CalderaConfig(rank=0).finetune_steps) == (0, 0)
     assert CalderaConfig(rank=2).finetune_rank == 1 and CalderaConfig(rank=0, finetune_signs=True).finetune_steps == 16
-    assert CalderaConfig(preset="2.2", rank=8).rank == 8  # the preset's own rank is no contradiction
+    assert CalderaConfig(rank=16).finetune_rank == 4  # a rank given: a quarter of it, not the preset's 2
+    assert CalderaConfig(preset="2.2", rank=8, finetune_rank=2).rank == 8  # the preset's own values: no contradiction
+
+
+def test_a_file_made_with_a_preset_that_has_since_changed_loads_with_its_own_settings(wh, tmp_path: Path) -> None:
+    W, H = wh
+    config = plain(rank=4, iters=1)
+    path = tmp_path / "caldera.safetensors"
+    save_caldera(path, {"blocks.0.proj": CalderaLinear.from_linear(_linear(W), H, config)[0]}, config)
+    # rewrite its settings as a file saved with `--preset 2.4` when the preset was rank 4 would read
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    metadata["config"] = json.dumps({**json.loads(metadata["config"]), "preset": "2.4"})
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    modules, loaded = load_caldera(path)
+    assert (loaded.rank, loaded.preset) == (4, None) and modules["blocks.0.proj"].config.rank == 4
 
 
 @pytest.mark.parametrize("kwargs, shape, words", [
@@ -293,7 +313,8 @@ def test_the_defaults_are_the_2_4_preset_and_a_preset_sets_the_rank() -> None:
     (dict(finetune_steps=10, finetune_rank=0), None,
      ["nothing to train", "--finetune_rank", "--lr_bits 16", "--finetune_signs"]),
     (dict(finetune_signs=True, hadamard=False), None, ["needs --hadamard"]),
-    (dict(preset="2.1", rank=16), None, ["--preset 2.1 is rank 4", "--rank 16 contradicts it"]),
+    (dict(preset="2.1", rank=16), None, ["--preset 2.1 is rank 4 with 1 float16", "--rank 16 contradicts it"]),
+    (dict(preset="2.4", finetune_rank=4), None, ["--preset 2.4 is rank 24 with 2 float16", "--finetune_rank 4"]),
     (dict(preset="3"), None, ["preset '3'", "2.1, 2.2, 2.4"]),
     (dict(finetune_rank=2, finetune_steps=5, finetune_holdout=1.0), None, ["--finetune_holdout must lie in (0, 1)"]),
     (dict(finetune_rank=2, finetune_lr=0.0), None, ["--finetune_lr must be positive"]),

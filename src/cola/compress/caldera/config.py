@@ -11,9 +11,10 @@ from cola.settings import option
 
 LR_BITS = (*QUANT_BITS, 16)
 CALDERA_QUANTIZERS = (*QUANTIZERS, "e8p")  # e8p: cola.compress.caldera.lattice, for Q
-# --preset -> rank, with every other setting at its default (E8P Q, rotation, L and R at 4 bits with a quarter of
-# their components in float16, fine-tuned): bits per parameter on SmolLM2-135M, measured in the README's table
-PRESETS = {"2.1": 4, "2.2": 8, "2.4": 16}
+# --preset -> (rank, float16 components), with every other setting at its default (E8P Q, rotation, L and R at 4
+# bits except the float16 components, fine-tuned 16 steps): the name is its bits per parameter on SmolLM2-135M,
+# each measured in the README's table; 2.4 is the best of the rank/float16 splits measured at <= 2.4 bits
+PRESETS = {"2.1": (4, 1), "2.2": (8, 2), "2.4": (24, 2)}
 DEFAULT_PRESET = "2.4"
 FINETUNE_STEPS = 16  # the default where a float16 component (or the signs) can be trained
 
@@ -23,23 +24,29 @@ class CalderaConfig(MethodConfig):
     """Bits, rank and iterations of one CALDERA run (the same for every layer); `damp` and `seed` are kept off
     the command line (a fraction of the mean Hessian diagonal; the seed of the randomized SVD and rotation).
 
-    The defaults are the 2.4 preset (about 2.37 bits/param on SmolLM2-135M): E8P lattice Q, randomized Hadamard
-    rotation, rank 16 with L and R at 4 bits except the last quarter of their components, kept in float16 and
-    fine-tuned for 16 steps per block. Fields left None are filled at construction by these rules: `rank` from
-    `preset`, `quantizer` e8p where Q has 2 bits and no group size (else uniform), `finetune_rank` a quarter of the
-    rank rounded up (0 with `finetune_steps` 0), `finetune_steps` 16 where something can be trained (else 0).
+    The defaults are the 2.4 preset (2.39 bits/param on SmolLM2-135M): E8P lattice Q, randomized Hadamard
+    rotation, rank 24 with L and R at 4 bits except their last 2 components, kept in float16 and fine-tuned for
+    16 steps per block. Fields left None are filled at construction by these rules: `rank` and `finetune_rank`
+    from `preset` (the defaults: 2.4) where the rank is not given, `quantizer` e8p where Q has 2 bits and no group
+    size (else uniform), `finetune_rank` a quarter of a given rank rounded up (0 with `finetune_steps` 0),
+    `finetune_steps` 16 where something can be trained (else 0).
+
+    Raises ColaError (one line) on a value out of range, a combination that cannot run, or a `rank` or
+    `finetune_rank` contradicting the `preset` given.
     """
 
     summary_fields = ("preset", "quantizer", "q_bits", "rank", "lr_bits", "finetune_rank", "finetune_steps",
                       "hadamard", "iters", "hessian_cache")
 
     preset: str | None = option(None, help="CALDERA: a measured setting by its bits per parameter on SmolLM2-135M "
-                                           "(the rank; every other flag at its default); the defaults are 2.4",
-                                choices={"2.1": "rank 4", "2.2": "rank 8", "2.4": "rank 16"},
+                                           "(the rank and the float16 components; every other flag at its "
+                                           "default); the defaults are 2.4",
+                                choices={name: f"rank {rank}, {float16} in float16"
+                                         for name, (rank, float16) in PRESETS.items()},
                                 shown="none, the defaults being 2.4")
     q_bits: int = option(2, help="CALDERA: bits of the backbone Q (e8p: 2)", choices=QUANT_BITS)
     lr_bits: int = option(4, help="CALDERA: bits of the low-rank factors L and R (16 = float16)", choices=LR_BITS)
-    rank: int | None = option(None, help="CALDERA: rank of L R (0: Q alone, QuIP#-style)", shown="16, or --preset's")
+    rank: int | None = option(None, help="CALDERA: rank of L R (0: Q alone, QuIP#-style)", shown="24, or --preset's")
     iters: int = option(5, help="CALDERA: outer alternating-minimization iterations")
     group_size: int | None = group_size_option()
     quantizer: str | None = option(None, help="CALDERA: quantizer of Q (e8p: QuIP#'s E8 lattice codebook, 2 bits; L "
@@ -54,7 +61,8 @@ class CalderaConfig(MethodConfig):
     finetune_rank: int | None = option(None, help="CALDERA: components of L and R kept in float16 instead of "
                                                   "--lr_bits codes (the last ones; all of them with --lr_bits 16): "
                                                   "what --finetune_steps trains",
-                                       shown="a quarter of --rank, 0 with --finetune_steps 0")
+                                       shown="2, or --preset's; a quarter of a --rank given; 0 with "
+                                             "--finetune_steps 0")
     finetune_steps: int | None = option(None, help="CALDERA: optimizer steps per decoder block fitting the float16 "
                                                    "components (and with --finetune_signs the rotation's signs) to "
                                                    "the dense block's outputs on the calibration set; 0: no "
@@ -74,13 +82,18 @@ class CalderaConfig(MethodConfig):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
 
-        if self.preset is not None and self.preset in PRESETS and self.rank not in (None, PRESETS[self.preset]):
-            raise ColaError(f"--preset {self.preset} is rank {PRESETS[self.preset]}; --rank {self.rank} contradicts "
-                            "it: give one of them")
-        fill("rank", PRESETS.get(self.preset or DEFAULT_PRESET, PRESETS[DEFAULT_PRESET]))
+        rank, float16 = PRESETS.get(self.preset or DEFAULT_PRESET, PRESETS[DEFAULT_PRESET])
+        if self.preset in PRESETS:
+            for name, value, given in (("rank", rank, self.rank), ("finetune_rank", float16, self.finetune_rank)):
+                if given not in (None, value) and not (name == "finetune_rank" and given == 0 == self.finetune_steps):
+                    raise ColaError(f"--preset {self.preset} is rank {rank} with {float16} float16 components; "
+                                    f"--{name} {given} contradicts it: give one of them")
+        from_preset = self.rank is None
+        fill("rank", rank)
         fill("quantizer", "e8p" if self.q_bits == 2 and self.group_size is None else "uniform")
         if isinstance(self.rank, int):
-            fill("finetune_rank", -(-self.rank // 4) if self.rank > 0 and self.finetune_steps != 0 else 0)
+            quarter = float16 if from_preset else -(-self.rank // 4)
+            fill("finetune_rank", quarter if self.rank > 0 and self.finetune_steps != 0 else 0)
             trainable = self.rank if self.lr_bits == 16 else self.finetune_rank
             fill("finetune_steps", FINETUNE_STEPS if trainable or (self.finetune_signs and self.hadamard) else 0)
         super().__post_init__()

@@ -209,7 +209,11 @@ def load_caldera(path: Path) -> tuple[dict[str, CalderaLinear], CalderaConfig]:
         raise ColaError(f"{path} is not a CALDERA file of this version (format {metadata.get('format')!r}, "
                         f"expected {FORMAT!r})")
     # settings a file of an earlier cola lacks took the values of that time, not today's defaults
-    config = CalderaConfig(**{**_EARLIER_DEFAULTS, **json.loads(metadata["config"])})  # checked at construction
+    saved = {**_EARLIER_DEFAULTS, **json.loads(metadata["config"])}
+    try:
+        config = CalderaConfig(**saved)  # checked at construction
+    except ColaError:  # a preset that has since changed: the file's rank and float16 components are its own
+        config = CalderaConfig(**{**saved, "preset": None})
     modules = {}
     for name in json.loads(metadata["modules"]):
         factors = CalderaFactors.from_state_dict(tensors, f"{name}.", config)
