@@ -11,9 +11,8 @@ Without --calibration it first curates 128 x 512-token samples from ../shared/da
 Hessian cache (work_dir/hessians): the first of them computes it, the others read it, and
 `caldera-e8p-r16-ft-again` repeats `caldera-e8p-r16-ft` to print the time a run with a complete cache takes;
 `caldera-e8p-r24-ft2` is the defaults (the 2.4 preset) spelled out, and `caldera` the defaults without a cache,
-as a user runs it. With --speed, the
-first CALDERA row's forward is timed three ways (dense checkpoint, CalderaLinear with its dense weight cached,
-CalderaLinear from its factors).
+as a user runs it. With --speed, the first CALDERA row's forward is timed three ways (dense checkpoint,
+CalderaLinear with its dense weight cached, CalderaLinear from its factors).
 """
 
 from __future__ import annotations

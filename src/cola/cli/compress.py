@@ -5,9 +5,13 @@ summary table printed after the run."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from cola.cli.common import add_model_arguments, add_quiet, model_config
 from cola.config import COMPUTE_DTYPE
+
+if TYPE_CHECKING:
+    from cola.compress.base import Method
 
 COMPRESS_BATCH_TOKENS = 4096  # as curate's Stage 3 (cola.config.SelectionConfig.batch_tokens)
 
@@ -59,36 +63,29 @@ def _shown_default(config: type, name: str) -> str:
 
 
 def format_compress_summary(summary: dict) -> str:
-    """What ran (the method's settings, where its Hessians came from, what fine-tuning gained) and a short table
-    of what the saved weights show, per layer type."""
+    """What ran (the method's settings and its own lines, `Method.summary_lines`) and a short table of what the
+    saved weights show, per layer type."""
+    from cola.compress.methods import METHODS
+
     total = summary["weights"]["total"]
     lines = [f"{summary['method']} ({summary['backend']}) on {summary['model'] or 'in-memory model'}: "
              f"{summary['seconds']:.1f} s compressing, peak memory {summary['peak_rss_mb']:.0f} MB"]
-    settings = _settings(summary)
+    method = METHODS.get(summary["method"])  # None: a summary of a method this cola lacks
+    settings = _settings(summary, method)
     if settings:
         lines.append(f"  settings: {settings}")
-    details = summary.get("details") or {}
-    if isinstance(details.get("hessians"), str):
-        lines.append(f"  Hessians: {details['hessians']}")
-    blocks = (details.get("finetune") or {}).get("blocks")
-    if blocks:
-        before = sum(block["held_out_before"] for block in blocks) / len(blocks)
-        best = sum(block["held_out_best"] for block in blocks) / len(blocks)
-        lines.append(f"  fine-tuning: held-out relative error of a block {before:.4f} -> {best:.4f} (mean of "
-                     f"{len(blocks)} blocks)")
+    if method is not None:
+        lines += [f"  {line}" for line in method.summary_lines(summary.get("details") or {})]
     for name, entry in summary["weights"]["by_type"].items():
         lines.append(f"  {name:12} layers {entry['layers']:3}  " + _weight_figures(entry))
     lines.append(f"  {'all':12} layers {total['layers']:3}  " + _weight_figures(total))
     return "\n".join(lines)
 
 
-def _settings(summary: dict) -> str:
+def _settings(summary: dict, method: Method | None) -> str:
     """The method's settings as run ("rank 16, quantizer e8p, ..."): its config's `summary_fields`, or every
-    option that is set; unknown methods (a summary of another cola) show every option that is set."""
-    from cola.compress.methods import METHODS
-
+    option that is set (also for a method this cola lacks)."""
     options = summary.get("options") or {}
-    method = METHODS.get(summary["method"])
     names = (method.config.summary_fields if method is not None else ()) or tuple(options)
     return ", ".join(f"{name} {options[name]}" for name in names if options.get(name) is not None)
 

@@ -200,6 +200,10 @@ class Method(ABC):
         """Raise ColaError unless the measured weights show the method's effect (the kind's check)."""
         raise NotImplementedError(f"{type(self).__name__} checks its saved weights in check()")
 
+    def summary_lines(self, details: dict[str, Any]) -> list[str]:
+        """Lines the printed summary adds about this run, from the details `run` returned (none, for most)."""
+        return []
+
     def restore(self, model: torch.nn.Module, output_dir: Path) -> bool:
         """Put back, on a model loaded from `output_dir`, layers the plain checkpoint cannot hold (CALDERA's
         codes); whether anything was put back (nothing, for most methods)."""

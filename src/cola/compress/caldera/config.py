@@ -92,8 +92,8 @@ class CalderaConfig(MethodConfig):
         fill("rank", rank)
         fill("quantizer", "e8p" if self.q_bits == 2 and self.group_size is None else "uniform")
         if isinstance(self.rank, int):
-            quarter = float16 if from_preset else -(-self.rank // 4)
-            fill("finetune_rank", quarter if self.rank > 0 and self.finetune_steps != 0 else 0)
+            components = float16 if from_preset else -(-self.rank // 4)  # the preset's, or a quarter of the rank
+            fill("finetune_rank", components if self.rank > 0 and self.finetune_steps != 0 else 0)
             trainable = self.rank if self.lr_bits == 16 else self.finetune_rank
             fill("finetune_steps", FINETUNE_STEPS if trainable or (self.finetune_signs and self.hadamard) else 0)
         super().__post_init__()

@@ -124,6 +124,17 @@ class Caldera(Method):
                                                                  else "dense, computed and cached"),
                 **details, "layer_errors": errors}
 
+    def summary_lines(self, details: dict[str, Any]) -> list[str]:
+        """Where the Hessians came from, and the mean held-out block error before and after fine-tuning."""
+        lines = [f"Hessians: {details['hessians']}"] if "hessians" in details else []  # older summaries lack it
+        blocks = details.get("finetune", {}).get("blocks")
+        if blocks:
+            before = sum(block["held_out_before"] for block in blocks) / len(blocks)
+            best = sum(block["held_out_best"] for block in blocks) / len(blocks)
+            lines.append(f"fine-tuning: held-out relative error of a block {before:.4f} -> {best:.4f} (mean of "
+                         f"{len(blocks)} blocks)")
+        return lines
+
     def check(self, output_dir: Path, config: CalderaConfig, *, reload: bool = True) -> dict[str, Any]:
         """The stored bits of every layer, counted from `caldera.safetensors` (codes at their bit width)."""
         from cola.compress.caldera.linear import load_caldera
