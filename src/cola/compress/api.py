@@ -143,6 +143,20 @@ def _load_and_compress(model: Any, tokenizer: Any, calibration: CalibrationSet |
     return summary
 
 
+def _build(path: Path, dtype: str, device: str) -> tuple[Any, Any] | None:
+    """(model, tokenizer) from the method whose `build` makes the model of `path` (LLM-Pruner's), else None."""
+    from transformers import AutoTokenizer
+
+    from cola.models import resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, device)
+    for method in METHODS.values():
+        model = method.build(path, dtype=torch_dtype)
+        if model is not None:
+            return model.to(device), AutoTokenizer.from_pretrained(path)
+    return None
+
+
 def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "auto", quiet: bool = True,
                     caldera_layers: bool = True, caldera_forward: str = "factors",
                     trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -175,9 +189,13 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
         summary = read_index(path / SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
         if "outputs" in summary:  # summaries written before cola recorded hashes have none to check
             verify_outputs(path, summary, index_name=SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
+    built = _build(path, dtype, device)
     with library_output(quiet):  # compressed-tensors decompresses with bars of its own
-        model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet,
-                                      trust_remote_code=trust_remote_code)
+        if built is not None:
+            model, tokenizer = built
+        else:
+            model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet,
+                                          trust_remote_code=trust_remote_code)
         # compressed-tensors decompresses packed weights in a hook of the first forward: run it here, one
         # token, so that timings and weight checks after loading see the dense weights
         with torch.no_grad():

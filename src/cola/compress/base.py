@@ -204,6 +204,11 @@ class Method(ABC):
         """Lines the printed summary adds about this run, from the details `run` returned (none, for most)."""
         return []
 
+    def build(self, output_dir: Path, *, dtype: torch.dtype) -> torch.nn.Module | None:
+        """The model of `output_dir` (in eval mode, on the CPU, in `dtype`) where transformers' from_pretrained
+        cannot build it from the files (LLM-Pruner's blocks of different sizes); None for most methods."""
+        return None
+
     def restore(self, model: torch.nn.Module, output_dir: Path) -> bool:
         """Put back, on a model loaded from `output_dir`, layers the plain checkpoint cannot hold (CALDERA's
         codes); whether anything was put back (nothing, for most methods)."""

@@ -29,6 +29,7 @@ REGISTERED = (
     "cola.compress.llmc.recipes:Wanda",
     "cola.compress.ria:RIA",
     "cola.compress.caldera.method:Caldera",
+    "cola.compress.llm_pruner.method:LLMPruner",
 )
 
 
@@ -43,8 +44,7 @@ def load_method(path: str) -> Method:
 
 METHODS: dict[str, Method] = {method.name: method for method in map(load_method, REGISTERED)}
 
-NOT_SUPPORTED = {"llm-pruner": "structured pruning with gradient importance and LoRA recovery",
-                 "flatquant": "learned affine transforms before quantization"}
+NOT_SUPPORTED = {"flatquant": "learned affine transforms before quantization"}
 
 
 def method_named(name: str) -> Method:

@@ -1,0 +1,113 @@
+"""First-order Taylor importance of coupled structures (LLM-Pruner, Ma et al., NeurIPS 2023, §3.2).
+
+Removing weights W from the model changes the calibration loss L by about |(∂L/∂W)ᵀ W| (the first-order term of
+its Taylor expansion around the trained weights). LLM-Pruner scores a group of coupled weights two ways:
+
+- element-wise (the paper's "Element¹", its reference code's `param_first`): every weight w on its own,
+  |w · ∂L/∂w|, summed over the group's weights;
+- vector-wise (the paper's "Vector"): every weight vector (a row of an input projection, a column of the output
+  projection) as one, |Σ w · ∂L/∂w| over the vector, summed over the group's vectors.
+
+∂L/∂W is the gradient of the mean language-modelling loss over *every* token of the calibration set. It is
+accumulated batch by batch (each batch's mean loss weighted by its share of the tokens), with gradients kept only
+for the weights scored, so memory is one batch's activations plus one gradient per scored weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cola.compress.calibration import CalibrationSet
+from cola.compress.llm_pruner.structures import BlockStructures
+from cola.progress import progress_bar
+
+IMPORTANCE = ("element", "vector")
+
+
+def scored_weights(structures: Sequence[BlockStructures]) -> list[str]:
+    """The qualified names of the Linears whose weights the scores read."""
+    names: list[str] = []
+    for block in structures:
+        names += [block.attention.q, *block.attention.kv, block.attention.o, *block.mlp.inputs, block.mlp.output]
+    return names
+
+
+def calibration_gradients(model: torch.nn.Module, calibration: CalibrationSet, names: Sequence[str], *,
+                          max_batch_tokens: int, quiet: bool = True) -> dict[str, torch.Tensor]:
+    """∂L/∂W of the Linears `names` (each the shape of its weight, float32), L the mean next-token loss over every
+    predicted token of the set. Also the bias gradients, under "NAME.bias", for Linears that have a bias.
+
+    The model's parameters get requires_grad back as they were; its weights are unchanged."""
+    modules = dict(model.named_modules())
+    wanted = {f"{name}.weight": modules[name].weight for name in names}
+    wanted |= {f"{name}.bias": modules[name].bias for name in names if modules[name].bias is not None}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {key: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for key, p in wanted.items()}
+    batches = calibration.batches(max_batch_tokens)
+    predicted = sum(len(calibration.input_ids[i]) - 1 for batch in batches for i in batch)
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in wanted.values():
+            p.requires_grad_(True)
+        model.eval()
+        for batch in progress_bar(batches, quiet=quiet, desc="Taylor importance", unit="batch"):
+            ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            share = ids.shape[0] * (ids.shape[1] - 1) / predicted
+            batch_grads = torch.autograd.grad(loss * share, list(wanted.values()))
+            for key, grad in zip(wanted, batch_grads):
+                grads[key] += grad.float()
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return grads
+
+
+def _contributions(weight: torch.Tensor, grad: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
+    """Per vector along `dim` (0: rows, 1: columns) of a (out, in) weight: the summed element-wise |w g| or the
+    vector-wise |Σ w g|."""
+    product = weight.float() * grad
+    reduce = 1 - dim
+    return product.abs().sum(reduce) if kind == "element" else product.sum(reduce).abs()
+
+
+def group_importance(model: torch.nn.Module, structures: Sequence[BlockStructures],
+                     grads: dict[str, torch.Tensor], kind: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block, (importance of each KV group (num_kv,), importance of each MLP channel (channels,)), float32.
+
+    A KV group sums its rows of q, k and v (and their biases' terms) and its columns of o; a channel its row of
+    each input projection and its column of the output projection. `kind` is "element" or "vector" (module
+    docstring)."""
+    if kind not in IMPORTANCE:
+        raise ValueError(f"importance {kind!r}; valid: {', '.join(IMPORTANCE)}")
+    modules = dict(model.named_modules())
+
+    def per_row(name: str) -> torch.Tensor:
+        module = modules[name]
+        rows = _contributions(module.weight, grads[f"{name}.weight"], kind, 0)
+        if module.bias is not None:  # a bias entry is its row's vector of one more weight
+            bias = module.bias.float() * grads[f"{name}.bias"]
+            rows = rows + bias.abs() if kind == "element" else (module.weight.float() * grads[f"{name}.weight"]
+                                                                 ).sum(1).add(bias).abs()
+        return rows
+
+    def per_column(name: str) -> torch.Tensor:
+        return _contributions(modules[name].weight, grads[f"{name}.weight"], kind, 1)
+
+    scores = []
+    for block in structures:
+        att = block.attention
+        heads = torch.zeros(att.num_kv)
+        for name in (att.q, *att.kv):
+            rows = per_row(name)
+            heads += rows.reshape(att.num_kv, -1).sum(1).cpu()
+        heads += per_column(att.o).reshape(att.num_kv, -1).sum(1).cpu()
+        channels = sum(per_row(name).cpu() for name in block.mlp.inputs) + per_column(block.mlp.output).cpu()
+        scores.append((heads, channels))
+    return scores
