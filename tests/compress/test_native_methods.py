@@ -124,7 +124,7 @@ def test_ria_two_four_mask_is_exactly_two_of_four():
     ("caldera", {"lr_bits": 1}, "Valid choices: 2, 3, 4, 8, 16"),
     ("ria", {"pattern": "4:8"}, "Valid choices: unstructured, 2:4"),
     ("sparsegpt", {"pattern": "2:4", "sparsity": 0.6}, "contradicts"),
-    ("flatquant", {}, "not supported yet"),
+    ("flatquant", {"kv_bits": 2}, "--kv_bits 2 is not supported. Valid choices: 4, 8, 16"),
     ("gtpq", {}, "Did you mean 'gptq'"),
     ("caldera", {"rank": -2}, "--rank must be 0 or a positive integer"),
 ])
