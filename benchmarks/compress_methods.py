@@ -73,6 +73,16 @@ RUNS |= {
     "caldera-2.1": ["--method", "caldera", "--preset", "2.1", "--hessian_cache", "{hessians}"],
     "caldera-2.2": ["--method", "caldera", "--preset", "2.2", "--hessian_cache", "{hessians}"],
 }
+# issue 22: LLM-Pruner at 20 % of the pruned blocks' parameters (blocks 4-27 of 30), without and with LoRA recovery
+# on the calibration set; FlatQuant W4A4 at its default epochs, beside the same fake quantization untrained (RTN)
+RUNS |= {
+    "llm-pruner-20": ["--method", "llm-pruner", "--pruning_ratio", "0.2"],
+    "llm-pruner-20-lora": ["--method", "llm-pruner", "--pruning_ratio", "0.2", "--recovery_steps", "32",
+                           "--recovery_lr", "5e-4"],
+    "flatquant-w4a4": ["--method", "flatquant", "--w_bits", "4", "--a_bits", "4"],
+    "flatquant-w4a4-kv4": ["--method", "flatquant", "--w_bits", "4", "--a_bits", "4", "--kv_bits", "4"],
+    "rtn-w4a4": ["--method", "flatquant", "--w_bits", "4", "--a_bits", "4", "--epochs", "0"],
+}
 NLL_TASKS = ("gsm8k_nll", "humaneval_nll")
 EVAL_FILE = "benchmark_scores.json"  # beside each compressed model: its scores and the settings they were taken with
 
@@ -126,6 +136,20 @@ def forward_speed(out: Path, tokens: int = 512, repeats: int = 3) -> dict[str, f
     return speeds
 
 
+def weights_figure(summary: dict) -> str:
+    """What the saved weights hold, in one cell: sparsity, bits per parameter (with the activation and KV bits of a
+    method that quantizes them) or, for structured pruning, the parameters removed from the pruned blocks."""
+    total, details = summary["weights"]["total"], summary.get("details") or {}
+    if "removed_share" in details:
+        return f"-{100 * details['removed_share']['pruned_blocks']:.1f} % params"
+    if summary["kind"] == "pruning":
+        return f"{100 * total['sparsity']:.2f} % sparse"
+    figure = f"{total['bits_per_parameter']:.3f} bits/param"
+    if "activation_bits" in details:
+        figure += f" A{details['activation_bits']} KV{details['kv_bits']}"
+    return figure
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", type=Path, help="a `cola curate` output directory (default: curate one)")
@@ -177,9 +201,7 @@ def main() -> int:
                 continue
             print(f"{name}: {wall:.0f} s wall", file=sys.stderr)
         summary = json.loads(summary_path.read_text())
-        total = summary["weights"]["total"]
-        figure = (f"{100 * total['sparsity']:.2f} % sparse" if summary["kind"] == "pruning"
-                  else f"{total['bits_per_parameter']:.3f} bits/param")
+        figure = weights_figure(summary)
         # a model reused with --skip_existing keeps its scores too, when they were taken with the same settings
         scored, settings = out / EVAL_FILE, {"window": args.window, "max_windows": args.max_windows,
                                              "nll_limit": args.nll_limit, "sha256": summary.get("outputs")}
@@ -198,15 +220,15 @@ def main() -> int:
         (args.work_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")  # partial results survive
     print(f"\nSmolLM2-135M, calibration {calibration} ; wikitext-2 test perplexity over "
           f"{dense.windows} x {args.window} tokens ({dense.tokens} scored)")
-    print(f"| {'run':24} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':20} | {'wikitext-2 ppl':>14} | "
+    print(f"| {'run':24} | {'compress s':>10} | {'peak RSS MB':>11} | {'weights':26} | {'wikitext-2 ppl':>14} | "
           f"{'gsm8k_nll':>9} | {'humaneval_nll':>13} | Hessians")
-    print(f"|{'-' * 26}|{'-' * 12}|{'-' * 13}|{'-' * 22}|{'-' * 16}|{'-' * 11}|{'-' * 15}|{'-' * 10}")
+    print(f"|{'-' * 26}|{'-' * 12}|{'-' * 13}|{'-' * 28}|{'-' * 16}|{'-' * 11}|{'-' * 15}|{'-' * 10}")
     for row in rows:
         if "error" in row:
             print(f"| {row['run']:24} | failed: {row['error'][:80]}")
             continue
         rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "-"
-        print(f"| {row['run']:24} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:20} | {row['ppl']:14.2f} | "
+        print(f"| {row['run']:24} | {row['seconds']:10.1f} | {rss:>11} | {row['figure']:26} | {row['ppl']:14.2f} | "
               f"{row['gsm8k_nll']:9.4f} | {row['humaneval_nll']:13.4f} | {row.get('hessians', '')}")
     caldera = [r["run"] for r in rows if r["run"].startswith("caldera") and "error" not in r]
     if args.speed and caldera:

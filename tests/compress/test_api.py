@@ -100,7 +100,7 @@ def test_existing_model_is_kept_unless_overwrite(tiny_model_dir: Path, calibrati
     (["--method", "gptq", "--bits", "6"], "Valid choices: 2, 3, 4, 8"),
     (["--method", "ria", "--calibration", "no/such/dir"], "calibration directory no/such/dir does not exist"),
     (["--method", "wanda"], "needs a calibration set"),
-    (["--method", "llm-pruner"], "not supported yet"),
+    (["--method", "llm-pruner", "--pruning_ratio", "1.2"], "--pruning_ratio must lie in (0, 1), got 1.2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir: Path, tmp_path, capsys, extra, message):
     out = tmp_path / "never"
@@ -283,7 +283,7 @@ def test_readme_adding_a_method_is_one_module_and_one_registration_line(tiny_mod
 @pytest.mark.parametrize("options, message", [
     ({"sparsity": "half"}, "wanda options: sparsity must be a number, got 'half' (a string)"),
     ({"pattern": "4:8"}, "--pattern '4:8' is not supported. Valid choices: unstructured, 2:4"),
-    ({"bitz": 4}, "unknown compression option 'bitz'. Did you mean 'bits', 'q_bits'? Valid choices: actorder"),
+    ({"bitz": 4}, "unknown compression option 'bitz'. Did you mean 'bits', 'w_bits', 'q_bits'? Valid choices: a_bits, actorder"),
 ])
 def test_python_options_are_checked_like_flags_before_the_model_loads(tmp_path, options, message):
     with pytest.raises(ColaError, match=re.escape(message)) as info:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cola.compress.base import Method, MethodConfig
-from cola.errors import ColaError, unknown_choice
+from cola.errors import unknown_choice
 
 # The registry: one line per method, "module:Class" of its `Method` subclass. A method module imports its heavy
 # parts (torch, llm-compressor) only when it runs, so building the registry loads no torch.
@@ -45,15 +45,10 @@ def load_method(path: str) -> Method:
 
 METHODS: dict[str, Method] = {method.name: method for method in map(load_method, REGISTERED)}
 
-NOT_SUPPORTED: dict[str, str] = {}  # methods named in the docs but not implemented: none
-
 
 def method_named(name: str) -> Method:
     """The registered method called `name` (any case); ColaError listing the valid ones otherwise."""
     key = name.lower()
-    if key in NOT_SUPPORTED:
-        raise ColaError(f"method {name!r} ({NOT_SUPPORTED[key]}) is not supported yet. "
-                        f"Valid choices: {', '.join(sorted(METHODS))}")
     if key not in METHODS:
         raise unknown_choice("compression method", name, METHODS)
     return METHODS[key]
