@@ -249,3 +249,30 @@ def test_the_command_line_prints_parameters_and_flops_and_the_model_generates(ti
     assert summary["kind"] == "pruning" and summary["details"]["removed"]["1"]["query_heads"] == 0
     model, _ = load_compressed(out)
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, do_sample=False).shape == (1, 8)
+
+
+def test_gemma3_is_grouped_and_its_chunked_loss_is_the_models_own(tmp_path: Path):
+    """Gemma 3: q/k norms over head_dim, sliding and global layers, final logit soft-capping; the chunked loss the
+    gradients come from equals the model's own causal-LM loss."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from cola.compress.llm_pruner.importance import next_token_loss_sum
+
+    torch.manual_seed(7)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, final_logit_softcapping=5.0,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"])).eval()
+    structures = find_structures(model, [0, 1])
+    assert structures[0].attention.q == "model.layers.0.self_attn.q_proj" and structures[0].attention.q_per_kv == 2
+    ids = torch.randint(0, 257, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids).loss * 2 * 19
+        torch.testing.assert_close(next_token_loss_sum(model, ids, chunk=7), expected, rtol=1e-5, atol=1e-5)
+    plans = plan(model, structures, 0.3)
+    summary = compress(model, _calibration(seed=8), "llm-pruner", tmp_path / "g",
+                       tokenizer=byte_tokenizer(), block_range="0:", pruning_ratio=0.3, quiet=True)
+    assert summary["details"]["removed"]["1"] == {"kv_groups": plans[1].kv_groups,
+                                                  "query_heads": 2 * plans[1].kv_groups, "channels": plans[1].channels}
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()

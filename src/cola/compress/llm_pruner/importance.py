@@ -10,12 +10,15 @@ its Taylor expansion around the trained weights). LLM-Pruner scores a group of c
 
 ∂L/∂W is the gradient of the mean language-modelling loss over *every* token of the calibration set. It is
 accumulated batch by batch (each batch's mean loss weighted by its share of the tokens), with gradients kept only
-for the weights scored, so memory is one batch's activations plus one gradient per scored weight.
+for the weights scored, and each block's activations recomputed in the backward pass (gradient checkpointing), so
+memory is one batch's block inputs, one block's activations and 1,024 positions' logits (`next_token_loss_sum`),
+plus one gradient per scored weight.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -55,18 +58,67 @@ def calibration_gradients(model: torch.nn.Module, calibration: CalibrationSet, n
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
+        checkpointed = _checkpoint_blocks(model)
         for batch in progress_bar(batches, quiet=quiet, desc="Taylor importance", unit="batch"):
             ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            share = ids.shape[0] * (ids.shape[1] - 1) / predicted
-            batch_grads = torch.autograd.grad(loss * share, list(wanted.values()))
+            batch_grads = torch.autograd.grad(next_token_loss_sum(model, ids) / predicted, list(wanted.values()))
             for key, grad in zip(wanted, batch_grads):
                 grads[key] += grad.float()
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        if checkpointed:
+            model.gradient_checkpointing_disable()
         model.train(was_training)
     return grads
+
+
+def next_token_loss_sum(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The summed next-token cross-entropy (nats) of a (B, T) batch: the model's causal-LM loss times its B·(T-1)
+    predicted tokens, without the (B, T, vocab) logits the model's own loss keeps for the backward pass.
+
+    The decoder's final hidden states are taken with a hook (the model computes the logits of the last position
+    only), then `chunk` positions at a time go through the output embedding (and Gemma's final logit soft-capping)
+    and the loss, each chunk recomputed in the backward pass: at most (chunk, vocab) logits live at once."""
+    from torch.utils.checkpoint import checkpoint
+
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = model.get_decoder().register_forward_hook(grab)
+    try:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    head = model.get_output_embeddings()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    hidden = captured[0][:, :-1].reshape(-1, captured[0].shape[-1])
+    labels = ids[:, 1:].reshape(-1)
+
+    def loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+
+    return sum(checkpoint(loss, hidden[i:i + chunk], labels[i:i + chunk], use_reentrant=False)
+               for i in range(0, len(labels), chunk))
+
+
+def _checkpoint_blocks(model: torch.nn.Module) -> bool:
+    """Recompute each decoder block's activations in the backward pass instead of keeping them (transformers'
+    gradient checkpointing, which runs only on a block in training mode: the blocks alone are put in it, their
+    attention and dropout stay in eval mode). Whether it could be turned on."""
+    from cola.models import find_decoder_layers
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for block in find_decoder_layers(model)[1]:
+        block.training = True  # this module only, not its children
+    return True
 
 
 def _contributions(weight: torch.Tensor, grad: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
