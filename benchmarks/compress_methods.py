@@ -77,7 +77,7 @@ RUNS |= {
 # on the calibration set; FlatQuant W4A4 at its default epochs, beside the same fake quantization untrained (RTN)
 RUNS |= {
     "llm-pruner-20": ["--method", "llm-pruner", "--pruning_ratio", "0.2"],
-    "llm-pruner-20-lora": ["--method", "llm-pruner", "--pruning_ratio", "0.2", "--recovery_steps", "32",
+    "llm-pruner-20-lora": ["--method", "llm-pruner", "--pruning_ratio", "0.2", "--recovery_steps", "16",
                            "--recovery_lr", "5e-4"],
     "flatquant-w4a4": ["--method", "flatquant", "--w_bits", "4", "--a_bits", "4"],
     "flatquant-w4a4-kv4": ["--method", "flatquant", "--w_bits", "4", "--a_bits", "4", "--kv_bits", "4"],

@@ -1,4 +1,4 @@
-"""Block-wise training of FlatQuant's transforms and clipping thresholds (Sun et al., 2024, Sec. 3.3, "training
+"""Block-wise training of FlatQuant's transforms and clipping thresholds (Sun et al., 2024, Sec. 3, "training
 objective"): after the sequential driver hands over a decoder block with its calibration inputs x and the dense
 block's outputs on them, every Linear of the block is replaced by a FlatQuantLinear, the layers reading the same input
 sharing one InputTransform (q/k/v; gate/up; o_proj and down_proj alone), and the transforms (P1, P2, c), the weight and
@@ -13,7 +13,7 @@ value before the backward pass, as the reference does). The layers are then froz
 
 The reported error of a block is relative to what the dense block adds to its input,
 ‖block(x) − dense_block(x)‖² / ‖dense_block(x) − x‖² (summed per batch, averaged over batches), before training (the
-initial transforms) and after (the frozen block).
+initial transforms, before any clipping) and after (the frozen block).
 """
 
 from __future__ import annotations
@@ -194,6 +194,8 @@ def _train(block: torch.nn.Module, modules: dict[str, FlatQuantLinear], kv: KVQu
         m, c = owner.trainable(clipping=True)
         main += m
         clips += c
+    for transform in transforms:
+        transform.reuse(True)
     for module in modules.values():
         clips += module.trainable(clipping=True)
     steps_per_epoch = [b for batch in batches for b in split_batch(batch, STEP_SAMPLES)]
@@ -214,6 +216,8 @@ def _train(block: torch.nn.Module, modules: dict[str, FlatQuantLinear], kv: KVQu
                     mse += loss.item()
                 logger.debug("epoch %d: mean MSE %.6g", epoch, mse / len(steps_per_epoch))
     finally:
+        for transform in transforms:
+            transform.reuse(False)
         for p in main + clips:
             p.requires_grad_(False)
         for p in frozen:

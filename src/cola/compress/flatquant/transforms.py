@@ -3,14 +3,14 @@ fake quantizers with a straight-through estimator, in plain torch.
 
 Conventions (row vectors, as a Linear computes y = x Wᵀ):
 
-* A transform of an n-wide input is P = P1 ⊗ P2 with P1 (n1×n1), P2 (n2×n2), n1·n2 = n (Sec. 3.2). `kron_apply(x,
+* A transform of an n-wide input is P = P1 ⊗ P2 with P1 (n1×n1), P2 (n2×n2), n1·n2 = n (Sec. 3). `kron_apply(x,
   P1, P2)` reshapes x (..., n) row-major to X (..., n1, n2) and returns P1ᵀ · X · P2 reshaped back, which equals
   x · (P1 ⊗ P2) without forming the n×n matrix.
 * Before P comes a learnable per-channel scaling c (n): the activation becomes x̃ = (x ⊙ c) · P, and the weight
-  W' = (W / c) · P⁻ᵀ, row by row (offline), so x Wᵀ = x̃ W'ᵀ exactly (Sec. 3.2, "per-channel scaling"). The paper
+  W' = (W / c) · P⁻ᵀ, row by row (offline), so x Wᵀ = x̃ W'ᵀ exactly (Sec. 3, "per-channel scaling"). The paper
   merges c into the preceding RMSNorm (or up_proj); here c stays an elementwise product in the online step, which is
   the same function and also serves o_proj, which has no norm before it.
-* Clipping (Sec. 3.3, "learnable clipping thresholds"): a row's max and min are scaled by sigmoid(α_max),
+* Clipping (Sec. 3, "learnable clipping thresholds"): a row's max and min are scaled by sigmoid(α_max),
   sigmoid(α_min), the logits initialised to the paper's 4 (ratio 0.982); None means no clipping (ratio 1).
 * Quantizers: weights symmetric, one scale per output channel (codes in [-2^(b-1), 2^(b-1)-1], scale max|w| /
   (2^(b-1)-1), rounded to float16 as stored); activations symmetric, one scale per token, computed at run time;
@@ -147,7 +147,7 @@ def smooth_scales(weight_absmax: torch.Tensor, input_absmax: torch.Tensor, alpha
 
 class InputTransform(torch.nn.Module):
     """The online transform of one Linear input, shared by the layers reading it (q/k/v; gate/up), with that input's
-    activation quantizer (Sec. 3.2-3.3): x (..., n) -> Q_a((x ⊙ c) · (P1 ⊗ P2)).
+    activation quantizer (Sec. 3, the method): x (..., n) -> Q_a((x ⊙ c) · (P1 ⊗ P2)).
 
     Parameters (float32): `left` P1 (n1, n1), `right` P2 (n2, n2) (`kron_dims`), `scale` c (n), and `act_clip`
     (2,) logits of the activation clipping or None. P1, P2 are trained directly, their inverses taken with
@@ -167,6 +167,8 @@ class InputTransform(torch.nn.Module):
                                         requires_grad=False)
         self.act_clip = None if act_clip is None else torch.nn.Parameter(owned(act_clip),
                                                                           requires_grad=False)
+        self._last: tuple[torch.Tensor, tuple, torch.Tensor] | None = None  # (input, versions, output), not state
+        self._reuse = False
         if self.left.shape != (n1, n1) or self.right.shape != (n2, n2) or self.scale.shape != (n,):
             raise ValueError(f"a transform of width {n} needs factors {n1}x{n1} and {n2}x{n2} and {n} scales")
 
@@ -175,8 +177,23 @@ class InputTransform(torch.nn.Module):
         return kron_apply(x.to(torch.float32) * self.scale, self.left, self.right)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The transformed input, fake-quantized per token (`fake_quant_tokens`): (..., n) float32."""
-        return fake_quant_tokens(self.transform(x), self.bits, self.act_clip)
+        """The transformed input, fake-quantized per token (`fake_quant_tokens`): (..., n) float32.
+
+        While training (`reuse(True)`), the layers sharing the transform call it on the same tensor one after another
+        (q, k, v): the result for the last input is kept and returned again while that tensor, the parameters and the
+        grad mode are unchanged, so the shared input is transformed and quantized once per forward."""
+        if not self._reuse:
+            return fake_quant_tokens(self.transform(x), self.bits, self.act_clip)
+        key = (x._version, torch.is_grad_enabled(), *(p._version for p in self.parameters()))
+        if self._last is not None and self._last[0] is x and self._last[1] == key:
+            return self._last[2]
+        out = fake_quant_tokens(self.transform(x), self.bits, self.act_clip)
+        self._last = (x, key, out)
+        return out
+
+    def reuse(self, enabled: bool) -> None:
+        """Keep (enabled) or stop keeping and drop the result for the last input (see `forward`)."""
+        self._reuse, self._last = enabled, None
 
     def weight_to_transformed(self, weight: torch.Tensor) -> torch.Tensor:
         """W' = (W / c) · P⁻ᵀ for W (m, n): the weight that reads the transformed input, in W's dtype (float64 for an
@@ -210,7 +227,7 @@ class InputTransform(torch.nn.Module):
 
 class KVQuantizer(torch.nn.Module):
     """Fake quantization of one attention layer's keys (after RoPE) and values, asymmetric per head and token, with
-    the paper's per-head transforms (Sec. 3.2, P_h): q · P_k⁻ᵀ and k · P_k (so q kᵀ is unchanged), v · P_v with the
+    the paper's per-head transforms (Sec. 3, P_h): q · P_k⁻ᵀ and k · P_k (so q kᵀ is unchanged), v · P_v with the
     attention output multiplied by P_v⁻¹ (the paper merges P_v into v_proj and o_proj; here it stays online).
 
     Parameters (float32): `k_transform`, `v_transform` (head_dim, head_dim), `k_clip`, `v_clip` (2,) logits or None.

@@ -94,6 +94,7 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
     from peft import LoraConfig, get_peft_model
 
     from cola.compress.calibration import ordered_batches
+    from cola.compress.llm_pruner.importance import next_token_loss_sum
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -116,7 +117,7 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
                          for batch in ordered_batches([len(samples[i]) for i in shuffled], max_batch_tokens)]
             batch = order.pop(0)
             ids = torch.stack([samples[i] for i in batch]).to(device)
-            loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = next_token_loss_sum(peft_model.get_base_model(), ids) / (ids.shape[0] * (ids.shape[1] - 1))
             if not math.isfinite(loss.item()):
                 raise ColaError(f"LoRA recovery diverged (loss {loss.item()}) at step {len(log.losses) + 1}; lower "
                                 "--recovery_lr")
