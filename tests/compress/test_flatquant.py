@@ -16,7 +16,7 @@ from cola.compress.calibration import CalibrationSet
 from cola.compress.driver import BlockBatch
 from cola.compress.flatquant.config import FlatQuantConfig
 from cola.compress.flatquant.linear import FlatQuantLinear, load_flatquant
-from cola.compress.flatquant.train import quantize_block
+from cola.compress.flatquant.train import quantize_block, training_steps
 from cola.compress.flatquant.transforms import (InputTransform, kron_apply, kron_dims, random_orthogonal,
                                                 weight_scales)
 from cola.errors import ColaError
@@ -55,6 +55,15 @@ def test_kronecker_transform_and_its_inverse_reproduce_a_linear_exactly():
     assert (y_transformed - y).abs().max() <= 1e-5 * y.abs().max()
     back = transform.weight_to_original(merged.to(torch.float64))
     torch.testing.assert_close(back.to(torch.float32), linear.weight.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fractional_epochs_take_steps_spread_over_the_set():
+    steps = list(range(32))
+    assert training_steps(steps, 0) == [] and training_steps(steps, 1) == steps
+    assert training_steps(steps, 0.25) == [2, 6, 10, 14, 18, 22, 26, 30]
+    assert training_steps(steps, 1.5) == steps + list(range(1, 32, 2))
+    assert training_steps(steps, 0.001) == [16]  # at least one step
+    assert FlatQuantConfig().epochs == 0.25 and FlatQuantConfig(epochs=2).trained
 
 
 def _block_batches(model, outliers: bool) -> list[BlockBatch]:

@@ -7,11 +7,13 @@ trained with AdamW to minimise
 
     MSE(quantized_block(x), dense_block(x))
 
-in steps of STEP_SAMPLES calibration samples (the paper's batch of 4), the learning rate cosine-annealed to lr/1000 over
-all steps, the clipping logits at 10x the rate (the paper's schedule and rates; the loss is divided by its own detached
-value before the backward pass, as the reference does). The layers are then frozen (weights quantized for good).
+in steps of STEP_SAMPLES calibration samples (the paper's batch of 4; `epochs` passes over the set, a fraction taking
+steps spread evenly over it), the learning rate cosine-annealed to lr/1000 over all steps, the clipping logits at 10x
+the rate (the paper's schedule and rates; the loss is divided by its own detached value before the backward pass, as
+the reference does). The layers are then frozen (weights quantized for good).
 
-The reported error of a block is relative to what the dense block adds to its input,
+The per-channel scales start SmoothQuant-style from the input maxima of INIT_SAMPLES samples. The reported error of a
+block, on EVAL_SAMPLES samples spread over the set, is relative to what the dense block adds to its input,
 ‖block(x) − dense_block(x)‖² / ‖dense_block(x) − x‖² (summed per batch, averaged over batches), before training (the
 initial transforms, before any clipping) and after (the frozen block).
 """
@@ -35,6 +37,8 @@ from cola.errors import ColaError
 logger = logging.getLogger(__name__)
 
 STEP_SAMPLES = 4  # calibration samples per optimizer step (the reference's --cali_bsz 4)
+EVAL_SAMPLES = 16  # samples (spread over the set) on which a block's error is reported before and after training
+INIT_SAMPLES = 32  # samples (spread over the set) whose per-channel input maxima initialise the scales c
 
 
 @dataclass
@@ -85,19 +89,38 @@ def split_batch(batch: BlockBatch, samples: int) -> list[BlockBatch]:
                        batch.target[s:s + samples]) for s in range(0, size, samples)]
 
 
+def spread(items: list[Any], count: int) -> list[Any]:
+    """`count` of `items` spread evenly over them, in order (all of them when there are not more): the calibration
+    set's order is curated and may group samples by source."""
+    if count >= len(items):
+        return list(items)
+    return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
+
+
+def training_steps(steps: list[Any], epochs: float) -> list[Any]:
+    """The micro-batches of `epochs` passes over `steps`, in order: whole passes, then a fraction spread evenly over
+    the set (at least one step for any positive `epochs`)."""
+    if epochs <= 0 or not steps:
+        return []
+    whole = int(epochs)
+    total = max(1, round(epochs * len(steps)))
+    rest = total - whole * len(steps)
+    return (steps * whole + (spread(steps, rest) if rest > 0 else []))[:total]
+
+
 @torch.no_grad()
 def observe_inputs(block: torch.nn.Module,
                    batches: list[BlockBatch]) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
     """(groups of the block's Linears reading the same input tensor, in module order; {layer: per-channel max |x|
     (n,) over the batches' tokens}) from forwards of the dense block on `batches`."""
     linears = block_linears(block)
-    seen: dict[str, tuple[int, tuple[int, ...]]] = {}
+    seen: dict[str, torch.Tensor] = {}  # the first input of each layer, held so that no address is reused
     absmax: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
         def record(_module: torch.nn.Module, args: tuple) -> None:
             x = args[0]
-            seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+            seen.setdefault(name, x)
             peak = x.detach().reshape(-1, x.shape[-1]).abs().amax(dim=0).to(torch.float32)
             absmax[name] = peak if name not in absmax else torch.maximum(absmax[name], peak)
         return record
@@ -112,9 +135,9 @@ def observe_inputs(block: torch.nn.Module,
     missing = [name for name in linears if name not in seen]
     if missing:
         raise ColaError(f"the block's layer {missing[0]} saw no input in a forward pass; FlatQuant cannot place it")
-    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    groups: dict[int, list[str]] = {}
     for name in linears:
-        groups.setdefault(seen[name], []).append(name)
+        groups.setdefault(id(seen[name]), []).append(name)
     return list(groups.values()), absmax
 
 
@@ -152,7 +175,10 @@ def quantize_block(index: int, block: torch.nn.Module, batches: list[BlockBatch]
         raise ColaError("FlatQuant needs calibration batches to quantize a block")
     start = time.perf_counter()
     linears = block_linears(block)
-    groups, absmax = observe_inputs(block, batches if config.trained else batches[:1])
+    micro = [b for batch in batches for b in split_batch(batch, STEP_SAMPLES)]
+    scored = spread(micro, max(1, EVAL_SAMPLES // STEP_SAMPLES))
+    groups, absmax = observe_inputs(block, spread(micro, max(1, INIT_SAMPLES // STEP_SAMPLES)) if config.trained
+                                    else micro[:1])
     modules: dict[str, FlatQuantLinear] = {}
     for group in groups:
         transform = _new_transform(linears, group, absmax, config, generator)
@@ -170,11 +196,11 @@ def quantize_block(index: int, block: torch.nn.Module, batches: list[BlockBatch]
         setattr(attention, KV_ATTRIBUTE, kv)
     steps = 0
     if config.trained:
-        before = relative_error(block, batches)
-        steps = _train(block, modules, kv, batches, config)
+        before = relative_error(block, scored)
+        steps = _train(block, modules, kv, training_steps(micro, config.epochs), config)
     for module in modules.values():
         module.freeze()
-    after = relative_error(block, batches)
+    after = relative_error(block, scored)
     log = BlockLog(index, before if config.trained else after, after, steps, time.perf_counter() - start)
     logger.info("block %d: relative output error %.5f -> %.5f (%d steps, %.1f s)", index, log.loss_before,
                 log.loss_after, steps, log.seconds)
@@ -182,8 +208,8 @@ def quantize_block(index: int, block: torch.nn.Module, batches: list[BlockBatch]
 
 
 def _train(block: torch.nn.Module, modules: dict[str, FlatQuantLinear], kv: KVQuantizer | None,
-           batches: list[BlockBatch], config: FlatQuantConfig) -> int:
-    """AdamW over the block's transforms and clipping for `config.epochs` passes; returns the steps taken."""
+           steps: list[BlockBatch], config: FlatQuantConfig) -> int:
+    """AdamW over the block's transforms and clipping, one step per batch of `steps`; returns the steps taken."""
     frozen = [p for p in block.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -198,23 +224,19 @@ def _train(block: torch.nn.Module, modules: dict[str, FlatQuantLinear], kv: KVQu
         transform.reuse(True)
     for module in modules.values():
         clips += module.trainable(clipping=True)
-    steps_per_epoch = [b for batch in batches for b in split_batch(batch, STEP_SAMPLES)]
-    total = config.epochs * len(steps_per_epoch)
+    total = len(steps)
     optimizer = torch.optim.AdamW([{"params": main, "lr": config.lr}, {"params": clips, "lr": config.lr * 10}])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=config.lr * 1e-3)
     try:
         with torch.enable_grad():
-            for epoch in range(config.epochs):
-                mse = 0.0
-                for batch in steps_per_epoch:
-                    loss = torch.nn.functional.mse_loss(_output(block, batch).to(torch.float32),
-                                                        batch.target.to(torch.float32))
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss / loss.detach().clamp_min(1e-30)).backward()
-                    optimizer.step()
-                    schedule.step()
-                    mse += loss.item()
-                logger.debug("epoch %d: mean MSE %.6g", epoch, mse / len(steps_per_epoch))
+            for step, batch in enumerate(steps):
+                loss = torch.nn.functional.mse_loss(_output(block, batch).to(torch.float32),
+                                                    batch.target.to(torch.float32))
+                optimizer.zero_grad(set_to_none=True)
+                (loss / loss.detach().clamp_min(1e-30)).backward()
+                optimizer.step()
+                schedule.step()
+                logger.debug("step %d: MSE %.6g", step, loss.item())
     finally:
         for transform in transforms:
             transform.reuse(False)
