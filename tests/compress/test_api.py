@@ -283,7 +283,8 @@ def test_readme_adding_a_method_is_one_module_and_one_registration_line(tiny_mod
 @pytest.mark.parametrize("options, message", [
     ({"sparsity": "half"}, "wanda options: sparsity must be a number, got 'half' (a string)"),
     ({"pattern": "4:8"}, "--pattern '4:8' is not supported. Valid choices: unstructured, 2:4"),
-    ({"bitz": 4}, "unknown compression option 'bitz'. Did you mean 'bits', 'w_bits', 'q_bits'? Valid choices: a_bits, actorder"),
+    ({"bitz": 4}, "unknown compression option 'bitz'. Did you mean 'bits', 'w_bits', 'q_bits'? Valid choices: "
+                  "a_bits, actorder"),
 ])
 def test_python_options_are_checked_like_flags_before_the_model_loads(tmp_path, options, message):
     with pytest.raises(ColaError, match=re.escape(message)) as info:
