@@ -58,7 +58,7 @@ def calibration_gradients(model: torch.nn.Module, calibration: CalibrationSet, n
         for p in wanted.values():
             p.requires_grad_(True)
         model.eval()
-        checkpointed = _checkpoint_blocks(model)
+        checkpointed = checkpoint_blocks(model)
         for batch in progress_bar(batches, quiet=quiet, desc="Taylor importance", unit="batch"):
             ids = torch.stack([calibration.input_ids[i] for i in batch]).to(device)
             batch_grads = torch.autograd.grad(next_token_loss_sum(model, ids) / predicted, list(wanted.values()))
@@ -107,7 +107,7 @@ def next_token_loss_sum(model: torch.nn.Module, ids: torch.Tensor, chunk: int = 
                for i in range(0, len(labels), chunk))
 
 
-def _checkpoint_blocks(model: torch.nn.Module) -> bool:
+def checkpoint_blocks(model: torch.nn.Module) -> bool:
     """Recompute each decoder block's activations in the backward pass instead of keeping them (transformers'
     gradient checkpointing, which runs only on a block in training mode: the blocks alone are put in it, their
     attention and dropout stay in eval mode). Whether it could be turned on."""

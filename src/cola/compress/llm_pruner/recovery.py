@@ -94,7 +94,7 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
     from peft import LoraConfig, get_peft_model
 
     from cola.compress.calibration import ordered_batches
-    from cola.compress.llm_pruner.importance import next_token_loss_sum
+    from cola.compress.llm_pruner.importance import checkpoint_blocks, next_token_loss_sum
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -109,6 +109,7 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
     log = RecoveryLog(samples=len(samples))
     order: list[list[int]] = []
     peft_model.train()
+    checkpointed = checkpoint_blocks(peft_model.get_base_model())  # activations recomputed, as for the importance
     try:
         for _ in progress_bar(range(steps), quiet=quiet, desc="LoRA recovery", unit="step"):
             if not order:
@@ -127,6 +128,8 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
             optimizer.zero_grad(set_to_none=True)
             log.losses.append(round(float(loss.item()), 5))
     finally:
+        if checkpointed:
+            peft_model.get_base_model().gradient_checkpointing_disable()
         peft_model.eval()
     merged = peft_model.merge_and_unload()
     for p in merged.parameters():
