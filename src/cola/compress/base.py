@@ -73,6 +73,13 @@ def in_unit_interval(name: str, value: float) -> None:
         raise ColaError(f"--{name} must lie in (0, 1), got {value}")
 
 
+def seed_option() -> Any:
+    """The `seed` field of the methods that draw random numbers: one help for all, off the command line."""
+    return option(0, help="seed of the method's random draws (CALDERA: the randomized SVD and the Hadamard signs; "
+                          "FlatQuant: the orthogonal initialisation; LLM-Pruner: the LoRA initialisation and batch "
+                          "order)", cli=False)
+
+
 def group_size_option() -> Any:
     """The `group_size` field: the same flag, type and help for every method that has one."""
     return option(None, help=GROUP_SIZE_HELP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cola.compress.base import (QUANT_BITS, QUANTIZERS, MethodConfig, at_least_one, group_size_option, in_unit_interval,
-                                resolve_group_size)
+                                resolve_group_size, seed_option)
 from cola.errors import ColaError
 from cola.settings import option
 
@@ -74,7 +74,7 @@ class CalderaConfig(MethodConfig):
     finetune_signs: bool = option(False, help="CALDERA: also train the Hadamard rotation's sign vectors (stored as "
                                               "float16 scales; needs --hadamard)")
     damp: float = option(0.01, help="CALDERA: Hessian damping, a fraction of its mean diagonal", cli=False)
-    seed: int = option(0, help="CALDERA: seed of the randomized SVD and of the Hadamard rotation", cli=False)
+    seed: int = seed_option()
 
     def __post_init__(self) -> None:
         """Fill the fields left None by the rules above (frozen: set once, during construction), then check."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cola.compress.base import QUANT_BITS, MethodConfig
+from cola.compress.base import QUANT_BITS, MethodConfig, seed_option
 from cola.errors import ColaError
 from cola.settings import option
 
@@ -56,7 +56,7 @@ class FlatQuantConfig(MethodConfig):
                                                     "which is identity)", choices=INITS)
     diag_alpha: float = option(0.3, help="FlatQuant: migration strength of the SmoothQuant-style initial "
                                          "per-channel scales", cli=False)
-    seed: int = option(0, help="FlatQuant: seed of the random orthogonal initialisation", cli=False)
+    seed: int = seed_option()
 
     def check(self) -> None:
         if self.epochs < 0:

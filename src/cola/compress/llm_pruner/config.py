@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cola.compress.base import MethodConfig, at_least_one, in_unit_interval
-from cola.compress.llm_pruner.importance import IMPORTANCE
+from cola.compress.base import MethodConfig, at_least_one, in_unit_interval, seed_option
 from cola.errors import ColaError
 from cola.settings import option
 
 DEFAULT_BLOCK_RANGE = "4:-2"
+IMPORTANCE = ("element", "vector")  # the aggregations of `importance.group_importance`
 
 
 def parse_block_range(text: str, count: int) -> list[int]:
@@ -56,7 +56,7 @@ class LLMPrunerConfig(MethodConfig):
     recovery_data: str | None = option(None, help="LLM-Pruner: a JSON or JSONL file of recovery texts (records with "
                                                   "text, or Alpaca's instruction/input/output) instead of the "
                                                   "calibration set", shown="the calibration set")
-    seed: int = option(0, help="LLM-Pruner: seed of the recovery's LoRA initialisation and batch order", cli=False)
+    seed: int = seed_option()
 
     def check(self) -> None:
         in_unit_interval("pruning_ratio", self.pruning_ratio)

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from cola.compress.calibration import CalibrationSet
+from cola.compress.llm_pruner.config import IMPORTANCE
 from cola.compress.llm_pruner.structures import BlockStructures
 from cola.progress import progress_bar
 
-IMPORTANCE = ("element", "vector")
 
 
 def scored_weights(structures: Sequence[BlockStructures]) -> list[str]:
