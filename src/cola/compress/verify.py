@@ -320,19 +320,18 @@ def grid_violation(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.
     return None
 
 
-def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
-    """Load the checkpoint with transformers, run one forward pass, and check the loaded weights.
-
-    Quantized layers must lie on their grid (W / scale integral within 1e-3, codes within the signed range);
-    dense layers must hold exactly the zeros the files hold.
-    """
+def load_and_run(output_dir: Path, load: Any = None) -> torch.nn.Module:
+    """The saved model of `output_dir`, loaded by `load(output_dir)` (default: `load_saved`, through transformers)
+    and run once on 8 tokens. Raises ColaError (one line) when it cannot be loaded (a loader's own ColaError
+    passes as it is) or its logits are not finite."""
     from cola.compress.llmc.output import library_output
 
     output_dir = Path(output_dir)
-    layers = summary["layers"]
     with library_output(True):
         try:
-            model = load_saved(output_dir)
+            model = (load or load_saved)(output_dir)
+        except ColaError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any loader failure means the checkpoint is unusable
             raise ColaError(f"transformers cannot load the saved model in {output_dir}: "
                             f"{first_line(exc)}") from exc
@@ -340,6 +339,18 @@ def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
             logits = model(torch.arange(8).unsqueeze(0) % model.config.vocab_size).logits
     if not torch.isfinite(logits).all():
         raise ColaError(f"the saved model in {output_dir} loads but its forward pass gives non-finite logits")
+    return model
+
+
+def reload_check(output_dir: Path, summary: dict[str, Any]) -> None:
+    """Load the checkpoint with transformers, run one forward pass, and check the loaded weights.
+
+    Quantized layers must lie on their grid (W / scale integral within 1e-3, codes within the signed range);
+    dense layers must hold exactly the zeros the files hold.
+    """
+    output_dir = Path(output_dir)
+    layers = summary["layers"]
+    model = load_and_run(output_dir)
     loaded = dict(_named_linears(model))
     missing = [name for name in layers if name not in loaded]
     if missing:

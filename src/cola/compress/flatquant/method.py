@@ -99,7 +99,6 @@ class FlatQuant(Method):
         evenly between the layers sharing it); the KV quantizers' transforms are reported as `kv_transform_bits`.
         With `reload`, the dense checkpoint must load through transformers and give finite logits. Raises ColaError
         (one line) otherwise, or when a layer's codes leave the `w_bits` range."""
-        import torch
 
         from cola.compress.flatquant.linear import load_flatquant, shared_transforms
         from cola.compress.verify import layer_type, summarize_layers
@@ -130,19 +129,9 @@ class FlatQuant(Method):
         summary["quantization"] = {"weight_bits": saved.w_bits, "activation_bits": saved.a_bits,
                                    "kv_bits": saved.kv_bits}
         if reload:
-            from cola.compress.llmc.output import library_output
-            from cola.compress.verify import load_saved
+            from cola.compress.verify import load_and_run
 
-            with library_output(True):
-                try:
-                    model = load_saved(Path(output_dir))
-                except Exception as exc:  # noqa: BLE001 - any loader failure means the checkpoint is unusable
-                    raise ColaError(f"transformers cannot load the saved model in {output_dir}: "
-                                    f"{first_line(exc)}") from exc
-                with torch.no_grad():
-                    logits = model(torch.arange(8).unsqueeze(0) % model.config.vocab_size).logits
-            if not torch.isfinite(logits).all():
-                raise ColaError(f"the saved model in {output_dir} loads but gives non-finite logits")
+            load_and_run(Path(output_dir))
         return summary
 
     def restore(self, model: torch.nn.Module, output_dir: Path) -> bool:

@@ -153,7 +153,7 @@ class LLMPruner(Method):
         `reload`, the model must rebuild from them and give finite logits."""
         import torch
 
-        from cola.compress.verify import saved_weight_summary
+        from cola.compress.verify import load_and_run, saved_weight_summary
 
         summary = saved_weight_summary(output_dir)
         record = read_record(output_dir)
@@ -163,12 +163,7 @@ class LLMPruner(Method):
                 raise ColaError(f"llm-pruner: the saved {name} is {entry and entry['shape']}, recorded "
                                 f"[{out_features}, {in_features}]")
         if reload:
-            model = self.build(output_dir, dtype=torch.float32)
-            assert model is not None
-            with torch.no_grad():
-                logits = model(torch.arange(8).unsqueeze(0) % model.config.vocab_size).logits
-            if not torch.isfinite(logits).all():
-                raise ColaError(f"the pruned model in {output_dir} rebuilds but gives non-finite logits")
+            load_and_run(output_dir, lambda path: load_pruned(path, dtype=torch.float32))
         return summary
 
     def build(self, output_dir: Path, *, dtype: torch.dtype) -> torch.nn.Module | None:
