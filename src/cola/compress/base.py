@@ -250,6 +250,27 @@ class QuantizationMethod(Method):
         check_quantized(self.name, summary, bits=bits, group_size=group_size)
 
 
+def read_method_file(path: Path, what: str, format_version: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a method's side file (`caldera.safetensors`, `flatquant.safetensors`), whose metadata
+    "format" must be `format_version`. Raises ColaError (one line, naming `what`) on a missing, unreadable or foreign
+    file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ColaError(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not such a file"
+        raise ColaError(f"cannot read {what} file {path}: {exc}") from exc
+    if metadata.get("format") != format_version:
+        raise ColaError(f"{path} is not a {what} file of this version (format {metadata.get('format')!r}, "
+                        f"expected {format_version!r})")
+    return metadata, tensors
+
+
 def save_dense(model: torch.nn.Module, tokenizer: Any, output_dir: Path) -> None:
     """A plain checkpoint that any transformers/vLLM loader reads, and the tokenizer beside it."""
     model.save_pretrained(output_dir)

@@ -194,20 +194,9 @@ def save_caldera(path: Path, modules: dict[str, CalderaLinear], config: CalderaC
 
 def load_caldera(path: Path) -> tuple[dict[str, CalderaLinear], CalderaConfig]:
     """Read a file written by save_caldera: the CalderaLinear modules by name, and the config."""
-    from safetensors import safe_open
+    from cola.compress.base import read_method_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ColaError(f"CALDERA file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a CALDERA file"
-        raise ColaError(f"cannot read CALDERA file {path}: {exc}") from exc
-    if metadata.get("format") != FORMAT:
-        raise ColaError(f"{path} is not a CALDERA file of this version (format {metadata.get('format')!r}, "
-                        f"expected {FORMAT!r})")
+    metadata, tensors = read_method_file(path, "CALDERA", FORMAT)
     # settings a file of an earlier cola lacks took the values of that time, not today's defaults
     saved = {**_EARLIER_DEFAULTS, **json.loads(metadata["config"])}
     try:

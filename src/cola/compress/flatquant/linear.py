@@ -260,20 +260,9 @@ def load_flatquant(path: Path) -> tuple[dict[str, FlatQuantLinear], dict[str, KV
     """Read a file written by `save_flatquant`: the frozen FlatQuantLinear modules (layers sharing a transform share
     the module again), the KV quantizers by attention module, and the config. Raises ColaError on a missing,
     unreadable or foreign file."""
-    from safetensors import safe_open
+    from cola.compress.base import read_method_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ColaError(f"FlatQuant file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a FlatQuant file"
-        raise ColaError(f"cannot read FlatQuant file {path}: {exc}") from exc
-    if metadata.get("format") != FORMAT:
-        raise ColaError(f"{path} is not a FlatQuant file of this version (format {metadata.get('format')!r}, "
-                        f"expected {FORMAT!r})")
+    metadata, tensors = read_method_file(path, "FlatQuant", FORMAT)
     config = FlatQuantConfig(**json.loads(metadata["config"]))
     sharing: dict[str, str] = json.loads(metadata["layers"])
     out_features: dict[str, int] = json.loads(metadata["out_features"])
