@@ -97,16 +97,21 @@ def quantize_weight(weight: torch.Tensor, bits: int, clip: torch.Tensor | None =
     return torch.clamp(round_ste(w / scale), -top - 1, top), scale
 
 
+def _clipped_range(x: torch.Tensor, clip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x in float32, its max along the last axis with 0 included times σ(α_max), its min likewise), the two
+    keeping x's shape with a last axis of 1: the range both activation quantizers share."""
+    h = x.to(torch.float32)
+    high, low = clip_ratio(clip)
+    return (h, h.amax(dim=-1, keepdim=True).clamp_min(0) * high, h.amin(dim=-1, keepdim=True).clamp_max(0) * low)
+
+
 def fake_quant_tokens(x: torch.Tensor, bits: int, clip: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric per-token fake quantization of x (..., n) along its last axis, scales computed from x itself
     (dynamic): max and min of each token (0 included) times σ(α) of `clip` (2,) logits or none, scale = max(|min|,
     max) / (2^(bits-1) − 1), zero tokens scale 1; returns x's shape in float32. `bits` 16 returns x unchanged."""
     if bits >= 16:
         return x
-    h = x.to(torch.float32)
-    high, low = clip_ratio(clip)
-    xmax = h.amax(dim=-1, keepdim=True).clamp_min(0) * high
-    xmin = h.amin(dim=-1, keepdim=True).clamp_max(0) * low
+    h, xmax, xmin = _clipped_range(x, clip)
     top = symmetric_max(bits)
     scale = torch.maximum(xmax, -xmin) / top
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -119,10 +124,7 @@ def fake_quant_asymmetric(x: torch.Tensor, bits: int, clip: torch.Tensor | None 
     (2^bits − 1), zero point round(−min / scale), codes in [0, 2^bits − 1]; float32 out. `bits` 16: x unchanged."""
     if bits >= 16:
         return x
-    h = x.to(torch.float32)
-    high, low = clip_ratio(clip)
-    xmax = h.amax(dim=-1, keepdim=True).clamp_min(0) * high
-    xmin = h.amin(dim=-1, keepdim=True).clamp_max(0) * low
+    h, xmax, xmin = _clipped_range(x, clip)
     top = 2 ** bits - 1
     flat = (xmax - xmin) <= 0
     scale = torch.where(flat, torch.full_like(xmax, 2.0 / top), (xmax - xmin) / top)
