@@ -121,10 +121,9 @@ def checkpoint_blocks(model: torch.nn.Module) -> bool:
     return True
 
 
-def _contributions(weight: torch.Tensor, grad: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
-    """Per vector along `dim` (0: rows, 1: columns) of a (out, in) weight: the summed element-wise |w g| or the
-    vector-wise |Σ w g|."""
-    product = weight.float() * grad
+def _contributions(product: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
+    """Per vector along `dim` (0: rows, 1: columns) of the (out, in) products w · ∂L/∂w of a weight: the summed
+    element-wise |w g| or the vector-wise |Σ w g|."""
     reduce = 1 - dim
     return product.abs().sum(reduce) if kind == "element" else product.sum(reduce).abs()
 
@@ -142,15 +141,13 @@ def group_importance(model: torch.nn.Module, structures: Sequence[BlockStructure
 
     def per_row(name: str) -> torch.Tensor:
         module = modules[name]
-        rows = _contributions(module.weight, grads[f"{name}.weight"], kind, 0)
+        product = module.weight.float() * grads[f"{name}.weight"]
         if module.bias is not None:  # a bias entry is its row's vector of one more weight
-            bias = module.bias.float() * grads[f"{name}.bias"]
-            rows = rows + bias.abs() if kind == "element" else (module.weight.float() * grads[f"{name}.weight"]
-                                                                 ).sum(1).add(bias).abs()
-        return rows
+            product = torch.cat([product, (module.bias.float() * grads[f"{name}.bias"])[:, None]], dim=1)
+        return _contributions(product, kind, 0)
 
     def per_column(name: str) -> torch.Tensor:
-        return _contributions(modules[name].weight, grads[f"{name}.weight"], kind, 1)
+        return _contributions(modules[name].weight.float() * grads[f"{name}.weight"], kind, 1)
 
     scores = []
     for block in structures:
