@@ -75,3 +75,44 @@ def test_distance_diagnostics() -> None:
     assert nearest_selected_distance(x, selected).tolist() == [0.0, 5.0, 0.0]
     assert mean_pairwise_distance(x, selected) == pytest.approx(10.0)
     assert mean_pairwise_distance(x, np.array([1])) == 0.0
+
+
+@pytest.mark.parametrize("chunk_entries", [7, 1 << 22])  # 7: one candidate row per chunk, many merges
+def test_matching_on_nearest_candidates_is_the_dense_optimum(monkeypatch, chunk_entries: int) -> None:
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    import cola.cluster as cluster
+
+    monkeypatch.setattr(cluster, "_CHUNK_ENTRIES", chunk_entries)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, 5))
+    centroids = rng.normal(scale=0.3, size=(12, 5))  # crowded centroids: many want the same candidates
+    picks = cluster._match_centroids(x, centroids)
+    dense = cdist(centroids, x)
+    rows, cols = linear_sum_assignment(dense)
+    assert len(set(picks.tolist())) == 12
+    assert dense[np.arange(12), picks].sum() == pytest.approx(dense[rows, cols].sum(), rel=1e-12)
+
+
+def test_minibatch_kmeans_recovers_planted_clusters_deterministically() -> None:
+    x, truth = _blobs(centers=8, per=200, seed=3)
+    first = select_medoids(x, k=8, seed=1, kmeans="minibatch")
+    assert sorted(truth[first.indices]) == list(range(8))
+    assert np.array_equal(first.indices, select_medoids(x, k=8, seed=1, kmeans="minibatch").indices)
+    # every label agrees with the planted cluster of its medoid
+    assert np.array_equal(truth[first.indices][first.labels], truth)
+
+
+def test_unknown_kmeans_raises() -> None:
+    with pytest.raises(ValueError, match="kmeans must be one of auto, full, minibatch"):
+        select_medoids(np.zeros((10, 2)), k=2, seed=0, kmeans="faiss")
+
+
+def test_nearest_selected_distance_in_chunks(monkeypatch) -> None:
+    import cola.cluster as cluster
+
+    x = np.random.default_rng(7).normal(size=(50, 3))
+    whole = nearest_selected_distance(x, np.array([3, 9, 40]))
+    monkeypatch.setattr(cluster, "_CHUNK_ENTRIES", 4)
+    assert np.allclose(nearest_selected_distance(x, np.array([3, 9, 40])), whole, rtol=0, atol=1e-12)
