@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from cola.api import COLA
@@ -113,3 +114,108 @@ def test_an_unwritable_probe_cache_warns_and_the_run_goes_on(tmp_path, pool_file
     curate(tmp_path, pool_files, "out", None, selection=ACTIVATIONS)
     assert (tmp_path / "out" / SAMPLES_FILE).is_file()
     assert "cannot keep features in" in caplog.text and "COLA_CACHE_DIR" in caplog.text
+
+
+def _curate_resumable(tmp_path: Path, pool_files, name: str, model=None) -> dict:
+    out = tmp_path / name
+    COLA(model=model or tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[
+        str(p) for p in pool_files.values()], output_dir=out, quiet=True, candidates_per_source=8, stage1=False,
+        selection=ACTIVATIONS).run(num_samples=4, sequence_length=32)
+    return {"samples": (out / SAMPLES_FILE).read_bytes(), "pool": (out / "pool.parquet").read_bytes(),
+            "manifest": json.loads((out / MANIFEST_FILE).read_text())}
+
+
+def test_a_killed_extraction_resumes_with_the_chunks_it_finished(tmp_path, pool_files, monkeypatch, caplog) -> None:
+    """Killed after two chunks, run again: only the other chunks run the model, and the outputs are the bytes of
+    a run never interrupted; the work folder beside the output is gone once the run succeeds."""
+    import cola.feature_cache as feature_cache
+    import cola.stages.select as select
+    from cola.output_dir import default_work_dir
+
+    monkeypatch.setattr(feature_cache, "CHUNK_CANDIDATES", 3)
+    whole = _curate_resumable(tmp_path, pool_files, "whole")
+    candidates = pq.read_metadata(tmp_path / "whole" / "pool.parquet").num_rows
+    assert candidates > 9  # at least four chunks of 3
+    assert not default_work_dir(tmp_path / "whole").exists()
+
+    real, calls = select.embed_pool, []
+
+    def dies_on_the_third(model, ids, *args, **kwargs):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a user's Ctrl-C would
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(select, "embed_pool", dies_on_the_third)
+    try:
+        _curate_resumable(tmp_path, pool_files, "resumed")
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    work = default_work_dir(tmp_path / "resumed") / "features"
+    assert len(list(work.glob("*.npz"))) == 2 and not (tmp_path / "resumed").exists()
+
+    calls.clear()
+    monkeypatch.setattr(select, "embed_pool", lambda model, ids, *a, **k: calls.append(len(ids)) or real(
+        model, ids, *a, **k))
+    with caplog.at_level("INFO", logger="cola.feature_cache"), caplog.at_level("INFO", logger="cola.api"):
+        resumed = _curate_resumable(tmp_path, pool_files, "resumed")
+    assert len(calls) == -(-candidates // 3) - 2 and sum(calls) == candidates - 6  # the missing chunks only
+    assert resumed["manifest"]["timings"]["feature_cache_hits"] == 2
+    assert resumed["samples"] == whole["samples"] and resumed["pool"] == whole["pool"]
+    assert resumed["manifest"]["diagnostics"] == whole["manifest"]["diagnostics"]
+    assert "2 of" in caplog.text and "chunks read from" in caplog.text
+    assert not default_work_dir(tmp_path / "resumed").exists()
+
+
+def test_a_work_folder_of_another_model_is_recomputed_and_said_so(tmp_path, pool_files, monkeypatch, caplog) -> None:
+    import cola.feature_cache as feature_cache
+    import cola.stages.select as select
+    from cola.output_dir import default_work_dir
+
+    monkeypatch.setattr(feature_cache, "CHUNK_CANDIDATES", 3)
+    real = select.embed_pool
+
+    def dies(model, ids, *args, **kwargs):
+        if len(list(default_work_dir(tmp_path / "out").glob("features/*.npz"))) == 2:
+            raise KeyboardInterrupt
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(select, "embed_pool", dies)
+    try:
+        _curate_resumable(tmp_path, pool_files, "out")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(select, "embed_pool", real)
+    other = tiny_llama()
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1.0
+    with caplog.at_level("INFO", logger="cola.feature_cache"):
+        found = _curate_resumable(tmp_path, pool_files, "out", model=other)
+    assert "the 2 cached chunks in" in caplog.text and "another model or other settings: recomputing" in caplog.text
+    assert "feature_cache_hits" not in found["manifest"]["timings"]
+
+
+def test_chunks_with_sketches_join_to_one_extraction() -> None:
+    from cola.activations import extract_features
+    from cola.feature_cache import chunked_extraction
+
+    model = tiny_llama()
+    ids = [np.arange(1, 2 + n % 7) for n in range(10)]
+    calls = []
+
+    def compute(chunk):
+        calls.append(len(chunk))
+        return extract_features(model, chunk, layers=None, projection_dim=8, seed=0, sketch_dim=3,
+                                channel_maxima=True, quiet=True)
+
+    joined, hits, chunks = chunked_extraction(None, "", ids, {}, compute, chunk_size=4)
+    whole = compute(ids)
+    assert (hits, chunks, calls[:3]) == (0, 3, [4, 4, 2])
+    assert joined.features.shape == (10, 8) and joined.sketches.values.shape == whole.sketches.values.shape
+    assert joined.sketches.maxima.shape == whole.sketches.maxima.shape and joined.sketches.sites == whole.sketches.sites
+    assert joined.stats.real_tokens == whole.stats.real_tokens
+    # each chunk batches alone: equal to one pass over all to float tolerance, not necessarily bit for bit
+    assert np.allclose(joined.features, whole.features, atol=1e-5)
+    assert np.allclose(joined.sketches.values, whole.sketches.values, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,7 @@ def extract_features(
     sketch_dim: int | None = None,
     channel_maxima: bool = False,
     quiet: bool = False,
+    progress: Any = None,
 ) -> Extraction:
     """One forward pass over the sequences: (N, projection_dim) projected activation features and, given
     `sketch_dim` m, the second-moment sketches of every linear layer's input in the chosen layers
@@ -116,7 +118,9 @@ def extract_features(
 
     Feature = sum over chosen layers l of normalize(pool(h_l)) @ R_l / sqrt(#layers), where R is one
     seeded Gaussian projection of the concatenated per-layer vectors, split per layer; `pooling` is one of
-    POOLINGS. Raises ColaError for an empty sequence, an unknown pooling or layer index.
+    POOLINGS. `progress`: a tqdm bar to advance by each batch's real tokens (a caller running several
+    extractions under one bar); None: a bar of this call's own, which `quiet` silences.
+    Raises ColaError for an empty sequence, an unknown pooling or layer index.
     """
     from cola.cluster import gaussian_projection
 
@@ -156,7 +160,8 @@ def extract_features(
     batches = length_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     computed = 0
     start = time.perf_counter()
-    bar = progress_bar(total=sum(lengths), quiet=quiet, desc="activations", unit="tok", unit_scale=True)
+    bar = progress if progress is not None else progress_bar(total=sum(lengths), quiet=quiet, desc="activations",
+                                                             unit="tok", unit_scale=True)
     try:
         with torch.inference_mode():
             for batch in batches:
@@ -179,7 +184,8 @@ def extract_features(
     finally:
         for handle in handles:
             handle.remove()
-        bar.close()
+        if progress is None:
+            bar.close()
     stats = ExtractionStats(real_tokens=sum(lengths), computed_tokens=computed,
                             seconds=time.perf_counter() - start, batches=len(batches))
     log.info("activations: %d candidates, %d tokens, %.0f useful tokens/s, %.1f%% padding", len(token_ids),

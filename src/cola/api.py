@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHOD
 from cola.data.memory import specs_of
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
+from cola.output_dir import default_work_dir
+from cola.progress import progress_bar
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
 from cola.inputs import RunInputs as RunInputs, check_output_dir as check_output_dir, prepare_inputs
 from cola.schema import convert
@@ -98,11 +101,15 @@ class COLA:
                  target_capabilities: str | Sequence[str] | None = None, output_dir: str | Path = "cola_output",
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
-                 feature_cache: str | Path | None = None, **settings: Any) -> None:
+                 feature_cache: str | Path | None = None, work_dir: str | Path | None = None,
+                 **settings: Any) -> None:
         """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …);
         `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it);
         `feature_cache` is a folder where the pool's activation features are kept and reused by later runs with
-        the same model, pool and settings (`cola.feature_cache`; None: none kept).
+        the same model, pool and settings (`cola.feature_cache`; None: none kept beyond the run).
+        `work_dir` holds what a run keeps while it works (without a feature cache, the pool's features, chunk by
+        chunk, so that a killed run, run again, resumes); default: `.NAME.cola-work` beside output_dir NAME,
+        removed when the run succeeds (a folder given here is kept).
 
         `available_datasets`: one dataset or a list of them, each a name, a path or in-memory data — a
         `datasets.Dataset` or `IterableDataset`, a list of texts or of dicts, a `(data, "math")` pair or
@@ -134,6 +141,7 @@ class COLA:
         timings = check(timings, dict[str, float] | None, "timings")
         manifest_extra = check(manifest_extra, dict[str, Any] | None, "manifest_extra")
         self.feature_cache = check(feature_cache, Path | str | None, "feature_cache")
+        work_dir = check(work_dir, Path | str | None, "work_dir")
         self._model_key: str | None = None
         self.model = model
         self.tokenizer = tokenizer
@@ -142,6 +150,8 @@ class COLA:
         # One validated settings object; run() only fills in num_samples and sequence_length.
         self.settings = CurateConfig(datasets=datasets, target_capabilities=targets or None, **settings)
         self.output_dir = check_output_dir(output_dir)
+        self.keep_work_dir = work_dir is not None
+        self.work_dir = Path(work_dir) if work_dir is not None else default_work_dir(self.output_dir)
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)
         self.quiet = quiet
         self.plots_report: list[str] = []  # the last run's figures drawn, and those not drawn with the reason
@@ -193,6 +203,8 @@ class COLA:
         selection = self.select(pool, features, plan, config)
         timings.update(selection.timings)
         samples = self.export(pool, plan, selection, config, timings)
+        if not self.keep_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         self.plots_report = []
         if plots:
             from cola.plots import write_plots
@@ -238,7 +250,7 @@ class COLA:
         """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
         with `moments`, its moment sketches from the same pass), and with Stage 1 each capability's probes'
         features in the same projection (seconds to `timings`)."""
-        from cola.feature_cache import probe_cache_dir
+        from cola.feature_cache import model_digest, pool_extraction, probe_cache_dir
         from cola.stages.select import embed_pool
 
         if not config.reads_model:
@@ -246,17 +258,29 @@ class COLA:
         pad = self.tokenizer.pad_token_id or 0
 
         def extract(token_ids: list[np.ndarray], sketches: bool = False, maxima: bool = False,
-                    cache: str | Path | None = self.feature_cache) -> Extraction:
-            found, hit = self._cached(token_ids, config, pad, sketches, maxima, cache, lambda: embed_pool(
-                self.model, token_ids, config.selection, pad_token_id=pad, sketches=sketches, maxima=maxima,
-                quiet=self.quiet))
-            if hit:  # the extraction's seconds are then those of the run that computed it
-                timings["feature_cache_hits"] = timings.get("feature_cache_hits", 0) + 1
+                    cache: str | Path | None = self.feature_cache, work: bool = False) -> Extraction:
+            with progress_bar(total=sum(len(ids) for ids in token_ids), quiet=self.quiet, desc="activations",
+                              unit="tok", unit_scale=True) as bar:
+                def compute(chunk: list[np.ndarray]) -> Extraction:
+                    return embed_pool(self.model, chunk, config.selection, pad_token_id=pad, sketches=sketches,
+                                      maxima=maxima, progress=bar)
+
+                if cache is not None and self._model_key is None:
+                    self._model_key = model_digest(self.model)
+                found, hits = pool_extraction(cache, self._model_key, token_ids, config.selection, pad, compute,
+                                              sketches=sketches, maxima=maxima, work=work,
+                                              best_effort=cache != self.feature_cache,
+                                              on_hit=lambda chunk: bar.update(sum(len(ids) for ids in chunk)))
+            if hits:  # a chunk's seconds are then those of the run that computed it
+                timings["feature_cache_hits"] = timings.get("feature_cache_hits", 0) + hits
             return found
 
         method = config.selection_method
+        # the pool's chunks go to the feature cache, or else to this run's work folder: a killed run, run again,
+        # computes only the chunks it had not finished
         found = extract(pool.token_ids, sketches=method in SKETCH_SELECTION_METHODS,
-                        maxima=method == "outlier_coverage")
+                        maxima=method == "outlier_coverage", cache=self.feature_cache or self.work_features,
+                        work=self.feature_cache is None)
         start = time.perf_counter()
         # The probes are few and the same run after run: kept in cola's cache when no feature cache is given
         probe_cache = self.feature_cache or probe_cache_dir()
@@ -266,32 +290,10 @@ class COLA:
             timings["stage1_reference_extract"] = time.perf_counter() - start
         return PoolFeatures(features=found.features, stats=found.stats, probes=probes, sketches=found.sketches)
 
-    def _cached(self, token_ids: list[np.ndarray], config: CurateConfig, pad: int, sketches: bool, maxima: bool,
-                cache: str | Path | None, compute: Callable[[], Extraction]) -> tuple[Extraction, bool]:
-        """(`compute()` or the entry of the feature cache in folder `cache`, whether it came from the cache),
-        keyed by every setting extraction reads; an entry holding more than asked for (sketches, maxima) serves,
-        trimmed. `cache` None: computed, nothing kept."""
-        from cola.feature_cache import cached_extraction, model_digest
-
-        if cache is None:
-            return compute(), False
-        if self._model_key is None:
-            self._model_key = model_digest(self.model)
-        s = config.selection
-        base = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
-                "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad}
-        # keys from lean to rich; maxima are named only when read, so entries written before them keep their keys
-        levels = [{**base, "sketch_dim": None}, {**base, "sketch_dim": s.sketch_dim},
-                  {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
-        asked = 2 if maxima else 1 if sketches else 0
-        # a richer entry serves (the same pass: the same features, stats and sketches), trimmed to what was asked
-        found, hit = cached_extraction(cache, self._model_key, token_ids, levels[asked], compute,
-                                       also=levels[asked + 1:], best_effort=cache != self.feature_cache)
-        if hit and asked == 0:
-            found = dataclasses.replace(found, sketches=None)
-        elif hit and asked == 1 and found.sketches is not None:
-            found = dataclasses.replace(found, sketches=dataclasses.replace(found.sketches, maxima=None))
-        return found, hit
+    @property
+    def work_features(self) -> Path:
+        """Where a run without a feature cache keeps the pool's features chunk by chunk (in `work_dir`)."""
+        return self.work_dir / "features"
 
     def plan_mixture(self, pool: Pool, features: PoolFeatures, inputs: RunInputs, config: CurateConfig,
                      timings: dict[str, float]) -> MixturePlan:

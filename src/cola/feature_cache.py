@@ -5,6 +5,9 @@ would otherwise run the model over the whole pool again. An entry is keyed by a 
 (`model_digest`), of the exact token ids, and of every setting the extraction reads; it holds the arrays
 exactly as computed (`np.savez`, no compression), so a run that reads the cache writes byte-identical outputs.
 Entries are written to a temporary file and renamed, so a killed run leaves no half-written entry.
+A pool is extracted and kept in chunks of CHUNK_CANDIDATES candidates (`chunked_extraction`), each its own entry:
+a killed run, run again, computes only the chunks it had not finished, and every run (cached or not, resumed or
+not) batches within the same chunks, so all of them write the same bytes.
 An entry with moment sketches also serves a run that needs only the features, and one with per-channel maxima a
 run that needs only the sketches (all are read off the same pass, so `outlier_coverage`, `moments` and
 `activations` runs over one pool embed it once).
@@ -12,6 +15,7 @@ run that needs only the sketches (all are read off the same pass, so `outlier_co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +31,9 @@ import torch
 from cola.activations import Extraction, ExtractionStats
 from cola.atomic import atomic_path
 from cola.moments import MomentSketches, Site
+
+if TYPE_CHECKING:
+    from cola.config import SelectionConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,117 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
         log.warning("activations: cannot keep features in %s (%s); set COLA_CACHE_DIR to a writable folder",
                     cache_dir, exc)
     return found, False
+
+
+CHUNK_CANDIDATES = 4096  # candidates per feature-cache entry: a killed extraction loses at most this much work
+OWNER_FILE = "owner.json"  # in a run's own work cache: the model and settings its entries were made with
+
+
+def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
+                       token_ids: Sequence[Sequence[int]], settings: Mapping[str, Any],
+                       compute: Callable[[Sequence[Sequence[int]]], Extraction], *,
+                       also: Sequence[Mapping[str, Any]] = (), best_effort: bool = False,
+                       narrow: Callable[[Extraction], Extraction] | None = None,
+                       on_hit: Callable[[Sequence[Sequence[int]]], None] | None = None,
+                       chunk_size: int | None = None) -> tuple[Extraction, int, int]:
+    """The extraction of `token_ids`, made of consecutive chunks of `chunk_size` candidates, each read from
+    `cache_dir` (`cached_extraction`, with `also` and `best_effort`) or computed by `compute(chunk)` and kept
+    there; (the joined extraction, chunks read from the cache, chunks). `narrow` trims an entry read from the
+    cache to what was asked (an entry of a richer setting in `also`); `on_hit(chunk)` is called for each chunk
+    read (for progress). Without a cache the chunks are computed all the same, so the result never depends on
+    whether, or how much of it, came from a cache. `chunk_size` None: CHUNK_CANDIDATES.
+    """
+    chunk_size = chunk_size or CHUNK_CANDIDATES
+    parts, hits = [], 0
+    for start in range(0, len(token_ids), chunk_size):
+        chunk = token_ids[start:start + chunk_size]
+        found, hit = cached_extraction(cache_dir, model_key, chunk, settings, lambda chunk=chunk: compute(chunk),
+                                       also=also, best_effort=best_effort)
+        if hit:
+            hits += 1
+            found = narrow(found) if narrow is not None else found
+            if on_hit is not None:
+                on_hit(chunk)
+        parts.append(found)
+    return join_extractions(parts), hits, len(parts)
+
+
+def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str | None,
+                    token_ids: Sequence[Sequence[int]], selection: SelectionConfig, pad: int,
+                    compute: Callable[[Sequence[Sequence[int]]], Extraction], *, sketches: bool, maxima: bool,
+                    work: bool, best_effort: bool,
+                    on_hit: Callable[[Sequence[Sequence[int]]], None] | None = None) -> tuple[Extraction, int]:
+    """(the extraction of `token_ids` with `selection`'s settings, how many of its chunks came from folder
+    `cache`), made chunk by chunk (`chunked_extraction`) and keyed by every setting extraction reads; an entry
+    holding more than asked for (sketches, maxima: the same pass) serves, trimmed. `cache` None: computed,
+    nothing kept; `work`: `cache` is a run's own work folder (`claim_work_cache`)."""
+    s = selection
+    base = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
+            "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad}
+    # keys from lean to rich; maxima are named only when read, so entries written before them keep their keys
+    levels = [{**base, "sketch_dim": None}, {**base, "sketch_dim": s.sketch_dim},
+              {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
+    asked = 2 if maxima else 1 if sketches else 0
+    if work and cache is not None:
+        claim_work_cache(Path(cache), model_key or "", levels[asked])
+
+    def narrow(found: Extraction) -> Extraction:
+        if asked == 0:
+            return dataclasses.replace(found, sketches=None)
+        if asked == 1 and found.sketches is not None:
+            return dataclasses.replace(found, sketches=dataclasses.replace(found.sketches, maxima=None))
+        return found
+
+    found, hits, chunks = chunked_extraction(cache, model_key or "", token_ids, levels[asked], compute,
+                                             also=levels[asked + 1:], narrow=narrow, on_hit=on_hit,
+                                             best_effort=best_effort)
+    if hits:
+        log.info("activations: %d of %d chunks read from %s, %d computed", hits, chunks, cache, chunks - hits)
+    return found, hits
+
+
+def join_extractions(parts: Sequence[Extraction]) -> Extraction:
+    """One extraction of the candidates of `parts` in order: features, sketches (and maxima) stacked, the stats
+    summed. Raises ValueError when the parts disagree on what they hold (sketches in some, sites, dimensions)."""
+    if len(parts) == 1:
+        return parts[0]
+    stats = ExtractionStats(real_tokens=sum(p.stats.real_tokens for p in parts),
+                            computed_tokens=sum(p.stats.computed_tokens for p in parts),
+                            seconds=sum(p.stats.seconds for p in parts), batches=sum(p.stats.batches for p in parts))
+    sketches = [p.sketches for p in parts]
+    joined = None
+    if any(s is not None for s in sketches):
+        first = sketches[0]
+        if any(s is None or s.sites != first.sites or s.sketch_dim != first.sketch_dim
+               or (s.maxima is None) != (first.maxima is None) for s in sketches):
+            raise ValueError("the chunks of one extraction hold different sketches")
+        joined = MomentSketches(values=np.concatenate([s.values for s in sketches]),
+                                tokens=np.concatenate([s.tokens for s in sketches]), sites=first.sites,
+                                sketch_dim=first.sketch_dim,
+                                maxima=None if first.maxima is None else np.concatenate([s.maxima for s in sketches]))
+    return Extraction(features=np.concatenate([p.features for p in parts]), stats=stats, sketches=joined)
+
+
+def claim_work_cache(cache_dir: Path, model_key: str, settings: Mapping[str, Any]) -> None:
+    """Make `cache_dir` (a run's own work cache, not a shared feature cache) this run's: where its entries were
+    made by another model or other settings, they are removed (they could never be read again) and one log line
+    says so; then the owner (model, settings) is written."""
+    owner = {"model": model_key, "settings": json.loads(json.dumps(dict(settings), default=str))}
+    path = Path(cache_dir) / OWNER_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None
+    if found == owner:
+        return
+    stale = sorted(Path(cache_dir).glob("*.npz")) if Path(cache_dir).is_dir() else []
+    if stale:
+        log.info("activations: the %d cached chunks in %s were made by another model or other settings: "
+                 "recomputing", len(stale), cache_dir)
+        for entry in stale:
+            entry.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(owner, sort_keys=True))
 
 
 def entry_path(cache_dir: str | os.PathLike[str], model_key: str, tokens: str, settings: Mapping[str, Any]) -> Path:

@@ -18,6 +18,14 @@ from cola.errors import ColaError
 STAGING_MARK = ".cola-staging-"  # a set being written, or an old set being removed after the swap
 OLD_MARK = ".cola-old-"          # an old set renamed aside (only where the directories cannot be exchanged)
 PROBE_MARK = ".cola-write-test-"
+WORK_MARK = ".cola-work"         # what a run keeps while it works (to resume when killed); removed on success
+
+
+def default_work_dir(output_dir: Path) -> Path:
+    """`.NAME.cola-work` beside output directory NAME: a run's work folder unless it is given one. Not a
+    temporary folder in `is_temporary`'s sense: a killed run leaves it on purpose, for the next run to resume."""
+    output_dir = Path(output_dir)
+    return output_dir.parent / f".{output_dir.name}{WORK_MARK}"
 
 
 def output_directory(value: str | os.PathLike[str], flag: str = "--output_dir") -> Path:

@@ -84,6 +84,10 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     fields at once: --no_dedup, --signal_weights."""
     add_model_arguments(parser)
     parser.add_argument("--output_dir", required=True, help="where the calibration set and manifest go (required)")
+    parser.add_argument("--work_dir", default=None,
+                        help="where the run keeps the pool's features while it works, chunk by chunk, so that a "
+                             "killed run, run again, resumes (default: .OUTPUT_DIR.cola-work beside the output "
+                             "directory, removed when the run succeeds; a folder named here is kept)")
     stage2, stage1 = parser.add_argument_group(STAGE2), parser.add_argument_group(STAGE1)
     parser.add_argument_group("ablations")
     add_arguments(parser, CurateConfig, nested=True, overrides=PARSED)
@@ -147,7 +151,7 @@ def run_curate(args: argparse.Namespace) -> int:
     loaded, tokenizer = load_model(model.model, device=model.device, dtype=model.dtype,
                                    trust_remote_code=model.trust_remote_code, quiet=args.quiet)
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
-                            model_name_or_path=model.model, quiet=args.quiet,
+                            model_name_or_path=model.model, quiet=args.quiet, work_dir=args.work_dir,
                             timings={"load_model": time.perf_counter() - start})
     samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs,
                        plots=args.plots)

@@ -53,7 +53,7 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], config: SelectionConfig, *,
                pad_token_id: int = 0, sketches: bool = False, maxima: bool = False, quiet: bool = False,
-               ) -> Extraction:
+               progress: Any = None) -> Extraction:
     """(N, P) projected activation features of the pool: what Stage 1 scores and Stage 3 clusters; with
     `sketches`, the moment sketches `moments` selection matches, and with `maxima` also the per-channel
     maxima `outlier_coverage` covers, from the same forward pass."""
@@ -61,7 +61,7 @@ def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], confi
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id,
         pooling=config.pooling, sketch_dim=config.sketch_dim if sketches or maxima else None,
-        channel_maxima=maxima, quiet=quiet)
+        channel_maxima=maxima, quiet=quiet, progress=progress)
 
 
 def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
