@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from cola.api import COLA
@@ -125,6 +126,25 @@ def _curate_resumable(tmp_path: Path, pool_files, name: str, model=None) -> dict
             "manifest": json.loads((out / MANIFEST_FILE).read_text())}
 
 
+def _kill_after_two_chunks(tmp_path: Path, pool_files, name: str, monkeypatch) -> None:
+    """A curate run into `name` interrupted (KeyboardInterrupt, as a user's Ctrl-C) once its work folder holds two
+    finished chunks; the model's extraction is restored afterwards."""
+    import cola.stages.select as select
+    from cola.output_dir import default_work_dir
+
+    real = select.embed_pool
+
+    def dies(model, ids, *args, **kwargs):
+        if len(list(default_work_dir(tmp_path / name).glob("features/*.npz"))) == 2:
+            raise KeyboardInterrupt
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(select, "embed_pool", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _curate_resumable(tmp_path, pool_files, name)
+    monkeypatch.setattr(select, "embed_pool", real)
+
+
 def test_a_killed_extraction_resumes_with_the_chunks_it_finished(tmp_path, pool_files, monkeypatch, caplog) -> None:
     """Killed after two chunks, run again: only the other chunks run the model, and the outputs are the bytes of
     a run never interrupted; the work folder beside the output is gone once the run succeeds."""
@@ -138,25 +158,11 @@ def test_a_killed_extraction_resumes_with_the_chunks_it_finished(tmp_path, pool_
     assert candidates > 9  # at least four chunks of 3
     assert not default_work_dir(tmp_path / "whole").exists()
 
-    real, calls = select.embed_pool, []
-
-    def dies_on_the_third(model, ids, *args, **kwargs):
-        calls.append(len(ids))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a user's Ctrl-C would
-        return real(model, ids, *args, **kwargs)
-
-    monkeypatch.setattr(select, "embed_pool", dies_on_the_third)
-    try:
-        _curate_resumable(tmp_path, pool_files, "resumed")
-    except KeyboardInterrupt:
-        pass
-    else:
-        raise AssertionError("the run was not interrupted")
+    _kill_after_two_chunks(tmp_path, pool_files, "resumed", monkeypatch)
     work = default_work_dir(tmp_path / "resumed") / "features"
     assert len(list(work.glob("*.npz"))) == 2 and not (tmp_path / "resumed").exists()
 
-    calls.clear()
+    real, calls = select.embed_pool, []
     monkeypatch.setattr(select, "embed_pool", lambda model, ids, *a, **k: calls.append(len(ids)) or real(
         model, ids, *a, **k))
     with caplog.at_level("INFO", logger="cola.feature_cache"), caplog.at_level("INFO", logger="cola.api"):
@@ -171,23 +177,9 @@ def test_a_killed_extraction_resumes_with_the_chunks_it_finished(tmp_path, pool_
 
 def test_a_work_folder_of_another_model_is_recomputed_and_said_so(tmp_path, pool_files, monkeypatch, caplog) -> None:
     import cola.feature_cache as feature_cache
-    import cola.stages.select as select
-    from cola.output_dir import default_work_dir
 
     monkeypatch.setattr(feature_cache, "CHUNK_CANDIDATES", 3)
-    real = select.embed_pool
-
-    def dies(model, ids, *args, **kwargs):
-        if len(list(default_work_dir(tmp_path / "out").glob("features/*.npz"))) == 2:
-            raise KeyboardInterrupt
-        return real(model, ids, *args, **kwargs)
-
-    monkeypatch.setattr(select, "embed_pool", dies)
-    try:
-        _curate_resumable(tmp_path, pool_files, "out")
-    except KeyboardInterrupt:
-        pass
-    monkeypatch.setattr(select, "embed_pool", real)
+    _kill_after_two_chunks(tmp_path, pool_files, "out", monkeypatch)
     other = tiny_llama()
     with torch.no_grad():
         next(other.parameters()).view(-1)[0] += 1.0

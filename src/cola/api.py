@@ -257,15 +257,15 @@ class COLA:
             return PoolFeatures(features=None, stats=None, probes={})
         pad = self.tokenizer.pad_token_id or 0
 
-        def extract(token_ids: list[np.ndarray], sketches: bool = False, maxima: bool = False,
-                    cache: str | Path | None = self.feature_cache, work: bool = False) -> Extraction:
+        def extract(token_ids: list[np.ndarray], cache: str | Path, sketches: bool = False, maxima: bool = False,
+                    work: bool = False) -> Extraction:
             with progress_bar(total=sum(len(ids) for ids in token_ids), quiet=self.quiet, desc="activations",
                               unit="tok", unit_scale=True) as bar:
                 def compute(chunk: list[np.ndarray]) -> Extraction:
                     return embed_pool(self.model, chunk, config.selection, pad_token_id=pad, sketches=sketches,
                                       maxima=maxima, progress=bar)
 
-                if cache is not None and self._model_key is None:
+                if self._model_key is None:
                     self._model_key = model_digest(self.model)
                 found, hits = pool_extraction(cache, self._model_key, token_ids, config.selection, pad, compute,
                                               sketches=sketches, maxima=maxima, work=work,
@@ -278,8 +278,8 @@ class COLA:
         method = config.selection_method
         # the pool's chunks go to the feature cache, or else to this run's work folder: a killed run, run again,
         # computes only the chunks it had not finished
-        found = extract(pool.token_ids, sketches=method in SKETCH_SELECTION_METHODS,
-                        maxima=method == "outlier_coverage", cache=self.feature_cache or self.work_features,
+        found = extract(pool.token_ids, self.feature_cache or self.work_features,
+                        sketches=method in SKETCH_SELECTION_METHODS, maxima=method == "outlier_coverage",
                         work=self.feature_cache is None)
         start = time.perf_counter()
         # The probes are few and the same run after run: kept in cola's cache when no feature cache is given

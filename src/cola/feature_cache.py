@@ -145,7 +145,7 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
     return join_extractions(parts), hits, len(parts)
 
 
-def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str | None,
+def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str,
                     token_ids: Sequence[Sequence[int]], selection: SelectionConfig, pad: int,
                     compute: Callable[[Sequence[Sequence[int]]], Extraction], *, sketches: bool, maxima: bool,
                     work: bool, best_effort: bool,
@@ -162,7 +162,7 @@ def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str | None,
               {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
     asked = 2 if maxima else 1 if sketches else 0
     if work and cache is not None:
-        claim_work_cache(Path(cache), model_key or "", levels[asked])
+        claim_work_cache(Path(cache), model_key, levels[asked])
 
     def narrow(found: Extraction) -> Extraction:
         if asked == 0:
@@ -171,7 +171,7 @@ def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str | None,
             return dataclasses.replace(found, sketches=dataclasses.replace(found.sketches, maxima=None))
         return found
 
-    found, hits, chunks = chunked_extraction(cache, model_key or "", token_ids, levels[asked], compute,
+    found, hits, chunks = chunked_extraction(cache, model_key, token_ids, levels[asked], compute,
                                              also=levels[asked + 1:], narrow=narrow, on_hit=on_hit,
                                              best_effort=best_effort)
     if hits:
