@@ -108,6 +108,42 @@ def test_taylor_importance_equals_a_hand_computation():
     assert all(p.requires_grad for p in model.parameters())  # put back as it was
 
 
+def test_bfloat16_gradients_are_near_float32_and_leave_the_weights_as_they_were():
+    """The default --compute_dtype: the pass runs on bf16 copies; the gradients come back float32, near the float32
+    pass's, and the model's own float32 weights are untouched."""
+    model, calibration = tiny_llama(seed=3, layers=2), _calibration()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    names = scored_weights(find_structures(model, [1]))
+    exact = calibration_gradients(model, calibration, names, max_batch_tokens=48)
+    cast = calibration_gradients(model, calibration, names, max_batch_tokens=48, dtype=torch.bfloat16)
+    assert set(cast) == set(exact)
+    for key, grad in cast.items():
+        assert grad.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(grad.flatten(), exact[key].flatten(), dim=0) > 0.98
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[name])
+
+
+def test_bfloat16_recovery_adds_a_low_rank_float32_update_and_nothing_else():
+    from cola.compress.llm_pruner.recovery import recover
+
+    model = tiny_llama(seed=6, layers=2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    target = "model.layers.0.mlp.down_proj"
+    merged, log = recover(model, _calibration(samples=8, length=32, seed=6).input_ids, [target], steps=6, lr=1e-2,
+                          rank=2, max_batch_tokens=64, seed=0, dtype=torch.bfloat16)
+    assert len(log.losses) == 6
+    params = dict(merged.named_parameters())
+    assert set(params) == set(before)  # no adapter left
+    for name, p in params.items():
+        assert p.dtype == torch.float32 and not p.requires_grad
+        if name != f"{target}.weight":
+            assert torch.equal(p, before[name])
+    delta = params[f"{target}.weight"] - before[f"{target}.weight"]
+    singular = torch.linalg.svdvals(delta.double())
+    assert singular[0] > 1e-4 and singular[2] < 1e-3 * singular[0]  # B A of rank 2, added in float32, not rounded
+
+
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_pruning_removes_exactly_the_planned_heads_and_channels_and_keeps_kv_grouping(family: str, tmp_path: Path):
     model, calibration = MODELS[family](), _calibration(seed=4)
@@ -120,7 +156,7 @@ def test_pruning_removes_exactly_the_planned_heads_and_channels_and_keeps_kv_gro
     scores = group_importance(model, structures, calibration_gradients(
         model, calibration, scored_weights(structures), max_batch_tokens=10_000), "element")
     summary = compress(model, calibration, "llm-pruner", tmp_path / "out", tokenizer=byte_tokenizer(),
-                       block_range="1:", pruning_ratio=0.4, quiet=True)
+                       block_range="1:", pruning_ratio=0.4, compute_dtype="float32", quiet=True)
     details = summary["details"]
     assert details["blocks"] == [1, 2]
     for index in (1, 2):
@@ -242,7 +278,8 @@ def test_the_command_line_prints_parameters_and_flops_and_the_model_generates(ti
                  str(out), "--method", "llm-pruner", "--block_range", "1:-1", "--importance", "vector",
                  "--recovery_steps", "3", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "settings: pruning_ratio 0.2, block_range 1:-1, importance vector, recovery_steps 3" in printed
+    assert ("settings: pruning_ratio 0.2, block_range 1:-1, importance vector, compute_dtype bfloat16, "
+            "recovery_steps 3") in printed
     assert "in the 1 pruned blocks" in printed and "FLOPs per token (at 24 tokens of context)" in printed
     assert "recovery: 3 LoRA steps on the calibration set, training loss" in printed
     summary = json.loads((out / "compression_summary.json").read_text())

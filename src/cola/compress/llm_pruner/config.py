@@ -10,6 +10,7 @@ from cola.settings import option
 
 DEFAULT_BLOCK_RANGE = "4:-2"
 IMPORTANCE = ("element", "vector")  # the aggregations of `importance.group_importance`
+COMPUTE_DTYPES = ("bfloat16", "float32")  # of the importance pass and the recovery (`importance.computing_in`)
 
 
 def parse_block_range(text: str, count: int) -> list[int]:
@@ -39,8 +40,8 @@ class LLMPrunerConfig(MethodConfig):
     Raises ColaError (one line) for a ratio outside (0, 1), a malformed block range, an unknown importance or a
     non-positive recovery setting."""
 
-    summary_fields = ("pruning_ratio", "block_range", "importance", "recovery_steps", "recovery_lr",
-                      "recovery_rank", "recovery_data")
+    summary_fields = ("pruning_ratio", "block_range", "importance", "compute_dtype", "recovery_steps",
+                      "recovery_lr", "recovery_rank", "recovery_data")
 
     pruning_ratio: float = option(0.2, help="LLM-Pruner: share of each pruned block's parameters removed, in (0, 1); "
                                             "whole KV head groups and MLP channels go")
@@ -49,6 +50,10 @@ class LLMPrunerConfig(MethodConfig):
                                    "first 4 and the last 2, as the paper does with LLaMA-7B's blocks 4-29 of 32)")
     importance: str = option("element", help="LLM-Pruner: first-order Taylor importance summed per weight "
                                              "(element) or per weight vector (vector)", choices=IMPORTANCE)
+    compute_dtype: str = option("bfloat16", help="LLM-Pruner: the dtype of the weights and activations in the "
+                                                 "importance pass and the LoRA recovery (gradients summed and "
+                                                 "adapters kept in float32; the saved weights keep --dtype)",
+                                choices=COMPUTE_DTYPES)
     recovery_steps: int = option(0, help="LLM-Pruner: LoRA recovery steps after pruning, one batch of "
                                          "--max_batch_tokens each (0: none; needs peft: pip install 'cola[recovery]')")
     recovery_lr: float = option(1e-4, help="LLM-Pruner: LoRA recovery learning rate (AdamW; the paper: 1e-4)")

@@ -13,11 +13,15 @@ accumulated batch by batch (each batch's mean loss weighted by its share of the 
 for the weights scored, and each block's activations recomputed in the backward pass (gradient checkpointing), so
 memory is one batch's block inputs, one block's activations and 1,024 positions' logits (`next_token_loss_sum`),
 plus one gradient per scored weight.
+
+The pass may run in another dtype than the model's own (`computing_in`: bfloat16 by default, `--compute_dtype`),
+with the gradients summed in float32 and the scores taken on the model's own weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,12 +41,41 @@ def scored_weights(structures: Sequence[BlockStructures]) -> list[str]:
     return names
 
 
+@contextmanager
+def computing_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block, the model's floating-point parameters hold copies cast to `dtype` (None: unchanged); on
+    exit each gets its own tensor back, unchanged, whatever the block did to the copies. The Parameter objects stay
+    the same ones throughout, so modules wrapped around them (peft's adapters) keep pointing at them.
+
+    Memory: the cast copies beside the model's own weights (half of them for float32 → bfloat16)."""
+    originals: dict[torch.nn.Parameter, torch.Tensor] = {}
+    try:
+        if dtype is not None:
+            for p in model.parameters():
+                if p.is_floating_point() and p.dtype != dtype:
+                    originals[p] = p.data
+                    p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, data in originals.items():
+            p.data = data
+
+
 def calibration_gradients(model: torch.nn.Module, calibration: CalibrationSet, names: Sequence[str], *,
-                          max_batch_tokens: int, quiet: bool = True) -> dict[str, torch.Tensor]:
+                          max_batch_tokens: int, dtype: torch.dtype | None = None,
+                          quiet: bool = True) -> dict[str, torch.Tensor]:
     """∂L/∂W of the Linears `names` (each the shape of its weight, float32), L the mean next-token loss over every
-    predicted token of the set. Also the bias gradients, under "NAME.bias", for Linears that have a bias.
+    predicted token of the set. Also the bias gradients, under "NAME.bias", for Linears that have a bias. The
+    forward and backward passes run with the weights cast to `dtype` (None: the model's own; bfloat16 halves
+    the matmul time on CPUs with native bf16), the gradients summed in float32.
 
     The model's parameters get requires_grad back as they were; its weights are unchanged."""
+    with computing_in(model, dtype):
+        return _gradients(model, calibration, names, max_batch_tokens=max_batch_tokens, quiet=quiet)
+
+
+def _gradients(model: torch.nn.Module, calibration: CalibrationSet, names: Sequence[str], *, max_batch_tokens: int,
+               quiet: bool) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     wanted = {f"{name}.weight": modules[name].weight for name in names}
     wanted |= {f"{name}.bias": modules[name].bias for name in names if modules[name].bias is not None}

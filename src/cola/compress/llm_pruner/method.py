@@ -85,6 +85,8 @@ class LLMPruner(Method):
 
     def run(self, model: torch.nn.Module, calibration: CalibrationSet | None, config: LLMPrunerConfig, *,
             tokenizer: Any, output_dir: Path, quiet: bool, max_batch_tokens: int) -> dict[str, Any]:
+        import torch
+
         from cola.compress.llm_pruner.importance import calibration_gradients, group_importance, scored_weights
         from cola.compress.llm_pruner.prune import prune_block, pruned_shapes
         from cola.models import find_decoder_layers
@@ -95,8 +97,9 @@ class LLMPruner(Method):
         pruned = [blocks[s.index] for s in structures]
         before = {"model": parameter_count([model]), "pruned_blocks": parameter_count(pruned)}
         flops_before = flops_per_token(model, calibration.sequence_length)
+        compute_dtype = getattr(torch, config.compute_dtype)
         grads = calibration_gradients(model, calibration, scored_weights(structures),
-                                      max_batch_tokens=max_batch_tokens, quiet=quiet)
+                                      max_batch_tokens=max_batch_tokens, dtype=compute_dtype, quiet=quiet)
         scores = group_importance(model, structures, grads, config.importance)
         del grads
         kept: dict[int, dict[str, list[int]]] = {}
@@ -120,7 +123,7 @@ class LLMPruner(Method):
             samples, source = recovery_samples(calibration, config.recovery_data, tokenizer)
             model, log = recover(model, samples, list(compressible_linears(model)), steps=config.recovery_steps,
                                  lr=config.recovery_lr, rank=config.recovery_rank, max_batch_tokens=max_batch_tokens,
-                                 seed=config.seed, quiet=quiet)
+                                 dtype=compute_dtype, seed=config.seed, quiet=quiet)
             log.source = source
             details["recovery"] = log.as_dict()
         record = {"format": 1, "method": self.name, "pruning_ratio": config.pruning_ratio,

@@ -84,13 +84,35 @@ class RecoveryLog:
 
 
 def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[str], *, steps: int, lr: float,
-            rank: int, max_batch_tokens: int, seed: int, quiet: bool = True) -> tuple[torch.nn.Module, RecoveryLog]:
+            rank: int, max_batch_tokens: int, seed: int, dtype: torch.dtype | None = None,
+            quiet: bool = True) -> tuple[torch.nn.Module, RecoveryLog]:
     """Train LoRA adapters (rank `rank`, alpha 2·rank, dropout 0.05) on the Linears `targets` (qualified names) for
     `steps` AdamW steps of batches of `samples` within `max_batch_tokens`, in a seeded shuffled order, lr `lr`
     with a linear warm-up over the first tenth; then merge them into the weights.
 
+    The frozen weights and the activations are cast to `dtype` for the training (None: the model's own; mixed
+    precision), the adapters kept in float32 (peft's default) and added, in float32, into the model's own weights.
+
     Returns (the model with merged weights and no peft wrapper, the loss log). Raises ColaError without peft."""
     require_peft()
+    from cola.compress.llm_pruner.importance import computing_in
+
+    with computing_in(model, dtype):
+        peft_model, log = _train_adapters(model, samples, targets, steps=steps, lr=lr, rank=rank,
+                                          max_batch_tokens=max_batch_tokens, seed=seed, quiet=quiet)
+        deltas = [(layer.base_layer, layer.get_delta_weight("default")) for layer in peft_model.modules()
+                  if hasattr(layer, "get_delta_weight") and hasattr(layer, "base_layer")]
+        model = peft_model.unload()
+    with torch.no_grad():  # the model's own weights are back: add B A · alpha / rank to each
+        for layer, delta in deltas:
+            layer.weight += delta.to(layer.weight.dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, log
+
+
+def _train_adapters(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[str], *, steps: int,
+                    lr: float, rank: int, max_batch_tokens: int, seed: int, quiet: bool) -> tuple[Any, RecoveryLog]:
     from peft import LoraConfig, get_peft_model
 
     from cola.compress.calibration import ordered_batches
@@ -131,10 +153,7 @@ def recover(model: torch.nn.Module, samples: list[torch.Tensor], targets: list[s
         if checkpointed:
             peft_model.get_base_model().gradient_checkpointing_disable()
         peft_model.eval()
-    merged = peft_model.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged, log
+    return peft_model, log
 
 
 def recovery_samples(calibration: CalibrationSet, data: str | None, tokenizer: Any) -> tuple[list[torch.Tensor], str]:
