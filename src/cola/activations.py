@@ -23,7 +23,7 @@ import torch
 from cola.batching import length_batches, pad_batch
 from cola.config import POOLINGS
 from cola.errors import ColaError, unknown_choice
-from cola.models import config_int, find_decoder_layers
+from cola.models import config_int, find_decoder_layers, input_device
 from cola.moments import MomentSketches, Site, site_maps, sketch_tokens, triangle_size
 from cola.progress import progress_bar
 
@@ -131,7 +131,7 @@ def extract_features(
     _, blocks = find_decoder_layers(model)
     chosen = resolve_layers(layers, len(blocks))
     hidden_size = _hidden_size(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     # One projection of the concatenation (L*H, P), used per layer as (L, H, P) slices.
     projection = gaussian_projection(len(chosen) * hidden_size, projection_dim, seed)
     projection = projection.view(len(chosen), hidden_size, projection_dim).to(device)
@@ -142,8 +142,9 @@ def extract_features(
     def make_hook(slot: int, is_last: bool):
         def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor | tuple) -> None:
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
-            pooled = torch.nn.functional.normalize(pool(hidden, state["mask"], pooling), dim=-1)  # (B, H)
-            state["acc"] += pooled @ projection[slot]  # (B, P)
+            # a sharded model (device_map) runs each block on its own device: the block's output is pooled there
+            pooled = torch.nn.functional.normalize(pool(hidden, state["mask"].to(hidden.device), pooling), dim=-1)
+            state["acc"] += pooled.to(device) @ projection[slot]  # (B, H) @ (H, P)
             if is_last:
                 raise _StopForward
         return hook
@@ -252,10 +253,11 @@ class _Sketcher:
                     self.maxima.append(np.zeros((self.n, x.shape[-1]), dtype=np.float32))
             if self.site >= len(self.sites):
                 raise RuntimeError("the model read more linear-layer inputs in this batch than in the first one")
-            sketch = sketch_tokens(x, self.state["mask"], *self.maps[self.site])
+            mask = self.state["mask"].to(x.device)  # a sharded model's block runs on its own device
+            sketch = sketch_tokens(x, mask, *self.maps[self.site])
             self.columns[self.site][self.state["rows"]] = sketch.cpu().numpy()
             if self.maxima is not None:  # |x| >= 0, so zeroing the padding leaves every real token's max
-                real = x.abs().to(torch.float32) * self.state["mask"].to(torch.float32).unsqueeze(-1)
+                real = x.abs().to(torch.float32) * mask.to(torch.float32).unsqueeze(-1)
                 self.maxima[self.site][self.state["rows"]] = real.amax(dim=1).cpu().numpy()
         return hook
 

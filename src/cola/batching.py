@@ -68,7 +68,9 @@ def generate_new_tokens(model: Any, prompts: Sequence[Sequence[int]], *, pad_tok
     (sampling, max_new_tokens, stop strings). Rows that stop early are filled with `pad_token_id`."""
     import torch
 
-    device = next(model.parameters()).device
+    from cola.models import input_device
+
+    device = input_device(model)
     ids, mask = pad_batch(prompts, pad_token_id, side="left")
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pad_token_id=pad_token_id,

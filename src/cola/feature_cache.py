@@ -42,14 +42,25 @@ _SAMPLE = 4096  # values read from each end of every parameter for the model dig
 
 def model_digest(model: torch.nn.Module) -> str:
     """A hex digest of the model's parameters: names, shapes, dtypes and the first and last 4,096 values of each
-    (reading every weight of a large model would cost more than it saves)."""
+    (reading every weight of a large model would cost more than it saves). A model sharded with offloaded
+    weights (`load_model(device_map=...)`, weights on cpu or disk) has each offloaded module's weights loaded
+    for the read, so it digests as the same model loaded whole."""
+    from accelerate.utils import align_module_device
+
     digest = hashlib.sha256()
+    seen: set[int] = set()  # a tied weight once, as named_parameters gives it
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            flat = parameter.detach().reshape(-1)
-            ends = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).to("cpu", torch.float32)
-            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype};".encode())
-            digest.update(ends.numpy().tobytes())
+        for prefix, module in model.named_modules():
+            with align_module_device(module, torch.device("cpu")):
+                for name, parameter in module.named_parameters(recurse=False):
+                    if id(parameter) in seen:
+                        continue
+                    seen.add(id(parameter))
+                    flat = parameter.detach().reshape(-1)
+                    ends = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).to("cpu", torch.float32)
+                    digest.update(f"{prefix + '.' if prefix else ''}{name}:{tuple(parameter.shape)}:"
+                                  f"{parameter.dtype};".encode())
+                    digest.update(ends.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -154,13 +154,93 @@ def resolve_device(name: str) -> str:
     return name
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's own placements
+
+
+def parse_device_map(text: str | None) -> str | dict[str, int | str] | None:
+    """`--device_map` as accelerate takes it: one of DEVICE_MAP_STRATEGIES, or {module name: device} given as
+    inline JSON or a .json file. A device is a GPU index, cuda:N, xpu:N, mps, cpu (weights in RAM, run there or
+    streamed to the GPU) or disk (weights memory-mapped from the offload folder); each is checked against this
+    machine before any weight is read.
+
+    Raises ColaError (one line) for an unknown strategy, a file that is missing or not a JSON object of module
+    names to devices, `meta` (weights that would never load) or a device this machine lacks."""
+    import json
+
+    if text is None:
+        return None
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    if text.lstrip().startswith(("{", "[")):
+        raw, where = text, "--device_map"
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ColaError(f"--device_map {text!r} is neither a placement ({', '.join(DEVICE_MAP_STRATEGIES)}) "
+                            "nor a JSON file of {module: device} (no such file)")
+        raw, where = path.read_text(encoding="utf-8"), f"--device_map {text}"
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ColaError(f"{where}: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(mapping, dict) or not mapping or not all(
+            isinstance(key, str) and isinstance(value, (int, str)) and not isinstance(value, bool)
+            for key, value in mapping.items()):
+        raise ColaError(f"{where} must be a JSON object of module names to devices, e.g. "
+                        '{"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}')
+    for module, device in mapping.items():
+        if device == "meta":
+            raise ColaError(f"{where} puts {module} on meta, where its weights would never load; use cpu or disk "
+                            "to offload it")
+        if device != "disk":
+            resolve_device(f"cuda:{device}" if isinstance(device, int) else device)
+    return mapping
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """`--max_memory` as accelerate takes it: "0=70GiB,1=70GiB,cpu=200GiB" → {0: "70GiB", 1: "70GiB",
+    "cpu": "200GiB"}, the most each device may hold of the weights. Raises ColaError (one line) for a malformed
+    entry."""
+    if text is None:
+        return None
+    limits: dict[int | str, str] = {}
+    for entry in text.split(","):
+        device, sep, size = (part.strip() for part in entry.partition("="))
+        if not sep or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", size, flags=re.IGNORECASE) or not (
+                device.isdigit() or device in ("cpu", "mps") or re.fullmatch(r"(cuda|xpu):\d+", device)):
+            raise ColaError(f"--max_memory entry {entry.strip()!r} is not DEVICE=SIZE (e.g. 0=70GiB,1=70GiB,"
+                            "cpu=200GiB; DEVICE a GPU index, cuda:N, xpu:N, mps or cpu)")
+        limits[int(device) if device.isdigit() else device] = size
+    return limits
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a batch's token ids go: the device the input embeddings run on. For a model accelerate dispatched
+    over several devices (`load_model(device_map=...)`) that is the embeddings' execution device (their weights
+    may sit on cpu or disk); otherwise where their weights are."""
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    device = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        return embeddings.weight.device
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+
+
 def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-               quiet: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               quiet: bool = False, device_map: str | None = None, max_memory: str | None = None,
+               offload_folder: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in eval mode; `auto` picks the device and dtype as the CLI does (bf16 on CPU).
 
-    The device and dtype are checked first, before any file is read. User errors become one-line ColaErrors:
-    a bad device or dtype, a missing or unreadable model, damaged weights, a pickle torch refuses, a model
-    that needs its own code without `trust_remote_code`.
+    `device_map` (instead of `device`) shards the model with accelerate (`parse_device_map`): a placement
+    (auto, balanced, balanced_low_0, sequential; `max_memory` caps each device, `parse_max_memory`) or an explicit
+    {module: device} map; weights placed on `disk` go to `offload_folder` (default: a temporary folder removed at
+    exit). Each block then runs on its own device; `input_device(model)` says where inputs go.
+
+    The device, dtype and map are checked first, before any file is read. User errors become one-line
+    ColaErrors: a bad device, dtype or map, a map the model cannot be split with (naming what accelerate
+    found), a missing or unreadable model, damaged weights, a pickle torch refuses, a model that needs its own
+    code without `trust_remote_code`.
     """
     import pickle
 
@@ -169,18 +249,103 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_re
 
     from cola.progress import silence_library_progress
 
-    device = resolve_device(device)
+    sharding = sharding_arguments(device, device_map, max_memory, offload_folder)
+    device = resolve_device(device) if not sharding else _main_device(sharding["device_map"])
+    if sharding and sharding["offload_folder"] is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        sharding["offload_folder"] = tempfile.mkdtemp(prefix="cola-offload-")
+        atexit.register(shutil.rmtree, sharding["offload_folder"], ignore_errors=True)
     torch_dtype = resolve_dtype(dtype, device)
     silence_library_progress(quiet)
     path = resolve_model_path(spec, quiet=quiet)
     try:
+        if isinstance(sharding.get("device_map"), dict):
+            check_device_map(path, sharding["device_map"], trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
+                                                     trust_remote_code=trust_remote_code, **sharding)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+        if sharding and not isinstance(exc, (OSError, SafetensorError, pickle.UnpicklingError)):
+            raise ColaError(f"--device_map {device_map}: {spec!r} cannot be split so ({first_line(exc)})") from exc
         raise model_load_error(spec, path, exc) from exc
-    model.to(device).eval()
+    if not sharding:
+        model.to(device)
+    model.eval()
     return model, tokenizer
+
+
+def check_device_map(path: str, mapping: dict[str, int | str], *, trust_remote_code: bool = False) -> None:
+    """Check an explicit device map against the model at `path`, built without weights (on meta): every key
+    names one of its modules ("" is the whole model) and every parameter falls under a key. Raises ColaError
+    (one line) naming the unknown keys or the first modules left without a device, and the model's top-level
+    modules."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = dict(skeleton.named_modules())
+    top = ", ".join(sorted({name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name
+                            for name in modules if name.count(".") <= 2 and name}))
+    unknown = [key for key in mapping if key not in modules]
+    if unknown:
+        raise ColaError(f"--device_map names {', '.join(unknown[:5])}, not modules of this model (its modules: "
+                        f"{top}; a block is e.g. {find_decoder_layers(skeleton)[0]}.0)")
+    blocks = find_decoder_layers(skeleton)[0]
+
+    def owner(name: str) -> str:  # a parameter's module, or its whole block for one inside a decoder block
+        if name.startswith(f"{blocks}."):
+            return ".".join(name.split(".")[:blocks.count(".") + 2])
+        return name.rsplit(".", 1)[0]
+
+    unplaced = list(dict.fromkeys(owner(name) for name, _ in skeleton.named_parameters()
+                                  if not any(key in ("", name) or name.startswith(f"{key}.") for key in mapping)))
+    if unplaced:
+        raise ColaError(f"--device_map gives no device to {', '.join(unplaced[:6])}"
+                        f"{f' and {len(unplaced) - 6} more' if len(unplaced) > 6 else ''}; name them (or a module "
+                        "above them) too")
+
+
+def sharding_arguments(device: str, device_map: str | None, max_memory: str | None = None,
+                       offload_folder: str | Path | None = None) -> dict:
+    """from_pretrained's sharding arguments, checked: {} without a device map, else device_map (parsed),
+    offload_folder (None until `load_model` makes a temporary one) and max_memory when given. Reads no weights.
+
+    Raises ColaError (one line) for --device with --device_map, --max_memory or --offload_folder without a device
+    map, --max_memory with an explicit map, and what `parse_device_map` and `parse_max_memory` refuse."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ColaError("--max_memory and --offload_folder shard the model: give --device_map too (e.g. auto)")
+        return {}
+    if device != "auto":
+        raise ColaError(f"give --device or --device_map, not both (--device {device} puts the whole model on one "
+                        f"device; --device_map {device_map} shards it)")
+    mapping = parse_device_map(device_map)
+    limits = parse_max_memory(max_memory)
+    if limits is not None and not isinstance(mapping, str):
+        raise ColaError(f"--max_memory caps what a placement ({', '.join(DEVICE_MAP_STRATEGIES)}) puts on each "
+                        "device; an explicit --device_map already says where everything goes")
+    arguments = {"device_map": mapping, "offload_folder": None if offload_folder is None else str(offload_folder)}
+    return arguments | ({"max_memory": limits} if limits is not None else {})
+
+
+def _main_device(mapping: str | dict) -> str:
+    """The device that picks the dtype of a sharded model: the first GPU named (any GPU for a placement), else
+    cpu."""
+    import torch
+
+    if isinstance(mapping, str):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    for value in mapping.values():
+        if isinstance(value, int):
+            return f"cuda:{value}"
+        if value not in ("cpu", "disk"):
+            return value
+    return "cpu"
 
 
 def model_load_error(spec: str, path: str, exc: Exception) -> ColaError:

@@ -201,7 +201,8 @@ def score_calibration(calibration_dir: str | os.PathLike[str],
                       references: Mapping[str, str] | Sequence[tuple[str, str]], *, model: str | None = None,
                       reference_size: int = 64, selection: SelectionConfig | None = None, device: str = "auto",
                       dtype: str = "auto", trust_remote_code: bool = False, write: bool = True,
-                      quiet: bool = False) -> QualityScore:
+                      quiet: bool = False, device_map: str | None = None, max_memory: str | None = None,
+                      offload_folder: str | None = None) -> QualityScore:
     """Score a `cola curate` output directory against reference sets, one per capability (`cola score`).
 
     references: capability -> source (a file or a dataset name, as `cola curate --reference` takes). model:
@@ -212,12 +213,13 @@ def score_calibration(calibration_dir: str | os.PathLike[str],
     Everything is read and checked before the model runs, and nothing is written unless all succeeds. Raises
     ColaError (one line) for a missing or damaged calibration directory, a bad or unreadable reference, a model
     that does not load, a tokenizer whose vocabulary differs from the set's manifest, a manifest changed while
-    the set was scored.
+    the set was scored. `device_map` (with `max_memory`, `offload_folder`) shards the model over devices
+    (`cola.models.load_model`).
     """
     from cola.compress.calibration import load_calibration
     from cola.config import ModelConfig, SelectionConfig
     from cola.export import MANIFEST_FILE
-    from cola.models import load_model, resolve_device, resolve_dtype
+    from cola.models import resolve_device, resolve_dtype
 
     selection = selection if selection is not None else SelectionConfig()
     calibration = load_calibration(calibration_dir)
@@ -226,11 +228,12 @@ def score_calibration(calibration_dir: str | os.PathLike[str],
     name = model if model is not None else calibration.manifest.get("model")
     if not isinstance(name, str) or not name:
         raise ColaError(f"{manifest_path} names no model: give one with --model")
-    settings = ModelConfig(model=name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    resolve_dtype(settings.dtype, resolve_device(settings.device))  # a bad device or dtype fails before reading
+    settings = ModelConfig(model=name, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    if device_map is None:
+        resolve_dtype(settings.dtype, resolve_device(settings.device))  # a bad device or dtype fails before reading
     sources = read_references(references, reference_size=reference_size)
-    loaded, tokenizer = load_model(settings.model, device=settings.device, dtype=settings.dtype,
-                                   trust_remote_code=settings.trust_remote_code, quiet=quiet)
+    loaded, tokenizer = settings.load(quiet=quiet)
     try:
         calibration.check_vocabulary(tokenizer)
     except ColaError as exc:

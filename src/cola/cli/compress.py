@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from cola.cli.common import add_model_arguments, add_quiet, model_config
 from cola.config import COMPUTE_DTYPE
+from cola.errors import ColaError
 
 if TYPE_CHECKING:
     from cola.compress.base import Method
@@ -46,6 +47,9 @@ def run_compress(args: argparse.Namespace) -> int:
     from cola.models import resolve_device
 
     model = model_config(args)
+    if model.device_map is not None:
+        raise ColaError("--device_map shards a model for curate, evaluate and score; compress runs its methods "
+                        "layer by layer on one device: use --device")
     given = {name: getattr(args, name) for name in args.method_options}  # checked before the model loads
     summary = compress(model.model, args.calibration, args.method, args.output_dir, overwrite=args.overwrite,
                        quiet=args.quiet, dtype=model.dtype, device=resolve_device(model.device),

@@ -140,16 +140,16 @@ def check_unread_flags(config: CurateConfig) -> None:
 
 def run_curate(args: argparse.Namespace) -> int:
     from cola.api import COLA, prepare_inputs
-    from cola.models import load_model, resolve_device, resolve_dtype
+    from cola.models import resolve_device, resolve_dtype
 
     config = curate_config(args)
     model = model_config(args)
-    resolve_dtype(model.dtype, resolve_device(model.device))  # a bad device or dtype fails before anything is read
+    if model.device_map is None:  # a bad device or dtype fails before anything is read (a device map: in model_config)
+        resolve_dtype(model.dtype, resolve_device(model.device))
     # Sources, reference sets, hub access and the output directory are checked before the model loads.
     inputs = prepare_inputs(config, args.output_dir)
     start = time.perf_counter()
-    loaded, tokenizer = load_model(model.model, device=model.device, dtype=model.dtype,
-                                   trust_remote_code=model.trust_remote_code, quiet=args.quiet)
+    loaded, tokenizer = model.load(quiet=args.quiet)
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
                             model_name_or_path=model.model, quiet=args.quiet, work_dir=args.work_dir,
                             timings={"load_model": time.perf_counter() - start})

@@ -69,10 +69,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     output = check_output_file(args.output) if args.output else None
     if not plan.lm_eval:  # every task file read and checked before the model loads
         plan = plan_evaluation(args.task, limit=limit, data_dir=args.data_dir, quiet=args.quiet, **options)
-    device = resolve_device(model.device)
-    loaded, tokenizer = load_for_evaluation(name, dtype=model.dtype, device=device, quiet=args.quiet,
+    device = resolve_device(model.device) if model.device_map is None else f"device_map {model.device_map}"
+    loaded, tokenizer = load_for_evaluation(name, dtype=model.dtype, device=model.device, quiet=args.quiet,
                                             trust_remote_code=model.trust_remote_code,
-                                            caldera_forward=config.caldera_forward)
+                                            caldera_forward=config.caldera_forward, **model.sharding)
     harness = plan.run_lm_eval(loaded, tokenizer) if plan.lm_eval else None
     results = harness.results if harness is not None else plan.run(loaded, tokenizer)
     report = evaluation_report(name, results, dtype=model.dtype, device=device, limit=limit, dense=dense,

@@ -36,7 +36,8 @@ def run_score(args: argparse.Namespace) -> int:
     model = from_arguments(ModelConfig, args, model=args.model or ModelConfig().model)  # checks --dtype now
     score = score_calibration(args.calibration_dir, args.references, model=args.model, device=model.device,
                               dtype=model.dtype, trust_remote_code=model.trust_remote_code,
-                              reference_size=args.reference_size, write=not args.no_record, quiet=args.quiet)
+                              reference_size=args.reference_size, write=not args.no_record, quiet=args.quiet,
+                              **model.sharding)
     print(format_score(score, args.calibration_dir))
     if not args.no_record:
         print(f"recorded under \"quality_score\" in {args.calibration_dir}/manifest.json")

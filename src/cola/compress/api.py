@@ -27,6 +27,9 @@ from cola.export import (check_output_dir, index_names, output_directory, read_i
 
 SUMMARY_FILE = "compression_summary.json"
 COMPRESS_AGAIN = "compress again (`cola compress --overwrite`) to rebuild it"
+# the methods whose outputs are more than a plain checkpoint: they build or restore layers of their own
+REBUILT_METHODS = frozenset(name for name, method in METHODS.items()
+                            if type(method).build is not Method.build or type(method).restore is not Method.restore)
 
 
 def holds_model(output_dir: Path) -> bool:
@@ -159,7 +162,8 @@ def _build(path: Path, dtype: str, device: str) -> tuple[Any, Any] | None:
 
 def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "auto", quiet: bool = True,
                     caldera_layers: bool = True, caldera_forward: str = "factors",
-                    trust_remote_code: bool = False) -> tuple[Any, Any]:
+                    trust_remote_code: bool = False, device_map: str | None = None, max_memory: str | None = None,
+                    offload_folder: str | Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a `cola compress` output (or any model directory); CALDERA layers come back as
     CalderaLinear modules.
 
@@ -173,33 +177,43 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
     every forward and computes in float32 (about 9x slower to evaluate SmolLM2 on a CPU).
     `caldera_forward="cached"` keeps the CalderaLinear modules but has each rebuild its dense weight once
     (`CalderaLinear.cache_dense`); "factors" computes from the codes in every forward.
+
+    `device_map`, `max_memory`, `offload_folder` shard a plain checkpoint (pruned, llm-compressor) over devices
+    as `cola.models.load_model` does; an output whose method rebuilds its own layers (CALDERA, FlatQuant,
+    LLM-Pruner's smaller shapes) is refused with them (ColaError, one line): it loads on one device.
     """
     from cola.config.run import CALDERA_FORWARDS
 
     if caldera_forward not in CALDERA_FORWARDS:
         raise unknown_choice("caldera_forward", caldera_forward, CALDERA_FORWARDS)
     from cola.compress.llmc.output import library_output
-    from cola.models import load_model, resolve_device
+    from cola.models import input_device, load_model, resolve_device, sharding_arguments
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ColaError(f"{path} is not a saved model directory (no config.json)")
+    sharded = bool(sharding_arguments(device, device_map, max_memory, offload_folder))  # checked before hashing
     device = resolve_device(device)  # auto: the best device here; one this machine lacks fails before hashing
+    summary: dict[str, Any] = {}
     if (path / SUMMARY_FILE).is_file():
         summary = read_index(path / SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
         if "outputs" in summary:  # summaries written before cola recorded hashes have none to check
             verify_outputs(path, summary, index_name=SUMMARY_FILE, what="compressed model", remedy=COMPRESS_AGAIN)
+    if sharded and summary.get("method") in REBUILT_METHODS:
+        raise ColaError(f"--device_map: a {summary['method']} output rebuilds its own layers and loads on one device; "
+                        "use --device")
     built = _build(path, dtype, device)
     with library_output(quiet):  # compressed-tensors decompresses with bars of its own
         if built is not None:
             model, tokenizer = built
         else:
-            model, tokenizer = load_model(str(path), device=device, dtype=dtype, quiet=quiet,
-                                          trust_remote_code=trust_remote_code)
+            sharding = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+            model, tokenizer = load_model(str(path), device="auto" if sharded else device, dtype=dtype,
+                                          quiet=quiet, trust_remote_code=trust_remote_code, **sharding)
         # compressed-tensors decompresses packed weights in a hook of the first forward: run it here, one
         # token, so that timings and weight checks after loading see the dense weights
         with torch.no_grad():
-            model(torch.zeros((1, 1), dtype=torch.long, device=model.device))
+            model(torch.zeros((1, 1), dtype=torch.long, device=input_device(model)))
     if caldera_layers and any([method.restore(model, path) for method in METHODS.values()]):
         model.to(device)
         if caldera_forward == "cached":

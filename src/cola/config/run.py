@@ -9,10 +9,11 @@ logits over the whole vocabulary for every token slot (2048 x 49,152 x 4 B = 400
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cola.errors import ColaError, unknown_choice
 from cola.gguf_models import shipped_models_help
-from cola.models import DTYPES
+from cola.models import DTYPES, sharding_arguments
 from cola.schema import check_field_types
 from cola.settings import option
 
@@ -34,11 +35,32 @@ class ModelConfig:
                                      "and CUDA, float32 elsewhere)")
     trust_remote_code: bool = option(False, help="let a model that needs its own Python code (config.json "
                                                  "auto_map) run it")
+    device_map: str | None = option(None, help="shard the model over several devices with accelerate instead of "
+                                               "--device: auto, balanced, balanced_low_0, sequential, or a JSON "
+                                               "map {module: GPU index | cpu | disk} (inline or a .json file)",
+                                    shown="none: the whole model on --device")
+    max_memory: str | None = option(None, help="with --device_map auto/balanced/...: the most weight memory per "
+                                               "device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    offload_folder: str | None = option(None, help="with --device_map: where weights placed on disk are kept",
+                                        shown="a temporary folder, removed at exit")
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if self.dtype not in DTYPES:
             raise unknown_choice("dtype", self.dtype, DTYPES)
+        sharding_arguments(self.device, self.device_map, self.max_memory, self.offload_folder)
+
+    def load(self, *, quiet: bool = False) -> tuple[Any, Any]:
+        """(model, tokenizer) as `cola.models.load_model` loads them with these settings."""
+        from cola.models import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                          quiet=quiet, **self.sharding)
+
+    @property
+    def sharding(self) -> dict[str, str | None]:
+        """The device map settings as `load_model` takes them."""
+        return {"device_map": self.device_map, "max_memory": self.max_memory, "offload_folder": self.offload_folder}
 
 
 @dataclass(frozen=True, kw_only=True)

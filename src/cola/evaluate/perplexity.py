@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cola.errors import ColaError
+from cola.models import input_device
 from cola.progress import progress_bar
 from cola.tokenization import model_bos_id
 
@@ -59,7 +60,7 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, text: str, *, window: int
     windows = ids[: count * width].reshape(count, width)  # (W, T) or (W, T-1)
     if bos is not None:
         windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)  # (W, T)
-    device = next(model.parameters()).device
+    device = input_device(model)
     window_nlls: list[float] = []
     with torch.no_grad():
         for start in progress_bar(range(0, count, batch_size), quiet=quiet, desc="perplexity", unit="batch"):

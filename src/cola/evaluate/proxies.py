@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cola.batching import length_batches, pad_batch
+from cola.models import input_device
 from cola.progress import progress_bar
 from cola.tokenization import model_bos_id
 
@@ -69,7 +70,7 @@ def continuation_logprobs(model: torch.nn.Module, pairs: Sequence[Pair], *, batc
     Inputs longer than the model's context are cut from the left (the continuation is always kept).
     Only the logits near the end of each batch are computed when the model supports `logits_to_keep`.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     limit = _max_length(model)
     inputs = []
     for pair in pairs:

@@ -285,31 +285,35 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], *,
 
 
 def load_for_evaluation(path_or_spec: str | Path, *, dtype: str = "float32", device: str = "auto",
-                        quiet: bool = True, trust_remote_code: bool = False,
-                        caldera_forward: str = "cached") -> tuple[Any, Any]:
+                        quiet: bool = True, trust_remote_code: bool = False, caldera_forward: str = "cached",
+                        **sharding: Any) -> tuple[Any, Any]:
     """(model, tokenizer): a `cola compress` output directory (CALDERA, RIA, llm-compressor) or any model spec;
     `trust_remote_code` lets a model that needs its own Python code run it; `caldera_forward` as in
-    `cola.compress.api.load_compressed` (cached: each CALDERA layer rebuilds its dense weight once)."""
+    `cola.compress.api.load_compressed` (cached: each CALDERA layer rebuilds its dense weight once);
+    `sharding`: device_map, max_memory, offload_folder as `cola.models.load_model` takes them."""
     path = Path(path_or_spec).expanduser()
     if path.is_dir():
         from cola.compress.api import load_compressed
 
         return load_compressed(path, dtype=dtype, device=device, quiet=quiet, trust_remote_code=trust_remote_code,
-                               caldera_forward=caldera_forward)
+                               caldera_forward=caldera_forward, **sharding)
     from cola.models import load_model
 
     return load_model(str(path_or_spec), dtype=dtype, device=device, quiet=quiet,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, **sharding)
 
 
 def evaluate_path(model_or_dir: str | Path, tasks: Sequence[str | TaskSpec], *, dtype: str = "float32",
                   device: str = "auto", data_dir: str | Path | None = None, quiet: bool = True,
-                  trust_remote_code: bool = False, **options: Any) -> list[TaskResult]:
+                  trust_remote_code: bool = False, device_map: str | None = None, max_memory: str | None = None,
+                  offload_folder: str | Path | None = None, **options: Any) -> list[TaskResult]:
     """Load a dense or compressed model and evaluate it; every input is checked before the model loads.
-    `trust_remote_code` lets a model that needs its own Python code run it."""
+    `trust_remote_code` lets a model that needs its own Python code run it; `device_map` (with `max_memory`,
+    `offload_folder`) shards it over devices (`cola.models.load_model`)."""
     plan = plan_evaluation(tasks, data_dir=data_dir, quiet=quiet, **options)
     model, tokenizer = load_for_evaluation(model_or_dir, dtype=dtype, device=device, quiet=quiet,
-                                           trust_remote_code=trust_remote_code)
+                                           trust_remote_code=trust_remote_code, device_map=device_map,
+                                           max_memory=max_memory, offload_folder=offload_folder)
     return plan.run(model, tokenizer)
 
 

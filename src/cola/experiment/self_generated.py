@@ -19,6 +19,7 @@ from cola.api import COLA, stages_run
 from cola.batching import generate_new_tokens
 from cola.config import CurateConfig
 from cola.errors import ColaError
+from cola.models import input_device
 from cola.export import Manifest, PoolTable, SampleRecord, check_curate_output, model_record, write_outputs
 from cola.inputs import load_sources
 from cola.models import single_threaded
@@ -88,7 +89,7 @@ def generate_self_calibration(model: torch.nn.Module, tokenizer: Any,
         raise ColaError(f"no prompt has {prompt_tokens} tokens: give longer prompts or lower prompt_tokens")
     n = math.ceil(round(k / (1 - drop_fraction), 9))
     starts = [usable[i % len(usable)] for i in range(n)]  # n prompts of P tokens: no padding
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     new_tokens = sequence_length - prompt_tokens
     start = time.perf_counter()

@@ -43,7 +43,7 @@ import numpy as np
 
 from cola.config import FilterConfig
 from cola.errors import ColaError
-from cola.models import context_length
+from cola.models import context_length, input_device
 from cola.progress import progress_bar
 
 if TYPE_CHECKING:  # torch is imported where a model runs
@@ -184,7 +184,7 @@ def sequence_perplexities(model: torch.nn.Module, token_ids: Sequence[Sequence[i
     perplexities = np.full(len(token_ids), np.nan, dtype=np.float64)
     scored = [i for i, n in enumerate(lengths) if n >= 2]
     batches = length_batches([lengths[i] for i in scored], max_batch_size=batch_size, max_batch_tokens=batch_tokens)
-    device = next(model.parameters()).device
+    device = input_device(model)
     bar = progress_bar(total=sum(lengths[i] for i in scored), quiet=quiet, desc="perplexity", unit="tok",
                        unit_scale=True)
     try:

@@ -218,11 +218,12 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
 def _add_reasoning(formatted: list[Formatted], tokenizer: PreTrainedTokenizerBase, config: ProcessConfig,
                    model: Any, quiet: bool) -> tuple[list[Formatted], list[bool], dict[str, int]]:
     """Write the missing reasoning chains of Q&A records with a model (the uncompressed one by default)."""
+    from cola.models import input_device
     from cola.stages.reasoning import default_cache_path, generate_reasoning, load_reasoning_model
 
     if model is None and config.reasoning_model is None:
         raise ColaError("--generate_reasoning needs a model: the uncompressed one or --reasoning_model")
-    device = str(next(model.parameters()).device) if model is not None else "auto"
+    device = str(input_device(model)) if model is not None else "auto"
     gen_model, gen_tokenizer = load_reasoning_model(config.reasoning_model, model, tokenizer, device=device,
                                                     dtype="auto", quiet=quiet)
     records, enhanced, counts = generate_reasoning(formatted, gen_model, gen_tokenizer, config.reasoning,
