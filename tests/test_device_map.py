@@ -14,7 +14,8 @@ import torch
 from cola.activations import extract_features
 from cola.cli import main
 from cola.errors import ColaError
-from cola.models import input_device, load_model, parse_max_memory
+from cola.devices import parse_max_memory
+from cola.models import input_device, load_model
 
 from tests.cli.test_curate import curate
 from tests.conftest import byte_tokenizer

@@ -240,6 +240,7 @@ def test_recovery_reads_an_alpaca_file(tmp_path: Path):
     ({"block_range": "5:"}, "--block_range 5: selects no block of this model's 3"),
     ({"block_range": "1-2"}, "--block_range '1-2' is not START:END"),
     ({"importance": "hessian"}, "importance"),
+    ({"recovery_steps": 2, "recovery_data": "no/such.jsonl"}, "--recovery_data no/such.jsonl: no such file"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(options: dict, message: str, tiny_model_dir: Path,
                                                   calibration_dir: Path, tmp_path: Path):

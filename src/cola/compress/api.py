@@ -187,7 +187,8 @@ def load_compressed(path: str | Path, *, dtype: str = "float32", device: str = "
     if caldera_forward not in CALDERA_FORWARDS:
         raise unknown_choice("caldera_forward", caldera_forward, CALDERA_FORWARDS)
     from cola.compress.llmc.output import library_output
-    from cola.models import input_device, load_model, resolve_device, sharding_arguments
+    from cola.devices import sharding_arguments
+    from cola.models import input_device, load_model, resolve_device
 
     path = Path(path)
     if not (path / "config.json").is_file():

@@ -173,7 +173,8 @@ class Method(ABC):
         given = {name: value for name, value in options.items() if value is not None}
         for name in given:
             if name not in self.options:
-                valid = ", ".join(f"--{o}" for o in self.options)
+                flags = {f.name for f in dataclasses.fields(self.config) if f.metadata.get("cli", True)}
+                valid = ", ".join(f"--{o}" for o in self.options if o in flags)  # not the config-only fields
                 raise ColaError(f"option --{name} does not apply to method {self.name!r}; its options: {valid}")
         return build(self.config, given, source=f"{self.name} options")
 

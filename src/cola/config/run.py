@@ -13,7 +13,8 @@ from typing import Any
 
 from cola.errors import ColaError, unknown_choice
 from cola.gguf_models import shipped_models_help
-from cola.models import DTYPES, sharding_arguments
+from cola.devices import sharding_arguments
+from cola.models import DTYPES
 from cola.schema import check_field_types
 from cola.settings import option
 

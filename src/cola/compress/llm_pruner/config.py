@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cola.compress.base import MethodConfig, at_least_one, in_unit_interval, seed_option
 from cola.errors import ColaError
@@ -55,7 +56,7 @@ class LLMPrunerConfig(MethodConfig):
                                                  "adapters kept in float32; the saved weights keep --dtype)",
                                 choices=COMPUTE_DTYPES)
     recovery_steps: int = option(0, help="LLM-Pruner: LoRA recovery steps after pruning, one batch of "
-                                         "--max_batch_tokens each (0: none; needs peft: pip install 'cola[recovery]')")
+                                         "--batch_tokens each (0: none; needs peft: pip install 'cola[recovery]')")
     recovery_lr: float = option(1e-4, help="LLM-Pruner: LoRA recovery learning rate (AdamW; the paper: 1e-4)")
     recovery_rank: int = option(8, help="LLM-Pruner: LoRA rank of the recovery adapters (the paper: 8, alpha 16)")
     recovery_data: str | None = option(None, help="LLM-Pruner: a JSON or JSONL file of recovery texts (records with "
@@ -71,3 +72,5 @@ class LLMPrunerConfig(MethodConfig):
         if not self.recovery_lr > 0:
             raise ColaError(f"--recovery_lr must be positive, got {self.recovery_lr}")
         parse_block_range(self.block_range, 10**6)  # the form; the blocks are checked against the model
+        if self.recovery_data is not None and not Path(self.recovery_data).is_file():
+            raise ColaError(f"--recovery_data {self.recovery_data}: no such file")
