@@ -55,7 +55,7 @@ def run_and_kill(cmd: list[str], work: Path, after: int, log: Path) -> tuple[int
     with log.open("w") as handle:
         child = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         while child.poll() is None:
-            found = len(list(work.glob("*.npz"))) if work.is_dir() else 0
+            found = len(list(work.rglob("*.npz"))) if work.is_dir() else 0  # entries under work/features/
             if found >= after:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
