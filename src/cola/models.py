@@ -122,7 +122,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_re
                offload_folder: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in eval mode; `auto` picks the device and dtype as the CLI does (bf16 on CPU).
 
-    `device_map` (instead of `device`) shards the model with accelerate (`cola.device_map`): a placement
+    `device_map` (instead of `device`) shards the model with accelerate (`cola.devices`): a placement
     (auto, balanced, balanced_low_0, sequential; `max_memory` caps each device) or an explicit
     {module: device} map; weights placed on `disk` go to `offload_folder` (default: a temporary folder removed at
     exit). Each block then runs on its own device; `input_device(model)` says where inputs go.
@@ -160,6 +160,8 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_re
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code, **sharding)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, (KeyError, RuntimeError)) and not sharding:
+            raise  # not a user error of a whole-model load: as before the device map, a traceback
         if sharding and not isinstance(exc, (OSError, SafetensorError, pickle.UnpicklingError)):
             raise ColaError(f"--device_map {device_map}: {spec!r} cannot be split so ({first_line(exc)})") from exc
         raise model_load_error(spec, path, exc) from exc
