@@ -337,3 +337,17 @@ def test_perplexity_filter_on_smollm2_removes_exactly_the_planted_gibberish() ->
     report = apply_quality_filters(texts, token_ids, config, model=model, quiet=True)
     assert report.removed["perplexity"] == 5 and sum(report.removed.values()) == 5
     assert set(range(len(texts))) - set(report.kept.tolist()) == gibberish
+
+
+def test_filters_fed_in_chunks_decide_as_one_pass_and_keep_dedup_state_on_disk(tmp_path) -> None:
+    """Duplicates planted across chunk borders (and inside chunks) are found; every chunk size gives one answer."""
+    rng = random.Random(3)
+    texts = [*RIVERS, *UNSPACED[1:10], RIVERS[1].upper(), *(e for t in RIVERS for e in edit_words(t, rng)),
+             MORNING, MORNING_EDITED, "x", LINE_NOISE, RIVERS[0]]
+    token_ids = [list(t.encode()) for t in texts]
+    whole = apply_quality_filters(texts, token_ids, FilterConfig(), chunk_size=len(texts))
+    assert whole.removed == {"exact_duplicate": 2, "near_duplicate": 10, "length": 1, "character": 1}
+    for size in (1, 2, 5, 7):
+        chunked = apply_quality_filters(texts, token_ids, FilterConfig(), chunk_size=size, folder=tmp_path)
+        assert chunked.kept.tolist() == whole.kept.tolist() and chunked.removed == whole.removed
+    assert (tmp_path / "dedup.sqlite").is_file()  # the state lived in the named folder

@@ -31,12 +31,12 @@ and solution).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +45,7 @@ from cola.config import FilterConfig
 from cola.errors import ColaError
 from cola.models import context_length, input_device
 from cola.progress import progress_bar
+from cola.stages.dedup import DuplicateIndex, normalise
 
 if TYPE_CHECKING:  # torch is imported where a model runs
     import torch
@@ -68,30 +69,21 @@ class FilterReport:
     after: int
 
 
-def _normalise(text: str) -> str:  # case-folded, whitespace runs collapsed to one space, stripped
-    return " ".join(text.casefold().split())
-
-
 def exact_duplicate_mask(texts: Sequence[str]) -> np.ndarray:
     """(N,) keep mask: False for a text equal to an earlier one after case and whitespace normalisation."""
-    seen: set[bytes] = set()
-    keep = np.ones(len(texts), dtype=bool)
-    for index, text in enumerate(texts):
-        digest = hashlib.blake2b(_normalise(text).encode("utf-8"), digest_size=16).digest()
-        keep[index] = digest not in seen
-        seen.add(digest)
-    return keep
+    with DuplicateIndex(None, threshold=1.0, num_perm=2, seed=0, bands=2, rows=1, shingle=character_shingles) as index:
+        return index.exact_mask(texts)
 
 
 def word_shingles(text: str, size: int = SHINGLE_WORDS) -> set[bytes]:
     """Contiguous `size`-word windows of the normalised text; a shorter text is one shingle of all its words."""
-    words = _normalise(text).split(" ")
+    words = normalise(text).split(" ")
     return {" ".join(words[i : i + size]).encode("utf-8") for i in range(max(len(words) - size + 1, 1))}
 
 
 def character_shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
     """Contiguous `size`-character windows of the normalised text; a shorter text is one shingle of itself."""
-    chars = _normalise(text)
+    chars = normalise(text)
     return {chars[i : i + size].encode("utf-8") for i in range(max(len(chars) - size + 1, 1))}
 
 
@@ -118,23 +110,12 @@ def near_duplicate_mask(texts: Sequence[str], *, threshold: float, num_perm: int
     MinHash (Broder, "On the resemblance and containment of documents", 1997) sketches each shingle set;
     LSH banding proposes candidates, and the sketch's Jaccard estimate confirms them. Texts are visited in
     order, so the first of each near-duplicate group is kept; seeded permutations and a fixed hash (SHA-1)
-    make the result the same in every run.
+    make the result the same in every run. The LSH index is `cola.stages.dedup.DuplicateIndex` (on disk).
     """
-    try:
-        from datasketch import MinHash, MinHashLSH
-    except ImportError as exc:
-        raise ColaError("near-duplicate filtering needs datasketch: pip install 'datasketch>=1.6'") from exc
-    index = MinHashLSH(threshold=threshold, num_perm=num_perm, params=lsh_bands(threshold, num_perm))
-    kept: dict[int, MinHash] = {}
-    keep = np.zeros(len(texts), dtype=bool)
-    sketches = MinHash.generator((shingle(t) for t in texts), num_perm=num_perm, seed=seed)
-    for position, sketch in enumerate(sketches):
-        if any(kept[other].jaccard(sketch) >= threshold for other in index.query(sketch)):
-            continue
-        index.insert(position, sketch)
-        kept[position] = sketch
-        keep[position] = True
-    return keep
+    bands, rows = lsh_bands(threshold, num_perm)
+    with DuplicateIndex(None, threshold=threshold, num_perm=num_perm, seed=seed, bands=bands, rows=rows,
+                        shingle=shingle) as index:
+        return index.near_mask(texts)
 
 
 def character_heuristics_mask(texts: Sequence[str], *, max_symbol_ratio: float, max_digit_ratio: float,
@@ -220,37 +201,80 @@ def perplexity_mask(perplexities: np.ndarray, drop_fraction: float) -> np.ndarra
     return keep
 
 
+FILTER_CHUNK = 4096  # documents per chunk: the filters hold one chunk's texts and signatures in memory
+
+
+class QualityFilters:
+    """Stage 2's filters before the perplexity filter (exact dedup, near dedup, length, characters), fed the
+    pool chunk by chunk in order; the dedup state lives on disk (`cola.stages.dedup.DuplicateIndex`, in
+    `folder` or a temporary folder), so memory stays that of one chunk however large the pool. Feeding the
+    pool in chunks decides every document as one call over the whole pool would: each filter sees what the
+    filters before it kept, and dedup compares with every earlier document."""
+
+    def __init__(self, config: FilterConfig, *, folder: Path | None = None) -> None:
+        self.config = config
+        bands, rows = lsh_bands(config.near_duplicate_threshold, config.num_perm)
+        self._index = DuplicateIndex(None if folder is None else Path(folder) / "dedup.sqlite",
+                                     threshold=config.near_duplicate_threshold, num_perm=config.num_perm,
+                                     seed=config.seed, bands=bands, rows=rows, shingle=character_shingles)
+        names = (["exact_duplicate"] if config.dedup_exact else []) + (["near_duplicate"] if config.dedup_near else [])
+        self.removed: dict[str, int] = dict.fromkeys([*names, "length", "character"], 0)  # in the order applied
+        self.before = 0
+
+    def feed(self, texts: Sequence[str], token_counts: Sequence[int]) -> np.ndarray:
+        """(K,) int64 positions in this chunk of the documents every filter kept, ascending."""
+        c = self.config
+        steps: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
+        if c.dedup_exact:
+            steps.append(("exact_duplicate", lambda idx: self._index.exact_mask([texts[i] for i in idx])))
+        if c.dedup_near:
+            steps.append(("near_duplicate", lambda idx: self._index.near_mask([texts[i] for i in idx])))
+        steps.append(("length", lambda idx: length_mask([token_counts[i] for i in idx], min_tokens=c.min_tokens,
+                                                        max_tokens=c.max_tokens)))
+        steps.append(("character", lambda idx: character_heuristics_mask(
+            [texts[i] for i in idx], max_symbol_ratio=c.max_symbol_ratio, max_digit_ratio=c.max_digit_ratio,
+            max_repeated_line_ratio=c.max_repeated_line_ratio)))
+        kept = np.arange(len(texts), dtype=np.int64)
+        for name, step in steps:
+            keep = step(kept)
+            self.removed[name] += int(len(kept) - keep.sum())
+            kept = kept[keep]
+        self.before += len(texts)
+        return kept
+
+    def close(self) -> None:
+        self._index.close()
+
+    def __enter__(self) -> QualityFilters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def apply_quality_filters(texts: Sequence[str], token_ids: Sequence[Sequence[int]], config: FilterConfig, *,
-                          model: torch.nn.Module | None = None, quiet: bool = False) -> FilterReport:
-    """Run the enabled filters in order (exact dedup, near dedup, length, characters, perplexity)."""
+                          model: torch.nn.Module | None = None, quiet: bool = False, folder: Path | None = None,
+                          chunk_size: int = FILTER_CHUNK) -> FilterReport:
+    """Run the enabled filters in order (exact dedup, near dedup, length, characters, perplexity), the first
+    four chunk by chunk (`QualityFilters`, its dedup state in `folder`, else a temporary folder)."""
     if len(texts) != len(token_ids):
         raise ColaError(f"texts and token_ids differ in length: {len(texts)} vs {len(token_ids)}")
     if config.perplexity_drop_fraction > 0 and model is None:
         raise ColaError("perplexity_drop_fraction > 0 needs the model: pass model=, or set the fraction to 0")
-
-    def pick(items: Sequence, indices: np.ndarray) -> list:  # the survivors of the previous filters
-        return [items[i] for i in indices]
-
-    steps: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
-    if config.dedup_exact:
-        steps.append(("exact_duplicate", lambda idx: exact_duplicate_mask(pick(texts, idx))))
-    if config.dedup_near:
-        steps.append(("near_duplicate", lambda idx: near_duplicate_mask(
-            pick(texts, idx), threshold=config.near_duplicate_threshold, num_perm=config.num_perm,
-            seed=config.seed)))
-    steps.append(("length", lambda idx: length_mask(
-        [len(token_ids[i]) for i in idx], min_tokens=config.min_tokens, max_tokens=config.max_tokens)))
-    steps.append(("character", lambda idx: character_heuristics_mask(
-        pick(texts, idx), max_symbol_ratio=config.max_symbol_ratio, max_digit_ratio=config.max_digit_ratio,
-        max_repeated_line_ratio=config.max_repeated_line_ratio)))
+    parts = []
+    with QualityFilters(config, folder=folder) as filters:
+        for start in range(0, len(texts), chunk_size):
+            end = min(start + chunk_size, len(texts))
+            parts.append(start + filters.feed(texts[start:end], [len(ids) for ids in token_ids[start:end]]))
+    kept = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    removed = dict(filters.removed)
     if config.perplexity_drop_fraction > 0:
-        steps.append(("perplexity", lambda idx: perplexity_mask(
-            sequence_perplexities(model, pick(token_ids, idx), quiet=quiet), config.perplexity_drop_fraction)))
-
-    kept, removed = np.arange(len(texts), dtype=np.int64), dict[str, int]()
-    for name, step in steps:
-        keep = step(kept)
-        removed[name] = int(len(kept) - keep.sum())
+        keep = perplexity_mask(sequence_perplexities(model, [token_ids[i] for i in kept], quiet=quiet),
+                               config.perplexity_drop_fraction)
+        removed["perplexity"] = int(len(kept) - keep.sum())
         kept = kept[keep]
-        log.info("filter %s: removed %d, %d left", name, removed[name], len(kept))
+    left = len(texts)
+    for name, count in removed.items():
+        left -= count
+        log.info("filter %s: removed %d, %d left", name, count, left)
     return FilterReport(kept=kept, removed=removed, before=len(texts), after=len(kept))
