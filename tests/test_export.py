@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from cola.cli import main
@@ -293,8 +294,11 @@ def test_the_typed_builders_give_one_key_order_and_leave_out_what_a_writer_lacks
                                       "selection_index", "selection_method"]
     table = PoolTable(dataset_name=["a", "b"], capability=["general"] * 2, num_tokens=[4, 5], selected=[True, False],
                       extra={"perplexity": [1.5, 2.5]})
-    assert table.columns() == {"pool_index": [0, 1], "dataset_name": ["a", "b"], "capability": ["general"] * 2,
-                               "num_tokens": [4, 5], "selected": [True, False], "perplexity": [1.5, 2.5]}
+    columns = table.columns()
+    assert list(columns) == ["pool_index", "dataset_name", "capability", "num_tokens", "selected", "perplexity"]
+    assert {name: list(values) for name, values in columns.items()} == {
+        "pool_index": [0, 1], "dataset_name": ["a", "b"], "capability": ["general"] * 2, "num_tokens": [4, 5],
+        "selected": [True, False], "perplexity": [1.5, 2.5]}
     with pytest.raises(ValueError, match=r"pool columns \['perplexity'\] do not have one value for each of the 2"):
         PoolTable(dataset_name=["a", "b"], capability=["g"] * 2, num_tokens=[1, 2], selected=[True, False],
                   extra={"perplexity": [1.0]}).columns()
@@ -309,3 +313,19 @@ def test_the_typed_builders_give_one_key_order_and_leave_out_what_a_writer_lacks
         "tool", "command", "model", "seed", "settings", "generation_settings", "stages", "sources", "stage2",
         "generation", "num_samples", "sample_tokens", "timings", "strategy"]
     assert generated["timings"] == {"load": 0.123}
+
+
+def test_pool_table_columns_from_arrays_write_as_lists_would(tmp_path) -> None:
+    """Numpy columns (a 2-D feature array among them) give the same parquet schema and values as Python lists."""
+    import pyarrow.parquet as pq
+
+    from cola.io import arrow_column
+
+    features = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    labels, distance = np.array([0, 1, 1, -1], dtype=np.int32), np.array([0.5, 0.25, 0.0, 1.0])
+    for name, array, as_list in (("f", features, features.tolist()), ("l", labels, labels.tolist()),
+                                 ("d", distance, distance.tolist()), ("e", np.zeros((4, 0)), [[]] * 4)):
+        pq.write_table(pa.table({name: arrow_column(array)}), tmp_path / "a.parquet")
+        pq.write_table(pa.table({name: as_list}), tmp_path / "b.parquet")
+        a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+        assert a.schema == b.schema and a.to_pylist() == b.to_pylist()

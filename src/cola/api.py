@@ -227,7 +227,7 @@ class COLA:
         start = time.perf_counter()
         if config.process.enabled:
             candidates, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                                 model=self.model, quiet=self.quiet)
+                                                 model=self.model, quiet=self.quiet, folder=self.work_dir)
         else:
             candidates = []
             for index, source in enumerate(sources):
@@ -353,11 +353,11 @@ class COLA:
                                 format_enhanced=c.format_enhanced, selection_index=int(i),
                                 selection_method=selection.method) for i, c in zip(selection.indices, chosen)]
         table = PoolTable(dataset_name=[s.spec.name for s in owner], capability=[s.capability for s in owner],
-                          num_tokens=[len(c.input_ids) for c in pool.candidates],
-                          selected=np.isin(np.arange(len(owner)), selection.indices).tolist(),
-                          extra={"cluster": selection.labels.tolist(),
-                                 "distance_to_nearest_selected": selection.nearest_distance.round(6).tolist(),
-                                 "feature": selection.features.tolist()})
+                          num_tokens=np.fromiter((len(c.input_ids) for c in pool.candidates), np.int64, len(owner)),
+                          selected=np.isin(np.arange(len(owner)), selection.indices),
+                          extra={"cluster": selection.labels,
+                                 "distance_to_nearest_selected": selection.nearest_distance.round(6),
+                                 "feature": selection.features})
         manifest = Manifest(
             command="curate", model=model_record(self.model, self.tokenizer, self.model_name_or_path),
             seed=config.seed, settings=config.as_dict(), target_capabilities=list(plan.targets),

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from cola.environment import cpu_model as cpu_model, run_environment
 from cola.errors import ColaError
+from cola.io import arrow_column
 from cola.output_dir import OLD_MARK, STAGING_MARK, file_sha256, index_names, visible_entries
 from cola.output_dir import check_output_dir as check_output_dir, ensure_writable as ensure_writable
 from cola.output_dir import nearest_existing as nearest_existing, output_directory as output_directory
@@ -314,20 +315,19 @@ class SampleRecord:
 @dataclass(frozen=True, kw_only=True)
 class PoolTable:
     """pool.parquet: one row per candidate the set was chosen from; `extra` holds the columns a selection
-    method adds after the common ones (clusters and features, perplexities), each with one value per row."""
+    method adds after the common ones (clusters, features, perplexities); columns: `cola.io.arrow_column`."""
 
-    dataset_name: list[str]
-    capability: list[str]
-    num_tokens: list[int]
-    selected: list[bool]
-    extra: dict[str, list[Any]] = field(default_factory=dict)
+    dataset_name: Sequence[str]
+    capability: Sequence[str]
+    num_tokens: Sequence[int] | np.ndarray
+    selected: Sequence[bool] | np.ndarray
+    extra: dict[str, Sequence[Any] | np.ndarray] = field(default_factory=dict)
 
-    def columns(self) -> dict[str, list[Any]]:
+    def columns(self) -> dict[str, Sequence[Any] | np.ndarray]:
         """The table's columns in file order, pool_index first; a column of another length is a ValueError."""
-        rows = len(self.dataset_name)
-        columns = {"pool_index": list(range(rows)), "dataset_name": self.dataset_name,
-                   "capability": self.capability, "num_tokens": self.num_tokens, "selected": self.selected,
-                   **self.extra}
+        columns = {"pool_index": np.arange(rows := len(self.dataset_name), dtype=np.int64),
+                   "dataset_name": self.dataset_name, "capability": self.capability, "num_tokens": self.num_tokens,
+                   "selected": self.selected, **self.extra}
         uneven = [name for name, values in columns.items() if len(values) != rows]
         if uneven:
             raise ValueError(f"pool columns {uneven} do not have one value for each of the {rows} rows")
@@ -394,7 +394,7 @@ def write_outputs(output_dir: Path, *, samples: Sequence[SampleRecord | Mapping[
         pq.write_table(table, staging / DATASET_PARQUET)
         # An explicit fingerprint keeps save_to_disk byte-identical between identical runs.
         Dataset(table, fingerprint=_tokens_digest(input_ids)[:16]).save_to_disk(str(staging / DATASET_DIR))
-        pq.write_table(pa.table(columns), staging / POOL_PARQUET)
+        pq.write_table(pa.table({name: arrow_column(v) for name, v in columns.items()}), staging / POOL_PARQUET)
         hashes = tree_hashes(staging)
         _write_json(staging / MANIFEST_FILE, {**index, "outputs": hashes})
     return hashes

@@ -252,3 +252,34 @@ def test_smollm2_window_texts_over_chinese_japanese_and_thai_hold_whole_characte
     assert sum("\ufffd" in d for d in decoded) > len(windows) // 2  # the cuts are there, in the ids
     assert not any("\ufffd" in t for t in texts)
     assert all(part in "".join(UNSPACED) for t in texts for part in t.split("<|im_end|>") if part)
+
+
+@pytest.mark.parametrize("mode", ["pack", "window", "truncate"])
+@pytest.mark.parametrize("bos", [None, 1])
+def test_a_stream_packer_fed_in_chunks_makes_the_windows_of_one_pass(mode: str, bos: int | None) -> None:
+    """Documents of random lengths with sentence boundaries, some self-delimited, fed in random chunks (one
+    document at a time included): the same windows, ids and document indices as pack_to_length over all."""
+    from cola.stages.packing import StreamPacker
+
+    rng = np.random.default_rng(7)
+    docs = []
+    for i in range(120):
+        n = int(rng.integers(1, 90))
+        ids = np.concatenate([[bos], rng.integers(2, 200, n)]).astype(np.int32) if bos else rng.integers(2, 200, n)
+        cuts = np.unique(np.concatenate([[0], rng.integers(0, len(ids), 3)])).astype(np.int32)
+        docs.append(TokenizedDocument(ids.astype(np.int32), cuts))
+    delimited = (rng.random(len(docs)) < 0.3).tolist()
+    whole = pack_to_length(docs, 48, separator_id=SEP, bos_id=bos, mode=mode, self_delimited=delimited)
+    assert len(whole) > 20
+    for sizes in ([1] * len(docs), [7, 1, 30, 2, 80], [len(docs)]):
+        packer, got, at = StreamPacker(48, separator_id=SEP, bos_id=bos, mode=mode), [], 0
+        for size in sizes:
+            got += packer.add(docs[at:at + size], delimited[at:at + size])
+            at += size
+            if mode == "pack" and size == 1:  # held: the window being filled, at most one document past it
+                assert sum(len(ids) for _, ids, _ in packer._pending) <= 48 + packer.slack + 91
+        got += packer.finish()
+        assert [(w.input_ids.tolist(), w.documents, w.head, w.first_token, w.end_token) for w in got] == [
+            (w.input_ids.tolist(), w.documents, w.head, w.first_token, w.end_token) for w in whole]
+        if mode == "pack":
+            assert len(packer._pending) == 0

@@ -140,3 +140,35 @@ def test_reference_probes_read_conversations_as_plain_turns(tmp_path: Path):
     config = CurateConfig(references=(("general", str(path)),), sequence_length=64)
     probes = reference_probes(load_references(config, ["general"])["general"], byte_tokenizer(), 64)
     assert [p.text for p in probes] == ["user: Hi?\nassistant: Hello."]
+
+
+@pytest.mark.parametrize("length", ["pack", "window", "truncate"])
+def test_stage2_in_chunks_gives_the_samples_and_report_of_one_pass(length: str, tmp_path: Path) -> None:
+    """Three files with duplicates inside and across them, processed 3 documents at a time (dedup state, packing
+    and the perplexity filter's first pass across chunk and source borders) and in one chunk: the same samples,
+    texts and report."""
+    from cola.config import FilterConfig
+
+    from tests.conftest import tiny_llama
+
+    base = ["The river runs to the sea. It carries sand and gravel along its bed, and shapes the valley.",
+            "Prime numbers have two divisors. Seven is prime; eight is not, since four divides it.",
+            "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"]
+    paths = []
+    for n, name in enumerate(("a", "b", "c")):
+        texts = [f"{t} Record {name}{i} of {n}." for i, t in enumerate(base * 5)] + [base[0], base[0]]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        paths.append(str(path))
+    sources = [load_source(spec, max_candidates=100, seed=0) for spec in parse_sources(paths)]
+    tokenizer = byte_tokenizer()
+    config = ProcessConfig(length=length, chat_template="off", filters=FilterConfig(perplexity_drop_fraction=0.2))
+    model = tiny_llama()
+    whole, whole_report = process_sources(sources, tokenizer, 40, config, model=model, quiet=True, chunk_size=10**6)
+    chunked, report = process_sources(sources, tokenizer, 40, config, model=model, quiet=True, chunk_size=3,
+                                      folder=tmp_path / "work")
+    assert report == whole_report
+    assert report["filters"]["removed"]["exact_duplicate"] == 5 and report["filters"]["removed"]["perplexity"] > 0
+    assert [(s.text, s.input_ids.tolist(), s.source) for s in chunked] == [
+        (s.text, s.input_ids.tolist(), s.source) for s in whole]
+    assert len(whole) >= 8 and {s.source for s in whole} == {0, 1, 2}

@@ -117,17 +117,19 @@ def cut_to_length(ids: Sequence[int] | np.ndarray, length: int, *, bos_id: int |
 
 
 def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, position: np.ndarray, length: int,
-             slack: int, bos_id: int | None) -> list[Window]:
-    """Consecutive windows of `length` over one stream; each start snaps to a boundary within `slack`.
+             slack: int, bos_id: int | None, *, start: int = 0, final: bool = True) -> tuple[list[Window], int]:
+    """Consecutive windows of `length` over one stream from token `start`; each next start snaps to a boundary
+    within `slack`. Returns (windows, the start of the next window).
 
-    A window that does not start with `bos_id` (when given) gets it in front and one stream token less.
+    A window that does not start with `bos_id` (when given) gets it in front and one stream token less. Not
+    `final` (more of the stream is to come): a window is only made when the boundaries its next start could
+    snap to are all known (its end + slack inside the stream); the rest waits for more tokens.
     """
     windows: list[Window] = []
-    start = 0
     while start < len(ids):
         head = int(bos_id is not None and ids[start] != bos_id)
         end = start + length - head
-        if end > len(ids):
+        if end > len(ids) or not final and end + slack >= len(ids):
             break
         body = ids[start:end]
         tokens = np.concatenate([[bos_id], body]).astype(np.int32) if head else body.copy()
@@ -135,7 +137,76 @@ def _windows(ids: np.ndarray, boundaries: np.ndarray, owner: np.ndarray, positio
                               int(position[start]), int(position[end - 1]) + 1))
         nxt = np.searchsorted(boundaries, end, side="left")  # first boundary at or after the end
         start = int(boundaries[nxt]) if nxt < len(boundaries) and boundaries[nxt] - end <= slack else end
-    return windows
+    return windows, start
+
+
+class StreamPacker:
+    """One source's length step fed its documents in chunks, in order: `add` returns the windows that are
+    complete, `finish` the rest. The windows are exactly those of `pack_to_length` over all the documents
+    (it is this class fed once), with `Window.documents` counting documents across every `add`. Only the
+    documents of the window being filled are held (mode "pack"); the other modes hold none.
+    Arguments as `pack_to_length`; raises ColaError for an unknown mode, or a `sequence_length` below 2 with a BOS.
+    """
+
+    def __init__(self, sequence_length: int, *, separator_id: int | None, bos_id: int | None = None,
+                 mode: str = "pack", slack_fraction: float = 0.125) -> None:
+        if mode not in LENGTH_MODES:
+            raise unknown_choice("length mode", mode, LENGTH_MODES)
+        check_room_after_bos(sequence_length, bos_id)
+        # each document's own BOS already separates it from the one before
+        self.separator_id = None if separator_id is not None and separator_id == bos_id else separator_id
+        self.length, self.bos_id, self.mode = sequence_length, bos_id, mode
+        self.slack = int((sequence_length - (bos_id is not None)) * slack_fraction)
+        self._added = 0                                              # documents added so far
+        self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (document, stream ids, boundaries)
+        self._start = 0                                              # next window's start in the pending stream
+
+    def add(self, docs: Sequence[TokenizedDocument], self_delimited: Sequence[bool] = ()) -> list[Window]:
+        """The windows completed by `docs` (the next documents of the source)."""
+        first, self._added = self._added, self._added + len(docs)
+        windows: list[Window] = []
+        for j, doc in enumerate(docs):
+            index = first + j
+            if self.mode == "truncate":
+                if len(doc.input_ids):
+                    ids, head = cut_to_length(doc.input_ids, self.length, bos_id=self.bos_id)
+                    windows.append(Window(ids, (index,), head, 0, len(ids) - head))
+            elif self.mode == "window":
+                self._pending = [(index, doc.input_ids.astype(np.int32), doc.boundaries.astype(np.int64))]
+                windows += self._drain(final=True)
+            else:
+                ends_itself = j < len(self_delimited) and self_delimited[j]
+                ids = doc.input_ids if self.separator_id is None or ends_itself else np.append(doc.input_ids,
+                                                                                             self.separator_id)
+                self._pending.append((index, ids.astype(np.int32), doc.boundaries.astype(np.int64)))
+        return windows + (self._drain(final=False) if self.mode == "pack" else [])
+
+    def finish(self) -> list[Window]:
+        """The last windows (tokens past the last full window are dropped)."""
+        return self._drain(final=True) if self.mode == "pack" else []
+
+    @property
+    def documents_added(self) -> int:
+        """How many documents `add` was given so far (the next one's index in `Window.documents`)."""
+        return self._added
+
+    def _drain(self, *, final: bool) -> list[Window]:
+        if not self._pending:
+            return []
+        sizes = np.array([len(ids) for _, ids, _ in self._pending])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])          # (D+1,) each document's start in the stream
+        stream = np.concatenate([ids for _, ids, _ in self._pending])                                  # (S,)
+        boundaries = np.concatenate([b + o for (_, _, b), o in zip(self._pending, offsets)])           # (B,)
+        owner = np.repeat([index for index, _, _ in self._pending], sizes)                             # (S,)
+        position = np.concatenate([np.arange(n) for n in sizes])  # (S,) each token's index in its document
+        windows, start = _windows(stream, boundaries, owner, position, self.length, self.slack, self.bos_id,
+                                  start=self._start, final=final)
+        if final:
+            self._pending, self._start = [], 0
+        else:  # keep the documents from the one holding the next start on
+            keep = int(np.searchsorted(offsets, start, side="right")) - 1
+            self._pending, self._start = self._pending[keep:], start - int(offsets[keep])
+        return windows
 
 
 def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, separator_id: int | None,
@@ -148,43 +219,11 @@ def pack_to_length(docs: Sequence[TokenizedDocument], sequence_length: int, *, s
     flagged in `self_delimited` (a chat turn that ends itself, "<|im_end|>\n") gets no separator after it.
     Tokens past the last full window are dropped; so are, in mode "window", documents shorter than a
     window. Mode "truncate" gives one sample per document, its first tokens. Raises ColaError for an unknown
-    mode, or a `sequence_length` below 2 with a BOS.
+    mode, or a `sequence_length` below 2 with a BOS. (`StreamPacker` does the same fed in chunks.)
     """
-    if mode not in LENGTH_MODES:
-        raise unknown_choice("length mode", mode, LENGTH_MODES)
-    check_room_after_bos(sequence_length, bos_id)
-    if separator_id is not None and separator_id == bos_id:
-        separator_id = None  # each document's own BOS already separates it from the one before
-    if mode == "truncate":
-        windows = []
-        for i, doc in enumerate(docs):
-            if len(doc.input_ids):
-                ids, head = cut_to_length(doc.input_ids, sequence_length, bos_id=bos_id)
-                windows.append(Window(ids, (i,), head, 0, len(ids) - head))
-        return windows
-    pack = mode == "pack"
-    slack = int((sequence_length - (bos_id is not None)) * slack_fraction)
-    groups = [list(range(len(docs)))] if pack else [[i] for i in range(len(docs))]
-    windows: list[Window] = []
-    for group in groups:
-        parts, bounds, owners, offset = [], [], [], 0
-        for i in group:
-            doc = docs[i]
-            ends_itself = i < len(self_delimited) and self_delimited[i]
-            ids = (doc.input_ids if separator_id is None or not pack or ends_itself
-                   else np.append(doc.input_ids, separator_id))
-            parts.append(ids.astype(np.int32))
-            bounds.append(doc.boundaries.astype(np.int64) + offset)
-            owners.append(np.full(len(ids), i, dtype=np.int64))
-            offset += len(ids)
-        if offset < sequence_length - (bos_id is not None):
-            continue
-        stream = np.concatenate(parts)                 # (S,)
-        boundaries = np.concatenate(bounds)            # (B,) ascending: documents are in order
-        position = np.concatenate([np.arange(len(p)) for p in parts])  # (S,) each token's index in its document
-        windows.extend(_windows(stream, boundaries, np.concatenate(owners), position, sequence_length, slack,
-                                bos_id))
-    return windows
+    packer = StreamPacker(sequence_length, separator_id=separator_id, bos_id=bos_id, mode=mode,
+                          slack_fraction=slack_fraction)
+    return packer.add(docs, self_delimited) + packer.finish()
 
 
 def _shares_character(spans: np.ndarray | None, index: int) -> bool:

@@ -13,10 +13,11 @@ this stage, receives them and never calls back into it.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,9 @@ from cola.data.formatters import (FieldValueError, Formatted, Formatter, chat_me
 from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
-from cola.stages.filters import apply_quality_filters
-from cola.stages.packing import (cut_to_length, pack_to_length, tokenize_documents, whole_character_end,
-                                window_text)
+from cola.stages.filters import QualityFilters, perplexity_mask, sequence_perplexities
+from cola.stages.packing import (StreamPacker, TokenizedDocument, Window, cut_to_length, tokenize_documents,
+                                whole_character_end, window_text)
 from cola.tokenization import check_room_after_bos, encode_texts, model_bos_id, template_writes_bos
 
 log = logging.getLogger(__name__)
@@ -158,61 +159,157 @@ def use_chat_template(mode: str, tokenizer: PreTrainedTokenizerBase) -> bool:
     return has_template and mode in ("on", "auto")
 
 
-def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBase, sequence_length: int,
-                    config: ProcessConfig, *, model: Any = None, quiet: bool = False,
-                    ) -> tuple[list[TokenizedText], dict[str, Any]]:
-    """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report)."""
-    chat = use_chat_template(config.chat_template, tokenizer)
-    formatted: list[Formatted] = []
-    owner: list[int] = []
-    rows: list[str] = []  # where each formatted record is in its source, for errors
-    report: dict[str, Any] = {"chat_template": chat, "sources": []}
-    for index, source in enumerate(sources):
-        name, formatter = source_formatter(source, config.field_mapping)
-        every = format_records(source, formatter)
-        kept = [f for _, f in every if f.text]
-        formatted.extend(kept)
-        owner.extend([index] * len(kept))
-        rows.extend(row for row, f in every if f.text)
-        report["sources"].append({"name": source.spec.name, "formatter": name, "records": len(every),
-                                  "empty_after_format": len(every) - len(kept),
-                                  "needs_reasoning": sum(f.needs_reasoning for f in kept)})
-    enhanced = [False] * len(formatted)
-    if config.generate_reasoning:
-        formatted, enhanced, report["reasoning"] = _add_reasoning(formatted, tokenizer, config, model, quiet)
-    templated = [chat and f.templatable for f in formatted]
-    chat_text = chat_renderer(tokenizer, config.system_prompt)
-    texts = []
-    for f, wrap, index, row in zip(formatted, templated, owner, rows):
-        try:
-            texts.append(chat_text(f) if wrap else f.text)
-        except TemplateError as exc:
-            raise ColaError(f"{sources[index].origin}: {row}: the model's chat template refuses this record "
-                            f"({exc}); use --chat_template off to keep plain text") from None
-    for index, entry in enumerate(report["sources"]):
-        entry["chat_templated"] = sum(t for t, o in zip(templated, owner) if o == index)
-        entry["format_enhanced"] = sum(e for e, o in zip(enhanced, owner) if o == index)
-    bos = model_bos_id(tokenizer)  # every document, and every sample, starts with exactly one (or none)
-    docs = tokenize_documents(tokenizer, texts, bos_id=bos)
-    filtered = apply_quality_filters(texts, [d.input_ids for d in docs], config.filters, model=model, quiet=quiet)
-    report["filters"] = {"before": filtered.before, "removed": dict(filtered.removed), "after": filtered.after}
-    survivors = Counter(owner[i] for i in filtered.kept)
-    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    samples: list[TokenizedText] = []
-    for index, entry in enumerate(report["sources"]):
-        members = [i for i in filtered.kept if owner[i] == index]
-        source_docs, source_texts = [docs[i] for i in members], [texts[i] for i in members]
-        windows = pack_to_length(source_docs, sequence_length, separator_id=separator, bos_id=bos,
-                                 mode=config.length, self_delimited=[templated[i] for i in members])
-        samples.extend(TokenizedText(text=window_text(tokenizer, w, source_docs, source_texts),
-                                     input_ids=w.input_ids, source=index,
-                                     format_enhanced=any(enhanced[members[d]] for d in w.documents))
-                       for w in windows)
+PROCESS_CHUNK = 4096  # documents formatted, tokenized, filtered and packed at a time
 
-        entry.update(documents_after_filters=survivors.get(index, 0), samples=len(windows))
-    log.info("stage 2: %d documents -> %d after filters -> %d samples of %s%d tokens", filtered.before,
-             filtered.after, len(samples), "at most " if config.length == "truncate" else "", sequence_length)
+
+@dataclass(frozen=True, eq=False)
+class _Document:
+    """A formatted record on its way through Stage 2."""
+
+    source: int        # index into the sources
+    row: str           # where it is in its source, for errors ("line 7")
+    formatted: Formatted
+    enhanced: bool     # its reasoning chain was generated
+
+
+def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBase, sequence_length: int,
+                    config: ProcessConfig, *, model: Any = None, quiet: bool = False, folder: Path | None = None,
+                    chunk_size: int = PROCESS_CHUNK) -> tuple[list[TokenizedText], dict[str, Any]]:
+    """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report).
+
+    The documents go through in chunks of `chunk_size`, in source order: only a chunk's documents (and the
+    documents of the window being packed) are held, and the dedup state is on disk (`QualityFilters`, in
+    `folder` or a temporary folder), so memory does not grow with the pool but for the samples made. The
+    result is that of one pass over all documents at once. Two things need the whole pool first: generated
+    reasoning (duplicate questions are generated once, and a sampling temperature draws from one seeded
+    sequence), so its records are formatted whole before the chunks; and the perplexity filter, which drops a
+    fraction of all survivors, so with it the chunks run twice, the first time to score them.
+    """
+    chat = use_chat_template(config.chat_template, tokenizer)
+    report: dict[str, Any] = {"chat_template": chat, "sources": []}
+    formatters = []
+    for source in sources:
+        name, formatter = source_formatter(source, config.field_mapping)
+        formatters.append(formatter)
+        report["sources"].append({"name": source.spec.name, "formatter": name, "records": 0, "empty_after_format": 0,
+                                  "needs_reasoning": 0})
+    everything: list[_Document] | None = None
+    if config.generate_reasoning:
+        everything = list(_formatted(sources, formatters, report))
+        records, enhanced, report["reasoning"] = _add_reasoning([d.formatted for d in everything], tokenizer,
+                                                                config, model, quiet)
+        everything = [_Document(d.source, d.row, r, e) for d, r, e in zip(everything, records, enhanced)]
+    drop = None
+    if config.filters.perplexity_drop_fraction > 0:  # a first pass scores every survivor
+        if model is None:
+            raise ColaError("perplexity_drop_fraction > 0 needs the model: pass model=, or set the fraction to 0")
+        scores = _run_chunks(sources, formatters, everything, tokenizer, sequence_length, config, chat, folder,
+                             chunk_size, report, perplexity=(model, quiet))
+        drop = ~perplexity_mask(np.asarray(scores, dtype=np.float64), config.filters.perplexity_drop_fraction)
+    if drop is not None and everything is None:  # the second pass formats (and counts) the records again
+        for entry in report["sources"]:
+            entry.update(records=0, empty_after_format=0, needs_reasoning=0)
+    samples = _run_chunks(sources, formatters, everything, tokenizer, sequence_length, config, chat, folder,
+                          chunk_size, report, drop=drop)
+    f = report["filters"]
+    log.info("stage 2: %d documents -> %d after filters -> %d samples of %s%d tokens", f["before"], f["after"],
+             len(samples), "at most " if config.length == "truncate" else "", sequence_length)
     return samples, report
+
+
+def _formatted(sources: Sequence[Source], formatters: Sequence[Formatter], report: dict[str, Any],
+               ) -> Iterator[_Document]:
+    """Every non-empty formatted record of every source, in order; the per-source counts go to `report`."""
+    for index, (source, formatter) in enumerate(zip(sources, formatters)):
+        entry = report["sources"][index]
+        for row, formatted in format_records(source, formatter):
+            entry["records"] += 1
+            if not formatted.text:
+                entry["empty_after_format"] += 1
+                continue
+            entry["needs_reasoning"] += formatted.needs_reasoning
+            yield _Document(index, row, formatted, False)
+
+
+def _run_chunks(sources: Sequence[Source], formatters: Sequence[Formatter], everything: list[_Document] | None,
+                tokenizer: PreTrainedTokenizerBase, sequence_length: int, config: ProcessConfig, chat: bool,
+                folder: Path | None, chunk_size: int, report: dict[str, Any], *,
+                perplexity: tuple[Any, bool] | None = None, drop: np.ndarray | None = None) -> list[Any]:
+    """One pass of Stage 2 over the documents in chunks: template, tokenize, filter, and (unless `perplexity`)
+    pack each source's survivors, but those `drop` marks (one flag per survivor, in order). Returns the
+    samples, or with `perplexity` = (model, quiet) each survivor's perplexity and no samples."""
+    chat_text = chat_renderer(tokenizer, config.system_prompt)
+    bos = model_bos_id(tokenizer)  # every document, and every sample, starts with exactly one (or none)
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    documents = iter(everything) if everything is not None else _formatted(sources, formatters, report)
+    for entry in report["sources"]:
+        entry.update(chat_templated=0, format_enhanced=0, documents_after_filters=0, samples=0)
+    out: list[Any] = []
+    survivors = 0  # survivors of the filters so far, the index into `drop`
+    packer, packing, texts_of, docs_of = None, -1, {}, {}  # the source being packed, its held documents
+    with QualityFilters(config.filters, folder=folder) as filters:
+        while chunk := list(itertools.islice(documents, chunk_size)):
+            texts, templated = [], []
+            for d in chunk:
+                wrap = chat and d.formatted.templatable
+                try:
+                    texts.append(chat_text(d.formatted) if wrap else d.formatted.text)
+                except TemplateError as exc:
+                    raise ColaError(f"{sources[d.source].origin}: {d.row}: the model's chat template refuses this "
+                                    f"record ({exc}); use --chat_template off to keep plain text") from None
+                templated.append(wrap)
+                entry = report["sources"][d.source]
+                entry["chat_templated"] += wrap
+                entry["format_enhanced"] += d.enhanced
+            docs = tokenize_documents(tokenizer, texts, bos_id=bos)
+            kept = filters.feed(texts, [len(doc.input_ids) for doc in docs])
+            if perplexity is not None:
+                model, quiet = perplexity
+                out.extend(sequence_perplexities(model, [docs[i].input_ids for i in kept], quiet=quiet))
+                continue
+            if drop is not None:
+                kept, survivors = kept[~drop[survivors:survivors + len(kept)]], survivors + len(kept)
+            for source, group in itertools.groupby(kept.tolist(), key=lambda i: chunk[i].source):
+                group = list(group)
+                if source != packing:
+                    out.extend(_finish(packer, packing, tokenizer, docs_of, texts_of, report))
+                    packer, packing = StreamPacker(sequence_length, separator_id=separator, bos_id=bos,
+                                                   mode=config.length), source
+                    docs_of, texts_of = {}, {}
+                for n, i in enumerate(group, start=packer.documents_added):
+                    docs_of[n], texts_of[n] = (docs[i], chunk[i].enhanced), texts[i]
+                windows = packer.add([docs[i] for i in group], [templated[i] for i in group])
+                out.extend(_samples(windows, packing, tokenizer, docs_of, texts_of, report))
+        out.extend(_finish(packer, packing, tokenizer, docs_of, texts_of, report))
+    removed = dict(filters.removed)
+    if drop is not None:
+        removed["perplexity"] = int(drop.sum())
+    after = filters.before - sum(removed.values())
+    report["filters"] = {"before": filters.before, "removed": removed, "after": after}
+    return out
+
+
+def _samples(windows: Sequence[Window], source: int, tokenizer: PreTrainedTokenizerBase,
+             docs_of: dict[int, tuple[TokenizedDocument, bool]], texts_of: dict[int, str],
+             report: dict[str, Any]) -> list[TokenizedText]:
+    """The samples of a source's finished windows; the documents no later window can reach are let go."""
+    docs = {i: doc for i, (doc, _) in docs_of.items()}
+    samples = [TokenizedText(text=window_text(tokenizer, w, docs, texts_of), input_ids=w.input_ids, source=source,
+                             format_enhanced=any(docs_of[d][1] for d in w.documents)) for w in windows]
+    report["sources"][source]["samples"] += len(samples)
+    if windows:
+        for index in [i for i in docs_of if i < windows[-1].documents[-1]]:
+            del docs_of[index], texts_of[index]
+    return samples
+
+
+def _finish(packer: StreamPacker | None, source: int, tokenizer: PreTrainedTokenizerBase,
+            docs_of: dict[int, tuple[TokenizedDocument, bool]], texts_of: dict[int, str],
+            report: dict[str, Any]) -> list[TokenizedText]:
+    if packer is None:
+        return []
+    report["sources"][source]["documents_after_filters"] = packer.documents_added
+    return _samples(packer.finish(), source, tokenizer, docs_of, texts_of, report)
 
 
 def _add_reasoning(formatted: list[Formatted], tokenizer: PreTrainedTokenizerBase, config: ProcessConfig,
