@@ -150,3 +150,44 @@ def test_the_actor_pool_is_one_replica_per_gpu_else_per_node() -> None:
         plan_workers(nodes, 5, use_gpu=True)
     with pytest.raises(ColaError, match="--ray_workers 3 is more than the cluster's 2 CPUs"):
         plan_workers(two_cpus, 3, use_gpu=False)
+
+
+def test_executor_ray_with_a_device_map_is_refused(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
+    from cola.cli import main
+    from tests.test_device_map import _curate_args
+
+    args = [a for a in _curate_args(tiny_model_dir, pool_files, tmp_path / "out") if a not in ("--device", "cpu")]
+    assert main([*args, "--selection_method", "activations", "--executor", "ray", "--device_map", "auto"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--executor ray puts one whole replica of the model on each GPU or CPU worker: drop --device_map" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def ray_of_two_cpus():
+    """A local Ray this process has joined already: cola uses it as it is, and leaves it running."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'cola[ray]'")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@needs_ray
+def test_a_worker_that_cannot_load_the_model_or_loads_another_is_one_line(tiny_model_dir, pool_files, tmp_path,
+                                                                           ray_of_two_cpus) -> None:
+    import ray
+
+    from cola.config import ModelConfig
+
+    def run(model_config: ModelConfig) -> None:
+        COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[str(p) for p in pool_files.values()],
+             output_dir=tmp_path / "out", quiet=True, candidates_per_source=8, stage1=False, selection=ACTIVATIONS,
+             executor="ray", ray_workers=2, model_config=model_config).run(num_samples=4, sequence_length=32)
+
+    with pytest.raises(ColaError, match=r"^a Ray worker failed: .*missing") as info:  # no such model on the node
+        run(ModelConfig(model=str(tmp_path / "missing"), device="cpu", dtype="float32"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ColaError, match=r"^a Ray worker loaded other weights than this process \(digest \w{12} "
+                                        r"against \w{12}\): give every node the same model files$"):
+        run(ModelConfig(model=str(tiny_model_dir), device="cpu", dtype="float32"))  # 3 layers, not tiny_llama()'s 2
+    assert ray.is_initialized() and not (tmp_path / "out").exists()

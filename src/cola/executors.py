@@ -20,8 +20,8 @@ A multi-node run needs cola and the model (a local path present on every node, o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import pickle
 import socket
 import time
@@ -141,12 +141,22 @@ def ray_cluster(address: str | None, *, quiet: bool) -> Iterator[None]:
     try:
         ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=not quiet,
                  **({} if address else {"include_dashboard": False}))
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ColaError(f"cannot join Ray at {address or 'a local cluster'}: {str(exc).splitlines()[0]}") from None
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        hint = ("" if address is None else ": is it the head's GCS port, and does this node hold the cluster's auth "
+                "token (Ray's default: ~/.ray/auth_token copied from the head, RAY_AUTH_MODE=token)?")
+        raise ColaError(f"cannot join Ray at {address or 'a local cluster'} ({str(exc).splitlines()[0]}){hint}") \
+            from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def ray_actor_id() -> str:
+    """The Ray actor this code runs in ("" outside one)."""
+    import ray
+
+    return ray.get_runtime_context().get_actor_id() or ""
 
 
 class ChunkEmbedder:
@@ -166,21 +176,34 @@ class ChunkEmbedder:
 
             self.model = ray.get(source[0])
         self.digest = model_digest(self.model)
+        self.worker = ray_actor_id()
         self.options = {"pad_token_id": pad_token_id, "sketches": sketches, "maxima": maxima, "quiet": True}
         self.selection = selection
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows (index, ids: the chunk's token ids end to end, offsets: where each candidate starts, and the
-        end) -> rows (index, digest of this replica's weights, worker: its process id, extraction: the pickled
+        end) -> rows (index, digest of this replica's weights, worker: its actor id, extraction: the pickled
         `Extraction`)."""
         from cola.stages.select import embed_pool
 
         entries = []
         for flat, offsets in zip(batch["ids"], batch["offsets"]):
-            chunk = np.split(np.asarray(flat), np.asarray(offsets)[1:-1])
+            chunk = np.split(np.array(flat), np.asarray(offsets)[1:-1])  # a copy: Ray hands read-only views
             entries.append(pickle.dumps(embed_pool(self.model, chunk, self.selection, **self.options)))
         return {"index": np.asarray(batch["index"]), "digest": np.asarray([self.digest] * len(entries)),
-                "worker": np.asarray([os.getpid()] * len(entries)), "extraction": np.asarray(entries, dtype=object)}
+                "worker": np.asarray([self.worker] * len(entries)), "extraction": np.asarray(entries, dtype=object)}
+
+
+def _next_row(rows: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The next finished row, None at the end; a worker's failure (its model not loading on a node, a chunk's
+    error) is a ColaError with the failure's own last line, not Ray's wrapped traceback."""
+    import ray.exceptions
+
+    try:
+        return next(rows, None)
+    except ray.exceptions.RayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ColaError(f"a Ray worker failed: {lines[-1] if lines else type(exc).__name__}") from None
 
 
 def executor_fill(config: CurateConfig, *, model: Any, model_config: ModelConfig | None, model_key: str,
@@ -210,6 +233,7 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
     with ray_cluster(address, quiet=quiet):
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         plan = plan_workers(nodes, workers, use_gpu=device != "cpu")
+        plan = dataclasses.replace(plan, workers=min(plan.workers, len(chunks)))  # no replica without a chunk
         log.info("ray: %d chunks on %d replicas (%d CPU, %d GPU each) over %d nodes", len(chunks), plan.workers,
                  plan.cpus, plan.gpus, len(nodes))
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
@@ -222,12 +246,13 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
             fn_constructor_kwargs={"source": source, "selection": selection, "pad_token_id": pad_token_id,
                                    "sketches": sketches, "maxima": maxima, "threads": plan.cpus})
         start, replicas = time.perf_counter(), set()
-        for row in done.iter_rows():
+        rows_done = iter(done.iter_rows())
+        while (row := _next_row(rows_done)) is not None:
             if row["digest"] != model_key:
                 raise ColaError("a Ray worker loaded other weights than this process (digest "
                                 f"{str(row['digest'])[:12]} against {model_key[:12]}): give every node the same "
                                 "model files")
-            replicas.add(int(row["worker"]))
+            replicas.add(str(row["worker"]))
             yield int(row["index"]), pickle.loads(row["extraction"])
         log.info("ray: %d chunks extracted in %.1f s by %d replicas", len(chunks), time.perf_counter() - start,
                  len(replicas))
