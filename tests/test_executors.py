@@ -191,3 +191,30 @@ def test_a_worker_that_cannot_load_the_model_or_loads_another_is_one_line(tiny_m
                                         r"against \w{12}\): give every node the same model files$"):
         run(ModelConfig(model=str(tiny_model_dir), device="cpu", dtype="float32"))  # 3 layers, not tiny_llama()'s 2
     assert ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_another_executor_is_handed_only_the_chunks_the_store_lacks(tmp_path) -> None:
+    """The fill contract Ray's executor meets (no Ray needed): chunks kept by an earlier run are read, a chunk
+    repeated in the pool is handed over once, what the fill yields is kept and read back as computed here."""
+    from cola.activations import extract_features
+    from cola.feature_cache import chunked_extraction
+
+    model = tiny_llama()
+    ids = [list(range(1, 6 + i)) for i in range(10)]
+
+    def compute(chunk):
+        return extract_features(model, chunk, layers=None, projection_dim=8, seed=0, quiet=True)
+
+    chunked_extraction(tmp_path, "model", ids[:4], {}, compute, chunk_size=4)  # an earlier run kept chunk 0
+    pool = ids[:4] + ids[4:8] + ids[4:8] + ids[8:10]  # chunk 1 twice
+    handed: list[list] = []
+
+    def fill(chunks):
+        handed.extend(chunks)
+        for index in reversed(range(len(chunks))):  # in any order, as workers finish
+            yield index, compute(chunks[index])
+
+    found, hits, chunks = chunked_extraction(tmp_path, "model", pool, {}, compute, chunk_size=4, fill=fill)
+    assert handed == [ids[4:8], ids[8:10]] and (hits, chunks) == (1, 4)
+    alone, _, _ = chunked_extraction(None, "model", pool, {}, compute, chunk_size=4)
+    assert np.array_equal(found.features, alone.features)  # same function, same chunks, same process: bit for bit
