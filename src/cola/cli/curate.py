@@ -120,9 +120,8 @@ def check_unread_flags(config: CurateConfig) -> None:
     would read it, not silently dropped: Stage 1's settings with Stage 1 off (--no_stage1; all but
     --reference_size turn it on without that flag); --layers, --pooling and --projection_dim, read by Stage 1
     and the model-based Stage-3 methods; --sketch_dim, read by moments and outlier_coverage alone; --executor
-    ray where the model never reads the pool. (The Python
-    API and experiments keep such settings: an experiment shares them across strategies that read them and
-    strategies that do not.)"""
+    ray where the model never reads the pool. (The Python API and experiments keep such settings: an experiment
+    shares them across strategies that read them and strategies that do not.)"""
     unread = () if config.stage1 else config.stage1_settings()  # the one list of Stage 1's settings
     if unread:
         raise ColaError(f"{unread[0]} is a Stage 1 setting and this run has Stage 1 off: use --stage1 (not "
