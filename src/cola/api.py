@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHODS, CurateConfig
+from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHODS, CurateConfig, ModelConfig
 from cola.data.memory import specs_of
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
@@ -102,14 +102,15 @@ class COLA:
                  model_name_or_path: str | None = None, quiet: bool = False,
                  timings: dict[str, float] | None = None, manifest_extra: dict[str, Any] | None = None,
                  feature_cache: str | Path | None = None, work_dir: str | Path | None = None,
-                 **settings: Any) -> None:
+                 model_config: ModelConfig | None = None, **settings: Any) -> None:
         """`settings` are any other CurateConfig fields (deployment_type, process, selection, stage1, …);
         `manifest_extra` entries are added to the manifest (e.g. the experiment strategy that asked for it);
         `feature_cache` is a folder where the pool's activation features are kept and reused by later runs with
         the same model, pool and settings (`cola.feature_cache`; None: none kept beyond the run).
         `work_dir` holds what a run keeps while it works (without a feature cache, the pool's features, chunk by
         chunk, so that a killed run, run again, resumes); default: `.NAME.cola-work` beside output_dir NAME,
-        removed when the run succeeds (a folder given here is kept).
+        removed when the run succeeds (a folder given here is kept). `model_config`: how `model` was loaded, so
+        that `executor="ray"` workers load their own replicas (without it `model` is shipped to them).
 
         `available_datasets`: one dataset or a list of them, each a name, a path or in-memory data — a
         `datasets.Dataset` or `IterableDataset`, a list of texts or of dicts, a `(data, "math")` pair or
@@ -142,6 +143,7 @@ class COLA:
         manifest_extra = check(manifest_extra, dict[str, Any] | None, "manifest_extra")
         self.feature_cache = check(feature_cache, Path | str | None, "feature_cache")
         work_dir = check(work_dir, Path | str | None, "work_dir")
+        self.model_config = None if model_config is None else check(model_config, ModelConfig, "model_config")
         self._model_key: str | None = None
         self.model = model
         self.tokenizer = tokenizer
@@ -250,6 +252,7 @@ class COLA:
         """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
         with `moments`, its moment sketches from the same pass), and with Stage 1 each capability's probes'
         features in the same projection (seconds to `timings`)."""
+        from cola.executors import executor_fill
         from cola.feature_cache import model_digest, pool_extraction, probe_cache_dir
         from cola.stages.select import embed_pool
 
@@ -258,7 +261,7 @@ class COLA:
         pad = self.tokenizer.pad_token_id or 0
 
         def extract(token_ids: list[np.ndarray], cache: str | Path, sketches: bool = False, maxima: bool = False,
-                    work: bool = False) -> Extraction:
+                    work: bool = False, spread: bool = False) -> Extraction:  # spread: by config.executor
             with progress_bar(total=sum(len(ids) for ids in token_ids), quiet=self.quiet, desc="activations",
                               unit="tok", unit_scale=True) as bar:
                 def compute(chunk: list[np.ndarray]) -> Extraction:
@@ -267,9 +270,11 @@ class COLA:
 
                 if self._model_key is None:
                     self._model_key = model_digest(self.model)
+                fill = executor_fill(config, model=self.model, model_config=self.model_config, quiet=self.quiet,
+                                     model_key=self._model_key, pad_token_id=pad, sketches=sketches, maxima=maxima)
                 found, hits = pool_extraction(cache, self._model_key, token_ids, config.selection, pad, compute,
                                               sketches=sketches, maxima=maxima, work=work,
-                                              best_effort=cache != self.feature_cache,
+                                              best_effort=cache != self.feature_cache, fill=fill if spread else None,
                                               on_hit=lambda chunk: bar.update(sum(len(ids) for ids in chunk)))
             if hits:  # a chunk's seconds are then those of the run that computed it
                 timings["feature_cache_hits"] = timings.get("feature_cache_hits", 0) + hits
@@ -280,7 +285,7 @@ class COLA:
         # computes only the chunks it had not finished
         found = extract(pool.token_ids, self.feature_cache or self.work_features,
                         sketches=method in SKETCH_SELECTION_METHODS, maxima=method == "outlier_coverage",
-                        work=self.feature_cache is None)
+                        work=self.feature_cache is None, spread=True)
         start = time.perf_counter()
         # The probes are few and the same run after run: kept in cola's cache when no feature cache is given
         probe_cache = self.feature_cache or probe_cache_dir()

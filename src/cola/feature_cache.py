@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from cola.config import SelectionConfig
 
 log = logging.getLogger(__name__)
+# another executor's pass over chunks of token ids: yields (index into them, extraction) as each is computed
+Fill = Callable[[Sequence[Sequence[Sequence[int]]]], Iterable[tuple[int, Extraction]]]
 
 _SAMPLE = 4096  # values read from each end of every parameter for the model digest
 
@@ -133,22 +135,28 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
                        also: Sequence[Mapping[str, Any]] = (), best_effort: bool = False,
                        narrow: Callable[[Extraction], Extraction] | None = None,
                        on_hit: Callable[[Sequence[Sequence[int]]], None] | None = None,
-                       chunk_size: int | None = None) -> tuple[Extraction, int, int]:
+                       chunk_size: int | None = None, fill: Fill | None = None) -> tuple[Extraction, int, int]:
     """The extraction of `token_ids`, made of consecutive chunks of `chunk_size` candidates, each read from
     `cache_dir` (`cached_extraction`, with `also` and `best_effort`) or computed by `compute(chunk)` and kept
     there; (the joined extraction, chunks read from the cache, chunks). `narrow` trims an entry read from the
     cache to what was asked (an entry of a richer setting in `also`); `on_hit(chunk)` is called for each chunk
     read (for progress). Without a cache the chunks are computed all the same, so the result never depends on
     whether, or how much of it, came from a cache. `chunk_size` None: CHUNK_CANDIDATES.
+
+    `fill` (another executor, `cola.executors`; needs `cache_dir`): first handed the chunks that no entry holds
+    yet, it yields (index into them, extraction) as each is computed elsewhere, and each is kept here as it
+    comes (a killed run keeps what was finished); the chunks are then read as entries, and those it filled do
+    not count as read from the cache.
     """
     chunk_size = chunk_size or CHUNK_CANDIDATES
+    chunks = [token_ids[start:start + chunk_size] for start in range(0, len(token_ids), chunk_size)]
+    filled = _fill(cache_dir, model_key, chunks, settings, also, fill) if fill is not None else set()
     parts, hits = [], 0
-    for start in range(0, len(token_ids), chunk_size):
-        chunk = token_ids[start:start + chunk_size]
+    for index, chunk in enumerate(chunks):
         found, hit = cached_extraction(cache_dir, model_key, chunk, settings, lambda chunk=chunk: compute(chunk),
                                        also=also, best_effort=best_effort)
         if hit:
-            hits += 1
+            hits += index not in filled
             found = narrow(found) if narrow is not None else found
             if on_hit is not None:
                 on_hit(chunk)
@@ -156,15 +164,33 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
     return join_extractions(parts), hits, len(parts)
 
 
+def _fill(cache_dir: str | os.PathLike[str] | None, model_key: str, chunks: Sequence[Sequence[Sequence[int]]],
+          settings: Mapping[str, Any], also: Sequence[Mapping[str, Any]], fill: Fill) -> set[int]:
+    """Have `fill` compute the chunks no entry holds (under `settings` or `also`; a chunk repeated in `chunks`
+    once), each kept under `settings` as it arrives; the indices (into `chunks`) of those it computed."""
+    if cache_dir is None:
+        raise ValueError("an executor other than this process fills a feature cache: give cache_dir")
+    digests = [tokens_digest(chunk) for chunk in chunks]
+    first = {digest: i for i, digest in reversed(list(enumerate(digests)))}
+    missing = sorted(i for digest, i in first.items() if not any(
+        entry_path(cache_dir, model_key, digest, s).is_file() for s in (settings, *also)))
+    for position, found in (fill([chunks[i] for i in missing]) if missing else ()):
+        _write(entry_path(cache_dir, model_key, digests[missing[position]], settings), found)
+    computed = {digests[i] for i in missing}
+    return {i for i, digest in enumerate(digests) if digest in computed}
+
+
 def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str,
                     token_ids: Sequence[Sequence[int]], selection: SelectionConfig, pad: int,
                     compute: Callable[[Sequence[Sequence[int]]], Extraction], *, sketches: bool, maxima: bool,
                     work: bool, best_effort: bool,
-                    on_hit: Callable[[Sequence[Sequence[int]]], None] | None = None) -> tuple[Extraction, int]:
+                    on_hit: Callable[[Sequence[Sequence[int]]], None] | None = None,
+                    fill: Fill | None = None) -> tuple[Extraction, int]:
     """(the extraction of `token_ids` with `selection`'s settings, how many of its chunks came from folder
     `cache`), made chunk by chunk (`chunked_extraction`) and keyed by every setting extraction reads; an entry
     holding more than asked for (sketches, maxima: the same pass) serves, trimmed. `cache` None: computed,
-    nothing kept; `work`: `cache` is a run's own work folder (`claim_work_cache`)."""
+    nothing kept; `work`: `cache` is a run's own work folder (`claim_work_cache`); `fill`: the chunks not
+    kept yet are computed by another executor (`chunked_extraction`)."""
     s = selection
     base = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
             "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad}
@@ -184,7 +210,7 @@ def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str,
 
     found, hits, chunks = chunked_extraction(cache, model_key, token_ids, levels[asked], compute,
                                              also=levels[asked + 1:], narrow=narrow, on_hit=on_hit,
-                                             best_effort=best_effort)
+                                             best_effort=best_effort, fill=fill)
     if hits:
         log.info("activations: %d of %d chunks read from %s, %d computed", hits, chunks, cache, chunks - hits)
     return found, hits

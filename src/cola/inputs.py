@@ -71,9 +71,10 @@ def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> 
     """Resolve and check everything a run reads, before any model loads or computes (fail fast).
 
     In order: the output directory (not created), the dataset specs, Stage 1's reference specs for the given
-    targets, the sentence embedder and reasoning model named, the sources (a hub source first checks that the
-    hub is reachable), then the reference sets of every capability Stage 1 will probe (a hub reference the hub
-    cannot serve names `--reference CAPABILITY=PATH`). Raises ColaError on the first problem; writes nothing.
+    targets, the sentence embedder and reasoning model named, the executor (Ray installed, its address
+    answering), the sources (a hub source first checks that the hub is reachable), then the reference sets of
+    every capability Stage 1 will probe (a hub reference the hub cannot serve names `--reference
+    CAPABILITY=PATH`). Raises ColaError on the first problem; writes nothing.
     """
     from cola.stages.mixture import load_references, probed_capabilities, reference_spec
 
@@ -98,10 +99,12 @@ def prepare_inputs(config: CurateConfig, output_dir: str | os.PathLike[str]) -> 
 
 def _check_side_models(config: CurateConfig) -> None:
     """The optional models a run loads later (Stage 1's sentence embedder, Stage 2's reasoning model) exist or
-    can be fetched: checked now, not after the pool is processed."""
+    can be fetched, and the executor can run: checked now, not after the pool is processed."""
     from cola.embedder import check_embedder
+    from cola.executors import check_executor
     from cola.models import resolve_model_path
 
+    check_executor(config)  # Ray installed, its address answering
     if config.semantic_embedder:
         check_embedder(config.semantic_embedder)
     if config.process.enabled and config.process.generate_reasoning and config.process.reasoning_model:

@@ -119,13 +119,17 @@ def check_unread_flags(config: CurateConfig) -> None:
     """A flag given (not its default) where this run never reads it is a ColaError naming the flag and what
     would read it, not silently dropped: Stage 1's settings with Stage 1 off (--no_stage1; all but
     --reference_size turn it on without that flag); --layers, --pooling and --projection_dim, read by Stage 1
-    and the model-based Stage-3 methods; --sketch_dim, read by moments and outlier_coverage alone. (The Python
-    API and experiments keep such settings: an experiment shares them across strategies that read them and
-    strategies that do not.)"""
+    and the model-based Stage-3 methods; --sketch_dim, read by moments and outlier_coverage alone; --executor
+    ray where the model never reads the pool. (The Python API and experiments keep such settings: an experiment
+    shares them across strategies that read them and strategies that do not.)"""
     unread = () if config.stage1 else config.stage1_settings()  # the one list of Stage 1's settings
     if unread:
         raise ColaError(f"{unread[0]} is a Stage 1 setting and this run has Stage 1 off: use --stage1 (not "
                         f"--no_stage1), or drop {unread[0]}")
+    if config.executor != "local" and not config.reads_model:
+        raise ColaError(f"--executor {config.executor} runs the model over the pool, which this run never does "
+                        f"(Stage 1 off, --selection_method {config.selection_method}): add --selection_method "
+                        "activations, moments or outlier_coverage, or --stage1; or drop --executor")
     method, default = config.selection_method, SelectionConfig()
     for name in ("layers", "pooling", "projection_dim", "sketch_dim"):
         if getattr(config.selection, name) == getattr(default, name):
@@ -146,13 +150,16 @@ def run_curate(args: argparse.Namespace) -> int:
     model = model_config(args)
     if model.device_map is None:  # a bad device or dtype fails before anything is read (a device map: in model_config)
         resolve_dtype(model.dtype, resolve_device(model.device))
+    elif config.executor == "ray":
+        raise ColaError("--executor ray puts one whole replica of the model on each GPU or CPU worker: drop "
+                        "--device_map (a model too big for one device is extracted locally, sharded)")
     # Sources, reference sets, hub access and the output directory are checked before the model loads.
     inputs = prepare_inputs(config, args.output_dir)
     start = time.perf_counter()
     loaded, tokenizer = model.load(quiet=args.quiet)
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
                             model_name_or_path=model.model, quiet=args.quiet, work_dir=args.work_dir,
-                            timings={"load_model": time.perf_counter() - start})
+                            model_config=model, timings={"load_model": time.perf_counter() - start})
     samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs,
                        plots=args.plots)
     print(f"wrote {len(samples)} calibration samples to {args.output_dir} "

@@ -25,7 +25,11 @@ DEPLOYMENT_TYPES = ("general", "targeted")
 STAGE1 = "Stage 1 (dataset selection)"  # --help headings
 STAGE2 = "Stage 2 (processing)"
 STAGE3 = "Stage 3 (sample selection)"
+EXECUTION = "execution"
 DEFAULT_SEED = 42
+# where the model's pass over the pool runs (cola.executors); either way the same chunks, function and feature store
+EXECUTORS = {"local": "this process", "ray": "a Ray cluster: Ray Data hands the pool's chunks to an actor pool, one "
+                                             "model replica per GPU or per CPU worker (pip install 'cola[ray]')"}
 REFERENCE_SIZE = 64  # Stage 1's probe texts per capability
 
 
@@ -90,6 +94,15 @@ class CurateConfig:
                                     group=STAGE2)
     selection: SelectionConfig = option(default_factory=SelectionConfig, help="Stage 3's settings", group=STAGE3)
     stage3: bool = option(True, flag="no_stage3", group="ablations", help="skip Stage 3: a seeded random pick")
+    executor: str = option("local", choices=EXECUTORS, group=EXECUTION,
+                           help="where the model reads the pool: local (this process) or ray (an actor pool on a Ray "
+                                "cluster fills the same feature chunks; pip install 'cola[ray]')")
+    ray_address: str | None = option(None, group=EXECUTION, shown="none: a local Ray started for the run",
+                                     help="with --executor ray: the cluster to join, auto (the one `ray start` made "
+                                          "here) or HOST:PORT (the head's GCS port, 6379 unless set)")
+    ray_workers: int | None = option(None, group=EXECUTION, shown="one per GPU of the cluster, else one per node",
+                                     help="with --executor ray: model replicas; a CPU worker gets the cluster's CPUs "
+                                          "divided among them as torch threads")
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -118,6 +131,7 @@ class CurateConfig:
                             "needs stage3 on (drop --no_stage3, or use --selection_method random)")
         if self.deployment_type not in DEPLOYMENT_TYPES:
             raise unknown_choice("deployment type", self.deployment_type, DEPLOYMENT_TYPES)
+        self._check_executor()
         self._decide_stage1()
         if self.deployment_type == "targeted" and not self.targeted_capability:
             known = reference_capabilities((*(c for c, _ in self.references), *(self.target_capabilities or ())))
@@ -129,6 +143,20 @@ class CurateConfig:
         if (self.targeted_capability and self.target_capabilities is not None
                 and self.targeted_capability not in self.target_capabilities):
             raise unknown_choice("targeted capability", self.targeted_capability, self.target_capabilities)
+
+    def _check_executor(self) -> None:
+        """The executor is known, and the Ray settings come with `executor="ray"` (ColaError otherwise)."""
+        if self.executor not in EXECUTORS:
+            raise unknown_choice("executor", self.executor, EXECUTORS)
+        if self.executor != "ray":
+            for name in ("ray_address", "ray_workers"):
+                if getattr(self, name) is not None:
+                    raise ColaError(f"--{name} applies to --executor ray, and this run's executor is "
+                                    f"{self.executor!r}: add --executor ray, or drop --{name}")
+        if self.ray_workers is not None and self.ray_workers < 1:
+            raise ColaError(f"ray_workers must be at least 1, got {self.ray_workers}")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ColaError("ray_address is empty: give auto or HOST:PORT, or drop it for a local Ray")
 
     def _decide_stage1(self) -> None:
         """Stage 1 unset (None) runs where the run asks for what only it does: any of `stage1_settings` but
