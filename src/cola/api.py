@@ -229,7 +229,7 @@ class COLA:
         start = time.perf_counter()
         if config.process.enabled:
             candidates, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                                 model=self.model, quiet=self.quiet, folder=self.work_dir)
+                                                 model=self.model, quiet=self.quiet)
         else:
             candidates = []
             for index, source in enumerate(sources):
