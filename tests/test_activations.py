@@ -147,3 +147,30 @@ def test_decoder_layers_found_generically_and_features_extracted(config, path: s
     assert (name, len(blocks)) == (path, 3)
     feats, stats = _features(model, [[1, 2, 3, 4], [5, 6]], layers=[1])
     assert feats.shape == (2, 16) and stats.real_tokens == 6
+
+
+@pytest.mark.parametrize("config", [
+    LlamaConfig(num_hidden_layers=2, **TINY), Qwen2Config(num_hidden_layers=2, **TINY),
+    MistralConfig(num_hidden_layers=2, **TINY), GemmaConfig(num_hidden_layers=2, head_dim=8, **TINY),
+    GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=64),
+    OPTConfig(num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=4, vocab_size=64,
+              max_position_embeddings=64, word_embed_proj_dim=32),
+], ids=lambda config: config.model_type)
+def test_right_padded_batch_without_attention_mask_matches_each_sequence_alone(config) -> None:
+    """The forward gets no attention mask: each architecture's causal attention must keep pads out of the real
+    tokens' states (OPT's positions come from the mask: all ones gives the same positions to right-padded rows)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    alone = torch.tensor(_features(model, SEQS, batch_size=1)[0])
+    padded, stats = _features(model, SEQS, batch_size=8, batch_tokens=10_000)
+    assert stats.batches == 1 and stats.computed_tokens > stats.real_tokens
+    torch.testing.assert_close(alone, torch.tensor(padded), atol=1e-5, rtol=1e-4)
+
+
+def test_masked_mean_in_bfloat16_equals_the_float32_mean_of_the_same_values() -> None:
+    hidden = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    expected = torch.stack([hidden[row, :int(n)].float().mean(dim=0) for row, n in enumerate(mask.sum(dim=1))])
+    result = masked_mean(hidden, mask)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, expected, atol=1e-6, rtol=1e-6)

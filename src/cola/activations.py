@@ -6,7 +6,8 @@ is pooled over real tokens (attention mask): their mean by default, or the last 
 in a causal model is the only one that has seen the whole sample. It is then L2-normalised and multiplied
 by that layer's slice of one Gaussian projection, so only a (N, projection_dim) matrix is ever held.
 Candidates are batched by length (sorted, with a token budget per batch), so almost no padding is computed;
-right padding plus a causal mask leaves every real token's hidden state as it is without padding.
+right padding plus a causal mask leaves every real token's hidden state as it is without padding, which is
+why the forward is given no attention mask at all (the padding mask only serves the pooling).
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, 
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens only. hidden (B, T, H), mask (B, T) of 0/1 -> (B, H) in float32."""
-    weights = mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
-    return (hidden.to(torch.float32) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    """Mean over real tokens only. hidden (B, T, H), mask (B, T) of 0/1 -> (B, H) in float32.
+
+    The 0/1 weights multiply in the hidden states' own dtype (exact) and the sum accumulates in float32, so no
+    float32 copy of the (B, T, H) states is made: one pass over them per chosen layer instead of three.
+    """
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    count = mask.sum(dim=1, keepdim=True).to(torch.float32).clamp_min(1.0)  # (B, 1)
+    return (hidden * weights).sum(dim=1, dtype=torch.float32) / count
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -172,7 +178,11 @@ def extract_features(
                 state["acc"] = torch.zeros(len(batch), projection_dim, device=device)
                 state["rows"] = batch
                 try:
-                    model(input_ids=ids.to(device), attention_mask=state["mask"], use_cache=False)
+                    # No attention mask on purpose: with right padding and causal attention no real token sees a
+                    # pad, so the real tokens' states are the same without it (the pads' own are never pooled).
+                    # The model then builds only its causal mask, and SDPA runs its causal kernel, which skips
+                    # the blocks above the diagonal, instead of reading a padding mask of B x T x T.
+                    model(input_ids=ids.to(device), use_cache=False)
                 except _StopForward:
                     pass
                 else:
