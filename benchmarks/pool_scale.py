@@ -8,7 +8,8 @@ memory (VmHWM) and wall time, then the ratios the issue's target reads: peak RSS
 The model is a tiny random Llama (2 layers, hidden 64) with SmolLM2's tokenizer, built here and saved to a
 temporary folder, so the model's own cost stays small and what grows with N is the pipeline's: Stage 2's
 format, filters (exact and MinHash near-duplicate dedup across the whole pool) and packing, Stage 1's
-scoring, Stage 3's extraction, selection and the export of the pool table. num_samples is the same at every N.
+scoring (the source has no capability label: Stage 1 scores it against the embedded reference sets), Stage 3's
+activation extraction and k-means medoids, and the export of the pool table. num_samples is the same at every N.
 
 Run from the repository root:
   .venv/bin/python benchmarks/pool_scale.py [--sizes 1000,10000,100000] [--sequence_length 64]
@@ -67,7 +68,8 @@ def run_one(pool: Path, model: Path, out: Path, args: argparse.Namespace, count:
     wrapper = ("import atexit, sys; from pathlib import Path; "
                f"atexit.register(lambda: Path({str(report)!r}).write_text(Path('/proc/self/status').read_text())); "
                "from cola.cli import main; sys.argv = sys.argv[1:]; sys.exit(main())")
-    command = [sys.executable, "-c", wrapper, "cola", "curate", "--model", str(model), "--datasets", f"{pool}@general",
+    command = [sys.executable, "-c", wrapper, "cola", "curate", "--model", str(model), "--datasets", str(pool), "--stage1",
+               "--selection_method", "activations", "--batch_size", "64", "--batch_tokens", "8192",
                "--candidates_per_source", str(count), "--num_samples", str(args.num_samples),
                "--sequence_length", str(args.sequence_length), "--length", "truncate", "--dtype", "float32",
                "--output_dir", str(out), "--quiet"]
