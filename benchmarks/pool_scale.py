@@ -68,8 +68,8 @@ def run_one(pool: Path, model: Path, out: Path, args: argparse.Namespace, count:
     wrapper = ("import atexit, sys; from pathlib import Path; "
                f"atexit.register(lambda: Path({str(report)!r}).write_text(Path('/proc/self/status').read_text())); "
                "from cola.cli import main; sys.argv = sys.argv[1:]; sys.exit(main())")
-    command = [sys.executable, "-c", wrapper, "cola", "curate", "--model", str(model), "--datasets", str(pool), "--stage1",
-               "--selection_method", "activations", "--batch_size", "64", "--batch_tokens", "8192",
+    command = [sys.executable, "-c", wrapper, "cola", "curate", "--model", str(model), "--datasets", str(pool),
+               "--stage1", "--selection_method", "activations", "--batch_size", "64", "--batch_tokens", "8192",
                "--candidates_per_source", str(count), "--num_samples", str(args.num_samples),
                "--sequence_length", str(args.sequence_length), "--length", "truncate", "--dtype", "float32",
                "--output_dir", str(out), "--quiet"]
