@@ -4,6 +4,8 @@ itself); the bad input of the Ray settings is a one-line error before the model 
 
 from __future__ import annotations
 
+import builtins
+
 import importlib.util
 import json
 import socket
@@ -66,7 +68,9 @@ def test_the_command_line_runs_on_ray_with_workers_loading_the_model(tiny_model_
     monkeypatch.setattr("cola.feature_cache.CHUNK_CANDIDATES", 8)
     args = ("--selection_method", "activations", "--projection_dim", "8")
     assert curate(tiny_model_dir, pool_files, tmp_path / "local", *args) == 0
+    print_before = builtins.print
     assert curate(tiny_model_dir, pool_files, tmp_path / "ray", *args, "--executor", "ray", "--ray_workers", "2") == 0
+    assert builtins.print is print_before  # the local Ray cola started is gone, and so is the print it installs
     (local, local_features), (ray, ray_features) = _outputs(tmp_path / "local"), _outputs(tmp_path / "ray")
     np.testing.assert_allclose(ray_features, local_features, rtol=1e-5, atol=1e-6)
     assert ray == local
@@ -168,8 +172,10 @@ def ray_of_two_cpus():
     """A local Ray this process has joined already: cola uses it as it is, and leaves it running."""
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'cola[ray]'")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    before = builtins.print
     yield
     ray.shutdown()
+    builtins.print = before  # ray.shutdown installs its own print; other tests pickle the builtin one
 
 
 @needs_ray

@@ -139,7 +139,7 @@ def test_stage2_samples_and_the_perplexity_filter_see_exactly_one_bos(name, leng
         scored.extend(list(map(int, ids)) for ids in token_ids)
         return np.arange(len(token_ids), dtype=np.float64)
 
-    monkeypatch.setattr("cola.stages.filters.sequence_perplexities", perplexities)
+    monkeypatch.setattr("cola.stages.process.sequence_perplexities", perplexities)  # Stage 2 scores
     config = ProcessConfig(length=length, filters=FilterConfig(dedup_near=False, min_tokens=1,
                                                                perplexity_drop_fraction=0.1))
     samples, report = process_sources(_sources(tmp_path), tokenizer, 48, config, model=object(), quiet=True)

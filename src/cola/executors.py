@@ -20,6 +20,8 @@ A multi-node run needs cola and the model (a local path present on every node, o
 
 from __future__ import annotations
 
+import builtins
+
 import dataclasses
 import logging
 import pickle
@@ -138,6 +140,7 @@ def ray_cluster(address: str | None, *, quiet: bool) -> Iterator[None]:
         return
     if address is not None:
         check_address(address)
+    print_before = builtins.print
     try:
         ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=not quiet,
                  **({} if address else {"include_dashboard": False}))
@@ -150,6 +153,7 @@ def ray_cluster(address: str | None, *, quiet: bool) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        builtins.print = print_before  # ray.shutdown leaves its own print (ray.experimental.tqdm_ray) installed
 
 
 def ray_actor_id() -> str:
