@@ -25,6 +25,8 @@ from cola.errors import ColaError, unknown_choice
 DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}
 TARGETED_SHARPNESS = 4.0     # targeted: within a capability, datasets share by score**4
 COVERAGE_PERCENTILE = 90.0   # a reference cluster's radius: this percentile of its members' distances
+_UNIGRAM_CHUNK = 4096        # sequences counted at a time
+_REACH_CHUNK = 65536         # pool rows per distance block: (rows, k) float64 at a time
 UNIGRAM_EPSILON = 0.01       # add-epsilon pseudo-count per vocabulary entry
 
 
@@ -42,10 +44,14 @@ def unigram_distribution(token_ids: Sequence[Sequence[int]], vocab_size: int,
     """(V,) token frequencies with `epsilon` added to every count, so every probability is positive."""
     if vocab_size < 1:
         raise ColaError(f"vocab_size must be at least 1, got {vocab_size}")
-    flat = np.concatenate([np.asarray(ids, dtype=np.int64).ravel() for ids in token_ids] or [np.zeros(0, np.int64)])
-    if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
-        raise ColaError(f"token id out of range [0, {vocab_size}): min {flat.min()}, max {flat.max()}")
-    counts = np.bincount(flat, minlength=vocab_size).astype(np.float64) + epsilon  # (V,)
+    counts = np.zeros(vocab_size, dtype=np.float64)  # (V,) summed a chunk of sequences at a time: no (tokens,) copy
+    for start in range(0, len(token_ids), _UNIGRAM_CHUNK):
+        flat = np.concatenate([np.asarray(ids).ravel() for ids in token_ids[start:start + _UNIGRAM_CHUNK]]
+                              or [np.zeros(0, np.int64)]).astype(np.int64, copy=False)
+        if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
+            raise ColaError(f"token id out of range [0, {vocab_size}): min {flat.min()}, max {flat.max()}")
+        counts += np.bincount(flat, minlength=vocab_size)
+    counts += epsilon
     return counts / counts.sum()
 
 
@@ -63,8 +69,9 @@ def token_similarity(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def _features(*arrays: np.ndarray) -> list[np.ndarray]:
-    """float64 copies of non-empty (N, P) feature arrays that share one width P."""
-    out = [np.asarray(a, np.float64) for a in arrays]
+    """The arrays, checked to be non-empty (N, P) feature arrays that share one width P (not copied: the means
+    and distances taken of them are computed in float64)."""
+    out = [np.asarray(a) for a in arrays]
     if any(a.ndim != 2 or not len(a) or a.shape[1] != out[0].shape[1] for a in out):
         raise ColaError(f"features must be non-empty (N, P) arrays of one width, got {[a.shape for a in out]}")
     return out
@@ -73,7 +80,11 @@ def _features(*arrays: np.ndarray) -> list[np.ndarray]:
 def semantic_similarity(dataset_features: np.ndarray, reference_features: np.ndarray) -> float:
     """(cos + 1) / 2 of the two centroids' cosine, in [0, 1]; 0.5 (undefined cosine) if a centroid is zero."""
     x, r = _features(dataset_features, reference_features)
-    a, b = x.mean(axis=0), r.mean(axis=0)  # (P,), (P,)
+    return _centroid_similarity(x.mean(axis=0, dtype=np.float64), r.mean(axis=0, dtype=np.float64))
+
+
+def _centroid_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """`semantic_similarity` of two (P,) float64 centroids."""
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     cos = float(a @ b / norms) if norms > 0 else 0.0
     return float(np.clip((cos + 1) / 2, 0.0, 1.0))
@@ -99,7 +110,9 @@ def reference_reach(dataset: np.ndarray, centroids: np.ndarray, radii: np.ndarra
     """For each reference cluster (`reference_balls`): the distance from its centroid to the dataset's closest
     sample, (k,), and whether that sample lies within the cluster's radius, (k,) bool: the absolute half of
     `coverage_table`'s coverage rule (a cluster is reached when some sample lies within its radius)."""
-    nearest = cdist(dataset, centroids).min(axis=0)  # (k,) closest dataset sample to each centroid
+    nearest = np.full(len(centroids), np.inf)  # (k,) closest dataset sample to each centroid, a chunk of rows at a time
+    for start in range(0, len(dataset), _REACH_CHUNK):
+        nearest = np.minimum(nearest, cdist(dataset[start:start + _REACH_CHUNK], centroids).min(axis=0))
     return nearest, nearest <= radii + 1e-12
 
 
@@ -126,10 +139,12 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
     embedded = all(datasets[n].embeddings is not None for n in names) and all(
         r.embeddings is not None for r in references.values())
     semantic = _features(*(datasets[n].embeddings for n in names)) if embedded else feats
-    center = np.concatenate(semantic).mean(axis=0)  # (P,) the pool's common component
+    means = [x.mean(axis=0, dtype=np.float64) for x in semantic]  # (P,) each dataset's centroid
+    center = sum(m * len(x) for m, x in zip(means, semantic)) / sum(len(x) for x in semantic)  # (P,) the pool's
+    # common component; centring a centroid is centring its rows (mean(x - c) = mean(x) - c), with no (N, P) copy
     table: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
     for cap, ref in references.items():
-        (r,) = _features(ref.features)
+        r = _features(ref.features)[0].astype(np.float64)  # (M, P): the reference set is small; k-means in float64
         centroids, radii = reference_balls(r, config.reference_clusters, config.seed)
         reach = [reference_reach(x, centroids, radii) for x in feats]
         nearest = np.stack([n for n, _ in reach])  # (D, k) closest sample per centroid
@@ -138,7 +153,8 @@ def coverage_table(datasets: Mapping[str, DatasetStats], references: Mapping[str
         token_relative = token / token.max() if token.max() > 0 else np.ones_like(token)
         for d, name in enumerate(names):
             ref_semantic = _features(ref.embeddings)[0] if embedded else r
-            signals = {"semantic": semantic_similarity(semantic[d] - center, ref_semantic - center),
+            ref_mean = ref_semantic.mean(axis=0, dtype=np.float64)
+            signals = {"semantic": _centroid_similarity(means[d] - center, ref_mean - center),
                        "token": float(token_relative[d]), "coverage": float(reached[d].mean())}
             table[name][cap] = signals | {"score": float(w @ list(signals.values()))}
     return table
