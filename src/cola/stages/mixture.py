@@ -70,8 +70,13 @@ def prose_share(texts: Sequence[str]) -> float:
     digit, operator or underscore. A token of prose punctuation alone (a tokenized corpus's " , ") counts as
     neither. 0.0 when there are no tokens. Prose scores about 0.85 and above, code and worked arithmetic below
     0.8 (PROSE_WORD_SHARE)."""
-    tokens = [token for text in texts for token in text.split() if not _PUNCTUATION.match(token)]
-    return sum(bool(_PLAIN_WORD.match(t)) for t in tokens) / len(tokens) if tokens else 0.0
+    tokens = words = 0  # counted text by text: a list of every token of a 100k-text pool took 190 MB
+    for text in texts:
+        for token in text.split():
+            if not _PUNCTUATION.match(token):
+                tokens += 1
+                words += bool(_PLAIN_WORD.match(token))
+    return words / tokens if tokens else 0.0
 
 
 def general_reference_sources(sources: Sequence[Source]) -> tuple[Source, ...]:
