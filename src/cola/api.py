@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +34,12 @@ from cola.output_dir import default_work_dir
 from cola.progress import progress_bar
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
 from cola.inputs import RunInputs as RunInputs, check_output_dir as check_output_dir, prepare_inputs
+from cola.pool import Pool as Pool, PoolFeatures as PoolFeatures
 from cola.schema import convert
 
 if TYPE_CHECKING:
-    from cola.activations import Extraction, ExtractionStats
-    from cola.moments import MomentSketches
+    from cola.activations import Extraction
     from cola.stages.mixture import MixturePlan
-    from cola.stages.process import TokenizedText
     from cola.stages.select import Selection
 
 log = logging.getLogger(__name__)
@@ -57,36 +55,6 @@ def stages_run(config: CurateConfig) -> dict[str, Any]:
                                   if config.process.enabled else "off: texts cut to sequence_length"),
             "stage3_activation_selection": SELECTION_METHODS[config.selection_method],
             "selection_method": config.selection_method}
-
-
-@dataclass(frozen=True)
-class Pool:
-    """What Stage 2 hands on: the candidates Stage 3 picks from, and Stage 1's probes made the same way."""
-
-    sources: tuple[Source, ...]
-    candidates: tuple[TokenizedText, ...]          # exact token ids, each with its source's index
-    report: dict[str, Any]                         # the manifest's `stage2` entry
-    probes: dict[str, tuple[TokenizedText, ...]]   # probed capability -> its reference set, formatted and cut
-
-    @property
-    def names(self) -> list[str]:
-        """Each candidate's dataset name, row by row."""
-        return [self.sources[c.source].spec.name for c in self.candidates]
-
-    @property
-    def token_ids(self) -> list[np.ndarray]:
-        return [c.input_ids for c in self.candidates]
-
-
-@dataclass(frozen=True)
-class PoolFeatures:
-    """The activation features Stage 1 scores and Stage 3 clusters; None where no step needs them."""
-
-    features: np.ndarray | None        # (N, P) one row per pool candidate
-    stats: ExtractionStats | None      # what extracting the pool's features cost
-    probes: dict[str, np.ndarray]      # probed capability -> (M, P) features of its probes (Stage 1 only)
-    sketches: MomentSketches | None = None  # the pool's moment sketches (moments selection only)
-
 
 
 class COLA:
@@ -246,7 +214,7 @@ class COLA:
                   for capability, reference in (references or {}).items()}
         if probes:
             timings["stage2_reference_probes"] = time.perf_counter() - start
-        return Pool(sources=tuple(sources), candidates=tuple(candidates), report=report, probes=probes)
+        return Pool(sources=tuple(sources), candidates=candidates, report=report, probes=probes)
 
     def embed(self, pool: Pool, config: CurateConfig, timings: dict[str, float]) -> PoolFeatures:
         """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
@@ -312,7 +280,7 @@ class COLA:
         start = time.perf_counter()
         plan = plan_mixture(features.features, pool.token_ids, pool.names, pool.sources, pool.probes,
                             features.probes, config, vocab_size=len(self.tokenizer),
-                            texts=[c.text for c in pool.candidates], quiet=self.quiet)
+                            texts=pool.texts, quiet=self.quiet)
         timings["stage1_mixture"] = time.perf_counter() - start
         return plan
 
@@ -334,7 +302,7 @@ class COLA:
             selection = select_at_random(len(pool.candidates), names, config.num_samples, seed=seed,
                                          quotas=plan.quotas)
         else:
-            selection = select_from_pool(method, [c.text for c in pool.candidates], pool.token_ids, names,
+            selection = select_from_pool(method, list(pool.texts), list(pool.token_ids), names,
                                          config.num_samples, seed=seed, quotas=plan.quotas)
         if features.stats is not None:  # the pool's activations served Stage 1 alone: the pool table keeps them
             selection = dataclasses.replace(with_pool_features(selection, features.features),
@@ -345,7 +313,7 @@ class COLA:
                timings: dict[str, float]) -> list[dict[str, Any]]:
         """Write the selected samples, the HF dataset, the pool table and the manifest as one set
         (`cola.export`); return the samples as calibration_samples.json holds them."""
-        owner = [plan.sources[c.source] for c in pool.candidates]
+        owner = [plan.sources[i] for i in pool.source_indices.tolist()]
         coverage = plan.report.get("coverage", {})
 
         def scores(source: Source) -> dict[str, float]:  # Stage 1's scores, else the capability the hints give
@@ -353,12 +321,12 @@ class COLA:
                 return {cap: round(coverage[source.spec.name][cap]["score"], 6) for cap in plan.targets}
             return {cap: float(cap == source.capability) for cap in plan.targets}
 
-        chosen = [pool.candidates[i] for i in selection.indices]
+        chosen = pool.take(selection.indices)
         samples = [SampleRecord(text=c.text, dataset_name=owner[i].spec.name, capability_scores=scores(owner[i]),
                                 format_enhanced=c.format_enhanced, selection_index=int(i),
                                 selection_method=selection.method) for i, c in zip(selection.indices, chosen)]
         table = PoolTable(dataset_name=[s.spec.name for s in owner], capability=[s.capability for s in owner],
-                          num_tokens=np.fromiter((len(c.input_ids) for c in pool.candidates), np.int64, len(owner)),
+                          num_tokens=pool.num_tokens,
                           selected=np.isin(np.arange(len(owner)), selection.indices),
                           extra={"cluster": selection.labels,
                                  "distance_to_nearest_selected": selection.nearest_distance.round(6),

@@ -31,7 +31,7 @@ def gaussian_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
 # (benchmarks/selection_scale.py). At or below it, the full-batch method is kept exactly as it was.
 FULL_BATCH_LIMIT = 50_000
 # rows of candidates whose distances to every centroid are held at once (chunk x k float64): bounded memory at any N
-_CHUNK_ENTRIES = 1 << 22
+_CHUNK_ENTRIES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _full_batch_kmeans(x: np.ndarray, k: int, seed: int, n_init: int,
 
 def _minibatch_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, on_restart: Callable[[], None] | None,
                       batch_size: int = 4096, refine_iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import MiniBatchKMeans
 
     best = None
     for restart in range(n_init):
@@ -102,10 +102,36 @@ def _minibatch_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, on_restart:
             best = km
         if on_restart is not None:
             on_restart()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Number of distinct clusters")
-        refined = KMeans(n_clusters=k, init=best.cluster_centers_, n_init=1, max_iter=refine_iterations).fit(x)
-    return refined.cluster_centers_.astype(np.float64), refined.labels_.astype(np.int64)
+    return lloyd_refine(x, best.cluster_centers_, refine_iterations)
+
+
+def lloyd_refine(x: np.ndarray, centroids: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `iterations` full Lloyd iterations (assign each point to its nearest centroid, move each centroid
+    to its points' mean; Lloyd 1982) from `centroids` (k, D), over x (N, D) in chunks of rows: no copy of x and
+    no N x k matrix, so memory stays flat at any N. Stops early when no label changes; a centroid that loses all
+    its points stays where it was. Returns ((k, D) float64 centroids, (N,) int64 labels of those centroids)."""
+    from scipy.sparse import csr_matrix
+
+    c = np.asarray(centroids, dtype=np.float64).copy()
+    k, step = len(c), _row_step(len(c))
+    labels = np.full(len(x), -1, dtype=np.int64)
+    for iteration in range(iterations + 1):
+        sums, counts, changed = np.zeros_like(c), np.zeros(k), 0
+        for start in range(0, len(x), step):
+            rows = np.asarray(x[start:start + step], dtype=np.float64)
+            scores = rows @ (-2.0 * c.T)  # |x - c|^2 less the row's own |x|^2, which does not change the argmin
+            scores += (c * c).sum(1)
+            assigned = scores.argmin(axis=1)
+            changed += int((assigned != labels[start:start + step]).sum())
+            labels[start:start + step] = assigned
+            members = csr_matrix((np.ones(len(rows)), (assigned, np.arange(len(rows)))), shape=(k, len(rows)))
+            sums += members @ rows  # (k, D): each centroid's points summed
+            counts += np.bincount(assigned, minlength=k)
+        if changed == 0 or iteration == iterations:  # the labels are those of the centroids returned
+            break
+        present = counts > 0
+        c[present] = sums[present] / counts[present, None]
+    return c, labels
 
 
 def _row_step(columns: int) -> int:

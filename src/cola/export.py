@@ -374,6 +374,29 @@ class Manifest:
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, **self.extra}
 
 
+POOL_ROW_GROUP = 16_384  # pool.parquet rows converted and written at a time: the export's memory does not grow
+
+
+def write_columns(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray],
+                  row_group: int = POOL_ROW_GROUP) -> None:
+    """Write equal-length columns (`cola.io.arrow_column` each) to parquet `path`, `row_group` rows at a time
+    (one row group each), so that only a row group's Arrow arrays are held."""
+    rows = len(next(iter(columns.values()))) if columns else 0
+    writer = None
+    try:
+        for start in range(0, max(rows, 1), row_group):
+            table = pa.table({name: arrow_column(values[start:start + row_group])
+                              for name, values in columns.items()})
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            elif table.schema != writer.schema:  # e.g. a row group whose optional column is all null
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 def write_outputs(output_dir: Path, *, samples: Sequence[SampleRecord | Mapping[str, Any]],
                   input_ids: Sequence[np.ndarray], pool: PoolTable | Mapping[str, list[Any]],
                   manifest: Manifest | Mapping[str, Any]) -> dict[str, str]:
@@ -394,7 +417,7 @@ def write_outputs(output_dir: Path, *, samples: Sequence[SampleRecord | Mapping[
         pq.write_table(table, staging / DATASET_PARQUET)
         # An explicit fingerprint keeps save_to_disk byte-identical between identical runs.
         Dataset(table, fingerprint=_tokens_digest(input_ids)[:16]).save_to_disk(str(staging / DATASET_DIR))
-        pq.write_table(pa.table({name: arrow_column(v) for name, v in columns.items()}), staging / POOL_PARQUET)
+        write_columns(staging / POOL_PARQUET, columns)
         hashes = tree_hashes(staging)
         _write_json(staging / MANIFEST_FILE, {**index, "outputs": hashes})
     return hashes

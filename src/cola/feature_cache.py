@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -149,10 +150,11 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
     not count as read from the cache.
     """
     chunk_size = chunk_size or CHUNK_CANDIDATES
-    chunks = [token_ids[start:start + chunk_size] for start in range(0, len(token_ids), chunk_size)]
+    chunks = _Chunks(token_ids, chunk_size)  # each read when it is needed: a pool on disk stays there
     filled = _fill(cache_dir, model_key, chunks, settings, also, fill) if fill is not None else set()
-    parts, hits = [], 0
-    for index, chunk in enumerate(chunks):
+    parts, hits, features = [], 0, None
+    for index in range(len(chunks)):
+        chunk = chunks[index]
         found, hit = cached_extraction(cache_dir, model_key, chunk, settings, lambda chunk=chunk: compute(chunk),
                                        also=also, best_effort=best_effort)
         if hit:
@@ -160,8 +162,36 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
             found = narrow(found) if narrow is not None else found
             if on_hit is not None:
                 on_hit(chunk)
-        parts.append(found)
-    return join_extractions(parts), hits, len(parts)
+        if features is None:
+            features = feature_array(len(token_ids), found.features.shape[1], mapped=len(chunks) > 1)
+        features[index * chunk_size:index * chunk_size + len(chunk)] = found.features
+        parts.append(dataclasses.replace(found, features=found.features[:0]))  # its rows are in `features` now
+    joined = join_extractions(parts)
+    return dataclasses.replace(joined, features=features), hits, len(parts)
+
+
+class _Chunks(Sequence[list[Sequence[int]]]):
+    """Consecutive chunks of `chunk_size` candidates of a sequence of token ids, each sliced when asked for."""
+
+    def __init__(self, token_ids: Sequence[Sequence[int]], chunk_size: int) -> None:
+        self.token_ids, self.chunk_size = token_ids, chunk_size
+
+    def __len__(self) -> int:
+        return (len(self.token_ids) + self.chunk_size - 1) // self.chunk_size
+
+    def __getitem__(self, index: int) -> list[Sequence[int]]:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return list(self.token_ids[index * self.chunk_size:(index + 1) * self.chunk_size])
+
+
+def feature_array(rows: int, width: int, *, mapped: bool) -> np.ndarray:
+    """A (rows, width) float32 array to fill: with `mapped`, memory-mapped to a file in the temporary folder
+    (unlinked at once, so it goes when the array does), so the OS can page a big pool's features out."""
+    if not mapped:
+        return np.zeros((rows, width), dtype=np.float32)
+    with tempfile.NamedTemporaryFile(prefix="cola-features-", suffix=".npy") as handle:
+        return np.lib.format.open_memmap(handle.name, mode="w+", dtype=np.float32, shape=(rows, width))
 
 
 def _fill(cache_dir: str | os.PathLike[str] | None, model_key: str, chunks: Sequence[Sequence[Sequence[int]]],

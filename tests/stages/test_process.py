@@ -124,7 +124,7 @@ def test_format_error_names_the_file_and_row(tmp_path: Path):
     path = _chat_file(tmp_path, "qa.jsonl", [{"q": "Q1", "a": "A1"}, {"q": "Q2", "a": {"value": "A2"}}])
     source = load_source(parse_sources([f"{path}#q"])[0], max_candidates=10, seed=0)
     with pytest.raises(ColaError) as err:
-        format_records(source, mapped_formatter({"question": "q", "answer": "a"}, source.records[0]))
+        list(format_records(source, mapped_formatter({"question": "q", "answer": "a"}, source.records[0])))
     assert str(err.value) == (f"{path}: line 2: field 'a' holds an object with keys value, not text: a text field "
                               "takes text, a list of strings or a conversation; name the text inside with a dotted "
                               "path, e.g. a.value")

@@ -20,16 +20,19 @@ import hashlib
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from cola.data.fields import FieldValueError, missing_field, record_text, render_value
 from cola.data.schemas import DEFAULT_CAPABILITY, DatasetSchema, schema_for_columns
 from cola.data.specs import SourceSpec, parse_source, parse_sources
 from cola.errors import ColaError, first_line
 from cola.io import FILE_FORMATS, RowNumber, read_records
+from cola.spill import object_store, text_store
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,11 @@ class Source:
     spec: SourceSpec
     capability: str
     fields: tuple[str, ...]
-    texts: tuple[str, ...]          # each record rendered from `fields` (the text Stage 2 starts from)
+    texts: Sequence[str]            # each record rendered from `fields` (the text Stage 2 starts from)
     records_seen: int
     empty_skipped: int
-    records: tuple[dict[str, Any], ...] = ()  # the sampled raw records, aligned with texts, for formatters
-    rows: tuple[str, ...] = ()      # where each sampled record is in its source ("line 7"), aligned with texts
+    records: Sequence[dict[str, Any]] = ()  # the sampled raw records, aligned with texts, for formatters
+    rows: Sequence[str] = ()        # where each sampled record is in its source ("line 7"), aligned with texts
     texts_cut: int = 0              # records whose text was cut to MAX_TEXT_CHARS
     records_key: str | None = None  # the top-level key of a JSON document whose list holds the records
     capability_origin: str = "default"  # one of CAPABILITY_ORIGINS
@@ -188,16 +191,24 @@ def _stream_embedded(spec: SourceSpec, seed: int) -> Iterator[tuple[RowNumber, d
 
 def reservoir_sample(items: Iterable[T], k: int, rng: random.Random) -> tuple[list[T], int]:
     """Uniform sample of k items from a stream in one pass (Algorithm R), keeping stream order; also the count."""
-    reservoir: list[tuple[int, T]] = []
+    items = list(items) if not isinstance(items, list) else items
+    positions, seen = reservoir_positions(len(items), k, rng)
+    return [items[i] for i in positions], seen
+
+
+def reservoir_positions(count: int | Iterable[Any], k: int, rng: random.Random) -> tuple[np.ndarray, int]:
+    """(the sorted 0-based positions Algorithm R keeps of a stream, the stream's length): the same draws as a
+    reservoir of the items themselves, holding only k integers. `count`: the stream's length, or the stream."""
+    reservoir = np.empty(k, dtype=np.int64)
     seen = 0
-    for seen, item in enumerate(items, start=1):
-        if len(reservoir) < k:
-            reservoir.append((seen, item))
+    for seen, _ in enumerate(range(count) if isinstance(count, int) else count, start=1):
+        if seen <= k:
+            reservoir[seen - 1] = seen - 1
         else:
             slot = rng.randrange(seen)
             if slot < k:
-                reservoir[slot] = (seen, item)
-    return [item for _, item in sorted(reservoir, key=lambda pair: pair[0])], seen
+                reservoir[slot] = seen - 1
+    return np.sort(reservoir[:min(seen, k)]), seen
 
 
 def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str = "source") -> Source:
@@ -222,12 +233,13 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str =
     origin = spec.origin
     empty = cut = 0
 
-    def texts() -> Iterator[tuple[str, dict[str, Any], str]]:
+    def texts(records: Iterator[tuple[RowNumber, dict[str, Any]]], first_pass: bool = True,
+              ) -> Iterator[tuple[str, dict[str, Any], str]]:
         nonlocal empty, cut
         for row, record in records:
             record, shortened = bound_strings(record)
             where = row.describe()
-            if shortened:
+            if shortened and first_pass:
                 cut += 1
                 log.warning("%s: %s holds a text longer than %d characters; it is cut there", origin, where,
                             MAX_TEXT_CHARS)
@@ -238,20 +250,44 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str =
             if text:
                 yield text, dict(record), where
             else:
-                empty += 1
+                empty += first_pass
+
+    # The sample goes to disk as it is read (`cola.spill`): a source of 10^6 records costs the memory of a batch.
+    kept_texts, kept_records, kept_rows = text_store(), object_store(), text_store()
+
+    def keep(sampled: Iterable[tuple[str, dict[str, Any], str]]) -> None:
+        for text, record, where in sampled:
+            kept_texts.append(text)
+            kept_records.append(record)
+            kept_rows.append(where)
+        for store in (kept_texts, kept_records, kept_rows):
+            store.close()
 
     if spec.kind == "hub":  # an endless stream: the shuffle buffer already randomised it
-        sampled = list(itertools.islice(texts(), max_candidates))
-        seen = len(sampled) + empty
-    else:
-        sampled, seen = reservoir_sample(texts(), max_candidates, random.Random(seed))
+        keep(itertools.islice(texts(records), max_candidates))
+        seen = len(kept_texts) + empty
+    else:  # a file is read twice: which records the reservoir keeps (their positions only), then those records
+        positions, seen = reservoir_positions(texts(records), max_candidates, random.Random(seed))
+        again = _stream_file(spec)[0] if spec.kind == "file" else _stream_embedded(spec, seed)
+        keep(_at_positions(texts(again, first_pass=False), positions))
         seen += empty
-    if not sampled:
+    if not len(kept_texts):
         raise ColaError(f"{spec.spec}: all {seen} texts are empty in fields {', '.join(fields)}")
     shown = capability if capability_origin != "default" else "no capability label"
-    log.info("%s %s: %d texts from %d records (%s, fields %s)", role, spec.name, len(sampled), seen, shown,
+    log.info("%s %s: %d texts from %d records (%s, fields %s)", role, spec.name, len(kept_texts), seen, shown,
              "+".join(fields))
-    return Source(spec=spec, capability=capability, fields=fields, texts=tuple(t for t, _, _ in sampled),
-                  records_seen=seen, empty_skipped=empty, records=tuple(r for _, r, _ in sampled),
-                  rows=tuple(w for _, _, w in sampled), texts_cut=cut, records_key=records_key,
-                  capability_origin=capability_origin)
+    return Source(spec=spec, capability=capability, fields=fields, texts=kept_texts, records_seen=seen,
+                  empty_skipped=empty, records=kept_records, rows=kept_rows, texts_cut=cut,
+                  records_key=records_key, capability_origin=capability_origin)
+
+
+def _at_positions(items: Iterable[T], positions: np.ndarray) -> Iterator[T]:
+    """The items of a stream at the sorted 0-based `positions`."""
+    wanted = iter(positions.tolist())
+    target = next(wanted, None)
+    for position, item in enumerate(items):
+        if target is None:
+            return
+        if position == target:
+            yield item
+            target = next(wanted, None)

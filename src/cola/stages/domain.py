@@ -26,7 +26,7 @@ DEPLOYMENT_OTHER_WEIGHT = {"general": 1.0, "targeted": 0.2}
 TARGETED_SHARPNESS = 4.0     # targeted: within a capability, datasets share by score**4
 COVERAGE_PERCENTILE = 90.0   # a reference cluster's radius: this percentile of its members' distances
 _UNIGRAM_CHUNK = 4096        # sequences counted at a time
-_REACH_CHUNK = 65536         # pool rows per distance block: (rows, k) float64 at a time
+_REACH_CHUNK = 8192          # pool rows per distance block (cdist takes them in float64): flat memory
 UNIGRAM_EPSILON = 0.01       # add-epsilon pseudo-count per vocabulary entry
 
 

@@ -25,6 +25,7 @@ offline source of prose; a user's `--reference general=...` still wins.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import random
 import re
@@ -39,6 +40,7 @@ from cola.data.catalog import CATALOG_REFERENCES, reference_capabilities
 from cola.data.embedded import EMBEDDED_CAPABILITIES
 from cola.data.sources import Source, SourceSpec, load_source, parse_source
 from cola.errors import ColaError, close_matches
+from cola.spill import subset
 from cola.stages.domain import (DatasetStats, allocate_samples, capabilities_from_coverage, capability_weights,
                                 coverage_table, unigram_distribution)
 
@@ -146,11 +148,15 @@ def held_out_texts(source: Source, count: int, seed: int) -> tuple[tuple[str, ..
         return (), True
     read = load_source(source.spec, max_candidates=len(source.texts) + count, seed=seed,
                        role=f"held-out general reference from {source.spec.name}:")
-    taken = set(source.texts)
-    spare = [text for text in read.texts if text not in taken]
-    drawn_from, held_out = (spare, True) if spare else (list(source.texts), False)
+    taken = {_text_key(text) for text in source.texts}  # 16-byte digests: a pool's texts are not held twice
+    spare = [i for i, text in enumerate(read.texts) if _text_key(text) not in taken]
+    drawn_from, held_out = (subset(read.texts, np.asarray(spare)), True) if spare else (source.texts, False)
     chosen = sorted(random.Random(seed).sample(range(len(drawn_from)), min(count, len(drawn_from))))
     return tuple(drawn_from[i] for i in chosen), held_out
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def pool_general_reference(prose: Sequence[Source], size: int, seed: int) -> Source:
@@ -260,9 +266,15 @@ def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], names: S
     rows = np.asarray(names)
     sentence = load_embedder(config.semantic_embedder, quiet=quiet) if config.semantic_embedder else None
     pool_embeddings = sentence(texts) if sentence is not None else None  # (N, E)
-    datasets = {name: DatasetStats(
-        features[rows == name], unigram_distribution([token_ids[i] for i in np.flatnonzero(rows == name)], vocab),
-        None if pool_embeddings is None else pool_embeddings[rows == name]) for name in dict.fromkeys(names)}
+    def of(values: Any, name: str) -> Any:  # the rows of dataset `name`, without a copy of a one-dataset pool
+        chosen = np.flatnonzero(rows == name)
+        if isinstance(values, np.ndarray):
+            return values if len(chosen) == len(values) else values[chosen]
+        return subset(values, chosen)
+
+    datasets = {name: DatasetStats(of(features, name), unigram_distribution(of(token_ids, name), vocab),
+                                   None if pool_embeddings is None else of(pool_embeddings, name))
+                for name in dict.fromkeys(names)}
     probed = {}
     for capability, samples in probes.items():
         ids = [p.input_ids for p in samples]

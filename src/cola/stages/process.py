@@ -30,6 +30,7 @@ from cola.data.formatters import (FieldValueError, Formatted, Formatter, chat_me
 from cola.data.sources import Source
 from cola.config import ProcessConfig
 from cola.errors import ColaError
+from cola.spill import RowStore, int_lists
 from cola.stages.filters import QualityFilters, perplexity_mask, sequence_perplexities
 from cola.stages.packing import (StreamPacker, TokenizedDocument, Window, cut_to_length, tokenize_documents,
                                 whole_character_end, window_text)
@@ -45,6 +46,31 @@ class TokenizedText:
     input_ids: np.ndarray            # (T,) int32
     source: int = 0                  # index into the list of sources
     format_enhanced: bool = False    # True when a reasoning chain was added to any of its documents
+
+
+def candidate_store() -> RowStore[TokenizedText]:
+    """An on-disk store of candidates (`cola.spill`): text, token ids (int32), source index, format_enhanced."""
+    import pyarrow as pa
+
+    schema = pa.schema([("text", pa.large_string()), ("input_ids", pa.list_(pa.int32())), ("source", pa.int32()),
+                        ("format_enhanced", pa.bool_())])
+
+    def encode(rows: list[TokenizedText]) -> dict[str, Any]:
+        lengths = np.fromiter((len(r.input_ids) for r in rows), np.int64, len(rows))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        flat = np.concatenate([np.asarray(r.input_ids, dtype=np.int32) for r in rows])
+        ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        return {"text": [r.text for r in rows], "input_ids": ids,
+                "source": np.fromiter((r.source for r in rows), np.int32, len(rows)),
+                "format_enhanced": [r.format_enhanced for r in rows]}
+
+    def decode(batch: pa.RecordBatch) -> list[TokenizedText]:
+        texts, ids = batch.column("text").to_pylist(), int_lists(batch.column("input_ids"))
+        sources, enhanced = batch.column("source").to_pylist(), batch.column("format_enhanced").to_pylist()
+        return [TokenizedText(text=t, input_ids=i, source=s, format_enhanced=e)
+                for t, i, s, e in zip(texts, ids, sources, enhanced)]
+
+    return RowStore(schema, encode, decode, prefix="cola-pool-")
 
 
 def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], sequence_length: int,
@@ -91,18 +117,16 @@ def source_formatter(source: Source, field_mapping: tuple[tuple[str, str], ...] 
     return name, get_formatter(name)
 
 
-def format_records(source: Source, formatter: Formatter) -> list[tuple[str, Formatted]]:
-    """(row, formatted record) for every sampled record of `source`; a value that is not text is an error
-    naming the source and the row ("line 7")."""
-    records = source.records or tuple({"text": t} for t in source.texts)
-    rows = source.rows or tuple(f"record {n}" for n in range(1, len(records) + 1))
-    formatted = []
+def format_records(source: Source, formatter: Formatter) -> Iterator[tuple[str, Formatted]]:
+    """(row, formatted record) for every sampled record of `source`, in order, read as they are needed; a value
+    that is not text is an error naming the source and the row ("line 7")."""
+    records = source.records if len(source.records) else ({"text": t} for t in source.texts)
+    rows = source.rows if len(source.rows) else (f"record {n}" for n in itertools.count(1))
     for record, row in zip(records, rows):
         try:
-            formatted.append((row, formatter(record)))
+            yield row, formatter(record)
         except FieldValueError as exc:
             raise ColaError(f"{source.origin}: {row}: {exc}") from None
-    return formatted
 
 
 def reference_probes(reference: Source, tokenizer: PreTrainedTokenizerBase, sequence_length: int,
@@ -174,8 +198,9 @@ class _Document:
 
 def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBase, sequence_length: int,
                     config: ProcessConfig, *, model: Any = None, quiet: bool = False, folder: Path | None = None,
-                    chunk_size: int = PROCESS_CHUNK) -> tuple[list[TokenizedText], dict[str, Any]]:
-    """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report).
+                    chunk_size: int = PROCESS_CHUNK) -> tuple[RowStore[TokenizedText], dict[str, Any]]:
+    """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report);
+    the samples are kept on disk as they are made (`candidate_store`), a read-only sequence.
 
     The documents go through in chunks of `chunk_size`, in source order: only a chunk's documents (and the
     documents of the window being packed) are held, and the dedup state is on disk (`QualityFilters`, in
@@ -244,7 +269,7 @@ def _run_chunks(sources: Sequence[Source], formatters: Sequence[Formatter], ever
     documents = iter(everything) if everything is not None else _formatted(sources, formatters, report)
     for entry in report["sources"]:
         entry.update(chat_templated=0, format_enhanced=0, documents_after_filters=0, samples=0)
-    out: list[Any] = []
+    out: Any = [] if perplexity is not None else candidate_store()  # the samples go to disk as they are made
     survivors = 0  # survivors of the filters so far, the index into `drop`
     packer, packing, texts_of, docs_of = None, -1, {}, {}  # the source being packed, its held documents
     with QualityFilters(config.filters, folder=folder) as filters:
@@ -281,6 +306,8 @@ def _run_chunks(sources: Sequence[Source], formatters: Sequence[Formatter], ever
                 windows = packer.add([docs[i] for i in group], [templated[i] for i in group])
                 out.extend(_samples(windows, packing, tokenizer, docs_of, texts_of, report))
         out.extend(_finish(packer, packing, tokenizer, docs_of, texts_of, report))
+    if isinstance(out, RowStore):
+        out.close()
     removed = dict(filters.removed)
     if drop is not None:
         removed["perplexity"] = int(drop.sum())

@@ -1,0 +1,223 @@
+"""Rows kept on disk: what grows with the pool (sampled records, their texts, the candidates' texts and token ids)
+written once, a batch at a time, to an Arrow IPC file, and read back a batch at a time (issue 23: flat-memory
+pools; Arrow's IPC file format reads one record batch without the others).
+
+A `RowStore` is a read-only `Sequence` once written: `len`, `store[i]`, `store[a:b]` (a list), iteration in
+order, `take(indices)` and `column(name)` (one column as a lazy sequence). At most one decoded batch is held
+(`SPILL_BATCH` rows), so holding a store of 10^6 candidates costs about what holding 4,096 of them does.
+
+The file lives in a folder of its own under the system's temporary folder (`TMPDIR` chooses the disk), removed
+when the store is garbage-collected or the process exits: a store lives as long as the objects holding it (a
+`Source`, a `Pool`), which can outlive a run's work directory.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+import numpy as np
+import pyarrow as pa
+
+T = TypeVar("T")
+SPILL_BATCH = 4096  # rows per record batch: what one read decodes
+
+
+class RowStore(Sequence[T], Generic[T]):
+    """Rows of one kind, written with `append`/`extend` and then `close()`d, read back as a sequence.
+
+    `schema`: the Arrow schema of a batch; `encode(rows) -> {column: values}` turns up to SPILL_BATCH rows into
+    the columns `pa.record_batch` takes; `decode(batch) -> rows` turns a record batch back into rows. Reading
+    before `close()` raises RuntimeError; so does writing after it.
+    """
+
+    def __init__(self, schema: pa.Schema, encode: Callable[[list[T]], dict[str, Any]],
+                 decode: Callable[[pa.RecordBatch], list[T]], *, batch_rows: int = SPILL_BATCH,
+                 prefix: str = "cola-rows-") -> None:
+        self.schema, self._encode, self._decode, self.batch_rows = schema, encode, decode, batch_rows
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.path = self.folder / "rows.arrow"
+        self._sink = pa.OSFile(str(self.path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+        self._pending: list[T] = []
+        self._rows = 0
+        self._reader: pa.ipc.RecordBatchFileReader | None = None
+        self._cached: tuple[int, list[T]] | None = None  # (batch index, its rows)
+
+    # writing
+    def append(self, row: T) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self.batch_rows:
+            self._flush()
+
+    def extend(self, rows: Iterable[T]) -> None:
+        for row in rows:
+            self.append(row)
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            raise RuntimeError("this row store is closed: it is read-only")
+        if self._pending:
+            self._writer.write_batch(pa.record_batch(self._encode(self._pending), schema=self.schema))
+            self._rows += len(self._pending)
+            self._pending = []
+
+    def close(self) -> RowStore[T]:
+        """Finish writing (idempotent); the store is then readable. Returns itself."""
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
+        return self
+
+    # reading
+    def _batch(self, index: int) -> list[T]:
+        if self._reader is None:
+            raise RuntimeError("this row store is still being written: close() it first")
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self._decode(self._reader.get_batch(index)))
+        return self._cached[1]
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return self.take(range(*index.indices(self._rows)))
+        index = int(index)
+        if index < 0:
+            index += self._rows
+        if not 0 <= index < self._rows:
+            raise IndexError(f"row {index} of a store of {self._rows} rows")
+        return self._batch(index // self.batch_rows)[index % self.batch_rows]
+
+    def __iter__(self) -> Iterator[T]:
+        for index in range(0, self._rows, self.batch_rows):
+            yield from self._batch(index // self.batch_rows)
+
+    def take(self, indices: Iterable[int]) -> list[T]:
+        """The rows at `indices`, in that order; each batch read once however the indices are ordered."""
+        indices = np.asarray(list(indices), dtype=np.int64).reshape(-1)
+        out: list[Any] = [None] * len(indices)
+        for position in np.argsort(indices // self.batch_rows, kind="stable"):
+            out[position] = self[int(indices[position])]
+        return out
+
+    def column(self, name: str, convert: Callable[[pa.Array], list[Any]] | None = None) -> ColumnView:
+        """Column `name` alone, as a lazy sequence (`convert` turns its Arrow array into values; default
+        `to_pylist`)."""
+        if self._reader is None:
+            raise RuntimeError("this row store is still being written: close() it first")
+        return ColumnView(self, name, convert or (lambda array: array.to_pylist()))
+
+    def batches(self, column: str) -> Iterator[pa.Array]:
+        """Column `column` one record batch at a time, as Arrow arrays (no Python objects made)."""
+        if self._reader is None:
+            raise RuntimeError("this row store is still being written: close() it first")
+        for index in range(self._reader.num_record_batches):
+            yield self._reader.get_batch(index).column(column)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (to another process) as the plain list of its rows
+        return list, (list(self),)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any list, tuple or store holding equal rows in the same order."""
+        if not isinstance(other, (list, tuple, RowStore, ColumnView)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = object.__hash__  # a store is one object on disk; equality compares the rows
+
+
+class ColumnView(Sequence[Any]):
+    """One column of a `RowStore` as a read-only sequence; holds at most one batch's values."""
+
+    def __init__(self, store: RowStore[Any], name: str, convert: Callable[[pa.Array], list[Any]]) -> None:
+        self.store, self.name, self.convert = store, name, convert
+        self._cached: tuple[int, list[Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def _batch(self, index: int) -> list[Any]:
+        if self._cached is None or self._cached[0] != index:
+            reader = self.store._reader
+            self._cached = (index, self.convert(reader.get_batch(index).column(self.name)))
+        return self._cached[1]
+
+    def __getitem__(self, index: int | slice) -> Any:
+        step = self.store.batch_rows
+        if isinstance(index, slice):
+            return [self._batch(i // step)[i % step] for i in range(*index.indices(len(self)))]
+        index = int(index) + (len(self) if int(index) < 0 else 0)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of a column of {len(self)} rows")
+        return self._batch(index // step)[index % step]
+
+    def __iter__(self) -> Iterator[Any]:
+        for index in range(0, len(self), self.store.batch_rows):
+            yield from self._batch(index // self.store.batch_rows)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (list(self),)
+
+    __eq__ = RowStore.__eq__
+    __hash__ = object.__hash__
+
+
+def text_store() -> RowStore[str]:
+    """A store of strings."""
+    return RowStore(pa.schema([("text", pa.large_string())]), lambda rows: {"text": rows},
+                    lambda batch: batch.column(0).to_pylist())
+
+
+def object_store() -> RowStore[Any]:
+    """A store of any picklable Python objects (raw records of any schema), one pickle per row."""
+    return RowStore(pa.schema([("pickle", pa.large_binary())]),
+                    lambda rows: {"pickle": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows]},
+                    lambda batch: [pickle.loads(b) for b in batch.column(0).to_pylist()])
+
+
+def int_lists(array: pa.Array) -> list[np.ndarray]:
+    """A list<int32> Arrow array as one int32 numpy array per row (views of one buffer, made in one step)."""
+    flat = np.array(array.flatten().to_numpy(zero_copy_only=False))  # writable: torch reads it
+    offsets = array.offsets.to_numpy() - array.offsets[0].as_py()
+    return np.split(flat, offsets[1:-1])
+
+
+def stored(rows: Sequence[T]) -> bool:
+    """Whether `rows` is kept on disk (a store or one of its columns)."""
+    return isinstance(rows, (RowStore, ColumnView))
+
+
+class Subset(Sequence[T]):
+    """The rows of `rows` at the sorted `indices`, read as they are needed (slices give lists)."""
+
+    def __init__(self, rows: Sequence[T], indices: np.ndarray) -> None:
+        self.rows, self.indices = rows, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self.rows[i] for i in self.indices[index].tolist()]
+        return self.rows[int(self.indices[index])]
+
+
+def subset(rows: Sequence[T], indices: np.ndarray) -> Sequence[T]:
+    """`rows` itself where `indices` are all of its rows in order, else a lazy `Subset`."""
+    return rows if len(indices) == len(rows) else Subset(rows, indices)
