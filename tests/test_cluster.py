@@ -116,3 +116,30 @@ def test_nearest_selected_distance_in_chunks(monkeypatch) -> None:
     whole = nearest_selected_distance(x, np.array([3, 9, 40]))
     monkeypatch.setattr(cluster, "_CHUNK_ENTRIES", 4)
     assert np.allclose(nearest_selected_distance(x, np.array([3, 9, 40])), whole, rtol=0, atol=1e-12)
+
+
+def test_lloyd_refine_recovers_planted_clusters_and_returns_consistent_labels(monkeypatch) -> None:
+    """From centroids pulled off the planted centres, chunked Lloyd iterations (chunks smaller than the pool)
+    land on the centres; each label is its point's nearest returned centroid; sklearn's Lloyd agrees."""
+    import cola.cluster
+    from sklearn.cluster import KMeans
+
+    x, truth = _blobs(centers=6, per=40, dim=8, seed=1)
+    start = np.stack([x[truth == c].mean(0) for c in range(6)]) + 0.5
+    monkeypatch.setattr(cola.cluster, "_CHUNK_ENTRIES", 6 * 17)  # 17 rows per chunk: many chunks
+    centroids, labels = cola.cluster.lloyd_refine(x.astype(np.float32), start, 20)
+    nearest = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (labels == nearest).all()
+    assert (labels == truth).all()  # the planted clusters, in the starting centroids' order
+    reference = KMeans(n_clusters=6, init=start, n_init=1, max_iter=20).fit(x)
+    np.testing.assert_allclose(centroids, reference.cluster_centers_, rtol=1e-5, atol=1e-6)
+
+
+def test_lloyd_refine_keeps_an_empty_centroid_in_place() -> None:
+    from cola.cluster import lloyd_refine
+
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0]])
+    far = np.array([100.0, -100.0])
+    centroids, labels = lloyd_refine(x, np.stack([x[0], x[2], far]), 5)
+    assert labels.tolist() == [0, 0, 1]
+    np.testing.assert_allclose(centroids, [[0.05, 0.0], [10.0, 10.0], far])

@@ -329,3 +329,22 @@ def test_pool_table_columns_from_arrays_write_as_lists_would(tmp_path) -> None:
         pq.write_table(pa.table({name: as_list}), tmp_path / "b.parquet")
         a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
         assert a.schema == b.schema and a.to_pylist() == b.to_pylist()
+
+
+def test_pool_columns_are_written_a_row_group_at_a_time_with_the_same_content(tmp_path: Path) -> None:
+    """Row groups of 4 rows hold what one table of all rows holds; a group whose optional column is all null
+    takes the column's type from the first group."""
+    import pyarrow.parquet as pq
+
+    from cola.export import write_columns
+
+    rows = 10
+    columns = {"pool_index": np.arange(rows), "name": [f"d{i % 3}" for i in range(rows)],
+               "feature": np.arange(rows * 3, dtype=np.float32).reshape(rows, 3),
+               "perplexity": [1.5, 2.5, 3.0, 4.0] + [None] * 6}
+    write_columns(tmp_path / "grouped.parquet", columns, row_group=4)
+    write_columns(tmp_path / "whole.parquet", columns, row_group=rows)
+    grouped, whole = pq.ParquetFile(tmp_path / "grouped.parquet"), pq.ParquetFile(tmp_path / "whole.parquet")
+    assert (grouped.num_row_groups, whole.num_row_groups) == (3, 1)
+    assert grouped.read().equals(whole.read())
+    assert grouped.read().column("feature").to_pylist()[9] == [27.0, 28.0, 29.0]

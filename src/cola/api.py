@@ -167,12 +167,17 @@ class COLA:
                             "prepare_inputs with this run's config and output_dir")
         self._check_model(config)
         timings = {**self.timings, **inputs.timings}
-        pool = self.process(inputs.sources, config, timings, references=inputs.references)
-        features = self.embed(pool, config, timings)
-        plan = self.plan_mixture(pool, features, inputs, config, timings)
-        selection = self.select(pool, features, plan, config)
-        timings.update(selection.timings)
-        samples = self.export(pool, plan, selection, config, timings)
+        try:
+            pool = self.process(inputs.sources, config, timings, references=inputs.references)
+            features = self.embed(pool, config, timings)
+            plan = self.plan_mixture(pool, features, inputs, config, timings)
+            selection = self.select(pool, features, plan, config)
+            timings.update(selection.timings)
+            samples = self.export(pool, plan, selection, config, timings)
+        except BaseException:  # a failed run keeps its finished feature chunks (to resume), and nothing else
+            if not self.keep_work_dir and not self.work_features.exists():
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            raise
         if not self.keep_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         self.plots_report = []
@@ -197,7 +202,7 @@ class COLA:
         start = time.perf_counter()
         if config.process.enabled:
             candidates, report = process_sources(sources, self.tokenizer, config.sequence_length, config.process,
-                                                 model=self.model, quiet=self.quiet)
+                                                 model=self.model, quiet=self.quiet, spill_dir=self.work_dir)
         else:
             candidates = []
             for index, source in enumerate(sources):

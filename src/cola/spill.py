@@ -6,13 +6,15 @@ A `RowStore` is a read-only `Sequence` once written: `len`, `store[i]`, `store[a
 order, `take(indices)` and `column(name)` (one column as a lazy sequence). At most one decoded batch is held
 (`SPILL_BATCH` rows), so holding a store of 10^6 candidates costs about what holding 4,096 of them does.
 
-The file lives in a folder of its own under the system's temporary folder (`TMPDIR` chooses the disk), removed
-when the store is garbage-collected or the process exits: a store lives as long as the objects holding it (a
-`Source`, a `Pool`), which can outlive a run's work directory.
+The file lives in a folder of its own under `root` (a run's work directory: `cola.api.COLA.process` puts the
+pool there) or else the system's temporary folder (`TMPDIR` chooses the disk; sources are sampled before a run
+has a work directory), removed when the store is garbage-collected or the process exits. An open store keeps
+reading its file after its folder is removed (the work directory of a finished run): the file is held open.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import tempfile
@@ -29,7 +31,8 @@ SPILL_BATCH = 4096  # rows per record batch: what one read decodes
 
 
 class RowStore(Sequence[T], Generic[T]):
-    """Rows of one kind, written with `append`/`extend` and then `close()`d, read back as a sequence.
+    """Rows of one kind, written with `append`/`extend` and then `close()`d, read back as a sequence; the file
+    goes in a new folder under `root` (None: the temporary folder).
 
     `schema`: the Arrow schema of a batch; `encode(rows) -> {column: values}` turns up to SPILL_BATCH rows into
     the columns `pa.record_batch` takes; `decode(batch) -> rows` turns a record batch back into rows. Reading
@@ -38,9 +41,11 @@ class RowStore(Sequence[T], Generic[T]):
 
     def __init__(self, schema: pa.Schema, encode: Callable[[list[T]], dict[str, Any]],
                  decode: Callable[[pa.RecordBatch], list[T]], *, batch_rows: int = SPILL_BATCH,
-                 prefix: str = "cola-rows-") -> None:
+                 prefix: str = "cola-rows-", root: str | os.PathLike[str] | None = None) -> None:
         self.schema, self._encode, self._decode, self.batch_rows = schema, encode, decode, batch_rows
-        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
         self.path = self.folder / "rows.arrow"
         self._sink = pa.OSFile(str(self.path), "wb")
@@ -95,6 +100,8 @@ class RowStore(Sequence[T], Generic[T]):
     def __getitem__(self, index: slice) -> list[T]: ...
 
     def __getitem__(self, index: int | slice) -> T | list[T]:
+        if self._reader is None:
+            raise RuntimeError("this row store is still being written: close() it first")
         if isinstance(index, slice):
             return self.take(range(*index.indices(self._rows)))
         index = int(index)
@@ -196,11 +203,6 @@ def int_lists(array: pa.Array) -> list[np.ndarray]:
     flat = np.array(array.flatten().to_numpy(zero_copy_only=False))  # writable: torch reads it
     offsets = array.offsets.to_numpy() - array.offsets[0].as_py()
     return np.split(flat, offsets[1:-1])
-
-
-def stored(rows: Sequence[T]) -> bool:
-    """Whether `rows` is kept on disk (a store or one of its columns)."""
-    return isinstance(rows, (RowStore, ColumnView))
 
 
 class Subset(Sequence[T]):

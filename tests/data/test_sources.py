@@ -24,11 +24,13 @@ from cola.data.sources import (
     parse_sources,
     record_text,
     render_value,
+    reservoir_positions,
     reservoir_sample,
 )
 from cola.data.fields import FieldValueError
 from cola.data.schemas import schema_for_columns
 from cola.errors import ColaError
+from cola.spill import RowStore
 
 from tests.conftest import SHARED_DATA, needs_shared_data
 
@@ -1091,3 +1093,36 @@ def test_the_same_file_named_twice_is_refused(tmp_path: Path):
 def test_file_named_like_a_catalog_dataset_is_named_by_its_folder(tmp_path: Path):
     path = write_jsonl(tmp_path / "mine" / "gsm8k.jsonl", qa_records(2))
     assert [s.name for s in parse_sources(["gsm8k", str(path)])] == ["gsm8k", "mine/gsm8k"]
+
+
+def _algorithm_r(items: list, k: int, rng: random.Random) -> list:
+    """Algorithm R over the items themselves, as the reference the position-only reservoir must reproduce."""
+    reservoir: list = []
+    for seen, item in enumerate(items, start=1):
+        if len(reservoir) < k:
+            reservoir.append((seen, item))
+        elif (slot := rng.randrange(seen)) < k:
+            reservoir[slot] = (seen, item)
+    return [item for _, item in sorted(reservoir)]
+
+
+@pytest.mark.parametrize("count, k", [(0, 5), (3, 5), (5, 5), (200, 7), (1000, 64)])
+def test_reservoir_positions_draw_what_a_reservoir_of_the_items_draws(count: int, k: int):
+    for seed in range(5):
+        positions, seen = reservoir_positions(iter(range(count)), k, random.Random(seed))
+        assert seen == count
+        assert positions.tolist() == _algorithm_r(list(range(count)), k, random.Random(seed))
+
+
+def test_a_file_source_is_sampled_in_two_passes_onto_disk(tmp_path: Path):
+    """The sample (texts, records, rows) is the one Algorithm R makes of the non-empty records, held on disk;
+    empty records are counted once, not once per pass."""
+    records = [{"text": f"text number {i}" if i % 7 else ""} for i in range(300)]
+    source = load(write_jsonl(tmp_path / "pool.jsonl", records), max_candidates=40, seed=3)
+    non_empty = [(r["text"], r, f"line {i + 1}") for i, r in enumerate(records) if r["text"]]
+    expected = _algorithm_r(non_empty, 40, random.Random(3))
+    assert all(isinstance(column, RowStore) for column in (source.texts, source.records, source.rows))
+    assert list(source.texts) == [t for t, _, _ in expected]
+    assert list(source.records) == [r for _, r, _ in expected]
+    assert list(source.rows) == [w for _, _, w in expected]
+    assert (source.records_seen, source.empty_skipped) == (300, 43)

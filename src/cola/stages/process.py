@@ -48,8 +48,9 @@ class TokenizedText:
     format_enhanced: bool = False    # True when a reasoning chain was added to any of its documents
 
 
-def candidate_store() -> RowStore[TokenizedText]:
-    """An on-disk store of candidates (`cola.spill`): text, token ids (int32), source index, format_enhanced."""
+def candidate_store(root: Path | None = None) -> RowStore[TokenizedText]:
+    """An on-disk store of candidates (`cola.spill`, in a folder under `root`, else the temporary folder):
+    text, token ids (int32), source index, format_enhanced."""
     import pyarrow as pa
 
     schema = pa.schema([("text", pa.large_string()), ("input_ids", pa.list_(pa.int32())), ("source", pa.int32()),
@@ -70,7 +71,7 @@ def candidate_store() -> RowStore[TokenizedText]:
         return [TokenizedText(text=t, input_ids=i, source=s, format_enhanced=e)
                 for t, i, s, e in zip(texts, ids, sources, enhanced)]
 
-    return RowStore(schema, encode, decode, prefix="cola-pool-")
+    return RowStore(schema, encode, decode, prefix="cola-pool-", root=root)
 
 
 def truncate_to_length(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], sequence_length: int,
@@ -198,9 +199,10 @@ class _Document:
 
 def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBase, sequence_length: int,
                     config: ProcessConfig, *, model: Any = None, quiet: bool = False, folder: Path | None = None,
-                    chunk_size: int = PROCESS_CHUNK) -> tuple[RowStore[TokenizedText], dict[str, Any]]:
+                    chunk_size: int = PROCESS_CHUNK, spill_dir: Path | None = None,
+                    ) -> tuple[RowStore[TokenizedText], dict[str, Any]]:
     """Run Stage 2 over all sources: format, filter (across sources), pack per source. Returns (samples, report);
-    the samples are kept on disk as they are made (`candidate_store`), a read-only sequence.
+    the samples are kept on disk as they are made (`candidate_store`, under `spill_dir`), a read-only sequence.
 
     The documents go through in chunks of `chunk_size`, in source order: only a chunk's documents (and the
     documents of the window being packed) are held, and the dedup state is on disk (`QualityFilters`, in
@@ -235,7 +237,7 @@ def process_sources(sources: Sequence[Source], tokenizer: PreTrainedTokenizerBas
         for entry in report["sources"]:
             entry.update(records=0, empty_after_format=0, needs_reasoning=0)
     samples = _run_chunks(sources, formatters, everything, tokenizer, sequence_length, config, chat, folder,
-                          chunk_size, report, drop=drop)
+                          chunk_size, report, drop=drop, spill_dir=spill_dir)
     f = report["filters"]
     log.info("stage 2: %d documents -> %d after filters -> %d samples of %s%d tokens", f["before"], f["after"],
              len(samples), "at most " if config.length == "truncate" else "", sequence_length)
@@ -259,7 +261,8 @@ def _formatted(sources: Sequence[Source], formatters: Sequence[Formatter], repor
 def _run_chunks(sources: Sequence[Source], formatters: Sequence[Formatter], everything: list[_Document] | None,
                 tokenizer: PreTrainedTokenizerBase, sequence_length: int, config: ProcessConfig, chat: bool,
                 folder: Path | None, chunk_size: int, report: dict[str, Any], *,
-                perplexity: tuple[Any, bool] | None = None, drop: np.ndarray | None = None) -> list[Any]:
+                perplexity: tuple[Any, bool] | None = None, drop: np.ndarray | None = None,
+                spill_dir: Path | None = None) -> Any:
     """One pass of Stage 2 over the documents in chunks: template, tokenize, filter, and (unless `perplexity`)
     pack each source's survivors, but those `drop` marks (one flag per survivor, in order). Returns the
     samples, or with `perplexity` = (model, quiet) each survivor's perplexity and no samples."""
@@ -269,7 +272,7 @@ def _run_chunks(sources: Sequence[Source], formatters: Sequence[Formatter], ever
     documents = iter(everything) if everything is not None else _formatted(sources, formatters, report)
     for entry in report["sources"]:
         entry.update(chat_templated=0, format_enhanced=0, documents_after_filters=0, samples=0)
-    out: Any = [] if perplexity is not None else candidate_store()  # the samples go to disk as they are made
+    out: Any = [] if perplexity is not None else candidate_store(spill_dir)  # samples go to disk as they are made
     survivors = 0  # survivors of the filters so far, the index into `drop`
     packer, packing, texts_of, docs_of = None, -1, {}, {}  # the source being packed, its held documents
     with QualityFilters(config.filters, folder=folder) as filters:
