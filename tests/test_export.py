@@ -319,7 +319,7 @@ def test_pool_table_columns_from_arrays_write_as_lists_would(tmp_path) -> None:
     """Numpy columns (a 2-D feature array among them) give the same parquet schema and values as Python lists."""
     import pyarrow.parquet as pq
 
-    from cola.io import arrow_column
+    from cola.spill import arrow_column
 
     features = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
     labels, distance = np.array([0, 1, 1, -1], dtype=np.int32), np.array([0.5, 0.25, 0.0, 1.0])
@@ -336,7 +336,7 @@ def test_pool_columns_are_written_a_row_group_at_a_time_with_the_same_content(tm
     takes the column's type from the first group."""
     import pyarrow.parquet as pq
 
-    from cola.export import write_columns
+    from cola.spill import write_columns
 
     rows = 10
     columns = {"pool_index": np.arange(rows), "name": [f"d{i % 3}" for i in range(rows)],

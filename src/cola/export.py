@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from cola.environment import cpu_model as cpu_model, run_environment
 from cola.errors import ColaError
-from cola.io import arrow_column
+from cola.spill import write_columns
 from cola.output_dir import OLD_MARK, STAGING_MARK, file_sha256, index_names, visible_entries
 from cola.output_dir import check_output_dir as check_output_dir, ensure_writable as ensure_writable
 from cola.output_dir import nearest_existing as nearest_existing, output_directory as output_directory
@@ -315,7 +315,7 @@ class SampleRecord:
 @dataclass(frozen=True, kw_only=True)
 class PoolTable:
     """pool.parquet: one row per candidate the set was chosen from; `extra` holds the columns a selection
-    method adds after the common ones (clusters, features, perplexities); columns: `cola.io.arrow_column`."""
+    method adds after the common ones (clusters, features, perplexities); columns: `cola.spill.arrow_column`."""
 
     dataset_name: Sequence[str]
     capability: Sequence[str]
@@ -372,29 +372,6 @@ class Manifest:
                 "num_samples": self.num_samples, "sample_tokens": self.sample_tokens,
                 **given(diagnostics=self.diagnostics), **run_environment(),
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, **self.extra}
-
-
-POOL_ROW_GROUP = 16_384  # pool.parquet rows converted and written at a time: the export's memory does not grow
-
-
-def write_columns(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray],
-                  row_group: int = POOL_ROW_GROUP) -> None:
-    """Write equal-length columns (`cola.io.arrow_column` each) to parquet `path`, `row_group` rows at a time
-    (one row group each), so that only a row group's Arrow arrays are held."""
-    rows = len(next(iter(columns.values()))) if columns else 0
-    writer = None
-    try:
-        for start in range(0, max(rows, 1), row_group):
-            table = pa.table({name: arrow_column(values[start:start + row_group])
-                              for name, values in columns.items()})
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            elif table.schema != writer.schema:  # e.g. a row group whose optional column is all null
-                table = table.cast(writer.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
 
 
 def write_outputs(output_dir: Path, *, samples: Sequence[SampleRecord | Mapping[str, Any]],

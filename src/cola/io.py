@@ -28,7 +28,7 @@ import json
 import logging
 import lzma
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 from cola.errors import ColaError, first_line
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pyarrow as pa
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -359,26 +358,3 @@ def _parquet_rows(path: Path) -> Iterator[tuple[RowNumber, Record]]:
                 yield RowNumber(number, "row"), record
     except pyarrow.ArrowException as exc:
         raise ColaError(f"{path}: cannot read it as parquet: {first_line(exc)}") from None
-
-
-def arrow_column(values: Sequence[Any] | np.ndarray) -> pa.Array:
-    """One table column for parquet: lists as Arrow infers them; a 1-D array as its dtype (integers as int64,
-    floats as double, as Python values would be); a 2-D (rows, d) array as lists of doubles, built from the flat
-    array (a 100k-row list of Python float lists took 250 MB more to write)."""
-    import numpy as np
-    import pyarrow as pa
-
-    if not isinstance(values, np.ndarray) or values.ndim == 2 and values.shape[1] == 0:
-        return pa.array(values if not isinstance(values, np.ndarray) else values.tolist())  # [] rows: list<null>
-    if values.ndim == 2:
-        rows, width = values.shape
-        offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32) if rows * width < 2**31
-                           else np.arange(0, (rows + 1) * width, width, dtype=np.int64))
-        flat = pa.array(np.ascontiguousarray(values, dtype=np.float64).reshape(-1))
-        array_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
-        return array_type.from_arrays(offsets, flat)
-    if values.dtype.kind in "iu":
-        return pa.array(values.astype(np.int64))
-    if values.dtype.kind == "f":
-        return pa.array(values.astype(np.float64))
-    return pa.array(values)

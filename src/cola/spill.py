@@ -1,6 +1,7 @@
-"""Rows kept on disk: what grows with the pool (sampled records, their texts, the candidates' texts and token ids)
-written once, a batch at a time, to an Arrow IPC file, and read back a batch at a time (issue 23: flat-memory
-pools; Arrow's IPC file format reads one record batch without the others).
+"""Rows and columns kept on disk: what grows with the pool (sampled records, their texts, the candidates' texts
+and token ids) written once, a batch at a time, to an Arrow IPC file, and read back a batch at a time (issue 23:
+flat-memory pools; Arrow's IPC file format reads one record batch without the others); and the parquet column
+writers (`arrow_column`, `write_columns`: pool.parquet a row group at a time).
 
 A `RowStore` is a read-only `Sequence` once written: `len`, `store[i]`, `store[a:b]` (a list), iteration in
 order, `take(indices)` and `column(name)` (one column as a lazy sequence). At most one decoded batch is held
@@ -19,12 +20,13 @@ import pickle
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 T = TypeVar("T")
 SPILL_BATCH = 4096  # rows per record batch: what one read decodes
@@ -223,3 +225,46 @@ class Subset(Sequence[T]):
 def subset(rows: Sequence[T], indices: np.ndarray) -> Sequence[T]:
     """`rows` itself where `indices` are all of its rows in order, else a lazy `Subset`."""
     return rows if len(indices) == len(rows) else Subset(rows, indices)
+
+
+def arrow_column(values: Sequence[Any] | np.ndarray) -> pa.Array:
+    """One table column for parquet: lists as Arrow infers them; a 1-D array as its dtype (integers as int64,
+    floats as double, as Python values would be); a 2-D (rows, d) array as lists of doubles, built from the flat
+    array (a 100k-row list of Python float lists took 250 MB more to write)."""
+    if not isinstance(values, np.ndarray) or values.ndim == 2 and values.shape[1] == 0:
+        return pa.array(values if not isinstance(values, np.ndarray) else values.tolist())  # [] rows: list<null>
+    if values.ndim == 2:
+        rows, width = values.shape
+        offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32) if rows * width < 2**31
+                           else np.arange(0, (rows + 1) * width, width, dtype=np.int64))
+        flat = pa.array(np.ascontiguousarray(values, dtype=np.float64).reshape(-1))
+        array_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+        return array_type.from_arrays(offsets, flat)
+    if values.dtype.kind in "iu":
+        return pa.array(values.astype(np.int64))
+    if values.dtype.kind == "f":
+        return pa.array(values.astype(np.float64))
+    return pa.array(values)
+
+
+POOL_ROW_GROUP = 16_384  # pool.parquet rows converted and written at a time: the export's memory does not grow
+
+
+def write_columns(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray],
+                  row_group: int = POOL_ROW_GROUP) -> None:
+    """Write equal-length columns (`arrow_column` each) to parquet `path`, `row_group` rows at a time
+    (one row group each), so that only a row group's Arrow arrays are held."""
+    rows = len(next(iter(columns.values()))) if columns else 0
+    writer = None
+    try:
+        for start in range(0, max(rows, 1), row_group):
+            table = pa.table({name: arrow_column(values[start:start + row_group])
+                              for name, values in columns.items()})
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            elif table.schema != writer.schema:  # e.g. a row group whose optional column is all null
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()

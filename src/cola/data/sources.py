@@ -268,8 +268,13 @@ def load_source(spec: SourceSpec, *, max_candidates: int, seed: int, role: str =
         seen = len(kept_texts) + empty
     else:  # a file is read twice: which records the reservoir keeps (their positions only), then those records
         positions, seen = reservoir_positions(texts(records), max_candidates, random.Random(seed))
-        again = _stream_file(spec)[0] if spec.kind == "file" else _stream_embedded(spec, seed)
-        keep(_at_positions(texts(again, first_pass=False), positions))
+        reader_log, said_once = logging.getLogger("cola.io"), lambda record: False
+        reader_log.addFilter(said_once)  # what the reader says of the file was said on the first pass
+        try:
+            again = _stream_file(spec)[0] if spec.kind == "file" else _stream_embedded(spec, seed)
+            keep(_at_positions(texts(again, first_pass=False), positions))
+        finally:
+            reader_log.removeFilter(said_once)
         seen += empty
     if not len(kept_texts):
         raise ColaError(f"{spec.spec}: all {seen} texts are empty in fields {', '.join(fields)}")
