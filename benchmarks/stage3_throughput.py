@@ -32,7 +32,7 @@ import torch
 
 from cola.batching import length_batches
 from cola.cluster import nearest_selected_distance
-from cola.config import SelectionConfig
+from cola.config import COMPILE_MODES, SelectionConfig
 from cola.data.sources import load_source, parse_source
 from cola.models import find_decoder_layers, load_model
 from cola.stages.process import truncate_to_length
@@ -58,9 +58,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip_fp32", action="store_true", help="run Stage 3 in bf16 only")
     parser.add_argument("--repeats", type=int, default=1, help="roofline + extraction pairs per dtype, interleaved")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each decoder block's forward first (dynamic shapes; the hooks stay eager);"
-                             " the first extraction, which compiles, is run once untimed")
+    parser.add_argument("--compile", choices=sorted(COMPILE_MODES), default=SelectionConfig().compile,
+                        help="SelectionConfig.compile: torch.compile the decoder blocks' forwards (dynamic shapes; the"
+                             " hooks stay eager); with 'on' the first extraction, which compiles, is run once untimed")
     parser.add_argument("--batch_size", type=int, default=SelectionConfig().batch_size)
     parser.add_argument("--batch_tokens", type=int, default=SelectionConfig().batch_tokens)
     return parser.parse_args()
@@ -93,13 +93,6 @@ def run_selection(model: torch.nn.Module, pad_token_id: int, token_ids: list[tup
                   config: SelectionConfig, num_samples: int) -> Selection:
     """Stage 3 on the pool with a loaded model."""
     return select_by_activations(model, token_ids, names, num_samples, config, pad_token_id=pad_token_id, quiet=True)
-
-
-def compile_blocks(model: torch.nn.Module) -> None:
-    """torch.compile each decoder block's forward in place (dynamic shapes); hooks on the blocks stay eager."""
-    _, blocks = find_decoder_layers(model)
-    for block in blocks:
-        block.forward = torch.compile(block.forward, dynamic=True)
 
 
 def run_metrics(selection: Selection, flops: float, peak: float, roofline: Roofline) -> dict[str, float]:
@@ -167,17 +160,17 @@ def main() -> None:
     print(f"pool: {len(token_ids)} candidates ({', '.join(f'{n}: {names.count(n)}' for n in dict.fromkeys(names))}),"
           f" {lengths.sum()} tokens, length mean {lengths.mean():.1f} / median {np.median(lengths):.0f}"
           f" / min {lengths.min()} / max {lengths.max()} (cut to {args.sequence_length})")
-    config = SelectionConfig(seed=args.seed, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+    config = SelectionConfig(seed=args.seed, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                             compile=args.compile)
     plan = [[int(lengths[i]) for i in batch] for batch in
             length_batches(lengths.tolist(), max_batch_size=config.batch_size, max_batch_tokens=config.batch_tokens)]
 
     labels = ["bf16"] if args.skip_fp32 else ["bf16", "fp32"]
     models = {label: load_model("embedded", device="cpu", dtype=DTYPES[label][0], quiet=True)[0] for label in labels}
     shape = ModelShape.from_config(models["bf16"].config)
-    if args.compile:
+    if args.compile == "on":
         for label, model in models.items():
             start = time.perf_counter()
-            compile_blocks(model)
             run_selection(model, tokenizer.pad_token_id or 0, token_ids, names, config, args.num_samples)
             print(f"torch.compile ({label}): first extraction, compiling included, {time.perf_counter() - start:.1f} s")
     flops = flops_per_token(models["bf16"], float(lengths.mean()))

@@ -174,3 +174,79 @@ def test_masked_mean_in_bfloat16_equals_the_float32_mean_of_the_same_values() ->
     result = masked_mean(hidden, mask)
     assert result.dtype == torch.float32
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=1e-6)
+
+
+def _tiny_llama(layers: int = 3):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(LlamaConfig(num_hidden_layers=layers, **TINY)).eval()
+
+
+def test_use_compile_modes() -> None:
+    from cola.activations import COMPILE_MIN_TOKENS, use_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_compile("auto", real_tokens=COMPILE_MIN_TOKENS, device=cpu, sketches=False)
+    assert not use_compile("auto", real_tokens=COMPILE_MIN_TOKENS - 1, device=cpu, sketches=False)
+    assert not use_compile("auto", real_tokens=10 * COMPILE_MIN_TOKENS, device=cuda, sketches=False)
+    assert use_compile("on", real_tokens=1, device=cuda, sketches=False)
+    assert not use_compile("on", real_tokens=10 * COMPILE_MIN_TOKENS, device=cpu, sketches=True)  # hooks inside
+    assert not use_compile("off", real_tokens=10 * COMPILE_MIN_TOKENS, device=cpu, sketches=False)
+    with pytest.raises(ColaError, match="unknown compile 'yes'"):
+        use_compile("yes", real_tokens=1, device=cpu, sketches=False)
+    assert SelectionConfig().compile == "auto"
+    with pytest.raises(ColaError):
+        SelectionConfig(compile="always")
+
+
+def test_compile_wraps_the_blocks_up_to_the_deepest_chosen_layer_for_the_call_only(monkeypatch) -> None:
+    model = _tiny_llama(3)
+    _, blocks = find_decoder_layers(model)
+    wrapped = []
+
+    def fake_compile(fn, **kwargs):
+        assert kwargs == {"dynamic": True}
+        wrapped.append(fn.__self__)
+        def run(*args, **kw):
+            run.calls += 1
+            return fn(*args, **kw)
+        run.calls = 0
+        fake_compile.runs.append(run)
+        return run
+    fake_compile.runs = []
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    eager, _ = _features(model, SEQS, layers=[0, 1], compile="off", batch_tokens=24)
+    assert wrapped == []
+    got, _ = _features(model, SEQS, layers=[0, 1], compile="on", batch_tokens=24)
+    assert wrapped == [blocks[0], blocks[1]]  # the layer above the deepest chosen one never runs
+    assert all(run.calls > 1 for run in fake_compile.runs)  # every batch went through the compiled forwards
+    assert all("forward" not in vars(block) for block in blocks)  # the model is left as it was
+    assert torch.equal(torch.from_numpy(got), torch.from_numpy(eager))
+    _features(model, SEQS, compile="auto")  # a tiny pool: not worth compiling
+    assert len(wrapped) == 2
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog) -> None:
+    model = _tiny_llama(2)
+    eager, _ = _features(model, SEQS, compile="off", batch_tokens=24)
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("inductor: no C++ compiler")  # as torch._dynamo's BackendCompilerFailed is
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level("WARNING", logger="cola.activations"):
+        got, stats = _features(model, SEQS, compile="on", batch_tokens=24)
+    assert "torch.compile of the decoder blocks failed (RuntimeError: inductor: no C++ compiler)" in caplog.text
+    assert torch.equal(torch.from_numpy(got), torch.from_numpy(eager))
+    assert stats.batches > 1
+    _, blocks = find_decoder_layers(model)
+    assert all("forward" not in vars(block) for block in blocks)
+
+
+def test_compiled_features_match_eager() -> None:
+    """The real torch.compile (inductor) on a tiny model: the same features to float32's tolerance."""
+    model = _tiny_llama(2)
+    seqs = SEQS + [[3, 1, 4, 1, 5, 9, 2, 6]]
+    eager, _ = _features(model, seqs, compile="off", batch_tokens=24)
+    got, _ = _features(model, seqs, compile="on", batch_tokens=24)
+    assert torch.allclose(torch.from_numpy(got), torch.from_numpy(eager), atol=1e-4, rtol=1e-4)

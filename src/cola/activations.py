@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cola.batching import length_batches, pad_batch
-from cola.config import POOLINGS
+from cola.config import COMPILE_MODES, POOLINGS
 from cola.errors import ColaError, unknown_choice
 from cola.models import config_int, find_decoder_layers, input_device
 from cola.moments import MomentSketches, Site, site_maps, sketch_tokens, triangle_size
@@ -31,8 +31,45 @@ from cola.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
+# "auto" compiles from this many real tokens on: on a 2-core AMD EPYC in bf16 compiling SmolLM2-135M's blocks took
+# about 40 s more than an eager pass of 24.6k tokens, and the compiled pass ran about 1.4x as fast as eager.
+COMPILE_MIN_TOKENS = 100_000
+
+
+def use_compile(mode: str, *, real_tokens: int, device: torch.device, sketches: bool) -> bool:
+    """Whether extraction compiles the decoder blocks: `mode` is one of COMPILE_MODES. Never with sketches (their
+    hooks sit inside the blocks, on every linear layer, and write numpy arrays); "auto" only on a CPU and for
+    at least COMPILE_MIN_TOKENS real tokens, where the fused element-wise work repays the compile time."""
+    if mode not in COMPILE_MODES:
+        raise unknown_choice("compile", mode, COMPILE_MODES)
+    if mode == "off" or sketches:
+        return False
+    return mode == "on" or (torch.device(device).type == "cpu" and real_tokens >= COMPILE_MIN_TOKENS)
+
+
+def compile_blocks(blocks: Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Each block's forward replaced by its torch.compile (dynamic shapes, so the varying batch shapes share one
+    graph); the hooks on the blocks stay eager, outside. Returns the blocks changed, for `restore_blocks`."""
+    changed = []
+    for block in blocks:
+        if "forward" not in vars(block):  # not already replaced by someone else
+            block.forward = torch.compile(block.forward, dynamic=True)
+            changed.append(block)
+    return changed
+
+
+def restore_blocks(blocks: Sequence[torch.nn.Module]) -> None:
+    """Undo `compile_blocks`: the class's own forward again."""
+    for block in blocks:
+        vars(block).pop("forward", None)
+
+
 class _StopForward(Exception):
     """Raised by the deepest hook: nothing above the last chosen layer needs computing."""
+
+
+class _NeverReached(RuntimeError):
+    """The forward returned without reaching the deepest chosen layer."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,7 @@ def extract_features(
     pooling: str = "mean",
     sketch_dim: int | None = None,
     channel_maxima: bool = False,
+    compile: str = "off",
     quiet: bool = False,
     progress: Any = None,
 ) -> Extraction:
@@ -125,7 +163,9 @@ def extract_features(
     Feature = sum over chosen layers l of normalize(pool(h_l)) @ R_l / sqrt(#layers), where R is one
     seeded Gaussian projection of the concatenated per-layer vectors, split per layer; `pooling` is one of
     POOLINGS. `progress`: a tqdm bar to advance by each batch's real tokens (a caller running several
-    extractions under one bar); None: a bar of this call's own, which `quiet` silences.
+    extractions under one bar); None: a bar of this call's own, which `quiet` silences. `compile` (COMPILE_MODES,
+    `use_compile`): run the chosen blocks through torch.compile for this call; if the first compiled batch fails,
+    the blocks go back to eager and the batch is run again.
     Raises ColaError for an empty sequence, an unknown pooling or layer index.
     """
     from cola.cluster import gaussian_projection
@@ -164,6 +204,8 @@ def extract_features(
     handles += [blocks[layer].register_forward_hook(make_hook(slot, layer == chosen[-1]))
                 for slot, layer in enumerate(chosen)]
     lengths = [len(ids) for ids in token_ids]
+    compiled = (compile_blocks(blocks[: chosen[-1] + 1])
+                if use_compile(compile, real_tokens=sum(lengths), device=device, sketches=sketcher is not None) else [])
     batches = length_batches(lengths, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     computed = 0
     start = time.perf_counter()
@@ -178,21 +220,25 @@ def extract_features(
                 state["acc"] = torch.zeros(len(batch), projection_dim, device=device)
                 state["rows"] = batch
                 try:
-                    # No attention mask on purpose: with right padding and causal attention no real token sees a
-                    # pad, so the real tokens' states are the same without it (the pads' own are never pooled).
-                    # The model then builds only its causal mask, and SDPA runs its causal kernel, which skips
-                    # the blocks above the diagonal, instead of reading a padding mask of B x T x T.
-                    model(input_ids=ids.to(device), use_cache=False)
-                except _StopForward:
-                    pass
-                else:
-                    raise RuntimeError("the forward pass never reached the deepest chosen layer")
+                    _forward(model, ids.to(device))
+                except _NeverReached:
+                    raise
+                except Exception as error:  # noqa: BLE001 - whatever torch.compile raised: run eager instead
+                    if not compiled or computed:
+                        raise
+                    log.warning("activations: torch.compile of the decoder blocks failed (%s: %s); running eager",
+                                type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                    restore_blocks(compiled)
+                    compiled = []
+                    state["acc"].zero_()
+                    _forward(model, ids.to(device))
                 features[batch] = (state["acc"] * scale).float().cpu().numpy()
                 if sketcher is not None:
                     sketcher.end_batch()
                 computed += ids.numel()
                 bar.update(sum(lengths[i] for i in batch))
     finally:
+        restore_blocks(compiled)
         for handle in handles:
             handle.remove()
         if progress is None:
@@ -203,6 +249,19 @@ def extract_features(
              stats.real_tokens, stats.tokens_per_second, 100 * (1 - stats.real_tokens / max(computed, 1)))
     sketches = sketcher.result(lengths) if sketcher is not None else None
     return Extraction(features=features, stats=stats, sketches=sketches)
+
+
+def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    """The forward up to the deepest chosen layer, whose hook stops it (RuntimeError if it never got there)."""
+    try:
+        # No attention mask on purpose: with right padding and causal attention no real token sees a pad, so the
+        # real tokens' states are the same without it (the pads' own are never pooled). The model then builds only
+        # its causal mask, and SDPA runs its causal kernel, which skips the blocks above the diagonal, instead of
+        # reading a padding mask of B x T x T.
+        model(input_ids=ids, use_cache=False)
+    except _StopForward:
+        return
+    raise _NeverReached("the forward pass never reached the deepest chosen layer")
 
 
 def _hidden_size(model: torch.nn.Module) -> int:

@@ -13,11 +13,12 @@ cola.experiment.config; all are read by `cola.settings.build` and made into flag
 
 from cola.config.curate import DEFAULT_SEED, DEPLOYMENT_TYPES, EXECUTORS, CurateConfig, StageSeeds, stage_seeds
 from cola.config.run import COMPUTE_DTYPE, DTYPES, EVALUATE_BATCH_TOKENS, EvaluateConfig, ModelConfig
-from cola.config.stages import (CHAT_TEMPLATE_MODES, FILTER_FLAGS, LENGTH_MODES, MODEL_SELECTION_METHODS, POOLINGS,
-                                SELECTION_METHODS, SKETCH_SELECTION_METHODS, SYSTEM_PROMPT_MODES, DomainConfig,
-                                FilterConfig, ProcessConfig, ReasoningConfig, SelectionConfig)
+from cola.config.stages import (CHAT_TEMPLATE_MODES, COMPILE_MODES, FILTER_FLAGS, LENGTH_MODES,
+                                MODEL_SELECTION_METHODS, POOLINGS, SELECTION_METHODS, SKETCH_SELECTION_METHODS,
+                                SYSTEM_PROMPT_MODES, DomainConfig, FilterConfig, ProcessConfig, ReasoningConfig,
+                                SelectionConfig)
 
-__all__ = ["CHAT_TEMPLATE_MODES", "COMPUTE_DTYPE", "DEFAULT_SEED", "DEPLOYMENT_TYPES", "DTYPES",
+__all__ = ["CHAT_TEMPLATE_MODES", "COMPILE_MODES", "COMPUTE_DTYPE", "DEFAULT_SEED", "DEPLOYMENT_TYPES", "DTYPES",
            "EVALUATE_BATCH_TOKENS", "EXECUTORS", "FILTER_FLAGS", "LENGTH_MODES", "MODEL_SELECTION_METHODS", "POOLINGS",
            "SELECTION_METHODS", "SKETCH_SELECTION_METHODS", "SYSTEM_PROMPT_MODES", "CurateConfig", "DomainConfig",
            "EvaluateConfig", "FilterConfig", "ModelConfig", "ProcessConfig", "ReasoningConfig", "SelectionConfig",

@@ -27,6 +27,9 @@ LENGTH_MODES = {"pack": "a source's documents joined and cut into windows of exa
                             "whole (samples of varying length)"}
 # How a decoder layer's hidden states (one per token) become one vector per sample (cola.activations.pool).
 POOLINGS = {"mean": "the mean over real tokens", "last": "the last real token's state"}
+# Whether activation extraction runs the decoder blocks through torch.compile (cola.activations).
+COMPILE_MODES = {"auto": "on a CPU, for pools of at least cola.activations.COMPILE_MIN_TOKENS tokens",
+                 "on": "always (falls back to eager if compiling fails)", "off": "never"}
 # Stage 3's methods and what each does (the manifest's account of Stage 3; peers in stages/peers.py).
 SELECTION_METHODS = {"activations": "on: activation k-means medoids",
                      "moments": "on: the set whose linear-layer input second moments (the Hessians GPTQ, "
@@ -162,6 +165,10 @@ class SelectionConfig:
                                       "second-moment sketch (m; m(m+1)/2 + 2m numbers per input and candidate)")
     batch_size: int = option(16, help="sequences per forward pass at most")
     batch_tokens: int = option(4096, help="padded token slots per forward pass at most")
+    compile: str = option("auto", choices=COMPILE_MODES, flag="compile_blocks",
+                          help="torch.compile the decoder blocks for activation extraction (fuses the element-wise "
+                               "work between the matrix products): auto (on a CPU, pools of 100k tokens or more: "
+                               "compiling takes about a minute), on, off; moments and outlier_coverage run eager")
     kmeans_init: int = option(3, help="k-means restarts (best inertia kept)", cli=False)
     seed: int = option(42, help=f"selection's seed; {SEED_HELP}", cli=False, derived="seed")
 

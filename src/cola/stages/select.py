@@ -61,7 +61,7 @@ def embed_pool(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], confi
         model, token_ids, layers=config.layers, projection_dim=config.projection_dim, seed=config.seed,
         batch_size=config.batch_size, batch_tokens=config.batch_tokens, pad_token_id=pad_token_id,
         pooling=config.pooling, sketch_dim=config.sketch_dim if sketches or maxima else None,
-        channel_maxima=maxima, quiet=quiet, progress=progress)
+        channel_maxima=maxima, compile=config.compile, quiet=quiet, progress=progress)
 
 
 def _medoids_within_quotas(features: np.ndarray, sources: Sequence[str], num_samples: int,
