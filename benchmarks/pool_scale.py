@@ -10,6 +10,7 @@ temporary folder, so the model's own cost stays small and what grows with N is t
 format, filters (exact and MinHash near-duplicate dedup across the whole pool) and packing, Stage 1's
 scoring (the source has no capability label: Stage 1 scores it against the embedded reference sets), Stage 3's
 activation extraction and k-means medoids, and the export of the pool table. num_samples is the same at every N.
+Extraction runs eager (`--compile_blocks off`): compiling is a fixed cost of its own, not the pipeline's growth.
 
 Run from the repository root:
   .venv/bin/python benchmarks/pool_scale.py [--sizes 1000,10000,100000] [--sequence_length 64]
@@ -72,6 +73,7 @@ def run_one(pool: Path, model: Path, out: Path, args: argparse.Namespace, count:
                "--stage1", "--selection_method", "activations", "--batch_size", "64", "--batch_tokens", "8192",
                "--candidates_per_source", str(count), "--num_samples", str(args.num_samples),
                "--sequence_length", str(args.sequence_length), "--length", "truncate", "--dtype", "float32",
+               "--compile_blocks", "off",
                "--output_dir", str(out), "--quiet"]
     start = time.perf_counter()
     status = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).returncode
