@@ -117,10 +117,12 @@ def lloyd_refine(x: np.ndarray, centroids: np.ndarray, iterations: int) -> tuple
     labels = np.full(len(x), -1, dtype=np.int64)
     for iteration in range(iterations + 1):
         sums, counts, changed = np.zeros_like(c), np.zeros(k), 0
+        # |x - c|^2 less the row's own |x|^2, which does not change the argmin: x @ (-2 c^T) + |c|^2
+        minus_twice, squared = -2.0 * c.T, (c * c).sum(1)
         for start in range(0, len(x), step):
             rows = np.asarray(x[start:start + step], dtype=np.float64)
-            scores = rows @ (-2.0 * c.T)  # |x - c|^2 less the row's own |x|^2, which does not change the argmin
-            scores += (c * c).sum(1)
+            scores = rows @ minus_twice
+            scores += squared
             assigned = scores.argmin(axis=1)
             changed += int((assigned != labels[start:start + step]).sum())
             labels[start:start + step] = assigned

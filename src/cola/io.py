@@ -32,12 +32,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from cola.errors import ColaError, first_line
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,7 @@ class Pool:
     def source_indices(self) -> np.ndarray:
         """(N,) int64: each candidate's index into `sources`."""
         if isinstance(self.candidates, RowStore):
-            parts = [np.asarray(a.to_numpy(), dtype=np.int64) for a in self.candidates.batches("source")]
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            return self.candidates.column_array("source", lambda array: array.to_numpy(), np.int64)
         return np.fromiter((c.source for c in self.candidates), np.int64, len(self.candidates))
 
     @property
@@ -64,8 +63,7 @@ class Pool:
         if isinstance(self.candidates, RowStore):
             import pyarrow.compute as pc
 
-            parts = [pc.list_value_length(a).to_numpy().astype(np.int64) for a in self.candidates.batches("input_ids")]
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            return self.candidates.column_array("input_ids", lambda array: pc.list_value_length(array), np.int64)
         return np.fromiter((len(c.input_ids) for c in self.candidates), np.int64, len(self.candidates))
 
     def take(self, indices: Iterable[int]) -> list[TokenizedText]:

@@ -32,7 +32,61 @@ T = TypeVar("T")
 SPILL_BATCH = 4096  # rows per record batch: what one read decodes
 
 
-class RowStore(Sequence[T], Generic[T]):
+class _Batched(Sequence[T], Generic[T]):
+    """A read-only sequence read a batch of `batch_rows` rows at a time (`_read(batch index) -> rows`), holding
+    the last batch read; what `RowStore` and its `ColumnView`s share."""
+
+    batch_rows: int
+    _cached: tuple[int, list[T]] | None = None  # (batch index, its rows)
+
+    def _read(self, index: int) -> list[T]:
+        raise NotImplementedError
+
+    def _batch(self, index: int) -> list[T]:
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self._read(index))
+        return self._cached[1]
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return self.take(range(*index.indices(len(self))))
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)} rows")
+        return self._batch(index // self.batch_rows)[index % self.batch_rows]
+
+    def __iter__(self) -> Iterator[T]:
+        for index in range(0, len(self), self.batch_rows):
+            yield from self._batch(index // self.batch_rows)
+
+    def take(self, indices: Iterable[int]) -> list[T]:
+        """The rows at `indices`, in that order; each batch read once however the indices are ordered."""
+        indices = np.asarray(list(indices), dtype=np.int64).reshape(-1)
+        out: list[Any] = [None] * len(indices)
+        for position in np.argsort(indices // self.batch_rows, kind="stable"):
+            out[position] = self[int(indices[position])]
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (to another process) as the plain list of its rows
+        return list, (list(self),)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any list, tuple or store holding equal rows in the same order."""
+        if not isinstance(other, (list, tuple, _Batched)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = object.__hash__  # a store is one object on disk; equality compares the rows
+
+
+class RowStore(_Batched[T]):
     """Rows of one kind, written with `append`/`extend` and then `close()`d, read back as a sequence; the file
     goes in a new folder under `root` (None: the temporary folder).
 
@@ -54,8 +108,7 @@ class RowStore(Sequence[T], Generic[T]):
         self._writer = pa.ipc.new_file(self._sink, schema)
         self._pending: list[T] = []
         self._rows = 0
-        self._reader: pa.ipc.RecordBatchFileReader | None = None
-        self._cached: tuple[int, list[T]] | None = None  # (batch index, its rows)
+        self._file: pa.ipc.RecordBatchFileReader | None = None
 
     # writing
     def append(self, row: T) -> None:
@@ -82,109 +135,55 @@ class RowStore(Sequence[T], Generic[T]):
             self._writer.close()
             self._sink.close()
             self._writer = None
-            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
+            self._file = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
         return self
 
     # reading
-    def _batch(self, index: int) -> list[T]:
-        if self._reader is None:
+    def _reader(self) -> pa.ipc.RecordBatchFileReader:
+        """The file, open for reading; RuntimeError while the store is being written."""
+        if self._file is None:
             raise RuntimeError("this row store is still being written: close() it first")
-        if self._cached is None or self._cached[0] != index:
-            self._cached = (index, self._decode(self._reader.get_batch(index)))
-        return self._cached[1]
+        return self._file
+
+    def _read(self, index: int) -> list[T]:
+        return self._decode(self._reader().get_batch(index))
 
     def __len__(self) -> int:
         return self._rows
 
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
-
     def __getitem__(self, index: int | slice) -> T | list[T]:
-        if self._reader is None:
-            raise RuntimeError("this row store is still being written: close() it first")
-        if isinstance(index, slice):
-            return self.take(range(*index.indices(self._rows)))
-        index = int(index)
-        if index < 0:
-            index += self._rows
-        if not 0 <= index < self._rows:
-            raise IndexError(f"row {index} of a store of {self._rows} rows")
-        return self._batch(index // self.batch_rows)[index % self.batch_rows]
-
-    def __iter__(self) -> Iterator[T]:
-        for index in range(0, self._rows, self.batch_rows):
-            yield from self._batch(index // self.batch_rows)
-
-    def take(self, indices: Iterable[int]) -> list[T]:
-        """The rows at `indices`, in that order; each batch read once however the indices are ordered."""
-        indices = np.asarray(list(indices), dtype=np.int64).reshape(-1)
-        out: list[Any] = [None] * len(indices)
-        for position in np.argsort(indices // self.batch_rows, kind="stable"):
-            out[position] = self[int(indices[position])]
-        return out
+        self._reader()  # reading before close() raises, whatever the index
+        return super().__getitem__(index)
 
     def column(self, name: str, convert: Callable[[pa.Array], list[Any]] | None = None) -> ColumnView:
         """Column `name` alone, as a lazy sequence (`convert` turns its Arrow array into values; default
         `to_pylist`)."""
-        if self._reader is None:
-            raise RuntimeError("this row store is still being written: close() it first")
+        self._reader()  # a column of a store being written raises
         return ColumnView(self, name, convert or (lambda array: array.to_pylist()))
 
     def batches(self, column: str) -> Iterator[pa.Array]:
         """Column `column` one record batch at a time, as Arrow arrays (no Python objects made)."""
-        if self._reader is None:
-            raise RuntimeError("this row store is still being written: close() it first")
-        for index in range(self._reader.num_record_batches):
-            yield self._reader.get_batch(index).column(column)
+        reader = self._reader()
+        for index in range(reader.num_record_batches):
+            yield reader.get_batch(index).column(column)
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled (to another process) as the plain list of its rows
-        return list, (list(self),)
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to any list, tuple or store holding equal rows in the same order."""
-        if not isinstance(other, (list, tuple, RowStore, ColumnView)):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-
-    __hash__ = object.__hash__  # a store is one object on disk; equality compares the rows
+    def column_array(self, column: str, convert: Callable[[pa.Array], np.ndarray], dtype: Any) -> np.ndarray:
+        """Column `column` as one numpy array of `dtype`, each batch's Arrow array turned by `convert`."""
+        parts = [np.asarray(convert(array), dtype=dtype) for array in self.batches(column)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-class ColumnView(Sequence[Any]):
+class ColumnView(_Batched[Any]):
     """One column of a `RowStore` as a read-only sequence; holds at most one batch's values."""
 
     def __init__(self, store: RowStore[Any], name: str, convert: Callable[[pa.Array], list[Any]]) -> None:
-        self.store, self.name, self.convert = store, name, convert
-        self._cached: tuple[int, list[Any]] | None = None
+        self.store, self.name, self.convert, self.batch_rows = store, name, convert, store.batch_rows
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def _batch(self, index: int) -> list[Any]:
-        if self._cached is None or self._cached[0] != index:
-            reader = self.store._reader
-            self._cached = (index, self.convert(reader.get_batch(index).column(self.name)))
-        return self._cached[1]
-
-    def __getitem__(self, index: int | slice) -> Any:
-        step = self.store.batch_rows
-        if isinstance(index, slice):
-            return [self._batch(i // step)[i % step] for i in range(*index.indices(len(self)))]
-        index = int(index) + (len(self) if int(index) < 0 else 0)
-        if not 0 <= index < len(self):
-            raise IndexError(f"row {index} of a column of {len(self)} rows")
-        return self._batch(index // step)[index % step]
-
-    def __iter__(self) -> Iterator[Any]:
-        for index in range(0, len(self), self.store.batch_rows):
-            yield from self._batch(index // self.store.batch_rows)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return list, (list(self),)
-
-    __eq__ = RowStore.__eq__
-    __hash__ = object.__hash__
+    def _read(self, index: int) -> list[Any]:
+        return self.convert(self.store._reader().get_batch(index).column(self.name))
 
 
 def text_store() -> RowStore[str]:

@@ -266,15 +266,18 @@ def plan_mixture(features: np.ndarray, token_ids: Sequence[np.ndarray], names: S
     rows = np.asarray(names)
     sentence = load_embedder(config.semantic_embedder, quiet=quiet) if config.semantic_embedder else None
     pool_embeddings = sentence(texts) if sentence is not None else None  # (N, E)
-    def of(values: Any, name: str) -> Any:  # the rows of dataset `name`, without a copy of a one-dataset pool
+    def dataset_stats(name: str) -> DatasetStats:  # its rows, without a copy where the pool is one dataset
         chosen = np.flatnonzero(rows == name)
-        if isinstance(values, np.ndarray):
-            return values if len(chosen) == len(values) else values[chosen]
-        return subset(values, chosen)
 
-    datasets = {name: DatasetStats(of(features, name), unigram_distribution(of(token_ids, name), vocab),
-                                   None if pool_embeddings is None else of(pool_embeddings, name))
-                for name in dict.fromkeys(names)}
+        def of(values: Any) -> Any:
+            if isinstance(values, np.ndarray):
+                return values if len(chosen) == len(values) else values[chosen]
+            return subset(values, chosen)
+
+        return DatasetStats(of(features), unigram_distribution(of(token_ids), vocab),
+                            None if pool_embeddings is None else of(pool_embeddings))
+
+    datasets = {name: dataset_stats(name) for name in dict.fromkeys(names)}
     probed = {}
     for capability, samples in probes.items():
         ids = [p.input_ids for p in samples]
