@@ -211,3 +211,38 @@ def test_chunks_with_sketches_join_to_one_extraction() -> None:
     # each chunk batches alone: equal to one pass over all to float tolerance, not necessarily bit for bit
     assert np.allclose(joined.features, whole.features, atol=1e-5)
     assert np.allclose(joined.sketches.values, whole.sketches.values, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_is_decided_once_per_pool_and_keyed(tmp_path, pool_files, monkeypatch) -> None:
+    """`auto` compiles for the whole pool or none of it (here every chunk alone is under the threshold, the pool
+    is not), and compiled and eager features never serve each other from the cache."""
+    import cola.activations as activations
+    import cola.feature_cache as feature_cache
+    import cola.stages.select as select
+
+    monkeypatch.setattr(feature_cache, "CHUNK_CANDIDATES", 3)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the switch is under test, not inductor
+    real, modes = select.embed_pool, []
+    monkeypatch.setattr(select, "embed_pool", lambda model, ids, config, **k: modes.append(config.compile) or real(
+        model, ids, config, **k))
+    cache = tmp_path / "cache"
+
+    def run(name: str, mode: str, method: str = "activations") -> dict:
+        modes.clear()
+        return curate(tmp_path, pool_files, name, cache, stage1=False,
+                      selection=SelectionConfig(method=method, compile=mode))
+
+    eager = run("eager", "off")
+    chunks, extraction = len(modes), eager["manifest"]["diagnostics"]["extraction"]
+    assert chunks > 1 and set(modes) == {"off"} and extraction["compiled"] is False
+    monkeypatch.setattr(activations, "COMPILE_MIN_TOKENS", extraction["real_tokens"])  # the pool's, not a chunk's
+    auto = run("auto", "auto")
+    assert modes == ["on"] * chunks  # none read from the eager entries
+    assert "feature_cache_hits" not in auto["manifest"]["timings"]
+    assert auto["manifest"]["diagnostics"]["extraction"]["compiled"] is True
+    assert len(list(cache.iterdir())) == 2 * chunks
+    again = run("again", "off")
+    assert modes == [] and again["manifest"]["timings"]["feature_cache_hits"] == chunks
+    assert again["samples"] == eager["samples"]
+    moments = run("moments", "on", method="moments")  # sketches' hooks sit inside the blocks: eager whatever asked
+    assert set(modes) == {"off"} and moments["manifest"]["diagnostics"]["extraction"]["compiled"] is False

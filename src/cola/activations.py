@@ -74,12 +74,14 @@ class _NeverReached(RuntimeError):
 
 @dataclass(frozen=True)
 class ExtractionStats:
-    """What the extraction computed: real tokens, padded slots, wall time."""
+    """What the extraction computed: real tokens, padded slots, wall time, and whether the decoder blocks ran
+    compiled (torch.compile; False where compiling failed and the pass ran eager)."""
 
     real_tokens: int
     computed_tokens: int
     seconds: float
     batches: int
+    compiled: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,7 +92,7 @@ class ExtractionStats:
         return {"real_tokens": self.real_tokens, "computed_tokens": self.computed_tokens,
                 "padding_fraction": round(1 - self.real_tokens / max(self.computed_tokens, 1), 6),
                 "seconds": round(self.seconds, 3), "useful_tokens_per_second": round(self.tokens_per_second, 1),
-                "batches": self.batches}
+                "batches": self.batches, "compiled": self.compiled}
 
 
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
@@ -244,7 +246,7 @@ def extract_features(
         if progress is None:
             bar.close()
     stats = ExtractionStats(real_tokens=sum(lengths), computed_tokens=computed,
-                            seconds=time.perf_counter() - start, batches=len(batches))
+                            seconds=time.perf_counter() - start, batches=len(batches), compiled=bool(compiled))
     log.info("activations: %d candidates, %d tokens, %.0f useful tokens/s, %.1f%% padding", len(token_ids),
              stats.real_tokens, stats.tokens_per_second, 100 * (1 - stats.real_tokens / max(computed, 1)))
     sketches = sketcher.result(lengths) if sketcher is not None else None

@@ -225,8 +225,10 @@ class COLA:
         """The pool's activation features when Stage 1 or a model-based Stage 3 needs them (the expensive part;
         with `moments`, its moment sketches from the same pass), and with Stage 1 each capability's probes'
         features in the same projection (seconds to `timings`)."""
+        from cola.activations import use_compile
         from cola.executors import executor_fill
         from cola.feature_cache import model_digest, pool_extraction, probe_cache_dir
+        from cola.models import input_device
         from cola.stages.select import embed_pool
 
         if not config.reads_model:
@@ -235,17 +237,23 @@ class COLA:
 
         def extract(token_ids: list[np.ndarray], cache: str | Path, sketches: bool = False, maxima: bool = False,
                     work: bool = False, spread: bool = False) -> Extraction:  # spread: by config.executor
-            with progress_bar(total=sum(len(ids) for ids in token_ids), quiet=self.quiet, desc="activations",
+            # compiled or eager decided once for all the chunks, and keyed: the two round differently
+            total = sum(len(ids) for ids in token_ids)
+            compiled = use_compile(config.selection.compile, real_tokens=total, device=input_device(self.model),
+                                   sketches=sketches or maxima)
+            run = dataclasses.replace(config, selection=dataclasses.replace(config.selection,
+                                                                            compile="on" if compiled else "off"))
+            with progress_bar(total=total, quiet=self.quiet, desc="activations",
                               unit="tok", unit_scale=True) as bar:
                 def compute(chunk: list[np.ndarray]) -> Extraction:
-                    return embed_pool(self.model, chunk, config.selection, pad_token_id=pad, sketches=sketches,
+                    return embed_pool(self.model, chunk, run.selection, pad_token_id=pad, sketches=sketches,
                                       maxima=maxima, progress=bar)
 
                 if self._model_key is None:
                     self._model_key = model_digest(self.model)
-                fill = executor_fill(config, model=self.model, model_config=self.model_config, quiet=self.quiet,
+                fill = executor_fill(run, model=self.model, model_config=self.model_config, quiet=self.quiet,
                                      model_key=self._model_key, pad_token_id=pad, sketches=sketches, maxima=maxima)
-                found, hits = pool_extraction(cache, self._model_key, token_ids, config.selection, pad, compute,
+                found, hits = pool_extraction(cache, self._model_key, token_ids, run.selection, pad, compute,
                                               sketches=sketches, maxima=maxima, work=work,
                                               best_effort=cache != self.feature_cache, fill=fill if spread else None,
                                               on_hit=lambda chunk: bar.update(sum(len(ids) for ids in chunk)))

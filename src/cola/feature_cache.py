@@ -220,10 +220,16 @@ def pool_extraction(cache: str | os.PathLike[str] | None, model_key: str,
     `cache`), made chunk by chunk (`chunked_extraction`) and keyed by every setting extraction reads; an entry
     holding more than asked for (sketches, maxima: the same pass) serves, trimmed. `cache` None: computed,
     nothing kept; `work`: `cache` is a run's own work folder (`claim_work_cache`); `fill`: the chunks not
-    kept yet are computed by another executor (`chunked_extraction`)."""
+    kept yet are computed by another executor (`chunked_extraction`).
+
+    `selection.compile` is keyed as given: the caller resolves "auto" to the "on" or "off" that runs (once for
+    the whole pool, `cola.activations.use_compile`), since compiled and eager blocks round differently and can
+    pick different medoids. "off" adds nothing to the key, so eager entries kept before the mode was keyed
+    still serve."""
     s = selection
     base = {"layers": s.layers, "pooling": s.pooling, "projection_dim": s.projection_dim, "seed": s.seed,
-            "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad}
+            "batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "pad": pad,
+            **({"compile": s.compile} if s.compile != "off" else {})}
     # keys from lean to rich; maxima are named only when read, so entries written before them keep their keys
     levels = [{**base, "sketch_dim": None}, {**base, "sketch_dim": s.sketch_dim},
               {**base, "sketch_dim": s.sketch_dim, "channel_maxima": True}]
@@ -253,7 +259,8 @@ def join_extractions(parts: Sequence[Extraction]) -> Extraction:
         return parts[0]
     stats = ExtractionStats(real_tokens=sum(p.stats.real_tokens for p in parts),
                             computed_tokens=sum(p.stats.computed_tokens for p in parts),
-                            seconds=sum(p.stats.seconds for p in parts), batches=sum(p.stats.batches for p in parts))
+                            seconds=sum(p.stats.seconds for p in parts), batches=sum(p.stats.batches for p in parts),
+                            compiled=any(p.stats.compiled for p in parts))
     sketches = [p.sketches for p in parts]
     joined = None
     if any(s is not None for s in sketches):
