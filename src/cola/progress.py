@@ -3,11 +3,15 @@
 Bars also stay off where a person would not see them draw: when the environment sets `TQDM_DISABLE` (to
 anything but "", "0", "false", "no" or "off"), and when stderr is not a terminal (a log file, a pipe, CI),
 except in a Jupyter notebook, whose bars are widgets. The bars of transformers and datasets follow the same
-rule (`silence_library_progress`).
+rule (`silence_library_progress`). Where the bars are off but `quiet` is not (a run logging to a file, a job
+under nohup), a step that runs longer than LOG_INTERVAL_S logs its progress instead: one INFO line on the
+`cola.progress` logger each LOG_INTERVAL_S seconds, with the count, elapsed and remaining time and the rate.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -18,6 +22,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 DISABLE_ENV = "TQDM_DISABLE"
 _FALSE = ("", "0", "false", "no", "off")
+LOG_INTERVAL_S = 60.0  # bars off, not quiet: a step's progress is logged at most this often, from this long on
+
+log = logging.getLogger(__name__)
 
 
 def bars_disabled(quiet: bool, stream: IO[str] | None = None) -> bool:
@@ -33,9 +40,29 @@ def bars_disabled(quiet: bool, stream: IO[str] | None = None) -> bool:
 
 def progress_bar(iterable: Iterable[T] | None = None, *, quiet: bool, desc: str, total: int | None = None,
                  unit: str = "it", **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr, disabled when `quiet` is true or `bars_disabled` says no one would see it."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=bars_disabled(quiet), dynamic_ncols=True,
-                leave=False, **kwargs)
+    """A tqdm bar on stderr; where `bars_disabled` says no one would see it, log lines every LOG_INTERVAL_S
+    seconds instead (none for a step shorter than that), and nothing at all when `quiet` is true."""
+    if quiet:
+        return tqdm(iterable, desc=desc, total=total, unit=unit, disable=True, **kwargs)
+    if bars_disabled(quiet):
+        return tqdm(iterable, desc=desc, total=total, unit=unit, file=_LogLines(), mininterval=LOG_INTERVAL_S,
+                    delay=LOG_INTERVAL_S, ncols=0, leave=False, disable=False, **kwargs)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=False, dynamic_ncols=True, leave=False,
+                **kwargs)
+
+
+class _LogLines(io.TextIOBase):
+    """What a tqdm bar writes, as log lines: each refresh is one INFO line; blank refreshes (the bar cleared at
+    its end) and cursor moves are dropped."""
+
+    def write(self, text: str) -> int:
+        line = text.replace("\x1b[A", "").strip()
+        if line:
+            log.info("%s", line)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
 
 
 def silence_library_progress(quiet: bool) -> None:

@@ -201,7 +201,30 @@ def test_progress_bars_honour_tqdm_disable_and_a_non_terminal(monkeypatch) -> No
         monkeypatch.setenv("TQDM_DISABLE", value)
         assert bars_disabled(False, _Terminal()) is disabled
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert progress_bar(range(3), quiet=False, desc="x").disable is True
+    assert progress_bar(range(3), quiet=False, desc="x").fp is not sys.stderr  # no bar; log lines (below)
+
+
+def test_without_bars_a_long_step_logs_its_progress_and_quiet_silences_it(monkeypatch, caplog) -> None:
+    import time
+
+    import cola.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.05)
+    with caplog.at_level("INFO", logger="cola.progress"):
+        with progress_bar(total=4, quiet=False, desc="activations", unit="tok") as bar:
+            for _ in range(4):
+                time.sleep(0.06)
+                bar.update(1)
+        lines = [r.getMessage() for r in caplog.records]
+        assert 2 <= len(lines) <= 4 and all(line.startswith("activations: ") for line in lines)
+        assert lines[-1].startswith("activations: 100% 4/4 [")
+        caplog.clear()
+        with progress_bar(total=4, quiet=False, desc="short") as bar:
+            bar.update(4)  # done before the first interval: no line
+        with progress_bar(total=4, quiet=True, desc="quiet") as bar:
+            time.sleep(0.1)
+            bar.update(4)
+        assert caplog.records == []
 
 
 @pytest.mark.parametrize("argv, expected", [
