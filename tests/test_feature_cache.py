@@ -246,3 +246,36 @@ def test_compile_is_decided_once_per_pool_and_keyed(tmp_path, pool_files, monkey
     assert again["samples"] == eager["samples"]
     moments = run("moments", "on", method="moments")  # sketches' hooks sit inside the blocks: eager whatever asked
     assert set(modes) == {"off"} and moments["manifest"]["diagnostics"]["extraction"]["compiled"] is False
+
+
+def test_the_steps_called_one_by_one_make_the_run_and_leave_no_work_folder(tmp_path, pool_files) -> None:
+    """load, process, embed, plan_mixture, select, export by hand: the set `run` writes, and the work folder
+    beside the output is gone after export (or once a pool nobody exports is dropped)."""
+    import gc
+
+    from cola.output_dir import default_work_dir
+
+    def curator(out: Path) -> COLA:
+        return COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), output_dir=out, quiet=True, stage1=False,
+                    available_datasets=[str(p) for p in pool_files.values()], candidates_per_source=8,
+                    selection=ACTIVATIONS)
+
+    whole = _curate_resumable(tmp_path, pool_files, "whole")
+    cola = curator(tmp_path / "steps")
+    config = cola.config(num_samples=4, sequence_length=32)
+    inputs, timings = cola.load(config, cola.output_dir), {}
+    pool = cola.process(inputs.sources, config, timings)
+    assert default_work_dir(cola.output_dir).is_dir()  # the spilled candidates
+    features = cola.embed(pool, config, timings)
+    plan = cola.plan_mixture(pool, features, inputs, config, timings)
+    selection = cola.select(pool, features, plan, config)
+    samples = cola.export(pool, plan, selection, config, timings)
+    assert len(samples) == 4 and not default_work_dir(cola.output_dir).exists()
+    assert (tmp_path / "steps" / SAMPLES_FILE).read_bytes() == whole["samples"]
+
+    explore = curator(tmp_path / "explore")
+    pool = explore.process(inputs.sources, config, {})
+    assert len(pool.candidates) > 4 and default_work_dir(explore.output_dir).is_dir()
+    del pool
+    gc.collect()
+    assert not default_work_dir(explore.output_dir).exists()

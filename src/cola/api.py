@@ -178,8 +178,6 @@ class COLA:
             if not self.keep_work_dir and not self.work_features.exists():
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             raise
-        if not self.keep_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
         self.plots_report = []
         if plots:
             from cola.plots import write_plots
@@ -325,7 +323,8 @@ class COLA:
     def export(self, pool: Pool, plan: MixturePlan, selection: Selection, config: CurateConfig,
                timings: dict[str, float]) -> list[dict[str, Any]]:
         """Write the selected samples, the HF dataset, the pool table and the manifest as one set
-        (`cola.export`); return the samples as calibration_samples.json holds them."""
+        (`cola.export`), then remove the work directory unless the caller named it; return the samples as
+        calibration_samples.json holds them."""
         owner = [plan.sources[i] for i in pool.source_indices.tolist()]
         coverage = plan.report.get("coverage", {})
 
@@ -353,6 +352,8 @@ class COLA:
         write_outputs(self.output_dir, samples=samples, input_ids=[c.input_ids for c in chosen], pool=table,
                       manifest=manifest)
         log.debug("wrote %d calibration samples to %s", len(samples), self.output_dir)  # `cola curate` prints it
+        if not self.keep_work_dir:  # the set is written: the run's features and spilled pool are done with
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         return [s.as_dict() for s in samples]
 
     def _check_model(self, config: CurateConfig) -> None:

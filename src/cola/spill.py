@@ -9,7 +9,8 @@ order, `take(indices)` and `column(name)` (one column as a lazy sequence). At mo
 
 The file lives in a folder of its own under `root` (a run's work directory: `cola.api.COLA.process` puts the
 pool there) or else the system's temporary folder (`TMPDIR` chooses the disk; sources are sampled before a run
-has a work directory), removed when the store is garbage-collected or the process exits. An open store keeps
+has a work directory), removed when the store is garbage-collected or the process exits, with `root` where the
+store made it and nothing else is left in it (a step-by-step caller's work directory). An open store keeps
 reading its file after its folder is removed (the work directory of a finished run): the file is held open.
 """
 
@@ -30,6 +31,16 @@ import pyarrow.parquet as pq
 
 T = TypeVar("T")
 SPILL_BATCH = 4096  # rows per record batch: what one read decodes
+
+
+def _remove(folder: Path, root: Path | None) -> None:
+    """A store's folder removed; then `root` too if nothing else is in it (a work directory the store made)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if root is not None:
+        try:
+            root.rmdir()
+        except OSError:  # something else is in it, or it is gone
+            pass
 
 
 class _Batched(Sequence[T], Generic[T]):
@@ -99,10 +110,17 @@ class RowStore(_Batched[T]):
                  decode: Callable[[pa.RecordBatch], list[T]], *, batch_rows: int = SPILL_BATCH,
                  prefix: str = "cola-rows-", root: str | os.PathLike[str] | None = None) -> None:
         self.schema, self._encode, self._decode, self.batch_rows = schema, encode, decode, batch_rows
-        if root is not None:
-            Path(root).mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        made = root is not None and not Path(root).exists()  # then removed with the last store in it, if empty
+        for attempt in range(2):  # twice: another store's cleanup may remove an empty `root` in between
+            if root is not None:
+                Path(root).mkdir(parents=True, exist_ok=True)
+            try:
+                self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
+        self._cleanup = weakref.finalize(self, _remove, self.folder, Path(root) if made else None)
         self.path = self.folder / "rows.arrow"
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer = pa.ipc.new_file(self._sink, schema)

@@ -26,9 +26,13 @@ def curate(tiny_model_dir: Path, pool_files: dict[str, Path], out: Path, *extra:
     return main([*args, *extra])
 
 
-def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path) -> None:
+def test_curate_writes_every_output(tiny_model_dir, pool_files, tmp_path, capsys) -> None:
     out = tmp_path / "out"  # the whole of COLA: Stage 1's quotas, Stage 3's activation medoids
     assert curate(tiny_model_dir, pool_files, out, "--stage1", "--selection_method", "activations") == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    named = said[said.index("(") + 1:-1].split(", ")
+    assert said.startswith(f"wrote 6 calibration samples to {out} (")
+    assert sorted(named) == sorted(p.name + "/" * p.is_dir() for p in out.iterdir())  # every output, and no other
     samples = json.loads((out / SAMPLES_FILE).read_text())
     assert len(samples) == 6
     assert all(set(s) == SEED_KEYS for s in samples)

@@ -162,8 +162,10 @@ def run_curate(args: argparse.Namespace) -> int:
                             model_config=model, timings={"load_model": time.perf_counter() - start})
     samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs,
                        plots=args.plots)
-    print(f"wrote {len(samples)} calibration samples to {args.output_dir} "
-          "(calibration_samples.json, calibration_dataset/, manifest.json)")
+    from cola.export import DATASET_DIR, DATASET_PARQUET, MANIFEST_FILE, POOL_PARQUET, SAMPLES_FILE
+
+    written = (SAMPLES_FILE, f"{DATASET_DIR}/", DATASET_PARQUET, POOL_PARQUET, MANIFEST_FILE)
+    print(f"wrote {len(samples)} calibration samples to {args.output_dir} ({', '.join(written)})")
     for line in cola.plots_report:
         print(line)
     return 0
