@@ -1,9 +1,10 @@
 """Where the model's pass over the pool runs: `local`, in this process, or `ray`, on a Ray cluster.
 
 The pool is extracted in chunks, each kept in the feature store as it finishes (`cola.feature_cache`). With
-`ray`, Ray Data makes a dataset of the chunks the store does not hold yet, and an actor pool (one model replica
-per GPU, or per CPU worker with its share of the CPUs as torch threads) runs `map_batches` over it, one chunk
-per call, with the function the local path runs (`cola.stages.select.embed_pool`). Each chunk's extraction
+`ray`, Ray Data makes a dataset of the chunks the store does not hold yet (each read from the pool's disk
+store and put in Ray's object store on its own, a block per chunk: no shared filesystem), and an actor pool (one
+model replica per GPU, or per CPU worker with its share of the CPUs as torch threads) runs `map_batches` over
+it, one chunk per call, with the function the local path runs (`cola.stages.select.embed_pool`). Each chunk's extraction
 comes back to this process, which keeps it in the store as it arrives (a killed run keeps the finished chunks);
 then the local path reads every chunk from the store. Chunks, batching and function are those of a local run,
 so the features agree with it to the dtype's tolerance (bit for bit where a worker runs the same number of
@@ -198,6 +199,17 @@ class ChunkEmbedder:
                 "worker": np.asarray([self.worker] * len(entries)), "extraction": np.asarray(entries, dtype=object)}
 
 
+def chunk_table(index: int, chunk: Sequence[Sequence[int]]) -> Any:
+    """One chunk as the one-row Arrow table `ChunkEmbedder` reads: index, ids (the chunk's token ids end to end,
+    int32) and offsets (where each candidate starts, and the end)."""
+    import pyarrow as pa
+
+    flat = np.concatenate([np.asarray(ids, dtype=np.int32) for ids in chunk])
+    offsets = np.cumsum([0, *(len(ids) for ids in chunk)], dtype=np.int64)
+    return pa.table({"index": pa.array([index], pa.int64()), "ids": pa.array([flat], pa.list_(pa.int32())),
+                     "offsets": pa.array([offsets], pa.list_(pa.int64()))})
+
+
 def _next_row(rows: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
     """The next finished row, None at the end; a worker's failure (its model not loading on a node, a chunk's
     error) is a ColaError with the failure's own last line, not Ray's wrapped traceback."""
@@ -241,10 +253,12 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
         log.info("ray: %d chunks on %d replicas (%d CPU, %d GPU each) over %d nodes", len(chunks), plan.workers,
                  plan.cpus, plan.gpus, len(nodes))
         ray.data.DataContext.get_current().enable_progress_bars = not quiet
-        rows = [{"index": i, "ids": np.concatenate([np.asarray(ids) for ids in chunk]),
-                 "offsets": np.cumsum([0, *(len(ids) for ids in chunk)])} for i, chunk in enumerate(chunks)]
+        # each chunk read (from the pool's disk store) and put in the object store on its own, a block per chunk:
+        # this process holds one chunk at a time, Ray spills blocks to disk past its store's size, and workers on
+        # other nodes fetch theirs from this node (no shared filesystem needed)
+        blocks = [ray.put(chunk_table(i, chunks[i])) for i in range(len(chunks))]
         source = model_config if model_config is not None else [ray.put(model)]
-        done = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(  # a chunk per block: spread
+        done = ray.data.from_arrow_refs(blocks).map_batches(
             ChunkEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.workers),
             num_cpus=plan.cpus, num_gpus=plan.gpus,
             fn_constructor_kwargs={"source": source, "selection": selection, "pad_token_id": pad_token_id,

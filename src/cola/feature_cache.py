@@ -32,6 +32,7 @@ import torch
 from cola.activations import Extraction, ExtractionStats
 from cola.atomic import atomic_path
 from cola.moments import MomentSketches, Site
+from cola.spill import Subset
 
 if TYPE_CHECKING:
     from cola.config import SelectionConfig
@@ -204,7 +205,7 @@ def _fill(cache_dir: str | os.PathLike[str] | None, model_key: str, chunks: Sequ
     first = {digest: i for i, digest in reversed(list(enumerate(digests)))}
     missing = sorted(i for digest, i in first.items() if not any(
         entry_path(cache_dir, model_key, digest, s).is_file() for s in (settings, *also)))
-    for position, found in (fill([chunks[i] for i in missing]) if missing else ()):
+    for position, found in (fill(Subset(chunks, np.asarray(missing))) if missing else ()):  # read when handed on
         _write(entry_path(cache_dir, model_key, digests[missing[position]], settings), found)
     computed = {digests[i] for i in missing}
     return {i for i, digest in enumerate(digests) if digest in computed}
