@@ -38,7 +38,8 @@ def _outputs(out: Path) -> tuple[list[dict], np.ndarray]:
 
 
 @needs_ray
-def test_two_ray_workers_give_the_features_and_picks_of_one_process(tmp_path, pool_files, monkeypatch) -> None:
+def test_two_ray_workers_give_the_features_and_picks_of_one_process(tmp_path, pool_files, monkeypatch,
+                                                                     caplog) -> None:
     import cola.feature_cache as feature_cache
     import cola.stages.select as select
 
@@ -50,13 +51,15 @@ def test_two_ray_workers_give_the_features_and_picks_of_one_process(tmp_path, po
     runs = {}
     for name, executor in (("local", {}), ("ray", {"executor": "ray", "ray_workers": 2})):
         calls.clear()
-        COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), available_datasets=[str(p) for p in pool_files.values()],
-             output_dir=tmp_path / name, quiet=True, candidates_per_source=8, stage1=False, selection=ACTIVATIONS,
-             **executor).run(num_samples=4, sequence_length=32)
+        with caplog.at_level("INFO", logger="cola.feature_cache"):
+            COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), output_dir=tmp_path / name, quiet=True,
+                 available_datasets=[str(p) for p in pool_files.values()], candidates_per_source=8, stage1=False,
+                 selection=ACTIVATIONS, **executor).run(num_samples=4, sequence_length=32)
         runs[name] = (*_outputs(tmp_path / name), list(calls))
     (local, local_features, local_calls), (ray, ray_features, ray_calls) = runs["local"], runs["ray"]
     assert len(local_features) > 8 and local_calls  # a pool of several chunks, computed here by the local run
     assert ray_calls == []  # the Ray run's chunks were all computed by its workers, none in this process
+    assert "read from the feature cache" not in caplog.text  # and are not reported as cache hits
     np.testing.assert_allclose(ray_features, local_features, rtol=1e-5, atol=1e-6)  # float32 on both paths
     assert [s["selection_index"] for s in ray] == [s["selection_index"] for s in local]
     assert ray == local
@@ -64,18 +67,25 @@ def test_two_ray_workers_give_the_features_and_picks_of_one_process(tmp_path, po
 
 @needs_ray
 def test_the_command_line_runs_on_ray_with_workers_loading_the_model(tiny_model_dir, pool_files, tmp_path,
-                                                                     monkeypatch) -> None:
+                                                                     monkeypatch, capfd, caplog) -> None:
     monkeypatch.setattr("cola.feature_cache.CHUNK_CANDIDATES", 8)
     args = ("--selection_method", "activations", "--projection_dim", "8")
     assert curate(tiny_model_dir, pool_files, tmp_path / "local", *args) == 0
     print_before = builtins.print
-    assert curate(tiny_model_dir, pool_files, tmp_path / "ray", *args, "--executor", "ray", "--ray_workers", "2") == 0
+    capfd.readouterr()
+    with caplog.at_level("INFO"):
+        assert curate(tiny_model_dir, pool_files, tmp_path / "ray", *args, "--executor", "ray",
+                      "--ray_workers", "2") == 0
     assert builtins.print is print_before  # the local Ray cola started is gone, and so is the print it installs
+    said = capfd.readouterr().err + caplog.text
+    assert "Starting execution of Dataset" not in said  # --quiet: Ray Data's progress lines too
+    assert "read from the feature cache" not in said  # the chunks Ray just made are not cache hits
     (local, local_features), (ray, ray_features) = _outputs(tmp_path / "local"), _outputs(tmp_path / "ray")
     np.testing.assert_allclose(ray_features, local_features, rtol=1e-5, atol=1e-6)
     assert ray == local
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert (manifest["settings"]["executor"], manifest["settings"]["ray_workers"]) == ("ray", 2)
+    assert manifest["timings"]["stage3_ray_extract_wall"] > 0
 
 
 def test_ray_settings_without_executor_ray_are_refused(tiny_model_dir, pool_files, tmp_path, capsys) -> None:

@@ -250,7 +250,8 @@ class COLA:
                 if self._model_key is None:
                     self._model_key = model_digest(self.model)
                 fill = executor_fill(run, model=self.model, model_config=self.model_config, quiet=self.quiet,
-                                     model_key=self._model_key, pad_token_id=pad, sketches=sketches, maxima=maxima)
+                                     model_key=self._model_key, pad_token_id=pad, sketches=sketches, maxima=maxima,
+                                     timings=timings)
                 found, hits = pool_extraction(cache, self._model_key, token_ids, run.selection, pad, compute,
                                               sketches=sketches, maxima=maxima, work=work,
                                               best_effort=cache != self.feature_cache, fill=fill if spread else None,

@@ -150,9 +150,14 @@ def ray_cluster(address: str | None, *, quiet: bool) -> Iterator[None]:
                 "token (Ray's default: ~/.ray/auth_token copied from the head, RAY_AUTH_MODE=token)?")
         raise ColaError(f"cannot join Ray at {address or 'a local cluster'} ({str(exc).splitlines()[0]}){hint}") \
             from None
+    data_log = logging.getLogger("ray.data")  # its INFO lines (each dataset's start, plan and end) are progress
+    data_level = data_log.level
+    if quiet:
+        data_log.setLevel(logging.WARNING)
     try:
         yield
     finally:
+        data_log.setLevel(data_level)
         ray.shutdown()
         builtins.print = print_before  # ray.shutdown leaves its own print (ray.experimental.tqdm_ray) installed
 
@@ -223,21 +228,25 @@ def _next_row(rows: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def executor_fill(config: CurateConfig, *, model: Any, model_config: ModelConfig | None, model_key: str,
-                  pad_token_id: int, sketches: bool, maxima: bool, quiet: bool) -> Fill | None:
+                  pad_token_id: int, sketches: bool, maxima: bool, quiet: bool,
+                  timings: dict[str, float] | None = None) -> Fill | None:
     """What `cola.feature_cache.chunked_extraction` hands the chunks it lacks to: None for the local executor
-    (it computes them itself), else a function computing them on Ray (`ray_fill`)."""
+    (it computes them itself), else a function computing them on Ray (`ray_fill`, its wall time to `timings`)."""
     if config.executor == "local":
         return None
     return lambda chunks: ray_fill(chunks, model=model, model_config=model_config, model_key=model_key,
                                    selection=config.selection, pad_token_id=pad_token_id, sketches=sketches,
                                    maxima=maxima, address=config.ray_address, workers=config.ray_workers,
-                                   quiet=quiet)
+                                   quiet=quiet, timings=timings)
 
 
 def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_config: ModelConfig | None,
              model_key: str, selection: SelectionConfig, pad_token_id: int, sketches: bool, maxima: bool,
-             address: str | None, workers: int | None, quiet: bool) -> Iterator[tuple[int, Any]]:
-    """Yield (index into `chunks`, its `Extraction`) as the actor pool finishes each chunk (in any order).
+             address: str | None, workers: int | None, quiet: bool,
+             timings: dict[str, float] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (index into `chunks`, its `Extraction`) as the actor pool finishes each chunk (in any order); the
+    wall time from the first replica starting to the last chunk is added to `timings["stage3_ray_extract_wall"]`
+    (the chunks' own seconds are each replica's, summed over replicas working at once).
     Replicas load from `model_config`, else `model` goes through the object store; `model_key` is the digest
     (`cola.feature_cache.model_digest`) every replica's weights must have. Raises ColaError where Ray cannot be
     joined, the replicas do not fit, or a replica's weights differ."""
@@ -272,5 +281,7 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
                                 "model files")
             replicas.add(str(row["worker"]))
             yield int(row["index"]), pickle.loads(row["extraction"])
-        log.info("ray: %d chunks extracted in %.1f s by %d replicas", len(chunks), time.perf_counter() - start,
-                 len(replicas))
+        seconds = time.perf_counter() - start
+        if timings is not None:
+            timings["stage3_ray_extract_wall"] = timings.get("stage3_ray_extract_wall", 0.0) + seconds
+        log.info("ray: %d chunks extracted in %.1f s by %d replicas", len(chunks), seconds, len(replicas))

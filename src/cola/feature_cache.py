@@ -92,14 +92,16 @@ def tokens_digest(token_ids: Sequence[Sequence[int]]) -> str:
 
 def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, token_ids: Sequence[Sequence[int]],
                       settings: Mapping[str, Any], compute: Callable[[], Extraction], *,
-                      also: Sequence[Mapping[str, Any]] = (), best_effort: bool = False) -> tuple[Extraction, bool]:
+                      also: Sequence[Mapping[str, Any]] = (), best_effort: bool = False,
+                      say_hit: bool = True) -> tuple[Extraction, bool]:
     """(`compute()`, False), or (the entry it stored before under the same model, token ids and settings, True);
     cache_dir None = no cache. A hit's stats are the computing run's, its seconds included. `best_effort` (a
     cache nobody asked for): an entry that cannot be read or written is a logged warning, not an error.
 
     `also`: other settings whose entry serves as well (looked up in order after `settings`; e.g. an extraction
     with moment sketches serves one without: the same pass computes the same features, the sketches are dropped
-    by the caller). A miss computes and stores under `settings`.
+    by the caller). A miss computes and stores under `settings`. A hit is logged unless `say_hit` is false (an
+    entry another executor has just made).
     """
     if cache_dir is None:
         return compute(), False
@@ -114,7 +116,8 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
                     raise
                 log.warning("activations: feature cache entry %s unreadable (%s): computing again", path, exc)
                 break
-            log.info("activations: read from the feature cache (%s)", path.name)
+            if say_hit:
+                log.info("activations: read from the feature cache (%s)", path.name)
             return found, True
     found = compute()
     try:
@@ -157,7 +160,7 @@ def chunked_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str,
     for index in range(len(chunks)):
         chunk = chunks[index]
         found, hit = cached_extraction(cache_dir, model_key, chunk, settings, lambda chunk=chunk: compute(chunk),
-                                       also=also, best_effort=best_effort)
+                                       also=also, best_effort=best_effort, say_hit=index not in filled)
         if hit:
             hits += index not in filled
             found = narrow(found) if narrow is not None else found
