@@ -83,3 +83,34 @@ def test_column_view_and_subset() -> None:
     assert isinstance(picked, Subset) and list(picked) == ["row 1", "row 4", "row 8"]
     assert picked[1:] == ["row 4", "row 8"]
     assert subset(column, np.arange(9)) is column  # all rows: no view
+
+
+def test_a_killed_process_s_scratch_folders_are_swept_by_the_next_store(tmp_path, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from cola.stages.dedup import DuplicateIndex
+    from cola.stages.filters import character_shingles
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that has exited: its folders can never be cleaned up by it
+    stale = [tmp_path / f"cola-rows-pid{gone.pid}-x1", tmp_path / f"cola-dedup-pid{gone.pid}-x2"]
+    alive = [tmp_path / f"cola-rows-pid{os.getppid()}-x3", tmp_path / "cola-rows-other"]  # a live process; not ours
+    for folder in stale + alive:
+        (folder / "rows.arrow").parent.mkdir()
+        (folder / "rows.arrow").write_bytes(b"x")
+    store = text_store()
+    assert store.folder.parent == tmp_path and store.folder.name.startswith(f"cola-rows-pid{os.getpid()}-")
+    assert not stale[0].exists() and stale[1].exists()  # each prefix sweeps its own
+    with DuplicateIndex(None, threshold=0.8, num_perm=16, seed=0, bands=4, rows=4,
+                        shingle=character_shingles) as index:
+        assert index.path.parent.name.startswith(f"cola-dedup-pid{os.getpid()}-")
+    assert not stale[1].exists() and not index.path.parent.exists()
+    assert all(folder.exists() for folder in alive)
+    folder = store.folder
+    del store
+    gc.collect()
+    assert not folder.exists()

@@ -10,7 +10,8 @@ order, `take(indices)` and `column(name)` (one column as a lazy sequence). At mo
 The file lives in a folder of its own under `root` (a run's work directory: `cola.api.COLA.process` puts the
 pool there) or else the system's temporary folder (`TMPDIR` chooses the disk; sources are sampled before a run
 has a work directory), removed when the store is garbage-collected or the process exits, with `root` where the
-store made it and nothing else is left in it (a step-by-step caller's work directory). An open store keeps
+store made it and nothing else is left in it (a step-by-step caller's work directory); a temporary folder left by
+a killed process is removed by the next store made (`scratch_folder`). An open store keeps
 reading its file after its folder is removed (the work directory of a finished run): the file is held open.
 """
 
@@ -31,6 +32,28 @@ import pyarrow.parquet as pq
 
 T = TypeVar("T")
 SPILL_BATCH = 4096  # rows per record batch: what one read decodes
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new folder in the system's temporary folder, named `prefix` + this process's id; folders of the same
+    prefix whose process is gone (killed before it could clean up) are removed first, so a SIGKILLed run's
+    spilled rows do not pile up in $TMPDIR."""
+    temporary = Path(tempfile.gettempdir())
+    for stale in temporary.glob(f"{prefix}pid*-*"):
+        pid = stale.name[len(prefix) + 3:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}pid{os.getpid()}-", dir=temporary))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _remove(folder: Path, root: Path | None) -> None:
@@ -115,7 +138,8 @@ class RowStore(_Batched[T]):
             if root is not None:
                 Path(root).mkdir(parents=True, exist_ok=True)
             try:
-                self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+                self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root)) if root is not None else \
+                    scratch_folder(prefix)
                 break
             except FileNotFoundError:
                 if attempt:

@@ -16,8 +16,8 @@ band). A band's key is a 64-bit mix of its rows' hash values, so two different b
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cola.errors import ColaError
+from cola.spill import scratch_folder
 
 _QUERY_BATCH = 900  # parameters per `IN (...)` query (SQLite's oldest limit is 999)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -61,8 +62,8 @@ class DuplicateIndex:
 
     def __init__(self, path: Path | None, *, threshold: float, num_perm: int, seed: int, bands: int, rows: int,
                  shingle: Callable[[str], set[bytes]]) -> None:
-        self._temporary = tempfile.TemporaryDirectory(prefix="cola-dedup-") if path is None else None
-        self.path = Path(self._temporary.name) / "dedup.sqlite" if path is None else Path(path)
+        self._temporary = scratch_folder("cola-dedup-") if path is None else None
+        self.path = self._temporary / "dedup.sqlite" if self._temporary is not None else Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)  # a killed run's state would mark every document a duplicate
         self.threshold, self.num_perm, self.seed, self.bands, self.rows = threshold, num_perm, seed, bands, rows
@@ -149,7 +150,7 @@ class DuplicateIndex:
         """Close the database; a temporary one is removed, one at a given path is left for inspection."""
         self._db.close()
         if self._temporary is not None:
-            self._temporary.cleanup()
+            shutil.rmtree(self._temporary, ignore_errors=True)
 
     def __enter__(self) -> DuplicateIndex:
         return self
