@@ -146,9 +146,11 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", trust_re
     if sharding and sharding["offload_folder"] is None:
         import atexit
         import shutil
-        import tempfile
 
-        sharding["offload_folder"] = tempfile.mkdtemp(prefix="cola-offload-")
+        from cola.spill import scratch_folder
+
+        # a killed run's offloaded weights (a big model's, on disk) are swept by the next run
+        sharding["offload_folder"] = str(scratch_folder("cola-offload-"))
         atexit.register(shutil.rmtree, sharding["offload_folder"], ignore_errors=True)
     torch_dtype = resolve_dtype(dtype, device)
     silence_library_progress(quiet)
