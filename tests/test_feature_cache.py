@@ -185,7 +185,7 @@ def test_a_work_folder_of_another_model_is_recomputed_and_said_so(tmp_path, pool
         next(other.parameters()).view(-1)[0] += 1.0
     with caplog.at_level("INFO", logger="cola.feature_cache"):
         found = _curate_resumable(tmp_path, pool_files, "out", model=other)
-    assert "the 2 cached chunks in" in caplog.text and "another model or other settings: recomputing" in caplog.text
+    assert "the 2 cached chunks in" in caplog.text and "were made with another model: recomputing" in caplog.text
     assert "feature_cache_hits" not in found["manifest"]["timings"]
 
 
@@ -263,7 +263,8 @@ def test_the_steps_called_one_by_one_make_the_run_and_leave_no_work_folder(tmp_p
     whole = _curate_resumable(tmp_path, pool_files, "whole")
     cola = curator(tmp_path / "steps")
     config = cola.config(num_samples=4, sequence_length=32)
-    inputs, timings = cola.load(config, cola.output_dir), {}
+    inputs = cola.load(config, cola.output_dir)
+    timings = dict(inputs.timings)
     pool = cola.process(inputs.sources, config, timings)
     assert default_work_dir(cola.output_dir).is_dir()  # the spilled candidates
     features = cola.embed(pool, config, timings)
@@ -272,6 +273,9 @@ def test_the_steps_called_one_by_one_make_the_run_and_leave_no_work_folder(tmp_p
     samples = cola.export(pool, plan, selection, config, timings)
     assert len(samples) == 4 and not default_work_dir(cola.output_dir).exists()
     assert (tmp_path / "steps" / SAMPLES_FILE).read_bytes() == whole["samples"]
+    manifest = json.loads((tmp_path / "steps" / MANIFEST_FILE).read_text())
+    assert list(manifest["timings"]) == list(whole["manifest"]["timings"])  # every step's seconds, in order
+    assert manifest["diagnostics"] == whole["manifest"]["diagnostics"]
 
     explore = curator(tmp_path / "explore")
     pool = explore.process(inputs.sources, config, {})

@@ -166,13 +166,12 @@ class COLA:
             raise ColaError("run(inputs=...) was prepared for other settings or another output_dir: call "
                             "prepare_inputs with this run's config and output_dir")
         self._check_model(config)
-        timings = {**self.timings, **inputs.timings}
+        timings = dict(inputs.timings)
         try:
             pool = self.process(inputs.sources, config, timings, references=inputs.references)
             features = self.embed(pool, config, timings)
             plan = self.plan_mixture(pool, features, inputs, config, timings)
             selection = self.select(pool, features, plan, config)
-            timings.update(selection.timings)
             samples = self.export(pool, plan, selection, config, timings)
         except BaseException:  # a failed run keeps its finished feature chunks (to resume), and nothing else
             if not self.keep_work_dir and not self.work_features.exists():
@@ -323,9 +322,9 @@ class COLA:
 
     def export(self, pool: Pool, plan: MixturePlan, selection: Selection, config: CurateConfig,
                timings: dict[str, float]) -> list[dict[str, Any]]:
-        """Write the selected samples, the HF dataset, the pool table and the manifest as one set
-        (`cola.export`), then remove the work directory unless the caller named it; return the samples as
-        calibration_samples.json holds them."""
+        """Write the selected samples, the HF dataset, the pool table and the manifest (its timings: the
+        model's load, `timings`, the selection's) as one set (`cola.export`), then remove the work directory
+        unless the caller named it; return the samples as calibration_samples.json holds them."""
         owner = [plan.sources[i] for i in pool.source_indices.tolist()]
         coverage = plan.report.get("coverage", {})
 
@@ -349,7 +348,8 @@ class COLA:
             seed=config.seed, settings=config.as_dict(), target_capabilities=list(plan.targets),
             stages=stages_run(config), sources=[s.describe() for s in plan.sources], stage1=plan.report,
             stage2=pool.report, num_samples=len(samples), sample_tokens=sum(len(c.input_ids) for c in chosen),
-            diagnostics=selection.diagnostics, timings=timings, extra=self.manifest_extra)
+            diagnostics=selection.diagnostics, timings={**self.timings, **timings, **selection.timings},
+            extra=self.manifest_extra)
         write_outputs(self.output_dir, samples=samples, input_ids=[c.input_ids for c in chosen], pool=table,
                       manifest=manifest)
         log.debug("wrote %d calibration samples to %s", len(samples), self.output_dir)  # `cola curate` prints it

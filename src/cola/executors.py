@@ -37,6 +37,7 @@ import numpy as np
 
 from cola.config import CurateConfig, ModelConfig, SelectionConfig
 from cola.errors import ColaError
+from cola.progress import bars_disabled
 
 if TYPE_CHECKING:
     from cola.feature_cache import Fill
@@ -259,9 +260,9 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         plan = plan_workers(nodes, workers, use_gpu=device != "cpu")
         plan = dataclasses.replace(plan, workers=min(plan.workers, len(chunks)))  # no replica without a chunk
-        log.info("ray: %d chunks on %d replicas (%d CPU, %d GPU each) over %d nodes", len(chunks), plan.workers,
+        log.info("ray: %d chunk(s) on %d replica(s) (%d CPU, %d GPU each) over %d node(s)", len(chunks), plan.workers,
                  plan.cpus, plan.gpus, len(nodes))
-        ray.data.DataContext.get_current().enable_progress_bars = not quiet
+        ray.data.DataContext.get_current().enable_progress_bars = not bars_disabled(quiet)  # as cola's own bars
         # each chunk read (from the pool's disk store) and put in the object store on its own, a block per chunk:
         # this process holds one chunk at a time, Ray spills blocks to disk past its store's size, and workers on
         # other nodes fetch theirs from this node (no shared filesystem needed)
@@ -272,7 +273,7 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
             num_cpus=plan.cpus, num_gpus=plan.gpus,
             fn_constructor_kwargs={"source": source, "selection": selection, "pad_token_id": pad_token_id,
                                    "sketches": sketches, "maxima": maxima, "threads": plan.cpus})
-        start, replicas = time.perf_counter(), set()
+        start, replicas, tokens = time.perf_counter(), set(), 0
         rows_done = iter(done.iter_rows())
         while (row := _next_row(rows_done)) is not None:
             if row["digest"] != model_key:
@@ -280,8 +281,11 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
                                 f"{str(row['digest'])[:12]} against {model_key[:12]}): give every node the same "
                                 "model files")
             replicas.add(str(row["worker"]))
-            yield int(row["index"]), pickle.loads(row["extraction"])
+            found = pickle.loads(row["extraction"])
+            tokens += found.stats.real_tokens
+            yield int(row["index"]), found
         seconds = time.perf_counter() - start
         if timings is not None:
             timings["stage3_ray_extract_wall"] = timings.get("stage3_ray_extract_wall", 0.0) + seconds
-        log.info("ray: %d chunks extracted in %.1f s by %d replicas", len(chunks), seconds, len(replicas))
+        log.info("ray: %d chunk(s), %d tokens, extracted in %.1f s by %d replica(s): %.0f useful tokens/s, model "
+                 "loads included", len(chunks), tokens, seconds, len(replicas), tokens / max(seconds, 1e-9))

@@ -293,8 +293,14 @@ def claim_work_cache(cache_dir: Path, model_key: str, settings: Mapping[str, Any
         return
     stale = sorted(Path(cache_dir).glob("*.npz")) if Path(cache_dir).is_dir() else []
     if stale:
-        log.info("activations: the %d cached chunks in %s were made by another model or other settings: "
-                 "recomputing", len(stale), cache_dir)
+        before = found if isinstance(found, dict) else {}
+        was, now = before.get("settings") if isinstance(before.get("settings"), dict) else {}, owner["settings"]
+        settings = sorted(key for key in {*was, *now} if was.get(key) != now.get(key))
+        why = [*(["another model"] if before.get("model") != model_key else []),
+               *([f"other settings ({', '.join(settings)})"] if settings else [])]
+        log.info("activations: the %d cached chunk%s in %s %s made with %s: recomputing", len(stale),
+                 "s" * (len(stale) != 1), cache_dir, "were" if len(stale) != 1 else "was",
+                 " and ".join(why) or "another model or other settings")
         for entry in stale:
             entry.unlink(missing_ok=True)
     with atomic_path(path) as temporary:

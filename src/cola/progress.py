@@ -45,8 +45,9 @@ def progress_bar(iterable: Iterable[T] | None = None, *, quiet: bool, desc: str,
     if quiet:
         return tqdm(iterable, desc=desc, total=total, unit=unit, disable=True, **kwargs)
     if bars_disabled(quiet):
+        # miniters=1: tqdm's monitor thread then never reprints a line that has not moved
         return tqdm(iterable, desc=desc, total=total, unit=unit, file=_LogLines(), mininterval=LOG_INTERVAL_S,
-                    delay=LOG_INTERVAL_S, ncols=0, leave=False, disable=False, **kwargs)
+                    miniters=1, delay=LOG_INTERVAL_S, ncols=0, leave=False, disable=False, **kwargs)
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=False, dynamic_ncols=True, leave=False,
                 **kwargs)
 

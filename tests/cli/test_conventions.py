@@ -225,6 +225,17 @@ def test_without_bars_a_long_step_logs_its_progress_and_quiet_silences_it(monkey
             time.sleep(0.1)
             bar.update(4)
         assert caplog.records == []
+        from tqdm.auto import tqdm
+
+        if tqdm.monitor is not None:  # a monitor thread of its own that wakes often
+            tqdm.monitor.exit()
+        monkeypatch.setattr(tqdm, "monitor", None)
+        monkeypatch.setattr(tqdm, "monitor_interval", 0.02)
+        with progress_bar(total=4096, quiet=False, desc="stalled", maxinterval=0.05) as bar:
+            time.sleep(0.06)
+            bar.update(1024)  # a batch's tokens at once, as extraction counts
+            time.sleep(0.3)  # no progress: no line, however often the monitor looks
+        assert [r.getMessage()[:25] for r in caplog.records] == ["stalled:  25% 1024/4096 ["]
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -399,3 +399,15 @@ def test_run_environment_records_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert run_environment()["torch_threads"] == threads and run_environment()["libraries"]["cola"]
+
+
+def test_feature_cache_option_keeps_features_for_the_next_run(tiny_model_dir, pool_files, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    args = ("--selection_method", "activations", "--feature_cache", str(cache))
+    assert curate(tiny_model_dir, pool_files, tmp_path / "a", *args) == 0
+    entries = sorted(cache.glob("*.npz"))
+    assert entries and not (tmp_path / ".a.cola-work").exists()
+    assert curate(tiny_model_dir, pool_files, tmp_path / "b", *args) == 0
+    manifest = json.loads((tmp_path / "b" / MANIFEST_FILE).read_text())
+    assert manifest["timings"]["feature_cache_hits"] == len(entries) and sorted(cache.glob("*.npz")) == entries
+    assert (tmp_path / "b" / SAMPLES_FILE).read_bytes() == (tmp_path / "a" / SAMPLES_FILE).read_bytes()

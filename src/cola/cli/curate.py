@@ -88,6 +88,10 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the run keeps the pool's features while it works, chunk by chunk, so that a "
                              "killed run, run again, resumes (default: .OUTPUT_DIR.cola-work beside the output "
                              "directory, removed when the run succeeds; a folder named here is kept)")
+    parser.add_argument("--feature_cache", default=None,
+                        help="a folder where the pool's activation features are kept, chunk by chunk, and reused by "
+                             "later runs with the same model weights, pool and extraction settings (several "
+                             "settings side by side; default: none beyond the run's work folder)")
     stage2, stage1 = parser.add_argument_group(STAGE2), parser.add_argument_group(STAGE1)
     parser.add_argument_group("ablations")
     add_arguments(parser, CurateConfig, nested=True, overrides=PARSED)
@@ -159,6 +163,7 @@ def run_curate(args: argparse.Namespace) -> int:
     loaded, tokenizer = model.load(quiet=args.quiet)
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
                             model_name_or_path=model.model, quiet=args.quiet, work_dir=args.work_dir,
+                            feature_cache=args.feature_cache,
                             model_config=model, timings={"load_model": time.perf_counter() - start})
     samples = cola.run(num_samples=config.num_samples, sequence_length=config.sequence_length, inputs=inputs,
                        plots=args.plots)
