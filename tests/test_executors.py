@@ -156,12 +156,16 @@ def test_the_actor_pool_is_one_replica_per_gpu_else_per_node() -> None:
     assert plan_workers(two_cpus, 2, use_gpu=False) == (plan := plan_workers(two_cpus, 2, use_gpu=True))
     assert (plan.workers, plan.cpus, plan.gpus) == (2, 1, 0)  # 2 cores, 2 workers: one torch thread each
     assert plan_workers(two_cpus, None, use_gpu=False).cpus == 2  # one per node, all its cores
+    one = plan_workers(two_cpus, 2, use_gpu=False, chunks=1)
+    assert (one.workers, one.cpus, one.gpus) == (1, 2, 0)  # one chunk: one replica, with both cores
+    assert plan_workers(two_cpus, 2, use_gpu=False, chunks=5) == plan
     nodes = [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}]
     assert (plan_workers(nodes, None, use_gpu=True).workers, plan_workers(nodes, None, use_gpu=True).gpus) == (4, 1)
     cpu_only = plan_workers(nodes, None, use_gpu=False)
     assert (cpu_only.workers, cpu_only.cpus, cpu_only.gpus) == (2, 8, 0)  # a replica fits the smaller node
+    assert plan_workers(nodes, None, use_gpu=True, chunks=3).workers == 3
     with pytest.raises(ColaError, match="--ray_workers 5 is more than the cluster's 4 GPUs"):
-        plan_workers(nodes, 5, use_gpu=True)
+        plan_workers(nodes, 5, use_gpu=True, chunks=1)  # a request that cannot fit is refused all the same
     with pytest.raises(ColaError, match="--ray_workers 3 is more than the cluster's 2 CPUs"):
         plan_workers(two_cpus, 3, use_gpu=False)
 

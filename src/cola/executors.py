@@ -22,8 +22,6 @@ A multi-node run needs cola and the model (a local path present on every node, o
 from __future__ import annotations
 
 import builtins
-
-import dataclasses
 import logging
 import pickle
 import socket
@@ -109,12 +107,14 @@ class WorkerPlan:
     gpus: int      # GPUs each reserves (0 or 1)
 
 
-def plan_workers(nodes: Sequence[Mapping[str, float]], requested: int | None, *, use_gpu: bool) -> WorkerPlan:
+def plan_workers(nodes: Sequence[Mapping[str, float]], requested: int | None, *, use_gpu: bool,
+                 chunks: int | None = None) -> WorkerPlan:
     """The actor pool for a cluster whose live nodes hold `nodes` resources (Ray's names: "CPU", "GPU").
 
     With GPUs (`use_gpu` and the cluster has some): one replica per GPU, or `requested`, each with one GPU and
     one CPU. Without: one replica per node, or `requested`, each reserving the cluster's CPUs divided among them
     (at most one node's fewest, so that every replica fits on a node) and running that many torch threads.
+    Given `chunks`, at most that many replicas (none without a chunk), the CPUs shared among those.
     Raises ColaError where `requested` replicas do not fit."""
     gpus = int(sum(n.get("GPU", 0) for n in nodes))
     cpus = int(sum(n.get("CPU", 0) for n in nodes))
@@ -122,11 +122,12 @@ def plan_workers(nodes: Sequence[Mapping[str, float]], requested: int | None, *,
         workers = requested or gpus
         if workers > gpus:
             raise ColaError(f"--ray_workers {workers} is more than the cluster's {gpus} GPUs: one replica per GPU")
-        return WorkerPlan(workers=workers, cpus=1, gpus=1)
+        return WorkerPlan(workers=min(workers, chunks or workers), cpus=1, gpus=1)
     workers = requested or len(nodes)
     if workers > cpus:
         raise ColaError(f"--ray_workers {workers} is more than the cluster's {cpus} CPUs: at most one replica "
                         "per CPU")
+    workers = min(workers, chunks or workers)
     fewest = min(int(n.get("CPU", 0)) for n in nodes if n.get("CPU", 0) >= 1)
     return WorkerPlan(workers=workers, cpus=max(1, min(fewest, cpus // workers)), gpus=0)
 
@@ -258,8 +259,7 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
     device = model_config.device if model_config is not None else next(model.parameters()).device.type
     with ray_cluster(address, quiet=quiet):
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-        plan = plan_workers(nodes, workers, use_gpu=device != "cpu")
-        plan = dataclasses.replace(plan, workers=min(plan.workers, len(chunks)))  # no replica without a chunk
+        plan = plan_workers(nodes, workers, use_gpu=device != "cpu", chunks=len(chunks))
         log.info("ray: %d chunk(s) on %d replica(s) (%d CPU, %d GPU each) over %d node(s)", len(chunks), plan.workers,
                  plan.cpus, plan.gpus, len(nodes))
         ray.data.DataContext.get_current().enable_progress_bars = not bars_disabled(quiet)  # as cola's own bars
