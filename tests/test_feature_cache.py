@@ -265,7 +265,7 @@ def test_the_steps_called_one_by_one_make_the_run_and_leave_no_work_folder(tmp_p
     config = cola.config(num_samples=4, sequence_length=32)
     inputs = cola.load(config, cola.output_dir)
     timings = dict(inputs.timings)
-    pool = cola.process(inputs.sources, config, timings)
+    pool = cola.process(inputs.sources, config, timings, references=inputs.references)
     assert default_work_dir(cola.output_dir).is_dir()  # the spilled candidates
     features = cola.embed(pool, config, timings)
     plan = cola.plan_mixture(pool, features, inputs, config, timings)
@@ -283,3 +283,12 @@ def test_the_steps_called_one_by_one_make_the_run_and_leave_no_work_folder(tmp_p
     del pool
     gc.collect()
     assert not default_work_dir(explore.output_dir).exists()
+
+
+def test_a_feature_cache_that_is_a_file_is_refused_before_any_work(tmp_path) -> None:
+    from cola.errors import ColaError
+
+    (tmp_path / "cache").write_text("x")
+    with pytest.raises(ColaError, match="^feature_cache .*cache is a file, not a folder$"):
+        COLA(model=tiny_llama(), tokenizer=byte_tokenizer(), output_dir=tmp_path / "out",
+             feature_cache=tmp_path / "cache")

@@ -30,7 +30,7 @@ from cola.config import LENGTH_MODES, SELECTION_METHODS, SKETCH_SELECTION_METHOD
 from cola.data.memory import specs_of
 from cola.data.sources import Source
 from cola.errors import ColaError, unknown_choice
-from cola.output_dir import default_work_dir
+from cola.output_dir import check_folder, default_work_dir
 from cola.progress import progress_bar
 from cola.export import Manifest, PoolTable, SampleRecord, model_record, write_outputs
 from cola.inputs import RunInputs as RunInputs, check_output_dir as check_output_dir, prepare_inputs
@@ -120,6 +120,8 @@ class COLA:
         # One validated settings object; run() only fills in num_samples and sequence_length.
         self.settings = CurateConfig(datasets=datasets, target_capabilities=targets or None, **settings)
         self.output_dir = check_output_dir(output_dir)
+        check_folder(self.feature_cache, "feature_cache")
+        check_folder(work_dir, "work_dir")
         self.keep_work_dir = work_dir is not None
         self.work_dir = Path(work_dir) if work_dir is not None else default_work_dir(self.output_dir)
         self.model_name_or_path = model_name_or_path or getattr(model, "name_or_path", type(model).__name__)

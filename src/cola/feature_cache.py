@@ -116,8 +116,8 @@ def cached_extraction(cache_dir: str | os.PathLike[str] | None, model_key: str, 
                     raise
                 log.warning("activations: feature cache entry %s unreadable (%s): computing again", path, exc)
                 break
-            if say_hit:
-                log.info("activations: read from the feature cache (%s)", path.name)
+            if say_hit:  # debug: a run's summary line counts the chunks read
+                log.debug("activations: read %s from %s", path.name, path.parent)
             return found, True
     found = compute()
     try:

@@ -54,19 +54,30 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def ensure_writable(path: Path, *, output_dir: Path | None = None) -> None:
+def ensure_writable(path: Path, *, output_dir: Path | None = None, what: str = "output directory") -> None:
     """Fail early, before any heavy work and without creating anything, when `path` (a directory to write
     into) cannot be written: it or its nearest existing parent is a file or refuses a new entry. Messages name
-    `output_dir` (default: `path`)."""
+    `what` and `output_dir` (default: `path`)."""
     output_dir = path if output_dir is None else output_dir
     probe = nearest_existing(path.absolute())
     if not probe.is_dir():
-        raise ColaError(f"output directory {output_dir} is not writable: {probe} is a file")
+        raise ColaError(f"{what} {output_dir} is not writable: {probe} is a file")
     try:
         with tempfile.TemporaryDirectory(prefix=PROBE_MARK, dir=probe):
             pass
     except OSError as exc:
-        raise ColaError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from exc
+        raise ColaError(f"{what} {output_dir} is not writable: {exc.strerror or exc}") from exc
+
+
+def check_folder(path: str | os.PathLike[str] | None, name: str) -> None:
+    """A folder a run keeps things in (a feature cache, a work folder), checked before any heavy work: None
+    passes; a file there, or a place that cannot be written, is a one-line ColaError naming `name`."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ColaError(f"{name} {path} is a file, not a folder")
+    ensure_writable(path, what=name)
 
 
 def check_output_dir(output_dir: Path, *, holds_set: Callable[[Path], bool], what: str) -> None:

@@ -165,6 +165,11 @@ def test_bad_inputs_give_one_line_errors(tiny_model_dir, pool_files, tmp_path, c
     assert "all 2 texts are empty" in bad(datasets={"x": empty})
     assert ("num_samples 500 is larger than the pool of 42 candidates after Stage 2 (36 documents, exact_duplicate "
             "removed 0, near_duplicate removed 9" in bad("--num_samples", "500"))  # prose repeats one sentence
+    (tmp_path / "a-file").write_text("x")
+    assert f"--feature_cache {tmp_path / 'a-file'} is a file, not a folder" in bad(
+        "--feature_cache", str(tmp_path / "a-file"), "--selection_method", "activations")
+    assert f"--work_dir {tmp_path / 'a-file' / 'w'} is not writable: " in bad(
+        "--work_dir", str(tmp_path / "a-file" / "w"), "--selection_method", "activations")
     assert "num_samples must be at least 1" in bad("--num_samples", "0")
     assert "sequence_length must be at least 1" in bad("--sequence_length", "0")
     assert "beyond the model's context of 256 tokens" in bad("--sequence_length", "1000")

@@ -149,6 +149,7 @@ def check_unread_flags(config: CurateConfig) -> None:
 def run_curate(args: argparse.Namespace) -> int:
     from cola.api import COLA, prepare_inputs
     from cola.models import resolve_device, resolve_dtype
+    from cola.output_dir import check_folder
 
     config = curate_config(args)
     model = model_config(args)
@@ -159,6 +160,8 @@ def run_curate(args: argparse.Namespace) -> int:
                         "--device_map (a model too big for one device is extracted locally, sharded)")
     # Sources, reference sets, hub access and the output directory are checked before the model loads.
     inputs = prepare_inputs(config, args.output_dir)
+    check_folder(args.feature_cache, "--feature_cache")
+    check_folder(args.work_dir, "--work_dir")
     start = time.perf_counter()
     loaded, tokenizer = model.load(quiet=args.quiet)
     cola = COLA.from_config(config, model=loaded, tokenizer=tokenizer, output_dir=inputs.output_dir,
