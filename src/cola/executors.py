@@ -4,11 +4,11 @@ The pool is extracted in chunks, each kept in the feature store as it finishes (
 `ray`, Ray Data makes a dataset of the chunks the store does not hold yet (each read from the pool's disk
 store and put in Ray's object store on its own, a block per chunk: no shared filesystem), and an actor pool (one
 model replica per GPU, or per CPU worker with its share of the CPUs as torch threads) runs `map_batches` over
-it, one chunk per call, with the function the local path runs (`cola.stages.select.embed_pool`). Each chunk's extraction
-comes back to this process, which keeps it in the store as it arrives (a killed run keeps the finished chunks);
-then the local path reads every chunk from the store. Chunks, batching and function are those of a local run,
-so the features agree with it to the dtype's tolerance (bit for bit where a worker runs the same number of
-threads) and Stage 1, Stage 3 and export are unchanged.
+it, one chunk per call, with the function the local path runs (`cola.stages.select.embed_pool`). Each chunk's
+extraction comes back to this process, which keeps it in the store as it arrives (a killed run keeps the
+finished chunks); then the local path reads every chunk from the store. Chunks, batching and function are those
+of a local run, so the features agree with it to the dtype's tolerance (bit for bit where a worker runs the
+same number of threads) and Stage 1, Stage 3 and export are unchanged.
 
 A worker loads its replica from the run's ModelConfig where it has one (`cola curate` always does), else the
 model object is shipped through Ray's object store (the Python API). Either way its weights' digest must be the
@@ -260,13 +260,13 @@ def ray_fill(chunks: Sequence[Sequence[Sequence[int]]], *, model: Any, model_con
     with ray_cluster(address, quiet=quiet):
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         plan = plan_workers(nodes, workers, use_gpu=device != "cpu", chunks=len(chunks))
-        log.info("ray: %d chunk(s) on %d replica(s) (%d CPU, %d GPU each) over %d node(s)", len(chunks), plan.workers,
-                 plan.cpus, plan.gpus, len(nodes))
+        log.info("ray: %d chunk(s) on %d replica(s) (%d CPU, %d GPU each) over %d node(s)", len(chunks),
+                 plan.workers, plan.cpus, plan.gpus, len(nodes))
         ray.data.DataContext.get_current().enable_progress_bars = not bars_disabled(quiet)  # as cola's own bars
         # each chunk read (from the pool's disk store) and put in the object store on its own, a block per chunk:
         # this process holds one chunk at a time, Ray spills blocks to disk past its store's size, and workers on
         # other nodes fetch theirs from this node (no shared filesystem needed)
-        blocks = [ray.put(chunk_table(i, chunks[i])) for i in range(len(chunks))]
+        blocks = [ray.put(chunk_table(i, chunk)) for i, chunk in enumerate(chunks)]
         source = model_config if model_config is not None else [ray.put(model)]
         done = ray.data.from_arrow_refs(blocks).map_batches(
             ChunkEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.workers),

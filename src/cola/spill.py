@@ -56,6 +56,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _folder_under(root: Path, prefix: str) -> Path:
+    """A new folder in `root`, made with its parents; tried twice, since another store's cleanup may remove an
+    empty `root` (`_remove`) between the two steps."""
+    for attempt in range(2):
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+        except FileNotFoundError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _remove(folder: Path, root: Path | None) -> None:
     """A store's folder removed; then `root` too if nothing else is in it (a work directory the store made)."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -134,16 +147,7 @@ class RowStore(_Batched[T]):
                  prefix: str = "cola-rows-", root: str | os.PathLike[str] | None = None) -> None:
         self.schema, self._encode, self._decode, self.batch_rows = schema, encode, decode, batch_rows
         made = root is not None and not Path(root).exists()  # then removed with the last store in it, if empty
-        for attempt in range(2):  # twice: another store's cleanup may remove an empty `root` in between
-            if root is not None:
-                Path(root).mkdir(parents=True, exist_ok=True)
-            try:
-                self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root)) if root is not None else \
-                    scratch_folder(prefix)
-                break
-            except FileNotFoundError:
-                if attempt:
-                    raise
+        self.folder = scratch_folder(prefix) if root is None else _folder_under(Path(root), prefix)
         self._cleanup = weakref.finalize(self, _remove, self.folder, Path(root) if made else None)
         self.path = self.folder / "rows.arrow"
         self._sink = pa.OSFile(str(self.path), "wb")
